@@ -1,0 +1,3 @@
+# Small utilities shared by the command-line tools (EDM's `dnnlib`).
+
+from .util import EasyDict, open_url  # noqa: F401

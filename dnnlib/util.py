@@ -1,0 +1,176 @@
+"""Plain helpers: attribute dictionaries, URL and path opening with a download cache, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import re
+import tempfile
+import urllib.parse
+from typing import IO, Any, Callable, Iterator
+
+#----------------------------------------------------------------------------
+# A dict whose keys can also be read and written as attributes.
+
+class EasyDict(dict):
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        del self[name]
+
+#----------------------------------------------------------------------------
+# Errors that name the path or URL at fault. Command-line tools print the
+# message and exit non-zero.
+
+class UserError(RuntimeError):
+    """Bad input from the user: the message alone says what is wrong."""
+
+#----------------------------------------------------------------------------
+# Download cache. EDM keeps downloads in $DNNLIB_CACHE_DIR, or under the user's
+# cache directory, named `<md5(url)>_<basename>`; the same layout is used here so
+# that files EDM already downloaded are found.
+
+def cache_dir(subdir: str = 'downloads') -> str:
+    root = os.environ.get('DNNLIB_CACHE_DIR')
+    if root is None:
+        xdg = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+        root = os.path.join(xdg, 'dnnlib')
+    return os.path.join(root, subdir)
+
+def is_url(obj: Any) -> bool:
+    if not isinstance(obj, str) or '://' not in obj:
+        return False
+    return urllib.parse.urlparse(obj).scheme in ('http', 'https', 'file')
+
+def cached_path_for_url(url: str, cache_root: str | None = None) -> str:
+    digest = hashlib.md5(url.encode('utf-8')).hexdigest()
+    name = os.path.basename(urllib.parse.urlparse(url).path) or 'download'
+    name = re.sub(r'[^0-9A-Za-z._-]', '_', name)
+    return os.path.join(cache_root or cache_dir(), f'{digest}_{name}')
+
+def download(url: str, *, cache: bool = True, cache_root: str | None = None, timeout: float = 30,
+             num_attempts: int = 3, verbose: bool = True) -> str:
+    """Fetch `url` to the download cache (once) and return the local path."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == 'file':
+        path = urllib.parse.unquote(parsed.path)
+        if not os.path.isfile(path):
+            raise UserError(f'{url}: no such file')
+        return path
+    target = cached_path_for_url(url, cache_root)
+    if cache and os.path.isfile(target):
+        return target
+
+    import requests  # Imported here: only downloads need it.
+    last_error: Exception | None = None
+    for _attempt in range(num_attempts):
+        try:
+            with requests.get(url, stream=True, timeout=timeout) as response:
+                response.raise_for_status()
+                if verbose:
+                    print(f'Downloading {url} ...', flush=True)
+                with atomic_write(target, 'wb') as f:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+            return target
+        except requests.HTTPError as e:
+            raise UserError(f'{url}: download failed ({e})') from None
+        except (requests.RequestException, OSError) as e:
+            last_error = e
+    raise UserError(f'{url}: cannot be reached ({type(last_error).__name__}: {last_error})')
+
+def open_url(url_or_path: str, *, cache: bool = True, cache_root: str | None = None,
+             verbose: bool = True) -> IO[bytes]:
+    """Open a local path or a URL for binary reading; URLs go through the download cache."""
+    if is_url(url_or_path):
+        return open(download(url_or_path, cache=cache, cache_root=cache_root, verbose=verbose), 'rb')
+    if not os.path.isfile(url_or_path):
+        raise UserError(f'{url_or_path}: no such file')
+    return open(url_or_path, 'rb')
+
+#----------------------------------------------------------------------------
+# Atomic file writes: write a temporary file beside the target, then rename.
+# A crash or an error leaves either the old file or nothing, never half a file.
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = 'wb') -> Iterator[IO[Any]]:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    with atomic_write(path, 'wb') as f:
+        f.write(data)
+
+#----------------------------------------------------------------------------
+# Command-line entry points: a UserError becomes one line on stderr and exit
+# status 1 (click's own usage errors exit with 2), never a traceback.
+
+def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    import click
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+#----------------------------------------------------------------------------
+# Parse comma-separated ranges such as '0-63' or '1,2,5-10' (EDM's --seeds).
+
+def parse_int_list(text: str | list[int]) -> list[int]:
+    if isinstance(text, list):
+        return text
+    values: list[int] = []
+    pattern = re.compile(r'^(\d+)-(\d+)$')
+    for part in str(text).split(','):
+        part = part.strip()
+        if not part:
+            continue
+        m = pattern.match(part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise UserError(f'range "{part}" ends before it starts')
+            values.extend(range(lo, hi + 1))
+        else:
+            try:
+                values.append(int(part))
+            except ValueError:
+                raise UserError(f'"{part}" is not an integer or a range like 0-63') from None
+    return values
+
+#----------------------------------------------------------------------------
+# Save one image (uint8, [H, W, C] with C = 1 or 3) as a PNG, atomically.
+
+def save_png(path: str, image: Any) -> None:
+    import numpy as np
+    import PIL.Image
+    image = np.asarray(image)
+    mode = 'L' if image.shape[2] == 1 else 'RGB'
+    pil = PIL.Image.fromarray(image[:, :, 0] if mode == 'L' else image, mode)
+    with atomic_write(path, 'wb') as f:
+        pil.save(f, format='png')
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""Generate images with a trained network, as EDM's generate.py does.
+
+The same pickle, seeds and options give the same images as EDM's generate.py on the same kind of
+device: each image has its own random generator seeded with its seed, which draws the latents
+first and then the class label.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+import torch
+import tqdm
+
+import dnnlib
+from dnnlib.util import UserError, parse_int_list, report_user_errors, save_png
+from torch_utils import distributed as dist
+from torch_utils.persistence import load_network
+from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS, generate_images, to_uint8
+
+#----------------------------------------------------------------------------
+# Split the seeds into batches, and the batches between processes, the way
+# EDM does (every process gets the same number of batches, some may be empty).
+
+def rank_batches(seeds: list[int], max_batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    num_batches = ((len(seeds) - 1) // (max_batch_size * world_size) + 1) * world_size
+    batches = torch.as_tensor(seeds).tensor_split(num_batches)
+    return [b.tolist() for b in batches[rank::world_size]]
+
+def image_path(outdir: str, seed: int, subdirs: bool) -> str:
+    folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
+    return os.path.join(folder, f'{seed:06d}.png')
+
+#----------------------------------------------------------------------------
+# Options shared with fid.py and denoise.py: EDM's sampler options.
+
+def sampler_options(func):
+    options = [
+        click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
+        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
+        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
+        click.option('--S_min', 'S_min', help='Stochasticity: lowest noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
+        click.option('--S_max', 'S_max', help='Stochasticity: highest noise level', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
+        click.option('--S_noise', 'S_noise', help='Stochasticity: noise inflation', metavar='FLOAT', type=float, default=1, show_default=True),
+        click.option('--solver', help='Ablation: ODE solver', type=click.Choice(SOLVERS)),
+        click.option('--disc', 'discretization', help='Ablation: time step discretization', type=click.Choice(DISCRETIZATIONS)),
+        click.option('--schedule', help='Ablation: noise schedule sigma(t)', type=click.Choice(SCHEDULES)),
+        click.option('--scaling', help='Ablation: signal scaling s(t)', type=click.Choice(SCALINGS)),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+#----------------------------------------------------------------------------
+
+@click.command()
+@click.option('--network', 'network_pkl',  help='Network pickle', metavar='PATH|URL',                                   type=str, required=True)
+@click.option('--outdir',                  help='Where to save the output images', metavar='DIR',                      type=str, required=True)
+@click.option('--seeds',                   help='Random seeds (e.g. 1,2,5-10)', metavar='LIST',                        type=parse_int_list, default='0-63', show_default=True)
+@click.option('--subdirs',                 help='Put every 1000 seeds in a subdirectory',                              is_flag=True)
+@click.option('--class', 'class_idx',      help='Class label  [default: random]', metavar='INT',                       type=click.IntRange(min=0), default=None)
+@click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',                                   type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR',      type=str, default=None)
+@sampler_options
+@report_user_errors
+def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_idx: int | None,
+         max_batch_size: int, device: str | None, **sampler_kwargs) -> None:
+    """Generate random images with the EDM sampler.
+
+    \b
+    Examples:
+    # 64 images from a snapshot, saved as out/*.png
+    python generate.py --outdir=out --seeds=0-63 --network=runs/00000-.../network-snapshot-000200.pkl
+    \b
+    # 1024 images on 2 GPUs
+    torchrun --standalone --nproc_per_node=2 generate.py --outdir=out --seeds=0-1023 --network=...
+    \b
+    Network pickles are read as data: nothing stored in them is run.
+    """
+    if not seeds:
+        raise UserError('--seeds names no seeds')
+    device = dist.resolve_device(device)
+    dist.init(device)
+
+    dist.print0(f'Loading network from "{network_pkl}"...')
+    if dist.get_rank() != 0:
+        dist.barrier()  # Rank 0 downloads first.
+    net = load_network(network_pkl).to(device)
+    if dist.get_rank() == 0:
+        dist.barrier()
+    if class_idx is not None:
+        if not net.label_dim:
+            raise UserError(f'--class={class_idx} was given, but the network is unconditional')
+        if class_idx >= net.label_dim:
+            raise UserError(f'--class={class_idx} is out of range: the network has {net.label_dim} classes')
+
+    batches = rank_batches(seeds, max_batch_size, dist.get_rank(), dist.get_world_size())
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
+    for batch_seeds in tqdm.tqdm(batches, unit='batch', disable=(dist.get_rank() != 0)):
+        if not batch_seeds:
+            continue
+        images = generate_images(net, batch_seeds, class_idx=class_idx, device=device, **sampler_kwargs)
+        images = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
+        for seed, image in zip(batch_seeds, images):
+            save_png(image_path(outdir, seed, subdirs), image)
+
+    dist.barrier()
+    dist.print0('Done.')
+    dist.deinit()
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    main()
+
+#----------------------------------------------------------------------------

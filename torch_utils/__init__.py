@@ -1,0 +1,1 @@
+# PyTorch utilities: data-only pickles, distributed set-up, training statistics, misc.

@@ -1,0 +1,77 @@
+"""Process-group set-up for one or several processes, on CUDA (NCCL) or the CPU (gloo).
+
+`python script.py` runs one process with no process group at all; `torchrun` sets RANK,
+WORLD_SIZE and LOCAL_RANK and a rendezvous, and `init()` joins it. Nothing here assumes CUDA,
+and no fixed port is used: torchrun's --standalone or --rdzv-endpoint chooses it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+
+import torch
+import torch.distributed as torch_dist
+
+#----------------------------------------------------------------------------
+# Joining the process group.
+
+def default_device() -> torch.device:
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+def resolve_device(name: str | None) -> torch.device:
+    """The device named by --device ('cuda', 'cpu', 'cuda:1', None for the default); under torchrun
+    each process takes the CUDA device of its local rank."""
+    device = default_device() if name in (None, '', 'auto') else torch.device(name)
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise RuntimeError('--device=cuda was requested, but CUDA is not available')
+        if device.index is None:
+            device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
+        torch.cuda.set_device(device)
+    return device
+
+def init(device: torch.device | None = None, timeout_minutes: float = 30) -> None:
+    """Join the process group set up by torchrun, if any; a no-op for a single process."""
+    if get_world_size() <= 1 or torch_dist.is_initialized():
+        return
+    device = device or default_device()
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    torch_dist.init_process_group(backend=backend, init_method='env://',
+                                  timeout=datetime.timedelta(minutes=timeout_minutes))
+
+def deinit() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+#----------------------------------------------------------------------------
+# Queries that also work without a process group.
+
+def get_rank() -> int:
+    return torch_dist.get_rank() if torch_dist.is_initialized() else int(os.environ.get('RANK', '0'))
+
+def get_world_size() -> int:
+    return torch_dist.get_world_size() if torch_dist.is_initialized() else int(os.environ.get('WORLD_SIZE', '1'))
+
+def barrier() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.barrier()
+
+def print0(*args, **kwargs) -> None:
+    if get_rank() == 0:
+        print(*args, **kwargs)
+        sys.stdout.flush()
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes in place (no-op for one process)."""
+    if torch_dist.is_initialized():
+        torch_dist.all_reduce(tensor)
+    return tensor
+
+def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    if torch_dist.is_initialized():
+        torch_dist.broadcast(tensor, src=src)
+    return tensor
+
+#----------------------------------------------------------------------------

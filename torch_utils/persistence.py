@@ -1,0 +1,266 @@
+"""Network pickles in EDM's layout, written and read without running code from the file.
+
+EDM pickles each network as a call to `torch_utils.persistence._reconstruct_persistent_obj(meta)`,
+where `meta` carries the source text of the defining module, the class name and the object's
+`__dict__` (constructor arguments included). EDM rebuilds the object by executing that source:
+whoever wrote the file decides what runs on the reader's machine.
+
+This module reads the same files as data. A restricted unpickler admits only plain containers,
+tensors and numpy scalars, turns every persistent object into a `PersistentRecord`, and the
+records are then rebuilt from this repository's own classes: look the class name up, call the
+constructor with the recorded arguments, copy the tensors in. The embedded source is never run,
+so a file whose source is missing, stale or hostile loads the same way.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import functools
+import inspect
+import io
+import pickle
+import sys
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+import torch
+
+from dnnlib.util import EasyDict, UserError, open_url
+
+#----------------------------------------------------------------------------
+# Registry of classes that may appear in network pickles, keyed by class name
+# (EDM records the bare class name next to the module source).
+
+_registry: dict[str, type] = {}
+_FORMAT_VERSION = 6  # EDM's persistence format version.
+
+def persistent_class(cls: type) -> type:
+    """Class decorator: record constructor arguments and pickle in EDM's persistent layout."""
+    if cls.__name__ in _registry and _registry[cls.__name__] is not cls:
+        raise TypeError(f'two persistent classes are named {cls.__name__}')
+    original_init = cls.__init__
+
+    @functools.wraps(original_init)
+    def init_and_record(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        # Recorded after construction, as EDM does; deep copies keep later edits out.
+        if type(self) is cls:
+            self._init_args = copy.deepcopy(args)
+            self._init_kwargs = copy.deepcopy(kwargs)
+
+    def reduce_persistent(self, protocol: int = 2):
+        meta = dict(type='class', version=_FORMAT_VERSION, module_src=_module_source(type(self)),
+                    class_name=type(self).__name__, state=dict(self.__dict__))
+        return (_reconstruct_persistent_obj, (meta,))
+
+    cls.__init__ = init_and_record
+    cls.__reduce_ex__ = reduce_persistent
+    _registry[cls.__name__] = cls
+    return cls
+
+@functools.lru_cache(maxsize=None)
+def _module_source(cls: type) -> str:
+    # EDM stores the source text of the defining module; kept for layout compatibility only.
+    try:
+        return inspect.getsource(sys.modules[cls.__module__])
+    except (OSError, TypeError, KeyError):
+        return f'# source of {cls.__module__} unavailable\n'
+
+def _reconstruct_persistent_obj(meta: dict) -> Any:
+    """What a plain `pickle.load` calls for a persistent object: rebuild it from this repository's
+    class without executing the recorded source. (`load_network_pickle` is the safe reader: a plain
+    `pickle.load` would still run any other callable the file names.)"""
+    return build_object(PersistentRecord(meta))
+
+#----------------------------------------------------------------------------
+# Placeholders produced by the restricted unpickler.
+
+class PersistentRecord:
+    """One persistent object of a pickle: its class name and recorded `__dict__`."""
+
+    def __init__(self, meta: Any):
+        if not isinstance(meta, dict) or meta.get('type') != 'class' or 'class_name' not in meta:
+            raise UserError('unsupported persistent object in network pickle')
+        self.class_name: str = str(meta['class_name'])
+        self.state: dict = meta.get('state') or {}
+
+class ModuleRecord:
+    """A plain torch.nn container (e.g. ModuleDict) inside a persistent object."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.state: dict = {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.state = state
+
+#----------------------------------------------------------------------------
+# The restricted unpickler: an allow-list of globals, nothing else.
+
+def _load_storage(data: bytes) -> Any:
+    # Tensors in a plain pickle carry their storage as a small legacy torch.save() stream.
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+def _make_record(meta: Any) -> PersistentRecord:
+    return PersistentRecord(meta)
+
+_ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
+    ('torch_utils.persistence', '_reconstruct_persistent_obj'): _make_record,
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('torch._utils', '_rebuild_tensor'): torch._utils._rebuild_tensor,
+    ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
+    ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
+    ('torch.storage', '_load_from_bytes'): _load_storage,
+    ('numpy', 'dtype'): np.dtype,
+    ('numpy.core.multiarray', 'scalar'): np._core.multiarray.scalar,
+    ('numpy._core.multiarray', 'scalar'): np._core.multiarray.scalar,
+    ('dnnlib.util', 'EasyDict'): EasyDict,
+    ('builtins', 'set'): set,
+    ('builtins', 'frozenset'): frozenset,
+    ('builtins', 'complex'): complex,
+}
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file: BinaryIO, source_name: str):
+        super().__init__(file)
+        self.source_name = source_name
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module.startswith('torch.nn.modules.'):
+            return ModuleRecord
+        raise UserError(f'{self.source_name}: refusing to load "{module}.{name}" from the pickle '
+                        '(only network data is read from pickles; nothing in them is run)')
+
+#----------------------------------------------------------------------------
+# Rebuilding objects from records.
+
+def _tensors_of(state: dict, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    # Walk a recorded nn.Module state the way Module.state_dict() would.
+    skip = set(state.get('_non_persistent_buffers_set') or ())
+    for name, value in (state.get('_parameters') or {}).items():
+        if value is not None:
+            out[prefix + name] = value
+    for name, value in (state.get('_buffers') or {}).items():
+        if value is not None and name not in skip:
+            out[prefix + name] = value
+    for name, child in (state.get('_modules') or {}).items():
+        if isinstance(child, (PersistentRecord, ModuleRecord)):
+            _tensors_of(child.state, prefix + name + '.', out)
+        elif isinstance(child, torch.nn.Module):  # Already rebuilt by a plain pickle.load.
+            out.update({f'{prefix}{name}.{k}': v for k, v in child.state_dict().items()})
+
+def _class_for(name: str) -> type:
+    _import_project_classes()
+    if name not in _registry:
+        raise UserError(f'unknown class "{name}" in network pickle; known: {", ".join(sorted(_registry))}')
+    return _registry[name]
+
+def _import_project_classes() -> None:
+    # Importing these modules registers their persistent classes.
+    import importlib
+    for module in ('training.networks', 'training.loss', 'training.augment'):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+
+def build_object(record: PersistentRecord, source_name: str = 'network pickle') -> Any:
+    """Construct this repository's object for a record and copy the recorded tensors into it."""
+    cls = _class_for(record.class_name)
+    args = record.state.get('_init_args', ())
+    kwargs = record.state.get('_init_kwargs', {})
+    if '_init_kwargs' not in record.state:
+        raise UserError(f'{source_name}: {record.class_name} has no recorded constructor arguments')
+    kwargs = {k: _plain(v) for k, v in dict(kwargs).items()}
+    try:
+        obj = cls(*[_plain(a) for a in args], **kwargs)
+    except TypeError as e:
+        raise UserError(f'{source_name}: cannot construct {record.class_name}: {e}') from None
+    if isinstance(obj, torch.nn.Module):
+        recorded: dict[str, torch.Tensor] = {}
+        _tensors_of(record.state, '', recorded)
+        expected = obj.state_dict()
+        missing = [k for k in expected if k not in recorded]
+        extra = [k for k in recorded if k not in expected]
+        if missing:
+            raise UserError(f'{source_name}: {record.class_name} is missing tensor "{missing[0]}"'
+                            + (f' and {len(missing) - 1} more' if len(missing) > 1 else ''))
+        if extra:
+            raise UserError(f'{source_name}: {record.class_name} has unexpected tensor "{extra[0]}"'
+                            + (f' and {len(extra) - 1} more' if len(extra) > 1 else ''))
+        for key, value in expected.items():
+            if tuple(recorded[key].shape) != tuple(value.shape):
+                raise UserError(f'{source_name}: tensor "{key}" has shape {tuple(recorded[key].shape)}, '
+                                f'expected {tuple(value.shape)}')
+        with torch.no_grad():
+            obj.load_state_dict({k: v.to(expected[k].dtype) for k, v in recorded.items()}, strict=True)
+        obj.train(bool(record.state.get('training', False)))
+        requires_grad = any(p.requires_grad for p in recorded.values() if isinstance(p, torch.nn.Parameter))
+        obj.requires_grad_(requires_grad)
+    return obj
+
+def _plain(value: Any) -> Any:
+    # Constructor arguments recorded by EDM may hold numpy scalars and EasyDicts.
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return type(value)({k: _plain(v) for k, v in value.items()}) if isinstance(value, EasyDict) \
+            else {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+def _build_all(obj: Any, source_name: str) -> Any:
+    if isinstance(obj, PersistentRecord):
+        return build_object(obj, source_name)
+    if isinstance(obj, dict):
+        return type(obj)((k, _build_all(v, source_name)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_build_all(v, source_name) for v in obj]
+    return obj
+
+#----------------------------------------------------------------------------
+# Public entry points.
+
+def load_network_pickle(path_or_url: str, *, cache: bool = True) -> dict:
+    """Read a network pickle (EDM's or this project's) from a path or URL, as data only.
+
+    Returns the pickled dict (`ema`, `loss_fn`, `augment_pipe`, `dataset_kwargs`, ...) with every
+    persistent object rebuilt from this repository's classes. Nothing stored in the file runs.
+    """
+    with open_url(path_or_url, cache=cache) as f:
+        data = f.read()
+    return load_network_pickle_bytes(data, source_name=str(path_or_url))
+
+def load_network_pickle_bytes(data: bytes, *, source_name: str = 'network pickle') -> dict:
+    try:
+        obj = _DataOnlyUnpickler(io.BytesIO(data), source_name).load()
+    except UserError:
+        raise
+    except (EOFError, pickle.UnpicklingError, ValueError, RuntimeError, IndexError, KeyError,
+            TypeError, AttributeError) as e:
+        raise UserError(f'{source_name}: not a readable network pickle (truncated or corrupt: '
+                        f'{type(e).__name__}: {e})') from None
+    obj = _build_all(obj, source_name)
+    if isinstance(obj, torch.nn.Module):
+        obj = dict(ema=obj)  # A bare network pickle.
+    if not isinstance(obj, dict) or not isinstance(obj.get('ema'), torch.nn.Module):
+        raise UserError(f'{source_name}: no network ("ema") in the pickle')
+    return obj
+
+def load_network(path_or_url: str) -> torch.nn.Module:
+    """The `ema` network of a pickle, in eval mode, without gradients."""
+    net = load_network_pickle(path_or_url)['ema']
+    return net.eval().requires_grad_(False)
+
+def save_network_pickle(path: str, data: dict) -> None:
+    """Write a snapshot dict (`ema`, `loss_fn`, `augment_pipe`, `dataset_kwargs`) atomically."""
+    from dnnlib.util import atomic_write
+    with atomic_write(path, 'wb') as f:
+        pickle.dump(data, f)
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+# Networks, losses, augmentation, datasets, samplers and the training loop.
