@@ -1,0 +1,588 @@
+"""Frechet Inception Distance (FID), computed the way EDM computes it, with more ways to feed it.
+
+`ref` turns a dataset into reference statistics (`mu`, `sigma` of the detector's features, saved
+as an `.npz` that EDM's published reference files share). `calc` scores a folder or zip of images
+against such a file, or generates the images itself from a network pickle (or from every snapshot
+of a run directory) without writing them to disk, optionally over several disjoint seed sets.
+
+The detector defaults to NVIDIA's Inception-v3 in TorchScript form, the file StyleGAN2-ADA,
+clean-fid and k-diffusion use; it gives the same features as the pickle EDM downloads, and
+loading it runs no Python code from the file. Its sha256 is checked every time it is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fnmatch
+import hashlib
+import json
+import os
+import pickle
+import re
+import time
+import zipfile
+from typing import Any, Iterator, Sequence
+
+import click
+import numpy as np
+import scipy.linalg
+import torch
+import tqdm
+
+from dnnlib.util import (UserError, atomic_write, download, is_url, open_url, parse_int_list, report_user_errors,
+                         save_png)
+from generate import image_path as generated_image_path
+from generate import rank_batches, sampler_options
+from torch_utils import distributed as dist
+from torch_utils.persistence import load_network
+from training.sampler import generate_images, to_uint8
+
+#----------------------------------------------------------------------------
+# Detector files. The TorchScript Inception is the default; EDM's own pickle
+# of the same network is accepted when named explicitly.
+
+DEFAULT_DETECTOR = 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt'
+DEFAULT_DETECTOR_SHA256 = 'f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4'
+EDM_PICKLE_DETECTOR = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
+
+SNAPSHOT_PATTERN = 'network-snapshot-*.pkl'
+DEFAULT_NUM_IMAGES = 50000
+
+#----------------------------------------------------------------------------
+# Let rank 0 do something first (a download, say) while the other ranks wait,
+# then let them follow and find the file in the cache.
+
+@contextlib.contextmanager
+def rank0_first() -> Iterator[None]:
+    if dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if dist.get_rank() == 0:
+        dist.barrier()
+
+# The gist of an exception in one line (TorchScript errors span many).
+def _last_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f'{type(e).__name__}: {lines[-1]}' if lines else type(e).__name__
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+#----------------------------------------------------------------------------
+# A feature extractor with the call contract of NVIDIA's Inception:
+# `net(images, return_features=True)` takes uint8 [N, 3, H, W] images at any
+# resolution (the network resizes them itself) and returns [N, D] features.
+
+class Detector:
+    def __init__(self, net: Any, source: str, path: str, sha256: str, device: torch.device):
+        self.net = net              # The callable module.
+        self.source = source        # Path or URL as the user gave it.
+        self.path = path            # Local file it was loaded from.
+        self.sha256 = sha256        # Digest of that file.
+        self.device = device
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of a batch of uint8 [N, C, H, W] images (C = 1 or 3), as float64 [N, D]."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f'the detector takes uint8 images, not {images.dtype}')
+        if images.shape[1] == 1:
+            images = images.repeat([1, 3, 1, 1])
+        try:
+            out = self.net(images.to(self.device), return_features=True)
+        except Exception as e:  # TorchScript raises its own error types.
+            raise UserError(f'{self.source}: the detector failed on images of shape {list(images.shape)} '
+                            f'({_last_line(e)})') from None
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UserError(f'{self.source}: the detector returned {shape} for {images.shape[0]} images; '
+                            'expected [N, features]')
+        return out.to(torch.float64)
+
+    def feature_dim(self, image_shape: Sequence[int]) -> int:
+        """Width of the features, found by running the detector on one blank image."""
+        return int(self.features(torch.zeros([1, *image_shape], dtype=torch.uint8)).shape[1])
+
+#----------------------------------------------------------------------------
+# Load a detector from a path or URL. TorchScript archives (zip files) are
+# loaded with torch.jit.load, which runs no Python code from the file; a
+# `.pkl` file is unpickled, which runs whatever the pickle holds.
+
+def load_detector(detector: str = DEFAULT_DETECTOR, sha256: str | None = None,
+                  device: torch.device | str = 'cpu', verbose: bool = True) -> Detector:
+    device = torch.device(device)
+    path = download(detector, verbose=verbose) if is_url(detector) else detector
+    if not os.path.isfile(path):
+        raise UserError(f'{detector}: no such file')
+
+    # The default detector is always checked; any other one when a digest is given.
+    expected = sha256 if sha256 is not None else (DEFAULT_DETECTOR_SHA256 if detector == DEFAULT_DETECTOR else None)
+    actual = file_sha256(path)
+    if expected is not None and actual != expected.lower():
+        where = f'{detector} (cached as {path}; delete it to download again)' if path != detector else detector
+        raise UserError(f'{where}: sha256 is {actual}, expected {expected.lower()}')
+
+    if zipfile.is_zipfile(path):
+        try:
+            net = torch.jit.load(path, map_location=device)
+        except Exception as e:
+            raise UserError(f'{detector}: not a TorchScript detector ({_last_line(e)})') from None
+    elif path.endswith('.pkl') or detector.endswith('.pkl'):
+        if verbose:
+            print(f'Unpickling the detector "{detector}": this runs code stored in the file.', flush=True)
+        try:
+            with open(path, 'rb') as f:
+                net = pickle.load(f)
+        except Exception as e:
+            raise UserError(f'{detector}: cannot unpickle the detector ({type(e).__name__}: {e}); a pickled '
+                            'detector needs the modules it was pickled with (EDM\'s torch_utils for EDM\'s '
+                            f'pickle); the TorchScript detector {DEFAULT_DETECTOR} needs none') from None
+        if not callable(net):
+            raise UserError(f'{detector}: the pickle holds a {type(net).__name__}, not a detector network')
+        if isinstance(net, torch.nn.Module):
+            net = net.to(device)
+    else:
+        raise UserError(f'{detector}: not a TorchScript archive (and not a .pkl detector)')
+    if isinstance(net, torch.nn.Module):
+        net.eval()
+    return Detector(net, detector, path, actual, device)
+
+#----------------------------------------------------------------------------
+# Running first and second moments of features: sum of features, sum of
+# outer products and count, in float64, summed over processes at the end.
+
+class FeatureStats:
+    def __init__(self, dim: int, device: torch.device | str = 'cpu'):
+        self.dim = dim
+        self.count = torch.zeros([], dtype=torch.float64, device=device)
+        self.sum = torch.zeros([dim], dtype=torch.float64, device=device)
+        self.outer = torch.zeros([dim, dim], dtype=torch.float64, device=device)
+
+    def append(self, features: torch.Tensor) -> None:
+        features = features.to(device=self.sum.device, dtype=torch.float64)
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise ValueError(f'expected features of shape [N, {self.dim}], got {list(features.shape)}')
+        self.count += features.shape[0]
+        self.sum += features.sum(0)
+        self.outer += features.T @ features
+
+    def all_reduce(self) -> None:
+        """Sum the statistics of all processes (every process must call it)."""
+        for tensor in (self.count, self.sum, self.outer):
+            dist.all_reduce_sum(tensor)
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and unbiased covariance (divided by N-1) as float64 numpy arrays."""
+        n = float(self.count)
+        if n < 2:
+            raise ValueError(f'statistics need at least 2 images, got {int(n)}')
+        mu = self.sum / n
+        sigma = (self.outer - n * torch.outer(mu, mu)) / (n - 1)
+        return mu.cpu().numpy(), sigma.cpu().numpy()
+
+#----------------------------------------------------------------------------
+# The Frechet distance between two Gaussians:
+#   |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+# The matrix square root may come back complex from round-off; the real part
+# of the total is the distance.
+
+def calculate_fid_from_inception_stats(mu: np.ndarray, sigma: np.ndarray,
+                                       mu_ref: np.ndarray, sigma_ref: np.ndarray) -> float:
+    mean_term = np.square(mu - mu_ref).sum()
+    root = scipy.linalg.sqrtm(np.dot(sigma, sigma_ref))
+    fid = mean_term + np.trace(sigma) + np.trace(sigma_ref) - 2 * np.trace(root)
+    return float(np.real(fid))
+
+#----------------------------------------------------------------------------
+# Reference statistics: an `.npz` with `mu` [D] and `sigma` [D, D], from a
+# path or URL (EDM's published files load unchanged).
+
+def load_ref_stats(ref: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open_url(ref) as f:
+            with np.load(f, allow_pickle=False) as data:
+                missing = [key for key in ('mu', 'sigma') if key not in data.files]
+                if missing:
+                    raise UserError(f'{ref}: no "{missing[0]}" array; not FID reference statistics '
+                                    f'(it holds {", ".join(data.files) or "nothing"})')
+                mu, sigma = np.asarray(data['mu'], np.float64), np.asarray(data['sigma'], np.float64)
+    except UserError:
+        raise
+    except AttributeError:  # np.load returned a bare array (a .npy file), which has no `.files`.
+        raise UserError(f'{ref}: a single array, not an .npz with "mu" and "sigma"') from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f'{ref}: not a readable .npz file ({e})') from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise UserError(f'{ref}: "mu" has shape {list(mu.shape)} and "sigma" {list(sigma.shape)}; '
+                        'expected [D] and [D, D]')
+    return mu, sigma
+
+def save_ref_stats(dest: str, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """Write `mu` and `sigma` as EDM's reference `.npz`, atomically."""
+    with atomic_write(dest, 'wb') as f:
+        np.savez(f, mu=mu, sigma=sigma)
+
+#----------------------------------------------------------------------------
+# Images from a dataset (a directory or zip, as training reads them). Float
+# `.npy` datasets are quantised the way generated images are saved.
+
+def open_image_dataset(path: str) -> Any:
+    from training.dataset import ImageFolderDataset
+    dataset = ImageFolderDataset(path=path)
+    if dataset.num_channels not in (1, 3):
+        raise UserError(f'{path}: images have {dataset.num_channels} channels; FID needs 1 or 3')
+    return dataset
+
+# Disjoint subsets of `num` images each: shuffle all indices with the seed and
+# cut consecutive slices, each sorted. The first slice is the subset EDM's
+# dataset picks with max_size=num and the same seed; all images when num = N.
+def image_subsets(num_images: int, num: int, repeats: int, seed: int) -> list[np.ndarray]:
+    order = np.arange(num_images, dtype=np.int64)
+    if num * repeats < num_images:
+        np.random.RandomState(seed % (1 << 31)).shuffle(order)
+    return [np.sort(order[k * num:(k + 1) * num]) for k in range(repeats)]
+
+def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, max_batch_size: int = 64,
+                  num_workers: int = 3, device: torch.device | str = 'cpu',
+                  feature_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Feature mean and covariance of the dataset items `indices`, shared among all processes."""
+    device = torch.device(device)
+    indices = [int(i) for i in indices]
+    if feature_dim is None:
+        feature_dim = detector.feature_dim(dataset.image_shape)
+    stats = FeatureStats(feature_dim, device)
+    batches = [b for b in rank_batches(indices, max_batch_size, dist.get_rank(), dist.get_world_size()) if b]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                         prefetch_factor=(2 if num_workers > 0 else None))
+    for images, _labels in tqdm.tqdm(loader, total=len(batches), unit='batch', desc='Features',
+                                     disable=(dist.get_rank() != 0)):
+        if images.dtype != torch.uint8:
+            images = to_uint8(images)
+        stats.append(detector.features(images))
+    stats.all_reduce()
+    return stats.mean_cov()
+
+def calculate_inception_stats(image_path: str, num_expected: int | None = None, seed: int = 0,
+                              max_batch_size: int = 64, num_workers: int = 3,
+                              device: torch.device | str = 'cpu',
+                              detector: Detector | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics of `num_expected` images of a dataset (all when None), the subset chosen by `seed`."""
+    if detector is None:
+        with rank0_first():
+            detector = load_detector(device=device, verbose=(dist.get_rank() == 0))
+    dataset = open_image_dataset(image_path)
+    num = len(dataset) if num_expected is None else num_expected
+    check_image_count(image_path, len(dataset), num, 1)
+    indices = image_subsets(len(dataset), num, 1, seed)[0]
+    return dataset_stats(dataset, indices, detector, max_batch_size=max_batch_size,
+                         num_workers=num_workers, device=device)
+
+def check_image_count(path: str, found: int, num: int, repeats: int) -> None:
+    if num < 2:
+        raise UserError(f'{path}: statistics need at least 2 images, got {num}')
+    if found < num * repeats:
+        wanted = f'--num={num}' + (f' x --repeats={repeats}' if repeats > 1 else '')
+        raise UserError(f'{path}: found {found} images, but {wanted} asks for {num * repeats}')
+
+#----------------------------------------------------------------------------
+# Images generated by a network with EDM's sampler and per-seed protocol,
+# scored as they come; written as PNGs only when `outdir` is given.
+
+def network_stats(net: torch.nn.Module, seeds: Sequence[int], detector: Detector, *, max_batch_size: int = 64,
+                  device: torch.device | str = 'cpu', outdir: str | None = None,
+                  feature_dim: int | None = None, **sampler_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Feature mean and covariance of the images of `seeds`, generated and shared by all processes."""
+    device = torch.device(device)
+    image_shape = [net.img_channels, net.img_resolution, net.img_resolution]
+    if feature_dim is None:
+        feature_dim = detector.feature_dim(image_shape)
+    stats = FeatureStats(feature_dim, device)
+    batches = rank_batches(list(seeds), max_batch_size, dist.get_rank(), dist.get_world_size())
+    for batch_seeds in tqdm.tqdm(batches, unit='batch', desc='Generating', disable=(dist.get_rank() != 0)):
+        if not batch_seeds:
+            continue
+        images = to_uint8(generate_images(net, batch_seeds, device=device, **sampler_kwargs))
+        if outdir is not None:
+            for seed, image in zip(batch_seeds, images.permute(0, 2, 3, 1).cpu().numpy()):
+                save_png(generated_image_path(outdir, seed, True), image)
+        stats.append(detector.features(images))
+    stats.all_reduce()
+    return stats.mean_cov()
+
+#----------------------------------------------------------------------------
+# Run directories: every snapshot, or those whose file name matches a glob,
+# in the order of their names (which is the order of kimg).
+
+def list_snapshots(rundir: str, pattern: str | None = None) -> list[str]:
+    names = sorted(name for name in os.listdir(rundir) if fnmatch.fnmatch(name, SNAPSHOT_PATTERN))
+    if not names:
+        raise UserError(f'{rundir}: no {SNAPSHOT_PATTERN} in this directory')
+    if pattern is not None:
+        names = [name for name in names if fnmatch.fnmatch(name, pattern)]
+        if not names:
+            raise UserError(f'{rundir}: no snapshot matches --snapshots={pattern}')
+    return [os.path.join(rundir, name) for name in names]
+
+def snapshot_kimg(path: str) -> int | None:
+    m = re.fullmatch(r'network-snapshot-(\d+)\.pkl', os.path.basename(path))
+    return int(m.group(1)) if m else None
+
+#----------------------------------------------------------------------------
+# Small helpers for reports: seed lists as ranges, and the spread of scores.
+
+def format_int_list(values: Sequence[int]) -> str:
+    parts: list[str] = []
+    start = prev = None
+    for v in values:
+        if start is not None and v == prev + 1:
+            prev = v
+            continue
+        if start is not None:
+            parts.append(f'{start}' if start == prev else f'{start}-{prev}')
+        start = prev = v
+    if start is not None:
+        parts.append(f'{start}' if start == prev else f'{start}-{prev}')
+    return ','.join(parts)
+
+def summarize(fids: Sequence[float]) -> dict:
+    """Minimum, mean and sample standard deviation (0 for a single score)."""
+    values = np.asarray(fids, dtype=np.float64)
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return dict(fid=float(values.min()), mean=float(values.mean()), std=std, fids=[float(x) for x in values])
+
+def append_json(path: str, record: dict) -> None:
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'a', encoding='utf-8') as f:
+        f.write(json.dumps(record) + '\n')
+
+#----------------------------------------------------------------------------
+
+@click.group()
+def main() -> None:
+    """Frechet Inception Distance (FID), as EDM computes it.
+
+    \b
+    Examples:
+    # Score 50,000 images generated from a network, without writing them
+    python fid.py calc --network=runs/00000-.../network-snapshot-002000.pkl \\
+        --ref=https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz
+    \b
+    # Every snapshot of a run, on 8 GPUs, best of three seed sets each
+    torchrun --standalone --nproc_per_node=8 fid.py calc --network=runs/00000-... \\
+        --ref=fid-refs/cifar10-32x32.npz --repeats=3
+    \b
+    # Score a folder (or zip) of images
+    python fid.py calc --images=fid-tmp --ref=fid-refs/cifar10-32x32.npz
+    \b
+    # Reference statistics of a dataset
+    python fid.py ref --data=datasets/cifar10-32x32.zip --dest=fid-refs/cifar10-32x32.npz
+    """
+
+#----------------------------------------------------------------------------
+# Options shared by both commands: the detector, the batch size, data-loading
+# workers and the device.
+
+def _check_sha256(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r'[0-9a-fA-F]{64}', value):
+        raise click.BadParameter('expected 64 hexadecimal digits')
+    return value
+
+def detector_options(func):
+    options = [
+        click.option('--detector', help='Feature detector: TorchScript file, or a .pkl detector (unpickling it runs code stored in it)', metavar='PT|PKL|URL', type=str, default=DEFAULT_DETECTOR, show_default='Inception-v3, TorchScript'),
+        click.option('--detector-sha256', 'detector_sha256', help='Expected sha256 of the detector file  [default: checked for the default detector only]', metavar='HEX', type=str, callback=_check_sha256),
+        click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
+        click.option('--workers', 'num_workers', help='Data-loading worker processes', metavar='INT', type=click.IntRange(min=0), default=3, show_default=True),
+        click.option('--device', help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+# Join the process group and load the detector (rank 0 downloads first).
+def _setup(device_name: str | None, detector: str, detector_sha256: str | None) -> tuple[torch.device, Detector]:
+    device = dist.resolve_device(device_name)
+    dist.init(device)
+    dist.print0(f'Loading detector from "{detector}"...')
+    with rank0_first():
+        det = load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0))
+    return device, det
+
+#----------------------------------------------------------------------------
+
+@main.command()
+@click.option('--images', 'image_path',   help='Images to score: directory or zip', metavar='DIR|ZIP',               type=str)
+@click.option('--network', 'network',     help='Network pickle, or a run directory to score each snapshot', metavar='PKL|URL|DIR', type=str)
+@click.option('--ref', 'ref_path',        help='Dataset reference statistics', metavar='NPZ|URL',                    type=str, required=True)
+@click.option('--num', 'num',             help=f'Number of images per score  [default: {DEFAULT_NUM_IMAGES}, or the --seeds count]', metavar='INT', type=click.IntRange(min=2))
+@click.option('--seed',                   help='First seed (--network) or seed of the image subset (--images)  [default: 0]', metavar='INT', type=click.IntRange(min=0))
+@click.option('--seeds',                  help='Seeds to generate  [default: seed to seed+num*repeats-1]', metavar='LIST', type=parse_int_list)
+@click.option('--repeats',                help='Score this many disjoint seed sets (or image subsets); report min, mean, std', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
+@click.option('--snapshots',              help='Snapshots of a run directory to score  [default: all]', metavar='GLOB', type=str)
+@click.option('--outdir',                 help='Also save the generated images here, 1000 per subfolder', metavar='DIR', type=str)
+@click.option('--json', 'json_path',      help='Append one JSON record per score to this file', metavar='FILE', type=str)
+@detector_options
+@sampler_options
+@report_user_errors
+def calc(image_path: str | None, network: str | None, ref_path: str, num: int | None, seed: int | None,
+         seeds: list[int] | None, repeats: int, snapshots: str | None, outdir: str | None, json_path: str | None,
+         detector: str, detector_sha256: str | None, max_batch_size: int, num_workers: int,
+         device: str | None, **sampler_kwargs: Any) -> None:
+    """Calculate FID of images, or of a network's samples.
+
+    The FID is the last line printed: with --repeats, the minimum over the seed sets (EDM's
+    published protocol takes the minimum of three); for a run directory, the best snapshot.
+    Network pickles are read as data only.
+    """
+    # Check the combination of options before doing any work.
+    if (image_path is None) == (network is None):
+        raise UserError('give exactly one of --images and --network')
+    if image_path is not None:
+        for name, value in (('--seeds', seeds), ('--snapshots', snapshots), ('--outdir', outdir)):
+            if value is not None:
+                raise UserError(f'{name} needs --network; it does not apply to --images')
+    is_rundir = network is not None and not is_url(network) and os.path.isdir(network)
+    if snapshots is not None and not is_rundir:
+        raise UserError(f'--snapshots needs --network to be a run directory, not {network}')
+    if seeds is not None and seed is not None:
+        raise UserError('give --seed or --seeds, not both')
+    if seeds is not None and not seeds:
+        raise UserError('--seeds names no seeds')
+
+    # The seed sets of a network, one per repeat.
+    seed = seed or 0
+    seed_sets: list[list[int]] = []
+    if network is not None:
+        if seeds is None:
+            num = num or DEFAULT_NUM_IMAGES
+            seeds = list(range(seed, seed + num * repeats))
+        num = num or len(seeds) // repeats
+        if num < 2 or len(seeds) < num * repeats:
+            raise UserError(f'--seeds gives {len(seeds)} seeds, but --num={num} x --repeats={repeats} '
+                            f'needs {max(num, 2) * repeats}')
+        seed_sets = [seeds[k * num:(k + 1) * num] for k in range(repeats)]
+    num = num or DEFAULT_NUM_IMAGES
+
+    device_obj, det = _setup(device, detector, detector_sha256)
+
+    # Reference statistics, loaded early so that a bad file fails before any work.
+    dist.print0(f'Loading dataset reference statistics from "{ref_path}"...')
+    with rank0_first():
+        mu_ref, sigma_ref = load_ref_stats(ref_path)
+
+    def check_dim(image_shape: Sequence[int]) -> int:
+        dim = det.feature_dim(image_shape)
+        if dim != mu_ref.shape[0]:
+            raise UserError(f'{ref_path}: statistics of {mu_ref.shape[0]} features, but the detector '
+                            f'{detector} gives {dim}')
+        return dim
+
+    # Describe one score in the JSON record.
+    def record(fids: Sequence[float], seconds: float, **fields: Any) -> dict:
+        return dict(fields, **summarize(fids), ref=ref_path, num=num, repeats=repeats,
+                    detector=detector, detector_sha256=det.sha256, world_size=dist.get_world_size(),
+                    device=str(device_obj), time=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+                    seconds=round(seconds, 3))
+
+    results: list[tuple[str, int | None, dict]] = []
+    if image_path is not None:
+        # A folder or zip of images: disjoint random subsets of --num images.
+        dataset = open_image_dataset(image_path)
+        check_image_count(image_path, len(dataset), num, repeats)
+        dim = check_dim(dataset.image_shape)
+        start = time.time()
+        fids = []
+        for k, indices in enumerate(image_subsets(len(dataset), num, repeats, seed)):
+            dist.print0(f'Scoring {num} of {len(dataset)} images from "{image_path}"'
+                        + (f' (subset {k + 1} of {repeats})...' if repeats > 1 else '...'))
+            mu, sigma = dataset_stats(dataset, indices, det, max_batch_size=max_batch_size, num_workers=num_workers,
+                                      device=device_obj, feature_dim=dim)
+            fids.append(calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref))
+            if repeats > 1:
+                dist.print0(f'Subset {k + 1}: FID {fids[-1]:g}')
+        results.append((image_path, None, record(fids, time.time() - start, images=image_path, seed=seed)))
+    else:
+        # One network, or every chosen snapshot of a run directory.
+        pkls = list_snapshots(network, snapshots) if is_rundir else [network]
+        sampler_record = {k: v for k, v in sampler_kwargs.items() if v is not None}
+        for pkl in pkls:
+            dist.print0(f'Loading network from "{pkl}"...')
+            with rank0_first():
+                net = load_network(pkl).to(device_obj)
+            if net.img_channels not in (1, 3):
+                raise UserError(f'{pkl}: the network makes {net.img_channels}-channel images; FID needs 1 or 3')
+            dim = check_dim([net.img_channels, net.img_resolution, net.img_resolution])
+            subdir = None
+            if outdir is not None:
+                subdir = os.path.join(outdir, os.path.splitext(os.path.basename(pkl))[0]) if is_rundir else outdir
+            start = time.time()
+            fids = []
+            for k, set_seeds in enumerate(seed_sets):
+                dist.print0(f'Generating and scoring {len(set_seeds)} images (seeds {format_int_list(set_seeds)})...')
+                mu, sigma = network_stats(net, set_seeds, det, max_batch_size=max_batch_size, device=device_obj,
+                                          outdir=subdir, feature_dim=dim, **sampler_kwargs)
+                fids.append(calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref))
+                if repeats > 1 or is_rundir:
+                    dist.print0(f'{os.path.basename(pkl)}, seeds {format_int_list(set_seeds)}: FID {fids[-1]:g}')
+            del net
+            results.append((pkl, snapshot_kimg(pkl), record(fids, time.time() - start, network=pkl, kimg=snapshot_kimg(pkl),
+                            seeds=format_int_list([s for ss in seed_sets for s in ss]), sampler=sampler_record)))
+
+    # Report: a table for a run directory, the spread for repeats, and the FID last.
+    if dist.get_rank() == 0:
+        if json_path is not None:
+            for _name, _kimg, rec in results:
+                append_json(json_path, rec)
+        if is_rundir:
+            spread = repeats > 1
+            header = f'{"snapshot":<32} {"kimg":>8} {"FID":>10}' + (f' {"mean":>10} {"std":>10}' if spread else '')
+            print(header)
+            for name, kimg, rec in results:
+                row = f'{os.path.basename(name):<32} {"-" if kimg is None else kimg:>8} {rec["fid"]:>10.4f}'
+                print(row + (f' {rec["mean"]:>10.4f} {rec["std"]:>10.4f}' if spread else ''))
+            best_name, best_kimg, best = min(results, key=lambda r: r[2]['fid'])
+            print(f'Best: {os.path.basename(best_name)} (kimg {"-" if best_kimg is None else best_kimg})')
+            print(f'{best["fid"]:g}', flush=True)
+        else:
+            rec = results[0][2]
+            if repeats > 1:
+                print(f'FID over {repeats} disjoint sets: min {rec["fid"]:g}, mean {rec["mean"]:g}, std {rec["std"]:g}')
+            print(f'{rec["fid"]:g}', flush=True)
+    dist.barrier()
+    dist.deinit()
+
+#----------------------------------------------------------------------------
+
+@main.command()
+@click.option('--data', 'dataset_path', help='Dataset: directory or zip', metavar='DIR|ZIP', type=str, required=True)
+@click.option('--dest', 'dest_path',    help='Destination .npz file', metavar='NPZ',         type=str, required=True)
+@detector_options
+@report_user_errors
+def ref(dataset_path: str, dest_path: str, detector: str, detector_sha256: str | None,
+        max_batch_size: int, num_workers: int, device: str | None) -> None:
+    """Calculate reference statistics of a dataset (all its images) for 'calc'."""
+    device_obj, det = _setup(device, detector, detector_sha256)
+    dataset = open_image_dataset(dataset_path)
+    check_image_count(dataset_path, len(dataset), len(dataset), 1)
+    dist.print0(f'Calculating statistics of {len(dataset)} images from "{dataset_path}"...')
+    mu, sigma = dataset_stats(dataset, range(len(dataset)), det, max_batch_size=max_batch_size,
+                              num_workers=num_workers, device=device_obj)
+    dist.print0(f'Saving dataset reference statistics to "{dest_path}"...')
+    if dist.get_rank() == 0:
+        save_ref_stats(dest_path, mu, sigma)
+    dist.barrier()
+    dist.print0('Done.')
+    dist.deinit()
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    main()
+
+#----------------------------------------------------------------------------

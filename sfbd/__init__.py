@@ -1,0 +1,3 @@
+# Stochastic Forward-Backward Deconvolution (Lu, Wu, Yu, ICML 2025): noisy
+# observation sets, backward sampling from an observation, update rounds and
+# the embedded demo.

@@ -1,0 +1,185 @@
+"""Dataset commands for SFBD: `split` a dataset into a clean part and noisy observations, and
+`merge` several datasets into one. Registered as subcommands of dataset_tool.py:
+
+    python dataset_tool.py split --source=cifar10.zip --clean=clean.zip --noisy=noisy.zip \\
+        --clean-fraction=0.04 --sigma=0.59 --seed=0
+    python dataset_tool.py merge --source=clean.zip --source=denoised --dest=merged.zip
+
+Both write their outputs under temporary names and rename them into place when complete, and
+neither overwrites an existing dataset. The observation format is described in docs/observations.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+import numpy as np
+import tqdm
+
+from dnnlib.util import EasyDict, UserError, report_user_errors
+from sfbd.observations import (DatasetWriter, add_noise, dataset_fname, encode_npy, encode_png, list_image_fnames,
+                               raw_labels, write_datasets)
+from training.dataset import DatasetFiles, ImageFolderDataset, file_ext, read_dataset_json
+
+#----------------------------------------------------------------------------
+# Random choices of a split. The clean images are the first M of a seeded
+# permutation; the noise of image i comes from its own stream keyed by
+# (seed, i), so it depends neither on M nor on the order of processing.
+
+def choose_clean(num_images: int, num_clean: int, seed: int) -> np.ndarray:
+    """Sorted source indices of the images kept clean."""
+    order = np.random.default_rng([seed, 0]).permutation(num_images)
+    return np.sort(order[:num_clean])
+
+def noise_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 1, index])
+
+#----------------------------------------------------------------------------
+# Split: every source image goes to exactly one part. Clean images are
+# re-encoded as PNG; the others become observations. Both parts are numbered
+# afresh in source order and carry the source's labels. The clean originals
+# of the noisy part are not written anywhere.
+
+def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, seed: int = 0,
+                  clean_count: int | None = None, clean_fraction: float | None = None,
+                  verbose: bool = True) -> dict:
+    """Split `source` into an image dataset `clean_dest` and an observation set `noisy_dest`.
+    Give exactly one of `clean_count` and `clean_fraction`. Returns {'clean': M, 'noisy': N - M}."""
+    if (clean_count is None) == (clean_fraction is None):
+        raise UserError('split: give exactly one of --clean-count and --clean-fraction')
+    if not sigma > 0:
+        raise UserError(f'split: --sigma must be positive, got {sigma}')
+    dataset = ImageFolderDataset(source)
+    if dataset.is_float:
+        raise UserError(f'--source={source}: holds .npy arrays; split needs a dataset of 8-bit images')
+    fnames = list_image_fnames(source)
+    labels = raw_labels(source, fnames)
+    num_images = len(fnames)
+    num_clean = clean_count if clean_count is not None else int(round(clean_fraction * num_images))
+    if not 1 <= num_clean < num_images:
+        raise UserError(f'split: {num_clean} clean images out of {num_images}; both parts must be non-empty')
+
+    is_clean = np.zeros(num_images, dtype=bool)
+    is_clean[choose_clean(num_images, num_clean, seed)] = True
+    clean_labels: list = []  # [name, label] pairs of each part, in order.
+    noisy_labels: list = []
+    with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy')) as (clean, noisy):
+        for idx in tqdm.trange(num_images, unit='img', disable=not verbose, desc='split'):
+            image, _label = dataset[idx]
+            label = None if labels is None else labels[idx]
+            if is_clean[idx]:
+                name = dataset_fname(len(clean_labels), '.png')
+                clean.add(name, encode_png(image))
+                clean_labels.append([name, label])
+            else:
+                name = dataset_fname(len(noisy_labels), '.npy')
+                noisy.add(name, encode_npy(add_noise(image, sigma, noise_rng(seed, idx))))
+                noisy_labels.append([name, label])
+        clean.commit(dict(labels=None if labels is None else clean_labels))
+        noisy.commit(dict(sigma=sigma, labels=None if labels is None else noisy_labels))
+    dataset.close()
+    return dict(clean=len(clean_labels), noisy=len(noisy_labels))
+
+#----------------------------------------------------------------------------
+# Merge: the images of several datasets, one after another, renumbered so that
+# names are unique; files are copied byte for byte, labels travel with them.
+# The parts must agree on image shape and kind (8-bit images or .npy arrays),
+# all or none must have labels, and observation sets must share one sigma.
+
+def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
+    """Merge `sources` into a new dataset `dest`; returns the number of images."""
+    if not sources:
+        raise UserError('merge: give at least one --source')
+    parts = []
+    for source in sources:
+        metadata = read_dataset_json(source)
+        dataset = ImageFolderDataset(source, use_labels=(metadata.get('labels') is not None))
+        dataset.close()
+        fnames = list_image_fnames(source)
+        parts.append(EasyDict(source=source, dataset=dataset, fnames=fnames, sigma=metadata.get('sigma'),
+                              labels=raw_labels(source, fnames, metadata)))
+
+    first = parts[0]
+    for part in parts[1:]:
+        where = f'--source={part.source}'
+        if part.dataset.image_shape != first.dataset.image_shape:
+            raise UserError(f'{where}: images are {part.dataset.image_shape} (C, H, W), '
+                            f'but {first.source} has {first.dataset.image_shape}')
+        if part.dataset.is_float != first.dataset.is_float:
+            raise UserError(f'{where}: mixes .npy arrays and 8-bit images with {first.source}')
+        if (part.labels is None) != (first.labels is None):
+            raise UserError(f'{where}: all parts or none must have labels, and {first.source} '
+                            f'{"has none" if first.labels is None else "has them"}')
+        if part.labels is not None and (part.dataset.has_onehot_labels != first.dataset.has_onehot_labels or
+                (not part.dataset.has_onehot_labels and part.dataset.label_shape != first.dataset.label_shape)):
+            raise UserError(f'{where}: labels of another kind than those of {first.source}')
+        if part.sigma != first.sigma:
+            raise UserError(f'{where}: sigma {part.sigma} differs from {first.sigma} of {first.source}')
+
+    merged_labels = []
+    writer = DatasetWriter(dest)
+    try:
+        with tqdm.tqdm(total=sum(len(part.fnames) for part in parts), unit='img', disable=not verbose, desc='merge') as bar:
+            for part in parts:
+                files = DatasetFiles(part.source)
+                for k, fname in enumerate(part.fnames):
+                    name = dataset_fname(len(merged_labels), file_ext(fname))
+                    writer.add(name, files.read(fname))
+                    merged_labels.append([name, None if part.labels is None else part.labels[k]])
+                    bar.update(1)
+                files.close()
+        metadata = dict(labels=None if first.labels is None else merged_labels)
+        if first.sigma is not None:
+            metadata['sigma'] = first.sigma
+        writer.commit(metadata)
+    except BaseException:
+        writer.abort()
+        raise
+    return len(merged_labels)
+
+#----------------------------------------------------------------------------
+# Command-line front ends, registered in dataset_tool.py.
+
+@click.command()
+@click.option('--source',          help='Dataset to split: directory or zip of 8-bit images', metavar='PATH', type=str, required=True)
+@click.option('--clean',           help='Output for the clean part (directory, or .zip)', metavar='PATH',   type=str, required=True)
+@click.option('--noisy',           help='Output for the noisy observations (directory, or .zip)', metavar='PATH', type=str, required=True)
+@click.option('--clean-fraction',  help='Share of the images kept clean', metavar='FLOAT',                  type=click.FloatRange(min=0, max=1, min_open=True, max_open=True))
+@click.option('--clean-count',     help='Number of images kept clean', metavar='INT',                       type=click.IntRange(min=1))
+@click.option('--sigma',           help='Noise level of the observations, in [-1, 1] pixel units', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option('--seed',            help='Seed for the choice of clean images and the noise', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@report_user_errors
+def split(source: str, clean: str, noisy: str, clean_fraction: float | None, clean_count: int | None,
+          sigma: float, seed: int) -> None:
+    """Split a dataset into clean images and noisy observations (SFBD's setting).
+
+    \b
+    Every image goes to exactly one part: a chosen few stay clean (an EDM image
+    dataset), the rest become observations y = x/127.5 - 1 + sigma*e stored as
+    float32 .npy arrays (docs/observations.md). The seed fixes both the choice
+    and the noise. Labels travel with their images.
+
+    \b
+    Example:
+    python dataset_tool.py split --source=cifar10-32x32.zip --clean=clean.zip \\
+        --noisy=noisy.zip --clean-fraction=0.04 --sigma=0.59 --seed=0
+    """
+    counts = split_dataset(source, clean, noisy, sigma, seed, clean_count=clean_count, clean_fraction=clean_fraction)
+    print(f'{counts["clean"]} clean images in {clean}, {counts["noisy"]} observations (sigma {sigma:g}) in {noisy}')
+
+@click.command()
+@click.option('--source', 'sources', help='Dataset to merge (repeat for each)', metavar='PATH',  type=str, multiple=True, required=True)
+@click.option('--dest',              help='Output dataset (directory, or .zip)', metavar='PATH',  type=str, required=True)
+@report_user_errors
+def merge(sources: tuple[str, ...], dest: str) -> None:
+    """Merge datasets into one, renumbering the images and keeping their labels.
+
+    \b
+    Example:
+    python dataset_tool.py merge --source=clean.zip --source=round-001/denoised --dest=merged.zip
+    """
+    count = merge_datasets(list(sources), dest)
+    print(f'{count} images from {len(sources)} datasets in {dest}')
+
+#----------------------------------------------------------------------------

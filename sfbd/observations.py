@@ -1,0 +1,218 @@
+"""Noisy observation sets: what a copyright holder releases instead of the images.
+
+An observation set is laid out like an EDM dataset (a directory or an uncompressed zip), but each
+image is replaced by one float32 `.npy` array of shape [C, H, W] holding
+
+    y = x / 127.5 - 1 + sigma * e,     e ~ N(0, I),
+
+the 8-bit image x in the network's [-1, 1] units plus Gaussian noise, not clipped. Files are named
+`00000/img00000000.npy`, `00000/img00000001.npy`, ..., 1000 to a folder, and `dataset.json` records
+the noise level next to EDM's labels:
+
+    {"sigma": 0.59, "labels": [["00000/img00000000.npy", 6], ...]}      ("labels": null if none)
+
+Reading goes through training.dataset, which knows `.npy` arrays; this module adds the checks that
+make a dataset an observation set, EDM's file naming, and an atomic writer for whole datasets that
+the dataset commands (`split`, `merge`) share. See docs/observations.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import zipfile
+from typing import Any, Iterator
+
+import numpy as np
+import PIL.Image
+import torch
+
+from dnnlib.util import UserError
+from training.dataset import METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, is_dataset_file, read_dataset_json
+
+#----------------------------------------------------------------------------
+# EDM's file naming: image i is `{i // 1000 * 1000:05d}/img{i:08d}.ext`, so a
+# folder never holds more than 1000 images.
+
+def dataset_fname(index: int, ext: str) -> str:
+    return f'{index // 1000:05d}/img{index:08d}{ext}'
+
+def with_ext(fname: str, ext: str) -> str:
+    """The same relative name with another extension (`00000/img00000003.npy` -> `.png`)."""
+    return os.path.splitext(fname)[0] + ext
+
+#----------------------------------------------------------------------------
+# Encoding single files.
+
+def encode_png(image: np.ndarray) -> bytes:
+    """A [C, H, W] uint8 image (C = 1 or 3) as PNG bytes."""
+    image = np.asarray(image).transpose(1, 2, 0)
+    pil = PIL.Image.fromarray(image[:, :, 0], 'L') if image.shape[2] == 1 else PIL.Image.fromarray(image, 'RGB')
+    buffer = io.BytesIO()
+    pil.save(buffer, format='png', compress_level=0)
+    return buffer.getvalue()
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """A [C, H, W] array as `.npy` bytes, float32."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+#----------------------------------------------------------------------------
+# The forward (blurring) step of SFBD: one noise draw per image, in float64,
+# stored as float32. `rng` decides the noise; callers give each image its own.
+
+def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    x = np.asarray(image, dtype=np.float64) / 127.5 - 1
+    return (x + sigma * rng.standard_normal(x.shape)).astype(np.float32)
+
+#----------------------------------------------------------------------------
+# Writing a whole dataset atomically: files go to a temporary directory or zip
+# beside the destination, which is renamed into place only when everything,
+# dataset.json included, has been written. A failure leaves no destination.
+
+class DatasetWriter:
+    def __init__(self, dest: str, option: str = '--dest'):
+        self.dest = os.path.normpath(dest)
+        if os.path.exists(self.dest):
+            raise UserError(f'{option}={dest}: already exists; datasets are never overwritten, choose a new name or delete it')
+        self.is_zip = file_ext(self.dest) == '.zip'
+        parent = os.path.dirname(os.path.abspath(self.dest))
+        os.makedirs(parent, exist_ok=True)
+        prefix = '.' + os.path.basename(self.dest) + '.'
+        if self.is_zip:
+            fd, self.tmp = tempfile.mkstemp(prefix=prefix, suffix='.tmp', dir=parent)
+            os.close(fd)
+            self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.tmp, 'w', compression=zipfile.ZIP_STORED)
+        else:
+            self.tmp = tempfile.mkdtemp(prefix=prefix, suffix='.tmp', dir=parent)
+            self._zip = None
+        # The temporary is private to its owner; the dataset gets the usual permissions.
+        os.chmod(self.tmp, (0o777 if not self.is_zip else 0o666) & ~_umask())
+        self.names: set[str] = set()
+
+    def add(self, name: str, data: bytes) -> None:
+        if name in self.names:
+            raise ValueError(f'{name} written twice')
+        self.names.add(name)
+        if self._zip is not None:
+            self._zip.writestr(name, data)
+        else:
+            path = os.path.join(self.tmp, *name.split('/'))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'wb') as f:
+                f.write(data)
+
+    def commit(self, metadata: dict) -> None:
+        """Write dataset.json and move the dataset to its destination."""
+        self.add(METADATA_FNAME, json.dumps(metadata).encode('utf-8'))
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+        if os.path.exists(self.dest):
+            raise UserError(f'{self.dest}: appeared while it was being written; left the new copy at {self.tmp}')
+        os.rename(self.tmp, self.dest)
+
+    def abort(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+        if os.path.isdir(self.tmp):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+@contextlib.contextmanager
+def write_datasets(*dests: tuple[str, str]) -> Iterator[list[DatasetWriter]]:
+    """Writers for several datasets given as (path, option name); all are removed if any write fails.
+    The body calls `commit` on each writer when its content is complete."""
+    writers: list[DatasetWriter] = []
+    try:
+        for dest, option in dests:
+            writers.append(DatasetWriter(dest, option))
+        yield writers
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+
+#----------------------------------------------------------------------------
+# Image files of a dataset, in the order training.dataset reads them, and the
+# raw label of each (as written in dataset.json: a class index or a list).
+
+def list_image_fnames(path: str) -> list[str]:
+    files = DatasetFiles(path)
+    try:
+        return [fname for fname in files.names if is_dataset_file(fname)]
+    finally:
+        files.close()
+
+def raw_labels(path: str, fnames: list[str], metadata: dict | None = None) -> list[Any] | None:
+    """Label entries of dataset.json in the order of `fnames`, or None when the dataset has none.
+    `metadata` is the parsed dataset.json when the caller has it already."""
+    entries = (read_dataset_json(path) if metadata is None else metadata).get('labels')
+    if entries is None:
+        return None
+    by_name = {str(name).replace('\\', '/'): label for name, label in entries}
+    missing = [fname for fname in fnames if fname not in by_name]
+    if missing:
+        raise UserError(f'{os.path.join(path, METADATA_FNAME)}: no label for {missing[0]} ({len(missing)} images have none)')
+    return [by_name[fname] for fname in fnames]
+
+#----------------------------------------------------------------------------
+# Reading an observation set: a dataset of .npy arrays whose dataset.json
+# records a positive sigma. Arrays are checked as they are read (float, [C,H,W]
+# like the first, finite) by training.dataset.
+
+class ObservationSet:
+    def __init__(self, path: str, option: str = '--data'):
+        self.path = path
+        metadata = read_dataset_json(path)
+        self.fnames = list_image_fnames(path)
+        self.dataset = ImageFolderDataset(path, use_labels=(metadata.get('labels') is not None))
+        if len(self.fnames) != len(self.dataset):
+            raise RuntimeError(f'{path}: listed {len(self.fnames)} files, the dataset holds {len(self.dataset)}')
+        if not self.dataset.is_float:
+            raise UserError(f'{option}={path}: holds 8-bit images, not observations; an observation set holds '
+                            f'float32 {NPY_EXT} arrays (see docs/observations.md)')
+        sigma = self.dataset.sigma
+        if sigma is None:
+            raise UserError(f'{option}={path}: {METADATA_FNAME} records no "sigma", so this is not an observation set '
+                            '(see docs/observations.md)')
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise UserError(f'{option}={path}: "sigma" in {METADATA_FNAME} must be positive, got {sigma}')
+        self.sigma = float(sigma)
+        self.labels = raw_labels(path, self.fnames, metadata)
+
+    def __len__(self) -> int:
+        return len(self.fnames)
+
+    @property
+    def image_shape(self) -> list[int]:
+        return self.dataset.image_shape
+
+    @property
+    def label_dim(self) -> int:
+        return self.dataset.label_dim
+
+    def load(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Observations [B, C, H, W] float32 and their label vectors [B, label_dim] (None without labels)."""
+        items = [self.dataset[i] for i in indices]
+        y = torch.from_numpy(np.stack([image for image, _label in items]))
+        labels = torch.from_numpy(np.stack([label for _image, label in items])) if self.dataset.has_labels else None
+        return y, labels
+
+    def close(self) -> None:
+        self.dataset.close()
+
+#----------------------------------------------------------------------------

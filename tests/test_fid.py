@@ -1,0 +1,373 @@
+"""fid.py: reference statistics, scores of image folders and of networks, run directories, repeats,
+detector loading and its checks, all on the CPU with a small TorchScript stand-in for Inception."""
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+import scipy.linalg
+import torch
+from click.testing import CliRunner
+
+import fid
+from dnnlib.util import cached_path_for_url
+from training.sampler import generate_images, to_uint8
+
+FEATURES = 16  # Width of the stand-in's features: small, so that covariances of a few dozen images are full rank.
+
+#----------------------------------------------------------------------------
+# A stand-in detector with Inception's call contract: uint8 [N, 3, H, W] in,
+# [N, D] features out with return_features=True. It pools the image to a 4x4
+# grid and applies a fixed random map and a tanh, so features are nonlinear
+# in the pixels. It refuses anything but uint8 RGB, as the real one expects.
+
+class StandInDetector(torch.nn.Module):
+    def __init__(self, dim: int = FEATURES, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer('weight', torch.randn([3 * 4 * 4, dim], generator=g) / 4)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.shape[1] != 3:
+            raise RuntimeError('expected uint8 RGB images')
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x.to(torch.float32) / 127.5 - 1, 4).flatten(1)
+        features = torch.tanh(pooled @ self.weight * 3)
+        return features if return_features else features.softmax(1)
+
+def standin_features(images_u8: np.ndarray) -> np.ndarray:
+    """What the stand-in gives for uint8 [N, C, H, W] images, grayscale repeated: the direct route."""
+    x = torch.as_tensor(images_u8)
+    if x.shape[1] == 1:
+        x = x.repeat([1, 3, 1, 1])
+    with torch.no_grad():
+        return StandInDetector()(x, return_features=True).to(torch.float64).numpy()
+
+def direct_fid(mu1, s1, mu2, s2) -> float:
+    # tr((S1 S2)^(1/2)) as the sum of square roots of the eigenvalues of S1 S2 (real, >= 0 for PSD S1, S2).
+    eig = np.linalg.eigvals(s1 @ s2).real.clip(min=0)
+    return float(np.square(mu1 - mu2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(eig).sum())
+
+def stats_of(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return features.mean(0), np.cov(features, rowvar=False, ddof=1)
+
+#----------------------------------------------------------------------------
+# Datasets in EDM's layout: 00000/img00000000.png, ...
+
+def write_dataset(path, images_u8: np.ndarray, as_zip: bool = False) -> str:
+    files = []
+    for i, image in enumerate(images_u8):
+        hwc = image.transpose(1, 2, 0)
+        pil = PIL.Image.fromarray(hwc[:, :, 0], 'L') if hwc.shape[2] == 1 else PIL.Image.fromarray(hwc, 'RGB')
+        files.append((f'{i // 1000:05d}/img{i:08d}.png', pil))
+    if as_zip:
+        path = str(path) + '.zip'
+        with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
+            for name, pil in files:
+                with z.open(name, 'w') as f:
+                    pil.save(f, format='png')
+    else:
+        for name, pil in files:
+            os.makedirs(os.path.join(path, os.path.dirname(name)), exist_ok=True)
+            pil.save(os.path.join(path, name))
+    return str(path)
+
+def random_images(n: int, channels: int = 3, resolution: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.RandomState(seed).randint(0, 256, size=[n, channels, resolution, resolution]).astype(np.uint8)
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(fid.main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+def last_float(result) -> float:
+    return float(result.stdout.strip().splitlines()[-1])
+
+#----------------------------------------------------------------------------
+# Shared files: the stand-in detector, two datasets, a reference file.
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp('fid')
+    detector = str(root / 'standin.pt')
+    torch.jit.save(torch.jit.script(StandInDetector()), detector)
+    a_images, b_images = random_images(40, seed=1), random_images(30, seed=2)
+    b_images[:, 0] //= 2  # Make B differ from A in distribution, not only by chance.
+    a = write_dataset(root / 'a', a_images)
+    b = write_dataset(root / 'b', b_images, as_zip=True)
+    ref_a = str(root / 'refs' / 'a.npz')
+    run('ref', f'--data={a}', f'--dest={ref_a}', f'--detector={detector}', '--batch=16', '--workers=0', '--device=cpu')
+    return dict(root=root, detector=detector, a=a, b=b, a_images=a_images, b_images=b_images, ref_a=ref_a)
+
+def common(files) -> list[str]:
+    return [f'--detector={files["detector"]}', '--workers=0', '--device=cpu']
+
+#----------------------------------------------------------------------------
+# The formula itself, against a closed form: for diagonal covariances the
+# distance is |mu1 - mu2|^2 + sum (sqrt(a_i) - sqrt(b_i))^2.
+
+def test_fid_formula_closed_form():
+    rnd = np.random.RandomState(0)
+    mu1, mu2, a, b = rnd.randn(5), rnd.randn(5), rnd.rand(5) + 0.1, rnd.rand(5) + 0.1
+    expected = np.square(mu1 - mu2).sum() + np.square(np.sqrt(a) - np.sqrt(b)).sum()
+    got = fid.calculate_fid_from_inception_stats(mu1, np.diag(a), mu2, np.diag(b))
+    assert got == pytest.approx(expected, rel=1e-10)
+
+def test_feature_stats_are_unbiased():
+    x = torch.randn(50, 6, dtype=torch.float64)
+    stats = fid.FeatureStats(6)
+    stats.append(x[:17])
+    stats.append(x[17:])
+    mu, sigma = stats.mean_cov()
+    np.testing.assert_allclose(mu, x.numpy().mean(0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(sigma, np.cov(x.numpy(), rowvar=False, ddof=1), rtol=1e-10, atol=1e-13)
+
+#----------------------------------------------------------------------------
+# ref: EDM's .npz layout, the statistics of every image, written atomically.
+
+def test_ref_matches_direct_statistics(files):
+    with np.load(files['ref_a']) as data:
+        assert sorted(data.files) == ['mu', 'sigma']
+        mu, sigma = data['mu'], data['sigma']
+    assert mu.dtype == np.float64 and sigma.dtype == np.float64
+    assert mu.shape == (FEATURES,) and sigma.shape == (FEATURES, FEATURES)
+    mu_d, sigma_d = stats_of(standin_features(files['a_images']))
+    np.testing.assert_allclose(mu, mu_d, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sigma, sigma_d, rtol=1e-8, atol=1e-12)
+    assert os.listdir(os.path.dirname(files['ref_a'])) == ['a.npz']  # No temporary files left behind.
+
+def test_grayscale_images_are_repeated_to_rgb(files, tmp_path):
+    gray = random_images(12, channels=1, seed=5)
+    gray_path = write_dataset(tmp_path / 'gray', gray)
+    rgb_path = write_dataset(tmp_path / 'rgb', np.repeat(gray, 3, axis=1))
+    for name, path in (('gray', gray_path), ('rgb', rgb_path)):
+        run('ref', f'--data={path}', f'--dest={tmp_path / name}.npz', *common(files))
+    with np.load(tmp_path / 'gray.npz') as g, np.load(tmp_path / 'rgb.npz') as c:
+        np.testing.assert_array_equal(g['mu'], c['mu'])
+        np.testing.assert_array_equal(g['sigma'], c['sigma'])
+
+#----------------------------------------------------------------------------
+# calc --images: against the direct computation; identical sets give 0.
+
+def test_calc_images_matches_direct(files, tmp_path):
+    log = tmp_path / 'log.jsonl'
+    result = run('calc', f'--images={files["b"]}', f'--ref={files["ref_a"]}', '--num=30', f'--json={log}', *common(files))
+    mu_a, sigma_a = stats_of(standin_features(files['a_images']))
+    mu_b, sigma_b = stats_of(standin_features(files['b_images']))
+    expected = direct_fid(mu_b, sigma_b, mu_a, sigma_a)
+    assert expected > 0.1
+    assert last_float(result) == pytest.approx(expected, rel=1e-5)
+    record = json.loads(log.read_text().strip())
+    assert record['fid'] == pytest.approx(expected, rel=1e-8)
+    assert record['images'] == files['b'] and record['num'] == 30 and record['ref'] == files['ref_a']
+    assert record['detector_sha256'] == fid.file_sha256(files['detector'])
+    assert {'time', 'seconds', 'detector'} <= set(record)
+
+def test_identical_images_give_zero(files):
+    result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', *common(files))
+    assert abs(last_float(result)) < 1e-6
+
+def test_subset_is_edms_random_subset(files):
+    # --num below the image count takes the subset EDM's dataset takes with max_size and the seed.
+    from training.dataset import ImageFolderDataset
+    chosen = ImageFolderDataset(path=files['a'], max_size=25, random_seed=7)._raw_idx
+    result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=25', '--seed=7', *common(files))
+    mu_a, sigma_a = stats_of(standin_features(files['a_images']))
+    mu, sigma = stats_of(standin_features(files['a_images'][chosen]))
+    assert last_float(result) == pytest.approx(direct_fid(mu, sigma, mu_a, sigma_a), rel=1e-5)
+
+def test_image_repeats_use_disjoint_subsets(files):
+    result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=20', '--repeats=2', *common(files))
+    subsets = fid.image_subsets(40, 20, 2, 0)
+    assert not set(subsets[0]) & set(subsets[1])
+    mu_a, sigma_a = stats_of(standin_features(files['a_images']))
+    fids = [direct_fid(*stats_of(standin_features(files['a_images'][s])), mu_a, sigma_a) for s in subsets]
+    assert last_float(result) == pytest.approx(min(fids), rel=1e-5)
+
+#----------------------------------------------------------------------------
+# Bad input: one line naming the file or option, exit status 1.
+
+def assert_one_line_error(result, *fragments: str):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('Error: '), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+def test_too_few_images(files):
+    result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=41', *common(files), ok=False)
+    assert_one_line_error(result, files['a'], 'found 40 images', '--num=41')
+    result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', *common(files), ok=False)
+    assert_one_line_error(result, 'found 40 images', '--num=50000')
+
+def test_reference_without_mu(files, tmp_path):
+    bad = str(tmp_path / 'bad.npz')
+    np.savez(bad, sigma=np.eye(FEATURES))
+    result = run('calc', f'--images={files["a"]}', f'--ref={bad}', '--num=40', *common(files), ok=False)
+    assert_one_line_error(result, bad, '"mu"')
+
+def test_reference_of_other_width(files, tmp_path):
+    other = str(tmp_path / 'other.npz')
+    np.savez(other, mu=np.zeros(2048), sigma=np.eye(2048))
+    result = run('calc', f'--images={files["a"]}', f'--ref={other}', '--num=40', *common(files), ok=False)
+    assert_one_line_error(result, other, '2048', str(FEATURES))
+
+def test_unreachable_url_fails_fast(files):
+    url = 'http://127.0.0.1:9/x.pt'
+    start = time.time()
+    result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', f'--detector={url}',
+                 '--workers=0', '--device=cpu', ok=False)
+    assert_one_line_error(result, url)
+    result = run('calc', f'--images={files["a"]}', '--ref=http://127.0.0.1:9/ref.npz', '--num=40', *common(files), ok=False)
+    assert_one_line_error(result, 'http://127.0.0.1:9/ref.npz')
+    assert time.time() - start < 20
+
+def test_sha256_mismatch(files, tmp_path, monkeypatch):
+    result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', *common(files),
+                 '--detector-sha256=' + '0' * 64, ok=False)
+    assert_one_line_error(result, files['detector'], 'sha256')
+    # The right digest passes.
+    run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', *common(files),
+        '--detector-sha256=' + fid.file_sha256(files['detector']))
+    # The default detector is always checked: put a wrong file where its download is cached.
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    cached = cached_path_for_url(fid.DEFAULT_DETECTOR)
+    os.makedirs(os.path.dirname(cached))
+    shutil.copyfile(files['detector'], cached)
+    result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', '--workers=0',
+                 '--device=cpu', ok=False)
+    assert_one_line_error(result, fid.DEFAULT_DETECTOR, cached, fid.DEFAULT_DETECTOR_SHA256)
+
+def test_pickled_detector_when_named(files, tmp_path):
+    # A .pkl detector is unpickled (running what it holds); anything else must be TorchScript.
+    pkl = str(tmp_path / 'detector.pkl')
+    with open(pkl, 'wb') as f:
+        pickle.dump(StandInDetector(), f)
+    result = run('calc', f'--images={files["b"]}', f'--ref={files["ref_a"]}', '--num=30', f'--detector={pkl}',
+                 '--workers=0', '--device=cpu')
+    reference = run('calc', f'--images={files["b"]}', f'--ref={files["ref_a"]}', '--num=30', *common(files))
+    assert last_float(result) == last_float(reference)
+    plain = str(tmp_path / 'detector.bin')
+    shutil.copyfile(pkl, plain)
+    result = run('calc', f'--images={files["b"]}', f'--ref={files["ref_a"]}', '--num=30', f'--detector={plain}',
+                 '--workers=0', '--device=cpu', ok=False)
+    assert_one_line_error(result, plain, 'TorchScript')
+
+#----------------------------------------------------------------------------
+# --network: a tiny EDM network, generated and scored in memory.
+
+def tiny_network(seed: int):
+    from training.networks import EDMPrecond
+    torch.manual_seed(seed)
+    net = EDMPrecond(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=16,
+                     channel_mult=[1, 1], num_blocks=1, attn_resolutions=[])
+    with torch.no_grad():
+        for p in net.parameters():  # Some layers start at zero; make every layer matter.
+            p.add_(torch.randn_like(p) * 0.05)
+    return net.eval().requires_grad_(False)
+
+def save_snapshot(path, net) -> str:
+    from torch_utils.persistence import save_network_pickle
+    save_network_pickle(str(path), dict(ema=net, loss_fn=None, augment_pipe=None, dataset_kwargs={}))
+    return str(path)
+
+def direct_network_fid(net, seeds, ref_path, steps=2) -> float:
+    images = to_uint8(generate_images(net, seeds, device='cpu', num_steps=steps)).numpy()
+    with np.load(ref_path) as ref:
+        return direct_fid(*stats_of(standin_features(images)), ref['mu'], ref['sigma'])
+
+@pytest.fixture(scope='module')
+def rundir(tmp_path_factory):
+    root = tmp_path_factory.mktemp('run')
+    nets = [tiny_network(seed) for seed in (1, 2)]
+    for kimg, net in zip((0, 10), nets):
+        save_snapshot(root / f'network-snapshot-{kimg:06d}.pkl', net)
+    (root / 'log.txt').write_text('not a snapshot\n')
+    return str(root), nets
+
+def test_network_end_to_end(files, rundir, tmp_path):
+    root, nets = rundir
+    pkl = os.path.join(root, 'network-snapshot-000000.pkl')
+    outdir = tmp_path / 'images'
+    result = run('calc', f'--network={pkl}', f'--ref={files["ref_a"]}', '--num=6', '--steps=2', '--batch=4',
+                 f'--outdir={outdir}', *common(files))
+    expected = direct_network_fid(nets[0], list(range(6)), files['ref_a'])
+    assert last_float(result) == pytest.approx(expected, rel=1e-5)
+    # --outdir keeps the images, 1000 per folder, and scoring them again gives the same FID.
+    assert sorted(os.listdir(outdir / '000000')) == [f'{s:06d}.png' for s in range(6)]
+    again = run('calc', f'--images={outdir}', f'--ref={files["ref_a"]}', '--num=6', *common(files))
+    assert last_float(again) == last_float(result)
+
+def test_network_seeds_and_seed(files, rundir):
+    root, nets = rundir
+    pkl = os.path.join(root, 'network-snapshot-000010.pkl')
+    by_seed = run('calc', f'--network={pkl}', f'--ref={files["ref_a"]}', '--num=4', '--seed=3', '--steps=2', *common(files))
+    by_list = run('calc', f'--network={pkl}', f'--ref={files["ref_a"]}', '--seeds=3-6', '--steps=2', *common(files))
+    assert last_float(by_seed) == last_float(by_list)
+    assert last_float(by_seed) == pytest.approx(direct_network_fid(nets[1], [3, 4, 5, 6], files['ref_a']), rel=1e-5)
+    result = run('calc', f'--network={pkl}', f'--ref={files["ref_a"]}', '--seeds=0-3', '--num=5', *common(files), ok=False)
+    assert_one_line_error(result, '--seeds', '--num=5')
+
+def test_network_repeats(files, rundir, tmp_path):
+    root, nets = rundir
+    pkl = os.path.join(root, 'network-snapshot-000000.pkl')
+    log = tmp_path / 'log.jsonl'
+    result = run('calc', f'--network={pkl}', f'--ref={files["ref_a"]}', '--num=4', '--repeats=3', '--steps=2',
+                 f'--json={log}', *common(files))
+    fids = [direct_network_fid(nets[0], list(range(4 * k, 4 * k + 4)), files['ref_a']) for k in range(3)]
+    assert last_float(result) == pytest.approx(min(fids), rel=1e-5)
+    record = json.loads(log.read_text())
+    assert record['fids'] == pytest.approx(fids, rel=1e-8)
+    assert record['mean'] == pytest.approx(np.mean(fids), rel=1e-8)
+    assert record['std'] == pytest.approx(np.std(fids, ddof=1), rel=1e-6)
+    assert record['seeds'] == '0-11' and record['network'] == pkl and record['repeats'] == 3
+    assert 'min' in result.stdout and 'mean' in result.stdout and 'std' in result.stdout
+
+def test_run_directory_table(files, rundir, tmp_path):
+    root, nets = rundir
+    log = tmp_path / 'log.jsonl'
+    result = run('calc', f'--network={root}', f'--ref={files["ref_a"]}', '--num=4', '--steps=2', f'--json={log}',
+                 *common(files))
+    fids = [direct_network_fid(net, [0, 1, 2, 3], files['ref_a']) for net in nets]
+    lines = result.stdout.strip().splitlines()
+    assert last_float(result) == pytest.approx(min(fids), rel=1e-5)
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ['snapshot', 'kimg', 'FID'])
+    rows = [line.split() for line in lines[header + 1:header + 3]]
+    assert [row[:2] for row in rows] == [['network-snapshot-000000.pkl', '0'], ['network-snapshot-000010.pkl', '10']]
+    assert [float(row[2]) for row in rows] == pytest.approx(fids, abs=1e-4)
+    best = 'network-snapshot-000000.pkl' if fids[0] <= fids[1] else 'network-snapshot-000010.pkl'
+    assert best in lines[-2]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r['kimg'] for r in records] == [0, 10]
+    # --snapshots picks by glob.
+    one = run('calc', f'--network={root}', '--snapshots=*000010*', f'--ref={files["ref_a"]}', '--num=4', '--steps=2',
+              *common(files))
+    assert last_float(one) == pytest.approx(fids[1], rel=1e-5)
+    none = run('calc', f'--network={root}', '--snapshots=*999*', f'--ref={files["ref_a"]}', '--num=4', *common(files), ok=False)
+    assert_one_line_error(none, '--snapshots=*999*')
+
+#----------------------------------------------------------------------------
+# Several processes (torchrun, gloo on the CPU): statistics summed across
+# ranks match one process.
+
+def test_torchrun_two_processes(files, tmp_path):
+    dest = tmp_path / 'ref2.npz'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(os.path.dirname(fid.__file__), 'fid.py'), 'ref', f'--data={files["a"]}', f'--dest={dest}',
+           '--batch=8', *common(files)]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with np.load(dest) as two, np.load(files['ref_a']) as one:
+        np.testing.assert_allclose(two['mu'], one['mu'], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(two['sigma'], one['sigma'], rtol=1e-10, atol=1e-13)
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""generate.py end to end: EDM's images for EDM's pickle, layouts and errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from generate import rank_batches
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def run_generate(*args, cwd=REPO):
+    return subprocess.run([sys.executable, os.path.join(REPO, 'generate.py'), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+def read_png(path):
+    image = np.asarray(PIL.Image.open(path))
+    return image[:, :, None] if image.ndim == 2 else image
+
+#----------------------------------------------------------------------------
+
+def test_reproduces_edm_images(tmp_path, fixtures_dir):
+    reference = torch.load(fixtures_dir / 'edm-ddpmpp-tiny-generate.pt', weights_only=True)['edm-ddpmpp-tiny']
+    result = run_generate(f'--network={fixtures_dir / "edm-ddpmpp-tiny-snapshot.pkl"}', f'--outdir={tmp_path}',
+                          '--seeds=0-7', f'--steps={reference["steps"]}', '--batch=3', '--device=cpu')
+    assert result.returncode == 0, result.stderr
+    for seed, expected in zip(reference['seeds'], reference['images_u8']):
+        image = read_png(tmp_path / f'{seed:06d}.png').transpose(2, 0, 1).astype(np.int16)
+        assert np.abs(image - expected.numpy().astype(np.int16)).max() <= 1, f'seed {seed}'
+
+def test_subdirs_and_class(tmp_path, fixtures_dir):
+    result = run_generate(f'--network={fixtures_dir / "edm-ddpmpp-tiny-snapshot.pkl"}', f'--outdir={tmp_path}',
+                          '--seeds=999-1000', '--steps=2', '--subdirs', '--class=3')
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / '000000' / '000999.png').is_file() and (tmp_path / '001000' / '001000.png').is_file()
+
+def test_class_on_unconditional_network_is_a_clear_error(tmp_path):
+    from torch_utils import persistence
+    from training import networks
+    net = networks.EDMPrecond(img_resolution=8, img_channels=1, model_type='SongUNet', model_channels=16,
+                              channel_mult=[1], num_blocks=1, attn_resolutions=[])
+    pkl = tmp_path / 'uncond.pkl'
+    persistence.save_network_pickle(str(pkl), dict(ema=net))
+    result = run_generate(f'--network={pkl}', f'--outdir={tmp_path / "out"}', '--seeds=0', '--class=1', '--steps=2')
+    assert result.returncode != 0
+    assert 'unconditional' in result.stderr and 'Traceback' not in result.stderr
+    assert not (tmp_path / 'out' / '000000.png').exists()
+
+    # Grayscale networks write L-mode PNGs.
+    result = run_generate(f'--network={pkl}', f'--outdir={tmp_path / "out"}', '--seeds=0-1', '--steps=2')
+    assert result.returncode == 0, result.stderr
+    assert PIL.Image.open(tmp_path / 'out' / '000001.png').mode == 'L'
+
+def test_missing_network_is_a_clear_error(tmp_path):
+    result = run_generate(f'--network={tmp_path / "nope.pkl"}', f'--outdir={tmp_path}')
+    assert result.returncode != 0 and 'nope.pkl: no such file' in result.stderr
+
+@pytest.mark.parametrize('num_seeds, batch, world', [(10, 3, 1), (10, 3, 2), (5, 64, 4)])
+def test_batches_cover_every_seed_once(num_seeds, batch, world):
+    seeds = list(range(100, 100 + num_seeds))
+    per_rank = [rank_batches(seeds, batch, r, world) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1  # Same number of batches on every rank.
+    flat = sorted(s for batches in per_rank for b in batches for s in b)
+    assert flat == seeds
+    assert all(len(b) <= batch for batches in per_rank for b in batches)
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,206 @@
+"""Network pickles: EDM's layout, the data-only loader, hostile files and clear errors."""
+
+import functools
+import http.server
+import os
+import pickle
+import threading
+
+import pytest
+import torch
+
+from dnnlib.util import UserError, cached_path_for_url
+from torch_utils import persistence
+from training import networks
+
+#----------------------------------------------------------------------------
+
+def tiny_net(**overrides) -> torch.nn.Module:
+    kwargs = dict(img_resolution=8, img_channels=3, label_dim=0, model_type='SongUNet', model_channels=16,
+                  channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    return networks.EDMPrecond(**kwargs).eval().requires_grad_(False)
+
+def outputs(net, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, net.img_channels, net.img_resolution, net.img_resolution, generator=g)
+    labels = torch.eye(net.label_dim)[[0, 1]] if net.label_dim else None
+    return net(x, torch.tensor([0.5, 3.0]), labels)
+
+class Persistent:
+    """Pickles as a persistent object with the given record, the way EDM's pickles look."""
+
+    def __init__(self, meta):
+        self.meta = meta
+
+    def __reduce__(self):
+        return (persistence._reconstruct_persistent_obj, (self.meta,))
+
+#----------------------------------------------------------------------------
+# EDM's own pickle (with its embedded source removed) loads as data.
+
+def test_loads_edm_fixture_snapshot(fixtures_dir):
+    data = persistence.load_network_pickle(str(fixtures_dir / 'edm-ddpmpp-tiny-snapshot.pkl'))
+    assert set(data) >= {'ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs'}
+    net = data['ema']
+    assert type(net).__name__ == 'EDMPrecond' and not net.training
+    assert not any(p.requires_grad for p in net.parameters())
+    assert type(data['loss_fn']).__name__ == 'EDMLoss' and data['augment_pipe'] is None
+    assert data['dataset_kwargs']['path'] == 'fixture.zip'
+
+    reference = torch.load(fixtures_dir / 'edm-ddpmpp-tiny-net.pt', weights_only=True)
+    state = net.state_dict()
+    assert set(state) == set(reference['state_dict'])
+    assert all(torch.equal(state[k], v) for k, v in reference['state_dict'].items())
+    for i, s in enumerate(reference['sigmas']):
+        sigma = net.round_sigma(torch.full([4], s, dtype=torch.float64))
+        out = net(reference['x'] * s, sigma, reference['labels'])
+        torch.testing.assert_close(out, reference['outputs'][i], rtol=1e-4, atol=1e-5)
+
+#----------------------------------------------------------------------------
+# Round trip through this project's writer, for every preconditioner and backbone.
+
+@pytest.mark.parametrize('precond, overrides', [
+    ('EDMPrecond', dict(label_dim=4, augment_dim=9)),
+    ('VPPrecond', dict(embedding_type='positional')),
+    ('VEPrecond', dict(embedding_type='fourier', encoder_type='residual', channel_mult_noise=2,
+                       resample_filter=[1, 3, 3, 1])),
+    ('iDDPMPrecond', dict(model_type='DhariwalUNet', channel_mult=[1, 2], attn_resolutions=[4], num_blocks=1)),
+])
+def test_round_trip(tmp_path, precond, overrides):
+    kwargs = dict(img_resolution=8, img_channels=3, label_dim=0, model_type='SongUNet', model_channels=16,
+                  channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    net = getattr(networks, precond)(**kwargs).eval().requires_grad_(False)
+    path = tmp_path / 'network-snapshot-000000.pkl'
+    persistence.save_network_pickle(str(path), dict(ema=net, loss_fn=None, augment_pipe=None,
+                                                    dataset_kwargs=dict(path='x.zip')))
+    loaded = persistence.load_network_pickle(str(path))
+    assert loaded['dataset_kwargs'] == dict(path='x.zip')
+    assert type(loaded['ema']) is type(net)
+    torch.testing.assert_close(outputs(loaded['ema']), outputs(net), rtol=0, atol=0)
+
+def test_written_layout_is_edms(tmp_path):
+    # The file records the class name, its constructor arguments and the module source, like EDM.
+    path = tmp_path / 'net.pkl'
+    persistence.save_network_pickle(str(path), dict(ema=tiny_net()))
+    seen = []
+
+    class Peek(pickle.Unpickler):
+        def find_class(self, module, name):
+            seen.append((module, name))
+            if (module, name) == ('torch_utils.persistence', '_reconstruct_persistent_obj'):
+                return lambda meta: meta
+            return persistence._DataOnlyUnpickler.find_class(self, module, name)
+
+    with open(path, 'rb') as f:
+        unpickler = Peek(f)
+        unpickler.source_name = str(path)
+        meta = unpickler.load()['ema']
+    assert meta['type'] == 'class' and meta['version'] == 6 and meta['class_name'] == 'EDMPrecond'
+    assert 'class EDMPrecond' in meta['module_src']
+    assert meta['state']['_init_kwargs']['model_channels'] == 16
+
+#----------------------------------------------------------------------------
+# Hostile files: embedded source never runs, unknown callables are refused.
+
+def test_embedded_source_is_never_run(tmp_path):
+    marker = tmp_path / 'pwned'
+    net = tiny_net()
+    meta = dict(type='class', version=6, class_name='EDMPrecond', state=dict(net.__dict__),
+                module_src=f'open({str(marker)!r}, "w").write("ran")\n')
+    path = tmp_path / 'hostile.pkl'
+    path.write_bytes(pickle.dumps(dict(ema=Persistent(meta))))
+    loaded = persistence.load_network_pickle(str(path))
+    assert not marker.exists()
+    torch.testing.assert_close(outputs(loaded['ema']), outputs(net))
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+def test_other_callables_are_refused(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'hostile.pkl'
+    path.write_bytes(pickle.dumps(dict(ema=RunsCode(marker))))
+    with pytest.raises(UserError, match=r'refusing to load "(posix|os|nt)\.system"'):
+        persistence.load_network_pickle(str(path))
+    assert not marker.exists()
+
+#----------------------------------------------------------------------------
+# Clear errors.
+
+def save_with_kwargs(tmp_path, net, **kwargs_changes):
+    net._init_kwargs = dict(net._init_kwargs, **kwargs_changes)
+    path = tmp_path / 'net.pkl'
+    persistence.save_network_pickle(str(path), dict(ema=net))
+    return str(path)
+
+def test_unknown_class(tmp_path):
+    meta = dict(type='class', version=6, class_name='NoSuchNet', module_src='', state={'_init_kwargs': {}})
+    path = tmp_path / 'unknown.pkl'
+    path.write_bytes(pickle.dumps(dict(ema=Persistent(meta))))
+    with pytest.raises(UserError, match='unknown class "NoSuchNet"'):
+        persistence.load_network_pickle(str(path))
+
+def test_missing_tensor(tmp_path):
+    path = save_with_kwargs(tmp_path, tiny_net(), label_dim=10)
+    with pytest.raises(UserError, match=r'missing tensor "model\.map_label\.weight"'):
+        persistence.load_network_pickle(path)
+
+def test_unexpected_tensor(tmp_path):
+    path = save_with_kwargs(tmp_path, tiny_net(label_dim=10), label_dim=0)
+    with pytest.raises(UserError, match='unexpected tensor "model.map_label'):
+        persistence.load_network_pickle(path)
+
+def test_mismatched_tensor(tmp_path):
+    path = save_with_kwargs(tmp_path, tiny_net(), model_channels=32)
+    with pytest.raises(UserError, match=r'tensor "model\..*" has shape'):
+        persistence.load_network_pickle(path)
+
+def test_truncated_file(tmp_path, fixtures_dir):
+    data = (fixtures_dir / 'edm-ddpmpp-tiny-snapshot.pkl').read_bytes()
+    path = tmp_path / 'truncated.pkl'
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match='truncated.pkl: not a readable network pickle'):
+        persistence.load_network_pickle(str(path))
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match='no such file'):
+        persistence.load_network_pickle(str(tmp_path / 'nothing.pkl'))
+
+def test_unreachable_url(tmp_path, monkeypatch):
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path))
+    with pytest.raises(UserError, match='127.0.0.1:9/net.pkl: cannot be reached'):
+        persistence.load_network_pickle('http://127.0.0.1:9/net.pkl')
+
+#----------------------------------------------------------------------------
+# URLs are downloaded once into EDM's cache layout.
+
+def test_url_download_is_cached(tmp_path, monkeypatch):
+    served = tmp_path / 'served'
+    served.mkdir()
+    persistence.save_network_pickle(str(served / 'net.pkl'), dict(ema=tiny_net()))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f'http://127.0.0.1:{server.server_address[1]}/net.pkl'
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    try:
+        first = persistence.load_network(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    cached = cached_path_for_url(url)
+    assert os.path.isfile(cached) and os.path.dirname(cached) == str(tmp_path / 'cache' / 'downloads')
+    second = persistence.load_network(url)  # The server is gone: this comes from the cache.
+    torch.testing.assert_close(outputs(first), outputs(second))
+
+#----------------------------------------------------------------------------

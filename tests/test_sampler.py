@@ -1,0 +1,127 @@
+"""EDM's samplers: discretisation, step counts and NFE, intermediate starts, the ablation options."""
+
+import math
+
+import pytest
+import torch
+
+from training.sampler import (StackedRandomGenerator, ablation_sampler, edm_sampler, edm_sigma_steps,
+                              generate_images, heun_nfe, truncate_sigma_steps)
+
+#----------------------------------------------------------------------------
+# A stand-in network: the exact denoiser of Gaussian data N(0, s^2 I), which
+# counts its evaluations. Its ODE maps sigma_max * z to about s * z.
+
+class GaussianDenoiser(torch.nn.Module):
+    def __init__(self, std=0.5, channels=3, resolution=4, label_dim=0, sigma_min=0.0, sigma_max=float('inf')):
+        super().__init__()
+        self.std, self.img_channels, self.img_resolution, self.label_dim = std, channels, resolution, label_dim
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.calls = []
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma)
+
+    def forward(self, x, sigma, class_labels=None):
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1, 1)
+        self.calls.append(float(sigma.flatten()[0]))
+        return x * self.std ** 2 / (self.std ** 2 + sigma ** 2)
+
+#----------------------------------------------------------------------------
+
+def test_edm_discretisation_matches_eq5():
+    net = GaussianDenoiser()
+    steps = edm_sigma_steps(net, num_steps=18)
+    assert len(steps) == 19 and steps[-1] == 0
+    for i in range(18):
+        expected = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+        assert math.isclose(float(steps[i]), expected, rel_tol=1e-12)
+
+def test_discretisation_is_clamped_to_the_network_range():
+    net = GaussianDenoiser(sigma_min=0.01, sigma_max=20)
+    steps = edm_sigma_steps(net, num_steps=10)
+    assert math.isclose(float(steps[0]), 20) and math.isclose(float(steps[-2]), 0.01)
+
+@pytest.mark.parametrize('num_steps, nfe', [(18, 35), (40, 79), (2, 3)])
+def test_heun_step_count_and_nfe(num_steps, nfe):
+    net = GaussianDenoiser()
+    edm_sampler(net, torch.randn(2, 3, 4, 4), num_steps=num_steps)
+    assert len(net.calls) == nfe == heun_nfe(num_steps)
+
+@pytest.mark.parametrize('sigma, num_steps, steps, nfe', [(0.59, 18, 8, 15), (0.5853, 18, 7, 13), (1.3824, 40, 19, 37)])
+def test_intermediate_start_uses_the_release_grid(sigma, num_steps, steps, nfe):
+    net = GaussianDenoiser()
+    grid = truncate_sigma_steps(edm_sigma_steps(net, num_steps), sigma)
+    assert len(grid) - 1 == steps and float(grid[0]) == sigma
+    full = edm_sigma_steps(net, num_steps)
+    assert torch.equal(grid[1:], full[full < sigma])
+    y = torch.randn(2, 3, 4, 4)
+    edm_sampler(net, y, num_steps=num_steps, sigma_start=sigma)
+    assert len(net.calls) == nfe
+    assert net.calls[0] == sigma
+
+def test_intermediate_start_denoises_gaussian_data():
+    # For Gaussian data the probability-flow ODE from y ~ N(0, s^2 + sigma^2) lands on N(0, s^2).
+    torch.manual_seed(0)
+    net, s, sigma = GaussianDenoiser(std=0.5), 0.5, 1.0
+    y = torch.randn(4000, 3, 4, 4) * math.sqrt(s ** 2 + sigma ** 2)
+    x = edm_sampler(net, y, num_steps=40, sigma_start=sigma)
+    assert abs(float(x.std()) - s) < 0.01
+    assert torch.allclose(x, y.double() * s / math.sqrt(s ** 2 + sigma ** 2), rtol=1e-2, atol=1e-6)
+
+def test_sigma_start_outside_the_grid_is_an_error():
+    with pytest.raises(ValueError, match='sigma_start'):
+        truncate_sigma_steps(edm_sigma_steps(GaussianDenoiser(), 18), 100.0)
+
+def test_ablation_defaults_equal_the_edm_sampler():
+    latents = torch.randn(3, 3, 4, 4)
+    a = edm_sampler(GaussianDenoiser(), latents, num_steps=12)
+    b = ablation_sampler(GaussianDenoiser(), latents, num_steps=12, sigma_min=0.002, sigma_max=80)
+    assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
+
+@pytest.mark.parametrize('solver', ['euler', 'heun'])
+@pytest.mark.parametrize('discretization', ['vp', 've', 'iddpm', 'edm'])
+@pytest.mark.parametrize('schedule, scaling', [('vp', 'vp'), ('ve', 'none'), ('linear', 'none'), ('linear', 'vp')])
+def test_ablation_variants_converge_to_the_data_distribution(solver, discretization, schedule, scaling):
+    # Gaussian data N(0, 0.5^2): the exact ODE solution scales each latent by 0.5 / sqrt(0.25 + sigma_max^2)
+    # times sigma_max, i.e. by about 0.5. Every variant must converge to it as the steps grow.
+    torch.manual_seed(1)
+    latents = torch.randn(200, 1, 2, 2, dtype=torch.float64)
+
+    def error(num_steps):
+        x = ablation_sampler(GaussianDenoiser(std=0.5, sigma_max=100), latents, num_steps=num_steps,
+                             solver=solver, discretization=discretization, schedule=schedule, scaling=scaling)
+        assert torch.isfinite(x).all()
+        return abs(float(x.std() / latents.std()) - 0.5)
+
+    coarse, fine = error(16), error(128)
+    assert fine < 0.6 * coarse + 2e-3
+    assert fine < 0.35  # iDDPM levels under the VE schedule converge slowest.
+
+def test_ablation_rejects_unknown_choices():
+    with pytest.raises(ValueError, match='solver'):
+        ablation_sampler(GaussianDenoiser(), torch.randn(1, 3, 4, 4), solver='rk4')
+
+def test_churn_uses_the_random_stream():
+    latents = torch.randn(2, 3, 4, 4)
+    a = edm_sampler(GaussianDenoiser(), latents, num_steps=8, S_churn=40, S_max=50,
+                    randn_like=StackedRandomGenerator('cpu', [1, 2]).randn_like)
+    b = edm_sampler(GaussianDenoiser(), latents, num_steps=8, S_churn=40, S_max=50,
+                    randn_like=StackedRandomGenerator('cpu', [1, 2]).randn_like)
+    c = edm_sampler(GaussianDenoiser(), latents, num_steps=8)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+#----------------------------------------------------------------------------
+# EDM's per-seed protocol: an image depends on its seed only.
+
+def test_per_seed_images_do_not_depend_on_batching():
+    net = GaussianDenoiser(label_dim=5)
+    together = generate_images(net, [3, 4, 5], num_steps=4)
+    apart = torch.cat([generate_images(net, [s], num_steps=4) for s in (3, 4, 5)])
+    assert torch.equal(together, apart)
+
+def test_class_on_an_unconditional_network_is_an_error():
+    with pytest.raises(ValueError, match='unconditional'):
+        generate_images(GaussianDenoiser(), [0], class_idx=1, num_steps=2)
+
+#----------------------------------------------------------------------------

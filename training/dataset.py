@@ -1,0 +1,578 @@
+"""Training data in EDM's dataset layout.
+
+A dataset is a directory or a zip holding image files (any depth, read in the order of their
+relative paths) and an optional `dataset.json` with labels. Besides 8-bit images (PNG, JPEG, ...)
+a dataset may hold float arrays saved as `.npy` files of shape [C, H, W], already in the
+network's [-1, 1] units: noisy observations y = x/127.5 - 1 + sigma*e, or denoised outputs kept
+at full precision. `dataset.json` may then record the noise level under `"sigma"`.
+
+Every item is `(image, label)`: the image a [C, H, W] numpy array, uint8 for image files and
+float32 for `.npy` files; the label a float32 vector (one-hot for integer class labels).
+`images_to_float()` turns a batch of either kind into float32 in [-1, 1] units.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import importlib
+import io
+import json
+import os
+import zipfile
+from typing import IO, Any, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+
+import dnnlib
+from dnnlib.util import UserError
+
+try:
+    import pyspng
+except ImportError:
+    pyspng = None
+
+#----------------------------------------------------------------------------
+# File kinds. Raster images go through PIL; `.npy` files hold float arrays.
+
+NPY_EXT = '.npy'
+METADATA_FNAME = 'dataset.json'
+
+def file_ext(fname: str) -> str:
+    return os.path.splitext(fname)[1].lower()
+
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """Extensions of the raster formats PIL can read, lower case with the dot."""
+    PIL.Image.init()
+    return frozenset(PIL.Image.EXTENSION)
+
+def is_dataset_file(fname: str) -> bool:
+    """Is `fname` an image of a dataset (a raster image or a `.npy` array)?"""
+    ext = file_ext(fname)
+    return ext == NPY_EXT or ext in image_extensions()
+
+#----------------------------------------------------------------------------
+# Read access to the files of a directory or a zip. Names are relative paths
+# with forward slashes, sorted. The zip handle is opened on first use and left
+# out of pickles, so that every data-loader worker opens its own.
+
+class DatasetFiles:
+    def __init__(self, path: str):
+        self.path = path
+        self._zipfile = None
+        if os.path.isdir(path):
+            self.kind = 'dir'
+            names = [os.path.relpath(os.path.join(root, fname), path).replace(os.sep, '/')
+                for root, _dirs, files in os.walk(path) for fname in files]
+        elif os.path.isfile(path) and file_ext(path) == '.zip':
+            self.kind = 'zip'
+            names = [name for name in self._get_zipfile().namelist() if not name.endswith('/')]
+        elif os.path.exists(path):
+            raise UserError(f'{path}: a dataset must be a directory or a .zip file')
+        else:
+            raise UserError(f'{path}: no such directory or zip file')
+        self.names = sorted(names)
+
+    def _get_zipfile(self) -> zipfile.ZipFile:
+        if self._zipfile is None:
+            try:
+                self._zipfile = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise UserError(f'{self.path}: cannot read the zip file ({e})') from None
+        return self._zipfile
+
+    def where(self, name: str) -> str:
+        """Name of a member for messages: the dataset path joined with the member name."""
+        return os.path.join(self.path, name)
+
+    def open(self, name: str) -> IO[bytes]:
+        if self.kind == 'dir':
+            return open(os.path.join(self.path, name), 'rb')
+        return self._get_zipfile().open(name, 'r')
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as f:
+            return f.read()
+
+    def close(self) -> None:
+        if self._zipfile is not None:
+            self._zipfile.close()
+            self._zipfile = None
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _zipfile=None)
+
+#----------------------------------------------------------------------------
+# Decoding single files. Every failure is a UserError that names the file.
+# Images come back as [H, W, C] uint8; palette, bilevel and CMYK images are
+# converted to RGB or L, other pixel formats (16-bit, float) are refused.
+
+_MODE_CHANNELS = {'L': 1, 'LA': 2, 'RGB': 3, 'RGBA': 4}
+_MODE_CONVERSIONS = {'1': 'L', 'P': 'RGB', 'CMYK': 'RGB', 'YCbCr': 'RGB'}
+
+def _target_mode(mode: str, where: str) -> str:
+    target = _MODE_CONVERSIONS.get(mode, mode)
+    if target not in _MODE_CHANNELS:
+        raise UserError(f'{where}: unsupported pixel format {mode!r} (expected 8-bit grayscale or RGB)')
+    return target
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_PNG_COLOR_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4} # PNG color type => channels after decoding (palette => RGB).
+
+def probe_image(f: IO[bytes], where: str) -> tuple[int, int, int]:
+    """Read only the header of an image file: (channels, height, width)."""
+    # 8-bit PNG: the IHDR chunk right after the signature says it all, at a third of PIL's cost.
+    head = f.read(26)
+    if len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b'IHDR' and head[24] == 8 and head[25] in _PNG_COLOR_CHANNELS:
+        return _PNG_COLOR_CHANNELS[head[25]], int.from_bytes(head[20:24], 'big'), int.from_bytes(head[16:20], 'big')
+    f.seek(0)
+    try:
+        with PIL.Image.open(f) as img:
+            mode, (width, height) = img.mode, img.size
+    except Exception as e: # PIL raises many kinds of errors for broken files.
+        raise UserError(f'{where}: not a readable image ({e})') from None
+    return _MODE_CHANNELS[_target_mode(mode, where)], height, width
+
+def read_image(f: IO[bytes], where: str, use_pyspng: bool = False) -> np.ndarray:
+    """Decode an image file to a [H, W, C] uint8 array."""
+    try:
+        if use_pyspng and pyspng is not None and file_ext(where) == '.png':
+            image = pyspng.load(f.read())
+        else:
+            with PIL.Image.open(f) as img:
+                target = _target_mode(img.mode, where)
+                image = np.array(img if img.mode == target else img.convert(target))
+    except UserError:
+        raise
+    except Exception as e: # Truncated or corrupt data.
+        raise UserError(f'{where}: cannot decode the image ({e})') from None
+    if image.dtype != np.uint8:
+        raise UserError(f'{where}: unsupported pixel format {image.dtype} (expected 8-bit grayscale or RGB)')
+    return image.reshape(image.shape[0], image.shape[1], -1)
+
+def probe_npy(f: IO[bytes], where: str) -> tuple[int, int, int]:
+    """Read only the header of a `.npy` file: (channels, height, width)."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+    except Exception as e:
+        raise UserError(f'{where}: not a readable .npy file ({e})') from None
+    _check_npy_layout(shape, dtype, where)
+    return tuple(int(x) for x in shape)
+
+def _check_npy_layout(shape: tuple, dtype: np.dtype, where: str) -> None:
+    if not np.issubdtype(dtype, np.floating):
+        raise UserError(f'{where}: array has dtype {dtype}, expected float32 (or another float type)')
+    if len(shape) != 3:
+        raise UserError(f'{where}: array has shape {list(shape)}, expected [C, H, W]')
+
+def read_npy(f: IO[bytes], where: str) -> np.ndarray:
+    """Load a `.npy` file holding a finite float [C, H, W] array, returned as float32."""
+    try:
+        array = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    except Exception as e:
+        raise UserError(f'{where}: not a readable .npy file ({e})') from None
+    _check_npy_layout(array.shape, array.dtype, where)
+    if not np.all(np.isfinite(array)):
+        raise UserError(f'{where}: array holds NaN or infinite values')
+    return array.astype(np.float32, copy=False)
+
+#----------------------------------------------------------------------------
+# dataset.json: an object with optional "labels" (a list of [file name, label]
+# pairs, or null) and optional "sigma" (the noise level of the observations).
+
+def load_metadata(files: DatasetFiles) -> dict:
+    """The checked contents of `dataset.json`, or {} when the dataset has none."""
+    if METADATA_FNAME not in files.names:
+        return {}
+    where = files.where(METADATA_FNAME)
+    try:
+        metadata = json.loads(files.read(METADATA_FNAME))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f'{where}: not valid JSON ({e})') from None
+    if not isinstance(metadata, dict):
+        raise UserError(f'{where}: expected a JSON object')
+    sigma = metadata.get('sigma')
+    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0):
+        raise UserError(f'{where}: "sigma" must be a non-negative number or null, got {sigma!r}')
+    labels = metadata.get('labels')
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, list) and len(x) == 2 for x in labels)):
+        raise UserError(f'{where}: "labels" must be a list of [file name, label] pairs or null')
+    return metadata
+
+# Turn the label entries into an array in image order: int64 [N] for class
+# indices (one-hot later), float32 [N, D] for vectors.
+def _parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray:
+    by_name = {str(name).replace('\\', '/'): label for name, label in entries}
+    missing = [fname for fname in fnames if fname not in by_name]
+    if missing:
+        raise UserError(f'{where}: no label for {missing[0]} ({len(missing)} images have none)')
+    labels = [by_name[fname] for fname in fnames]
+
+    def is_number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+    if all(is_number(x) for x in labels):
+        if not all(float(x).is_integer() and x >= 0 for x in labels):
+            raise UserError(f'{where}: class labels must be non-negative integers')
+        return np.asarray(labels, dtype=np.int64)
+    if all(isinstance(x, list) and all(is_number(v) for v in x) for x in labels):
+        if len({len(x) for x in labels}) != 1:
+            raise UserError(f'{where}: label vectors differ in length')
+        return np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
+    raise UserError(f'{where}: each label must be an integer class or a list of numbers, all of one kind')
+
+#----------------------------------------------------------------------------
+# Base class: indexing, the max_size subset, x-flipped copies, caching and
+# labels. Subclasses load raw images by raw index and may provide labels.
+
+class Dataset(torch.utils.data.Dataset, abc.ABC):
+    _is_float = False   # Subclasses holding float images set this to True.
+    _sigma = None       # Noise level of the observations, when the dataset records one.
+
+    def __init__(self,
+        name:           str,                # Name of the dataset.
+        raw_shape:      Sequence[int],      # Shape of the raw image data, [N, C, H, W].
+        max_size:       int | None = None,  # Keep at most this many images, a seeded random subset. None = all. Applied before xflip.
+        use_labels:     bool = False,       # Read conditioning labels? False = label dimension is zero.
+        xflip:          bool = False,       # Double the dataset with x-flipped copies. Applied after max_size.
+        random_seed:    int = 0,            # Seed for choosing the max_size subset.
+        cache:          bool = False,       # Keep decoded images in CPU memory?
+    ):
+        self._name = name
+        self._raw_shape = [int(x) for x in raw_shape]
+        self._use_labels = bool(use_labels)
+        self._cache = bool(cache)
+        self._cached_images = dict() # {raw_idx: np.ndarray}
+        if self._raw_shape[0] == 0:
+            raise UserError(f'{self._location()}: the dataset is empty')
+        if max_size is not None and max_size < 1:
+            raise UserError(f'{self._location()}: max_size must be at least 1, got {max_size}')
+
+        # Subset: shuffle all raw indices with the seed, keep the first max_size, restore their order.
+        self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
+        if max_size is not None and max_size < self._raw_idx.size:
+            np.random.RandomState(random_seed % (1 << 31)).shuffle(self._raw_idx)
+            self._raw_idx = np.sort(self._raw_idx[:max_size])
+
+        # Flipped copies follow the originals.
+        self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
+        if xflip:
+            self._raw_idx = np.tile(self._raw_idx, 2)
+            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
+
+        # Labels are read once, here, so that a dataset without them fails early.
+        if self._use_labels:
+            labels = self._load_raw_labels()
+            if labels is None:
+                raise UserError(f'{self._location()}: labels were requested, but the dataset has none (no "labels" in {METADATA_FNAME})')
+        else:
+            labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
+        self._raw_labels = labels
+        self._label_shape = [int(labels.max()) + 1] if labels.dtype == np.int64 else list(labels.shape[1:])
+
+    @abc.abstractmethod
+    def _load_raw_image(self, raw_idx: int) -> np.ndarray:
+        """Decode raw image `raw_idx` as a [C, H, W] uint8 or float32 array."""
+
+    def _load_raw_labels(self) -> np.ndarray | None:
+        """Raw labels in raw-image order (int64 [N] or float32 [N, D]), or None when there are none."""
+        return None
+
+    def _location(self) -> str:
+        """Where the dataset lives, for messages."""
+        return self._name
+
+    def _raw_name(self, raw_idx: int) -> str:
+        """Where raw image `raw_idx` lives, for messages."""
+        return f'{self._location()}[{raw_idx}]'
+
+    def close(self) -> None:
+        pass
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __len__(self) -> int:
+        return self._raw_idx.size
+
+    # The image of item `idx`, flipped when it is a flipped copy.
+    def _get_image(self, idx: int) -> np.ndarray:
+        raw_idx = int(self._raw_idx[idx])
+        image = self._cached_images.get(raw_idx)
+        if image is None:
+            image = self._load_raw_image(raw_idx)
+            expected_dtype = np.float32 if self._is_float else np.uint8
+            if list(image.shape) != self.image_shape or image.dtype != expected_dtype:
+                raise UserError(f'{self._raw_name(raw_idx)}: image is {image.dtype} {list(image.shape)}, '
+                    f'expected {np.dtype(expected_dtype)} {self.image_shape} like the rest of the dataset')
+            if self._cache:
+                self._cached_images[raw_idx] = image
+        if self._xflip[idx]:
+            image = image[:, :, ::-1]
+        return image.copy()
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._get_image(idx), self.get_label(idx)
+
+    def get_label(self, idx: int) -> np.ndarray:
+        label = self._raw_labels[self._raw_idx[idx]]
+        if label.dtype == np.int64:
+            onehot = np.zeros(self.label_shape, dtype=np.float32)
+            onehot[label] = 1
+            return onehot
+        return label.copy()
+
+    def get_details(self, idx: int) -> dnnlib.EasyDict:
+        d = dnnlib.EasyDict()
+        d.raw_idx = int(self._raw_idx[idx])
+        d.xflip = bool(self._xflip[idx])
+        d.raw_label = self._raw_labels[d.raw_idx].copy()
+        return d
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def image_shape(self) -> list[int]: # [C, H, W]
+        return list(self._raw_shape[1:])
+
+    @property
+    def num_channels(self) -> int:
+        return self.image_shape[0]
+
+    @property
+    def resolution(self) -> int:
+        _c, h, w = self.image_shape
+        if h != w:
+            raise ValueError(f'{self._location()}: images are not square ({w}x{h})')
+        return h
+
+    @property
+    def label_shape(self) -> list[int]:
+        return list(self._label_shape)
+
+    @property
+    def label_dim(self) -> int:
+        return self._label_shape[0]
+
+    @property
+    def has_labels(self) -> bool:
+        return any(x != 0 for x in self._label_shape)
+
+    @property
+    def has_onehot_labels(self) -> bool:
+        return self._raw_labels.dtype == np.int64
+
+    @property
+    def is_float(self) -> bool:
+        """True when items are float32 images in [-1, 1] units (from .npy files), False for uint8 pixels."""
+        return self._is_float
+
+    @property
+    def sigma(self) -> float | None:
+        """Noise level of the observations, from "sigma" in dataset.json; None when not recorded."""
+        return self._sigma
+
+#----------------------------------------------------------------------------
+# A directory or zip of image files, or of .npy arrays (one kind only), in the
+# order of their relative paths. All headers are read up front, so that images
+# of the wrong size or channel count are reported before training starts.
+
+class ImageFolderDataset(Dataset):
+    def __init__(self,
+        path:           str,                # Directory or zip file.
+        resolution:     int | None = None,  # Require this resolution; None = whatever the images have.
+        name:           str | None = None,  # Name of the dataset; None = the file name of `path` without extension.
+        use_pyspng:     bool = True,        # Decode PNG files with pyspng when it is installed?
+        **super_kwargs,                     # Keywords for the Dataset base class.
+    ):
+        self._path = path
+        self._use_pyspng = use_pyspng
+        self._files = DatasetFiles(path)
+
+        # Pick the image files; one kind per dataset.
+        self._image_fnames = [fname for fname in self._files.names if is_dataset_file(fname)]
+        if len(self._image_fnames) == 0:
+            raise UserError(f'{path}: no image files (.png, .jpg, ... or .npy) found')
+        arrays = [fname for fname in self._image_fnames if file_ext(fname) == NPY_EXT]
+        if 0 < len(arrays) < len(self._image_fnames):
+            raster = next(fname for fname in self._image_fnames if file_ext(fname) != NPY_EXT)
+            raise UserError(f'{path}: mixes .npy arrays ({arrays[0]}) with image files ({raster}); '
+                'a dataset must hold one kind only')
+        self._is_float = len(arrays) > 0
+
+        # Metadata: noise level now, labels when the base class asks for them.
+        self._metadata = load_metadata(self._files)
+        self._sigma = None if self._metadata.get('sigma') is None else float(self._metadata['sigma'])
+
+        # Every image must have the shape of the first: square, same size, same channels.
+        shapes = [self._probe(fname) for fname in self._image_fnames]
+        c0, h0, w0 = shapes[0]
+        first = self._files.where(self._image_fnames[0])
+        for fname, (c, h, w) in zip(self._image_fnames, shapes):
+            where = self._files.where(fname)
+            if h != w:
+                raise UserError(f'{where}: image is {w}x{h}; images must be square')
+            if (h, w) != (h0, w0):
+                raise UserError(f'{where}: image is {w}x{h}, but {first} is {w0}x{h0}; all images must have one size')
+            if c != c0:
+                raise UserError(f'{where}: image has {c} channels, but {first} has {c0}; all images must have the same channel count')
+        if resolution is not None and h0 != resolution:
+            raise UserError(f'{path}: images are {w0}x{h0}, expected resolution {resolution}')
+
+        if name is None:
+            name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+        super().__init__(name=name, raw_shape=[len(self._image_fnames), c0, h0, w0], **super_kwargs)
+        self._metadata = None # Labels are parsed by now; keep pickles small.
+
+    def _probe(self, fname: str) -> tuple[int, int, int]:
+        with self._files.open(fname) as f:
+            if self._is_float:
+                return probe_npy(f, self._files.where(fname))
+            return probe_image(f, self._files.where(fname))
+
+    def _location(self) -> str:
+        return self._path
+
+    def _raw_name(self, raw_idx: int) -> str:
+        return self._files.where(self._image_fnames[raw_idx])
+
+    def _load_raw_image(self, raw_idx: int) -> np.ndarray:
+        fname = self._image_fnames[raw_idx]
+        with self._files.open(fname) as f:
+            if self._is_float:
+                return read_npy(f, self._files.where(fname))
+            image = read_image(f, self._files.where(fname), use_pyspng=self._use_pyspng)
+        return image.transpose(2, 0, 1) # HWC => CHW
+
+    def _load_raw_labels(self) -> np.ndarray | None:
+        entries = self._metadata.get('labels')
+        if entries is None:
+            return None
+        return _parse_labels(entries, self._image_fnames, self._files.where(METADATA_FNAME))
+
+    def close(self) -> None:
+        files = self.__dict__.get('_files')
+        if files is not None:
+            files.close()
+
+#----------------------------------------------------------------------------
+# Several datasets read as one: the items of each part (after the part's own
+# max_size and xflip) follow each other, and the union applies its own
+# max_size and xflip on top. Parts must agree on resolution and channels; with
+# use_labels every part needs labels of one kind. Parts of uint8 and float
+# images may be mixed: the union is then float and converts uint8 images to
+# [-1, 1] units (x/127.5 - 1), as images_to_float() would.
+
+class UnionDataset(Dataset):
+    def __init__(self,
+        datasets:       Sequence[Dataset | dict | str], # Parts: Dataset objects, keyword dicts (optional class_name, default ImageFolderDataset) or paths.
+        name:           str | None = None,  # Name of the union; None = the part names joined by '+'.
+        **super_kwargs,                     # Keywords for the Dataset base class.
+    ):
+        use_labels = bool(super_kwargs.get('use_labels', False))
+        self._parts = [self._make_part(part, use_labels) for part in datasets]
+        if len(self._parts) == 0:
+            raise UserError('UnionDataset: no datasets given')
+
+        # Parts must agree on image size and channels.
+        first = self._parts[0]
+        for part in self._parts[1:]:
+            if part.image_shape[1:] != first.image_shape[1:]:
+                raise UserError(f'{part._location()}: images are {part.image_shape[2]}x{part.image_shape[1]}, '
+                    f'but {first._location()} has {first.image_shape[2]}x{first.image_shape[1]}; a union needs one resolution')
+            if part.num_channels != first.num_channels:
+                raise UserError(f'{part._location()}: images have {part.num_channels} channels, '
+                    f'but {first._location()} has {first.num_channels}; a union needs one channel count')
+
+        # Element types and noise level.
+        self._is_float = any(part.is_float for part in self._parts)
+        sigmas = {part.sigma for part in self._parts}
+        self._sigma = sigmas.pop() if len(sigmas) == 1 else None
+
+        # Raw items of the union: the items of each part in turn.
+        sizes = [len(part) for part in self._parts]
+        self._part_start = np.cumsum([0] + sizes)
+        if name is None:
+            name = '+'.join(part.name for part in self._parts)
+        super().__init__(name=name, raw_shape=[sum(sizes)] + first.image_shape, **super_kwargs)
+
+    @staticmethod
+    def _make_part(part: Dataset | dict | str, use_labels: bool) -> Dataset:
+        if isinstance(part, Dataset):
+            return part
+        kwargs = dict(path=part) if isinstance(part, str) else dict(part)
+        class_name = kwargs.pop('class_name', None) or 'training.dataset.ImageFolderDataset'
+        kwargs.setdefault('use_labels', use_labels)
+        module_name, _, attr = class_name.rpartition('.')
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError):
+            raise UserError(f'UnionDataset: cannot find dataset class {class_name!r}') from None
+        return cls(**kwargs)
+
+    # Part holding raw item `raw_idx`, and the item's index within that part.
+    def _locate(self, raw_idx: int) -> tuple[Dataset, int]:
+        k = int(np.searchsorted(self._part_start, raw_idx, side='right')) - 1
+        return self._parts[k], raw_idx - int(self._part_start[k])
+
+    def _location(self) -> str:
+        return self._name
+
+    def _raw_name(self, raw_idx: int) -> str:
+        part, idx = self._locate(raw_idx)
+        return part._raw_name(int(part._raw_idx[idx]))
+
+    def _load_raw_image(self, raw_idx: int) -> np.ndarray:
+        part, idx = self._locate(raw_idx)
+        image = part._get_image(idx)
+        if self._is_float and not part.is_float:
+            image = image.astype(np.float32) / np.float32(127.5) - np.float32(1)
+        return image
+
+    def _load_raw_labels(self) -> np.ndarray | None:
+        labels = []
+        for part in self._parts:
+            if not part.has_labels:
+                raise UserError(f'{part._location()}: labels were requested, but this part of the union has none')
+            labels.append(part._raw_labels[part._raw_idx])
+        if len({x.dtype for x in labels}) != 1 or len({x.shape[1:] for x in labels}) != 1:
+            raise UserError(f'{self._name}: the parts of the union have labels of different kinds or sizes')
+        return np.concatenate(labels)
+
+    def get_details(self, idx: int) -> dnnlib.EasyDict:
+        d = super().get_details(idx)
+        d.part = int(np.searchsorted(self._part_start, d.raw_idx, side='right')) - 1
+        d.part_idx = d.raw_idx - int(self._part_start[d.part])
+        return d
+
+    @property
+    def parts(self) -> list[Dataset]:
+        return list(self._parts)
+
+    def close(self) -> None:
+        for part in self.__dict__.get('_parts', []):
+            part.close()
+
+#----------------------------------------------------------------------------
+# A batch from any of these datasets as float32 in [-1, 1] units: uint8 pixels
+# map to x/127.5 - 1 (EDM's conversion), float images pass through unchanged.
+
+def images_to_float(images: torch.Tensor) -> torch.Tensor:
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32) / 127.5 - 1
+    if images.is_floating_point():
+        return images.to(torch.float32)
+    raise TypeError(f'images_to_float: expected uint8 or float images, got {images.dtype}')
+
+#----------------------------------------------------------------------------
