@@ -30,7 +30,9 @@ SYM6_FILTER = [
 # Python number or a tensor of the batch shape [N]; with no tensor among them
 # the result is a single float32 matrix that broadcasts over the batch.
 
-def _homogeneous(rows: list[list], device: torch.device | None = None) -> torch.Tensor:
+Entry = float | torch.Tensor
+
+def _homogeneous(rows: list[list[Entry]], device: torch.device | None = None) -> torch.Tensor:
     tensors = [x for row in rows for x in row if isinstance(x, torch.Tensor)]
     if not tensors:
         return torch.tensor(rows, dtype=torch.float32, device=device)
@@ -38,20 +40,20 @@ def _homogeneous(rows: list[list], device: torch.device | None = None) -> torch.
     entries = [x if isinstance(x, torch.Tensor) else torch.full_like(ref, x) for row in rows for x in row]
     return torch.stack(entries, dim=-1).reshape(*ref.shape, len(rows), len(rows[0]))
 
-def translate2d(tx, ty, device=None) -> torch.Tensor:
+def translate2d(tx: Entry, ty: Entry, device: torch.device | None = None) -> torch.Tensor:
     return _homogeneous([[1, 0, tx], [0, 1, ty], [0, 0, 1]], device)
 
-def scale2d(sx, sy, device=None) -> torch.Tensor:
+def scale2d(sx: Entry, sy: Entry, device: torch.device | None = None) -> torch.Tensor:
     return _homogeneous([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], device)
 
 def rotate2d(theta: torch.Tensor) -> torch.Tensor:
     c, s = theta.cos(), theta.sin()
     return _homogeneous([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
-def translate3d(tx, ty, tz) -> torch.Tensor:
+def translate3d(tx: Entry, ty: Entry, tz: Entry) -> torch.Tensor:
     return _homogeneous([[1, 0, 0, tx], [0, 1, 0, ty], [0, 0, 1, tz], [0, 0, 0, 1]])
 
-def scale3d(sx, sy, sz) -> torch.Tensor:
+def scale3d(sx: Entry, sy: Entry, sz: Entry) -> torch.Tensor:
     return _homogeneous([[sx, 0, 0, 0], [0, sy, 0, 0], [0, 0, sz, 0], [0, 0, 0, 1]])
 
 # Rotation by `theta` about the unit axis `v` (Rodrigues' formula).
@@ -213,19 +215,18 @@ class AugmentPipe:
     def _warp(self, images: torch.Tensor, labels: list) -> tuple[torch.Tensor, list]:
         N, C, H, W = images.shape
         device = images.device
+        if max(self.scale, self.rotate_frac, self.aniso, self.translate_frac) <= 0:
+            return images, labels
         G_inv = torch.eye(3, device=device)
-        enabled = False
         if self.scale > 0:
             w = _gated(torch.randn([N], device=device), self.scale * self.p, [N])
             s = (w * self.scale_std).exp2()
             G_inv = G_inv @ scale2d(1 / s, 1 / s)
             labels.append(w)
-            enabled = True
         if self.rotate_frac > 0:
             w = _gated((torch.rand([N], device=device) * 2 - 1) * (np.pi * self.rotate_frac_max), self.rotate_frac * self.p, [N])
             G_inv = G_inv @ rotate2d(w)
             labels += [w.cos() - 1, w.sin()]
-            enabled = True
         if self.aniso > 0:
             w = torch.randn([N], device=device)
             r = (torch.rand([N], device=device) * 2 - 1) * np.pi
@@ -235,14 +236,10 @@ class AugmentPipe:
             inv_s = 1 / s
             G_inv = G_inv @ rotate2d(-r) @ scale2d(inv_s, 1 / inv_s) @ rotate2d(r)
             labels += [w * r.cos(), w * r.sin()]
-            enabled = True
         if self.translate_frac > 0:
             w = _gated(torch.randn([2, N], device=device), self.translate_frac * self.p, [1, N])
             G_inv = G_inv @ translate2d(-(w[0] * (W * self.translate_frac_std)), -(w[1] * (H * self.translate_frac_std)))
             labels += [w[0], w[1]]
-            enabled = True
-        if not enabled:
-            return images, labels
 
         # Mirror-pad enough that the warped image samples no undefined pixels,
         # judging by where the corners land, plus room for the filter.
@@ -280,9 +277,10 @@ class AugmentPipe:
     def _recolor(self, images: torch.Tensor, labels: list) -> tuple[torch.Tensor, list]:
         N, C, H, W = images.shape
         device = images.device
+        if max(self.brightness, self.contrast, self.lumaflip, self.hue, self.saturation) <= 0:
+            return images, labels
         I_4 = torch.eye(4, device=device)
         M = I_4
-        enabled = False
         luma_axis = torch.tensor([1, 1, 1, 0], dtype=torch.float32, device=device) / np.sqrt(3)
         luma_proj = torch.outer(luma_axis, luma_axis)
         if self.brightness > 0:
@@ -290,30 +288,23 @@ class AugmentPipe:
             b = w * self.brightness_std
             M = translate3d(b, b, b) @ M
             labels.append(w)
-            enabled = True
         if self.contrast > 0:
             w = _gated(torch.randn([N], device=device), self.contrast * self.p, [N])
             c = (w * self.contrast_std).exp2()
             M = scale3d(c, c, c) @ M
             labels.append(w)
-            enabled = True
         if self.lumaflip > 0:
             w = _gated(torch.randint(2, [N, 1, 1], device=device), self.lumaflip * self.p, [N, 1, 1])
             M = (I_4 - 2 * luma_proj * w) @ M
             labels.append(w)
-            enabled = True
         if self.hue > 0:
             w = _gated((torch.rand([N], device=device) * 2 - 1) * (np.pi * self.hue_max), self.hue * self.p, [N])
             M = rotate3d(luma_axis, w) @ M
             labels += [w.cos() - 1, w.sin()]
-            enabled = True
         if self.saturation > 0:
             w = _gated(torch.randn([N, 1, 1], device=device), self.saturation * self.p, [N, 1, 1])
             M = (luma_proj + (I_4 - luma_proj) * (w * self.saturation_std).exp2()) @ M
             labels.append(w)
-            enabled = True
-        if not enabled:
-            return images, labels
 
         # RGB: the full 3x3 map plus offset. Grayscale: the mean response of the three outputs.
         pixels = images.reshape(N, C, H * W)

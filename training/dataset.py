@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import importlib
 import io
 import json
 import os
@@ -28,6 +27,7 @@ import torch
 
 import dnnlib
 from dnnlib.util import UserError
+from torch_utils import misc
 
 try:
     import pyspng
@@ -206,14 +206,18 @@ def load_metadata(files: DatasetFiles) -> dict:
         raise UserError(f'{where}: "labels" must be a list of [file name, label] pairs or null')
     return metadata
 
-# Turn the label entries into an array in image order: int64 [N] for class
-# indices (one-hot later), float32 [N, D] for vectors.
-def _parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray:
+def labels_in_order(entries: list, fnames: Sequence[str], where: str) -> list:
+    """The labels of `entries` ([file name, label] pairs from `where`) in the order of `fnames`; each file must have one."""
     by_name = {str(name).replace('\\', '/'): label for name, label in entries}
     missing = [fname for fname in fnames if fname not in by_name]
     if missing:
         raise UserError(f'{where}: no label for {missing[0]} ({len(missing)} images have none)')
-    labels = [by_name[fname] for fname in fnames]
+    return [by_name[fname] for fname in fnames]
+
+# Turn the label entries into an array in image order: int64 [N] for class
+# indices (one-hot later), float32 [N, D] for vectors.
+def _parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray:
+    labels = labels_in_order(entries, fnames, where)
 
     def is_number(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
@@ -512,29 +516,25 @@ class UnionDataset(Dataset):
         if isinstance(part, Dataset):
             return part
         kwargs = dict(path=part) if isinstance(part, str) else dict(part)
-        class_name = kwargs.pop('class_name', None) or 'training.dataset.ImageFolderDataset'
+        kwargs.setdefault('class_name', 'training.dataset.ImageFolderDataset')
         kwargs.setdefault('use_labels', use_labels)
-        module_name, _, attr = class_name.rpartition('.')
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError, ValueError):
-            raise UserError(f'UnionDataset: cannot find dataset class {class_name!r}') from None
-        return cls(**kwargs)
+        return misc.construct_class_by_name(**kwargs)
 
-    # Part holding raw item `raw_idx`, and the item's index within that part.
-    def _locate(self, raw_idx: int) -> tuple[Dataset, int]:
+    # Index of the part holding raw item `raw_idx`, and the item's index within that part.
+    def _locate(self, raw_idx: int) -> tuple[int, int]:
         k = int(np.searchsorted(self._part_start, raw_idx, side='right')) - 1
-        return self._parts[k], raw_idx - int(self._part_start[k])
+        return k, raw_idx - int(self._part_start[k])
 
     def _location(self) -> str:
         return self._name
 
     def _raw_name(self, raw_idx: int) -> str:
-        part, idx = self._locate(raw_idx)
-        return part._raw_name(int(part._raw_idx[idx]))
+        k, idx = self._locate(raw_idx)
+        return self._parts[k]._raw_name(int(self._parts[k]._raw_idx[idx]))
 
     def _load_raw_image(self, raw_idx: int) -> np.ndarray:
-        part, idx = self._locate(raw_idx)
+        k, idx = self._locate(raw_idx)
+        part = self._parts[k]
         image = part._get_image(idx)
         if self._is_float and not part.is_float:
             image = image.astype(np.float32) / np.float32(127.5) - np.float32(1)
@@ -552,8 +552,7 @@ class UnionDataset(Dataset):
 
     def get_details(self, idx: int) -> dnnlib.EasyDict:
         d = super().get_details(idx)
-        d.part = int(np.searchsorted(self._part_start, d.raw_idx, side='right')) - 1
-        d.part_idx = d.raw_idx - int(self._part_start[d.part])
+        d.part, d.part_idx = self._locate(d.raw_idx)
         return d
 
     @property
