@@ -20,5 +20,8 @@ def fixtures_dir() -> Path:
     override = os.environ.get('SFBD_FIXTURES')
     path = Path(override) if override else REPO_ROOT.parent / 'shared' / 'fixtures'
     if not path.is_dir():
-        pytest.skip(f'fixtures directory not found: {path} (set SFBD_FIXTURES)')
+        message = f'fixtures directory not found: {path} (set SFBD_FIXTURES)'
+        if os.environ.get('CI'):
+            pytest.fail(message)  # CI always has them: a missing directory is a broken set-up.
+        pytest.skip(message)
     return path

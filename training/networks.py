@@ -78,8 +78,8 @@ class Conv2d(torch.nn.Module):
         out_channels,                       # Channels of the output.
         kernel,                             # Square kernel size; 0 = no convolution.
         bias            = True,             # Add a learned per-channel offset?
-        up              = False,            # Upsample by 2 before the convolution?
-        down            = False,            # Downsample by 2 after the convolution?
+        up              = False,            # Upsample by 2 (before the convolution)?
+        down            = False,            # Downsample by 2?
         resample_filter = (1,1),            # 1-D taps of the resampling filter.
         fused_resample  = False,            # Merge resampling and convolution?
         init_mode       = 'kaiming_normal', # Initialisation rule, see weight_init().
@@ -111,8 +111,9 @@ class Conv2d(torch.nn.Module):
         fused = self.fused_resample and w is not None
 
         if self.up:
-            # Zero-stuff and filter each channel, then convolve. The fused
-            # variant moves the convolution's padding into the transposed step.
+            # Zero-stuff and filter each channel, then convolve. The fused variant
+            # moves the convolution's padding into the transposed step, as EDM
+            # does; that yields 2H-4 pixels for a 3x3 kernel, so no EDM network uses it.
             up_fir = fir.mul(4).tile([self.in_channels, 1, 1, 1])
             x = F.conv_transpose2d(x, up_fir, groups=self.in_channels, stride=2,
                                    padding=pad_f + (pad_w if fused else 0))
@@ -145,10 +146,11 @@ class GroupNorm(torch.nn.Module):
         eps                     = 1e-5,     # Added to the variance for stability.
     ):
         super().__init__()
-        self.num_groups = min(num_groups, num_channels // min_channels_per_group)
+        max_groups = num_channels // min_channels_per_group
+        self.num_groups = min(num_groups, max_groups)
         self.eps = eps
-        self.weight = torch.nn.Parameter(torch.ones(num_channels))
-        self.bias = torch.nn.Parameter(torch.zeros(num_channels))
+        self.weight = torch.nn.Parameter(torch.ones([num_channels]))    # per-channel gain
+        self.bias = torch.nn.Parameter(torch.zeros([num_channels]))     # per-channel offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gamma = self.weight.to(x.dtype)
@@ -171,7 +173,7 @@ class AttentionOp(torch.autograd.Function):
         return weights
 
     @staticmethod
-    def backward(ctx, grad_w: torch.Tensor):
+    def backward(ctx, grad_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, weights = ctx.saved_tensors
         p = weights.to(torch.float32)
         g = grad_w.to(torch.float32)
@@ -227,26 +229,26 @@ class UNetBlock(torch.nn.Module):
         self.adaptive_scale = adaptive_scale
 
         # Main branch (construction order fixes the random stream and the state-dict order).
+        resample = dict(up=up, down=down, resample_filter=resample_filter)
         self.norm0 = GroupNorm(num_channels=in_channels, eps=eps)
-        self.conv0 = Conv2d(in_channels=in_channels, out_channels=out_channels, kernel=3,
-                            up=up, down=down, resample_filter=resample_filter, **init)
+        self.conv0 = Conv2d(in_channels=in_channels, out_channels=out_channels, kernel=3, **resample, **init)
         affine_width = out_channels * 2 if adaptive_scale else out_channels
         self.affine = Linear(in_features=emb_channels, out_features=affine_width, **init)
         self.norm1 = GroupNorm(num_channels=out_channels, eps=eps)
         self.conv1 = Conv2d(in_channels=out_channels, out_channels=out_channels, kernel=3, **init_zero)
 
         # Shortcut: identity when shapes agree, otherwise a resampler and/or 1x1 projection.
-        self.skip = None
         reshapes = out_channels != in_channels
         if reshapes or up or down:
             skip_kernel = 1 if (resample_proj or reshapes) else 0
-            self.skip = Conv2d(in_channels=in_channels, out_channels=out_channels, kernel=skip_kernel,
-                               up=up, down=down, resample_filter=resample_filter, **init)
+            self.skip = Conv2d(in_channels=in_channels, out_channels=out_channels, kernel=skip_kernel, **resample, **init)
+        else:
+            self.skip = None
 
-        # Self-attention.
+        # Self-attention: one 1x1 conv gives q, k, v; another projects back.
         if self.num_heads:
             self.norm2 = GroupNorm(num_channels=out_channels, eps=eps)
-            self.qkv = Conv2d(in_channels=out_channels, out_channels=out_channels * 3, kernel=1, **init_attn)
+            self.qkv = Conv2d(in_channels=out_channels, out_channels=3 * out_channels, kernel=1, **init_attn)
             self.proj = Conv2d(in_channels=out_channels, out_channels=out_channels, kernel=1, **init_zero)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -309,11 +311,21 @@ class FourierEmbedding(torch.nn.Module):
         scale           = 16,               # Standard deviation of the frequencies.
     ):
         super().__init__()
-        self.register_buffer('freqs', torch.randn(num_channels // 2) * scale)
+        self.register_buffer('freqs', scale * torch.randn(num_channels // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         angles = torch.outer(x, (2 * math.pi * self.freqs).to(x.dtype))
         return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+#----------------------------------------------------------------------------
+# Label dropout for classifier-free guidance: each sample's label vector is
+# zeroed with probability p (one uniform draw per sample, on the labels' device).
+
+def _drop_labels(labels: torch.Tensor, p: float, batch_size: int) -> torch.Tensor:
+    if not p:
+        return labels
+    keep = torch.rand([batch_size, 1], device=labels.device) >= p
+    return labels * keep.to(labels.dtype)
 
 #----------------------------------------------------------------------------
 # DDPM++ / NCSN++ backbone of Song et al., "Score-Based Generative Modeling
@@ -357,11 +369,13 @@ class SongUNet(torch.nn.Module):
             raise ValueError(f"SongUNet: decoder_type must be 'standard' or 'skip', got {decoder_type!r}")
         super().__init__()
         self.label_dropout = label_dropout
-        emb_channels = model_channels * channel_mult_emb
-        noise_channels = model_channels * channel_mult_noise
-        init = dict(init_mode='xavier_uniform')
-        init_zero = dict(init_mode='xavier_uniform', init_weight=1e-5)
-        init_attn = dict(init_mode='xavier_uniform', init_weight=math.sqrt(0.2))
+        emb_channels = channel_mult_emb * model_channels
+        noise_channels = channel_mult_noise * model_channels
+        # Glorot-uniform everywhere; the last layer of each residual branch starts
+        # almost at zero and the qkv projection is scaled down.
+        init = {'init_mode': 'xavier_uniform'}
+        init_zero = {'init_mode': 'xavier_uniform', 'init_weight': 1e-5}
+        init_attn = {'init_mode': 'xavier_uniform', 'init_weight': math.sqrt(0.2)}
         block_kwargs = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5),
                             eps=1e-6, resample_filter=resample_filter, resample_proj=True, adaptive_scale=False,
                             init=init, init_zero=init_zero, init_attn=init_attn)
@@ -372,10 +386,14 @@ class SongUNet(torch.nn.Module):
             self.map_noise = PositionalEmbedding(num_channels=noise_channels, endpoint=True)
         else:
             self.map_noise = FourierEmbedding(num_channels=noise_channels)
-        self.map_label = Linear(in_features=label_dim, out_features=noise_channels, **init) if label_dim else None
-        self.map_augment = Linear(in_features=augment_dim, out_features=noise_channels, bias=False, **init) if augment_dim else None
-        self.map_layer0 = Linear(in_features=noise_channels, out_features=emb_channels, **init)
-        self.map_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, **init)
+        self.map_label = None
+        if label_dim:
+            self.map_label = Linear(in_features=label_dim, out_features=noise_channels, **init)
+        self.map_augment = None
+        if augment_dim:
+            self.map_augment = Linear(in_features=augment_dim, out_features=noise_channels, bias=False, **init)
+        self.map_layer0 = Linear(in_features=noise_channels, out_features=emb_channels, bias=True, **init)
+        self.map_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, bias=True, **init)
 
         # Encoder. `ch` tracks the main path, `aux_ch` the auxiliary input path.
         self.enc = torch.nn.ModuleDict()
@@ -438,35 +456,32 @@ class SongUNet(torch.nn.Module):
         cos_half, sin_half = self.map_noise(noise_labels).chunk(2, dim=1)
         emb = torch.cat([sin_half, cos_half], dim=1)
         if self.map_label is not None:
-            labels = class_labels
-            if self.training and self.label_dropout:
-                keep = torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = _drop_labels(class_labels, self.label_dropout if self.training else 0, x.shape[0])
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
-        if self.map_augment is not None and augment_labels is not None:
+        if augment_labels is not None and self.map_augment is not None:
             emb = emb + self.map_augment(augment_labels)
         emb = F.silu(self.map_layer0(emb))
         emb = F.silu(self.map_layer1(emb))
 
         # Encoder; every main-path output is remembered for the decoder.
-        skips = []
-        aux = x
+        skip_stack = []
+        aux_in = x
         for name, module in self.enc.items():
             if name.endswith('_aux_down'):
-                aux = module(aux)
+                aux_in = module(aux_in)
             elif name.endswith('_aux_skip'):
-                x = x + module(aux)
-                skips[-1] = x
+                x = x + module(aux_in)
+                skip_stack[-1] = x
             elif name.endswith('_aux_residual'):
-                x = (x + module(aux)) / math.sqrt(2)
-                skips[-1] = x
-                aux = x
+                x = (x + module(aux_in)) / math.sqrt(2)
+                skip_stack[-1] = x
+                aux_in = x
             elif isinstance(module, UNetBlock):
                 x = module(x, emb)
-                skips.append(x)
+                skip_stack.append(x)
             else:
                 x = module(x)
-                skips.append(x)
+                skip_stack.append(x)
 
         # Decoder; blocks whose width differs from the running tensor take a skip.
         out = None
@@ -480,8 +495,8 @@ class SongUNet(torch.nn.Module):
                 level_out = module(F.silu(normed))
                 out = level_out if out is None else level_out + out
             else:
-                if x.shape[1] != module.in_channels:
-                    x = torch.cat([x, skips.pop()], dim=1)
+                if module.in_channels != x.shape[1]:
+                    x = torch.cat([x, skip_stack.pop()], dim=1)
                 x = module(x, emb)
         return out
 
@@ -509,18 +524,23 @@ class DhariwalUNet(torch.nn.Module):
     ):
         super().__init__()
         self.label_dropout = label_dropout
-        emb_channels = model_channels * channel_mult_emb
-        init = dict(init_mode='kaiming_uniform', init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
-        init_zero = dict(init_mode='kaiming_uniform', init_weight=0, init_bias=0)
+        emb_channels = channel_mult_emb * model_channels
+        # He-uniform scaled by 1/sqrt(3) (PyTorch's default layer init); zero init
+        # for the last layer of each residual branch and for the output.
+        gain = math.sqrt(1 / 3)
+        init = {'init_mode': 'kaiming_uniform', 'init_weight': gain, 'init_bias': gain}
+        init_zero = {'init_mode': 'kaiming_uniform', 'init_weight': 0, 'init_bias': 0}
         block_kwargs = dict(emb_channels=emb_channels, channels_per_head=64, dropout=dropout,
                             init=init, init_zero=init_zero)
         last_level = len(channel_mult) - 1
 
         # Mapping network.
         self.map_noise = PositionalEmbedding(num_channels=model_channels)
-        self.map_augment = Linear(in_features=augment_dim, out_features=model_channels, bias=False, **init_zero) if augment_dim else None
-        self.map_layer0 = Linear(in_features=model_channels, out_features=emb_channels, **init)
-        self.map_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, **init)
+        self.map_augment = None
+        if augment_dim:
+            self.map_augment = Linear(in_features=augment_dim, out_features=model_channels, bias=False, **init_zero)
+        self.map_layer0 = Linear(in_features=model_channels, out_features=emb_channels, bias=True, **init)
+        self.map_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, bias=True, **init)
         self.map_label = None
         if label_dim:
             self.map_label = Linear(in_features=label_dim, out_features=emb_channels, bias=False,
@@ -569,28 +589,25 @@ class DhariwalUNet(torch.nn.Module):
         augment_labels: Optional[torch.Tensor] = None, # Augmentation labels [N, augment_dim] or None.
     ) -> torch.Tensor:
         # Mapping: labels join after the first two layers, without rescaling.
-        emb = self.map_noise(noise_labels)
-        if self.map_augment is not None and augment_labels is not None:
+        emb = self.map_noise(noise_labels)  # [cos, sin] order, unlike SongUNet
+        if augment_labels is not None and self.map_augment is not None:
             emb = emb + self.map_augment(augment_labels)
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
         if self.map_label is not None:
-            labels = class_labels
-            if self.training and self.label_dropout:
-                keep = torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = _drop_labels(class_labels, self.label_dropout if self.training else 0, x.shape[0])
             emb = emb + self.map_label(labels)
         emb = F.silu(emb)
 
-        # Encoder.
-        skips = []
+        # Encoder; every output is kept for the decoder.
+        skip_stack = []
         for module in self.enc.values():
             x = module(x, emb) if isinstance(module, UNetBlock) else module(x)
-            skips.append(x)
+            skip_stack.append(x)
 
-        # Decoder.
+        # Decoder; a block wider than the running tensor consumes the newest skip.
         for module in self.dec.values():
-            if x.shape[1] != module.in_channels:
-                x = torch.cat([x, skips.pop()], dim=1)
+            if module.in_channels != x.shape[1]:
+                x = torch.cat([x, skip_stack.pop()], dim=1)
             x = module(x, emb)
         return self.out_conv(F.silu(self.out_norm(x)))
 
@@ -651,7 +668,7 @@ class VPPrecond(torch.nn.Module):
         img_channels,                       # Image channels.
         label_dim       = 0,                # Class-label width; 0 = unconditional.
         use_fp16        = False,            # Run the backbone in float16 on CUDA?
-        beta_d          = 19.9,             # Slope growth of the noise schedule.
+        beta_d          = 19.9,             # beta_max - beta_min of the linear beta(t) schedule.
         beta_min        = 0.1,              # Initial slope of the noise schedule.
         M               = 1000,             # Number of discrete DDPM timesteps.
         epsilon_t       = 1e-5,             # Smallest t used in training.
@@ -670,8 +687,10 @@ class VPPrecond(torch.nn.Module):
         self.beta_min = beta_min
         self.M = M
         self.epsilon_t = epsilon_t
-        self.sigma_min = float(self.sigma(epsilon_t))
-        self.sigma_max = float(self.sigma(1))
+        # Noise range covered by t in [epsilon_t, 1], evaluated in float32 on the
+        # CPU (so that building under a 'meta' default device works too).
+        with torch.device('cpu'):
+            self.sigma_min, self.sigma_max = (float(self.sigma(t)) for t in (epsilon_t, 1))
         self.model = _build_backbone(model_type, img_resolution=img_resolution, in_channels=img_channels,
                                      out_channels=img_channels, label_dim=label_dim, **model_kwargs)
 
@@ -680,8 +699,8 @@ class VPPrecond(torch.nn.Module):
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
         dtype = _compute_dtype(self, x, force_fp32)
         c_out = -sigma
-        c_in = 1 / (sigma ** 2 + 1).sqrt()
-        c_noise = (self.M - 1) * self.sigma_inv(sigma)
+        c_in = 1 / (sigma.square() + 1).sqrt()
+        c_noise = self.sigma_inv(sigma) * (self.M - 1)
         F_x = _evaluate_backbone(self.model, c_in * x, c_noise, labels, dtype, model_kwargs)
         return x + c_out * F_x  # c_skip = 1
 
@@ -731,7 +750,7 @@ class VEPrecond(torch.nn.Module):
                 force_fp32: bool = False, **model_kwargs: Any) -> torch.Tensor:
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
         dtype = _compute_dtype(self, x, force_fp32)
-        c_noise = (0.5 * sigma).log()
+        c_noise = torch.log(0.5 * sigma)
         F_x = _evaluate_backbone(self.model, x, c_noise, labels, dtype, model_kwargs)  # c_in = 1
         return x + sigma * F_x  # c_skip = 1, c_out = sigma
 
@@ -790,8 +809,9 @@ class iDDPMPrecond(torch.nn.Module):
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
         dtype = _compute_dtype(self, x, force_fp32)
         c_out = -sigma
-        c_in = 1 / (sigma ** 2 + 1).sqrt()
-        c_noise = self.M - 1 - self.round_sigma(sigma, return_index=True).to(torch.float32)
+        c_in = 1 / (sigma.square() + 1).sqrt()
+        step = self.round_sigma(sigma, return_index=True)
+        c_noise = (self.M - 1) - step.to(torch.float32)
         F_x = _evaluate_backbone(self.model, c_in * x, c_noise, labels, dtype, model_kwargs)
         return x + c_out * F_x[:, :self.img_channels]  # c_skip = 1
 
@@ -853,7 +873,7 @@ class EDMPrecond(torch.nn.Module):
         c_skip = sd2 / total_var
         c_out = sigma * self.sigma_data / total_var.sqrt()
         c_in = 1 / total_var.sqrt()
-        c_noise = sigma.log() / 4
+        c_noise = torch.log(sigma) / 4
         F_x = _evaluate_backbone(self.model, c_in * x, c_noise, labels, dtype, model_kwargs)
         return c_skip * x + c_out * F_x
 
