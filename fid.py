@@ -5,9 +5,9 @@ as an `.npz` that EDM's published reference files share). `calc` scores a folder
 against such a file, or generates the images itself from a network pickle (or from every snapshot
 of a run directory) without writing them to disk, optionally over several disjoint seed sets.
 
-The detector defaults to NVIDIA's Inception-v3 in TorchScript form, the file StyleGAN2-ADA,
-clean-fid and k-diffusion use; it gives the same features as the pickle EDM downloads, and
-loading it runs no Python code from the file. Its sha256 is checked every time it is loaded.
+The detector defaults to NVIDIA's Inception-v3 in TorchScript form, the twin of the pickle EDM
+downloads and the file StyleGAN2-ADA, clean-fid and k-diffusion use. Loading it runs no Python
+code from the file, and its sha256 is checked every time it is loaded.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import os
 import pickle
 import re
 import time
+import warnings
 import zipfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 import numpy as np
@@ -67,6 +68,7 @@ def _last_line(e: BaseException) -> str:
     return f'{type(e).__name__}: {lines[-1]}' if lines else type(e).__name__
 
 def file_sha256(path: str) -> str:
+    """Hex sha256 digest of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -91,8 +93,7 @@ class Detector:
         """Features of a batch of uint8 [N, C, H, W] images (C = 1 or 3), as float64 [N, D]."""
         if images.dtype != torch.uint8:
             raise TypeError(f'the detector takes uint8 images, not {images.dtype}')
-        if images.shape[1] == 1:
-            images = images.repeat([1, 3, 1, 1])
+        images = torch.cat([images] * 3, dim=1) if images.shape[1] == 1 else images  # Gray to RGB.
         try:
             out = self.net(images.to(self.device), return_features=True)
         except Exception as e:  # TorchScript raises its own error types.
@@ -124,12 +125,15 @@ def load_detector(detector: str = DEFAULT_DETECTOR, sha256: str | None = None,
     expected = sha256 if sha256 is not None else (DEFAULT_DETECTOR_SHA256 if detector == DEFAULT_DETECTOR else None)
     actual = file_sha256(path)
     if expected is not None and actual != expected.lower():
-        where = f'{detector} (cached as {path}; delete it to download again)' if path != detector else detector
+        downloaded = detector.startswith(('http://', 'https://'))
+        where = f'{detector} (downloaded to {path}; delete it to download again)' if downloaded else detector
         raise UserError(f'{where}: sha256 is {actual}, expected {expected.lower()}')
 
     if zipfile.is_zipfile(path):
         try:
-            net = torch.jit.load(path, map_location=device)
+            with warnings.catch_warnings():  # TorchScript is deprecated, but it is the published format.
+                warnings.simplefilter('ignore', DeprecationWarning)
+                net = torch.jit.load(path, map_location=device)
         except Exception as e:
             raise UserError(f'{detector}: not a TorchScript detector ({_last_line(e)})') from None
     elif path.endswith('.pkl') or detector.endswith('.pkl'):
@@ -139,9 +143,10 @@ def load_detector(detector: str = DEFAULT_DETECTOR, sha256: str | None = None,
             with open(path, 'rb') as f:
                 net = pickle.load(f)
         except Exception as e:
-            raise UserError(f'{detector}: cannot unpickle the detector ({type(e).__name__}: {e}); a pickled '
-                            'detector needs the modules it was pickled with (EDM\'s torch_utils for EDM\'s '
-                            f'pickle); the TorchScript detector {DEFAULT_DETECTOR} needs none') from None
+            raise UserError(f'{detector}: cannot unpickle the detector ({_last_line(e)}); a pickled detector '
+                            'needs the modules it was pickled with (EDM\'s own needs EDM\'s torch_utils, which '
+                            'this repository\'s data-only torch_utils replaces); the default TorchScript '
+                            'detector is the same network and needs none') from None
         if not callable(net):
             raise UserError(f'{detector}: the pickle holds a {type(net).__name__}, not a detector network')
         if isinstance(net, torch.nn.Module):
@@ -195,28 +200,27 @@ def calculate_fid_from_inception_stats(mu: np.ndarray, sigma: np.ndarray,
                                        mu_ref: np.ndarray, sigma_ref: np.ndarray) -> float:
     mean_term = np.square(mu - mu_ref).sum()
     root = scipy.linalg.sqrtm(np.dot(sigma, sigma_ref))
-    fid = mean_term + np.trace(sigma) + np.trace(sigma_ref) - 2 * np.trace(root)
-    return float(np.real(fid))
+    total = mean_term + np.trace(sigma) + np.trace(sigma_ref) - 2 * np.trace(root)
+    return float(np.real(total))
 
 #----------------------------------------------------------------------------
 # Reference statistics: an `.npz` with `mu` [D] and `sigma` [D, D], from a
 # path or URL (EDM's published files load unchanged).
 
 def load_ref_stats(ref: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open_url(ref) as f:
+    with open_url(ref) as f:
+        if not zipfile.is_zipfile(f):
+            raise UserError(f'{ref}: not an .npz file (FID reference statistics are an .npz with "mu" and "sigma")')
+        f.seek(0)
+        try:
             with np.load(f, allow_pickle=False) as data:
                 missing = [key for key in ('mu', 'sigma') if key not in data.files]
                 if missing:
                     raise UserError(f'{ref}: no "{missing[0]}" array; not FID reference statistics '
                                     f'(it holds {", ".join(data.files) or "nothing"})')
                 mu, sigma = np.asarray(data['mu'], np.float64), np.asarray(data['sigma'], np.float64)
-    except UserError:
-        raise
-    except AttributeError:  # np.load returned a bare array (a .npy file), which has no `.files`.
-        raise UserError(f'{ref}: a single array, not an .npz with "mu" and "sigma"') from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f'{ref}: not a readable .npz file ({e})') from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(f'{ref}: not a readable .npz file ({e})') from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise UserError(f'{ref}: "mu" has shape {list(mu.shape)} and "sigma" {list(sigma.shape)}; '
                         'expected [D] and [D, D]')
@@ -247,6 +251,22 @@ def image_subsets(num_images: int, num: int, repeats: int, seed: int) -> list[np
         np.random.RandomState(seed % (1 << 31)).shuffle(order)
     return [np.sort(order[k * num:(k + 1) * num]) for k in range(repeats)]
 
+# Enough images for `repeats` disjoint subsets of `num`, and at least 2 each.
+def check_image_count(path: str, found: int, num: int, repeats: int) -> None:
+    if num < 2:
+        raise UserError(f'{path}: statistics need at least 2 images, got {num}')
+    if found < num * repeats:
+        wanted = f'--num={num}' + (f' x --repeats={repeats}' if repeats > 1 else '')
+        raise UserError(f'{path}: found {found} images, but {wanted} asks for {num * repeats}')
+
+# A data-loading worker re-raises its error with a traceback in the message;
+# the original message is on the last line, after the exception's name.
+def _worker_message(e: UserError) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith('Caught '):
+        return lines[-1].split(': ', 1)[-1]
+    return str(e)
+
 def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, max_batch_size: int = 64,
                   num_workers: int = 3, device: torch.device | str = 'cpu',
                   feature_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -257,16 +277,27 @@ def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, m
         feature_dim = detector.feature_dim(dataset.image_shape)
     stats = FeatureStats(feature_dim, device)
     batches = [b for b in rank_batches(indices, max_batch_size, dist.get_rank(), dist.get_world_size()) if b]
+
+    # Forked workers would share the parent's open zip file (and its file position);
+    # closed here, it is opened again by each worker on first use.
+    dataset.close()
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                                          prefetch_factor=(2 if num_workers > 0 else None))
-    for images, _labels in tqdm.tqdm(loader, total=len(batches), unit='batch', desc='Features',
-                                     disable=(dist.get_rank() != 0)):
-        if images.dtype != torch.uint8:
-            images = to_uint8(images)
-        stats.append(detector.features(images))
+    progress = tqdm.tqdm(total=len(batches), unit='batch', desc='Features', disable=(dist.get_rank() != 0))
+    try:
+        for images, _labels in loader:
+            if images.dtype != torch.uint8:
+                images = to_uint8(images)
+            stats.append(detector.features(images))
+            progress.update(1)
+    except UserError as e:
+        raise UserError(_worker_message(e)) from None
+    finally:
+        progress.close()
     stats.all_reduce()
     return stats.mean_cov()
 
+# EDM's entry point: statistics of a folder or zip, loading the default detector.
 def calculate_inception_stats(image_path: str, num_expected: int | None = None, seed: int = 0,
                               max_batch_size: int = 64, num_workers: int = 3,
                               device: torch.device | str = 'cpu',
@@ -281,13 +312,6 @@ def calculate_inception_stats(image_path: str, num_expected: int | None = None, 
     indices = image_subsets(len(dataset), num, 1, seed)[0]
     return dataset_stats(dataset, indices, detector, max_batch_size=max_batch_size,
                          num_workers=num_workers, device=device)
-
-def check_image_count(path: str, found: int, num: int, repeats: int) -> None:
-    if num < 2:
-        raise UserError(f'{path}: statistics need at least 2 images, got {num}')
-    if found < num * repeats:
-        wanted = f'--num={num}' + (f' x --repeats={repeats}' if repeats > 1 else '')
-        raise UserError(f'{path}: found {found} images, but {wanted} asks for {num * repeats}')
 
 #----------------------------------------------------------------------------
 # Images generated by a network with EDM's sampler and per-seed protocol,
@@ -355,11 +379,21 @@ def summarize(fids: Sequence[float]) -> dict:
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return dict(fid=float(values.min()), mean=float(values.mean()), std=std, fids=[float(x) for x in values])
 
+# Records are appended one JSON object per line. Strict JSON has no infinity
+# (S_max defaults to it), so non-finite numbers are written as strings.
 def append_json(path: str, record: dict) -> None:
+    def strict(value: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: strict(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [strict(v) for v in value]
+        return value
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'a', encoding='utf-8') as f:
-        f.write(json.dumps(record) + '\n')
+        f.write(json.dumps(strict(record), allow_nan=False) + '\n')
 
 #----------------------------------------------------------------------------
 
@@ -374,7 +408,7 @@ def main() -> None:
         --ref=https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz
     \b
     # Every snapshot of a run, on 8 GPUs, best of three seed sets each
-    torchrun --standalone --nproc_per_node=8 fid.py calc --network=runs/00000-... \\
+    torchrun --standalone --nproc_per_node=8 -- fid.py calc --network=runs/00000-... \\
         --ref=fid-refs/cifar10-32x32.npz --repeats=3
     \b
     # Score a folder (or zip) of images
@@ -382,6 +416,14 @@ def main() -> None:
     \b
     # Reference statistics of a dataset
     python fid.py ref --data=datasets/cifar10-32x32.zip --dest=fid-refs/cifar10-32x32.npz
+    \b
+    Under torchrun, put -- before fid.py when passing --num: torchrun would
+    otherwise take --num as an abbreviation of its own --numa-binding.
+    A .pkl detector is taken only when named with --detector: unpickling it
+    runs code stored in it, and it needs the modules it was pickled with.
+    EDM's own (inception-2015-12-05.pkl) needs EDM's torch_utils, which this
+    repository's data-only torch_utils replaces; the default is its
+    TorchScript twin.
     """
 
 #----------------------------------------------------------------------------
@@ -393,11 +435,11 @@ def _check_sha256(_ctx: click.Context, _param: click.Parameter, value: str | Non
         raise click.BadParameter('expected 64 hexadecimal digits')
     return value
 
-def detector_options(func):
+def detector_options(func: Callable) -> Callable:
     options = [
-        click.option('--detector', help='Feature detector: TorchScript file, or a .pkl detector (unpickling it runs code stored in it)', metavar='PT|PKL|URL', type=str, default=DEFAULT_DETECTOR, show_default='Inception-v3, TorchScript'),
+        click.option('--detector', help='Feature detector: TorchScript file, or a .pkl (unpickling it runs code stored in it)  [default: NVIDIA\'s Inception-v3, TorchScript]', metavar='PT|PKL|URL', type=str, default=DEFAULT_DETECTOR),
         click.option('--detector-sha256', 'detector_sha256', help='Expected sha256 of the detector file  [default: checked for the default detector only]', metavar='HEX', type=str, callback=_check_sha256),
-        click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
+        click.option('--batch', 'max_batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
         click.option('--workers', 'num_workers', help='Data-loading worker processes', metavar='INT', type=click.IntRange(min=0), default=3, show_default=True),
         click.option('--device', help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None),
     ]
@@ -409,17 +451,47 @@ def detector_options(func):
 def _setup(device_name: str | None, detector: str, detector_sha256: str | None) -> tuple[torch.device, Detector]:
     device = dist.resolve_device(device_name)
     dist.init(device)
-    dist.print0(f'Loading detector from "{detector}"...')
+    dist.print0(f'Reading detector "{detector}"...')
     with rank0_first():
         det = load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0))
     return device, det
+
+#----------------------------------------------------------------------------
+# The seed sets of --network, one per repeat: --seeds split into consecutive
+# runs of --num, or by default seed, seed+1, ... (set k starts at seed + k*num).
+
+def network_seed_sets(seeds: list[int] | None, seed: int | None, num: int | None,
+                      repeats: int) -> list[list[int]]:
+    if seeds is not None and seed is not None:
+        raise UserError('give --seed or --seeds, not both')
+    if seeds is None:
+        num = num or DEFAULT_NUM_IMAGES
+        seeds = list(range(seed or 0, (seed or 0) + num * repeats))
+    if not seeds:
+        raise UserError('--seeds names no seeds')
+    num = num or len(seeds) // repeats
+    if num < 2 or len(seeds) < num * repeats:
+        raise UserError(f'--seeds gives {len(seeds)} seeds, but --num={max(num, 2)}'
+                        + (f' x --repeats={repeats}' if repeats > 1 else '') + f' needs {max(num, 2) * repeats}')
+    return [seeds[k * num:(k + 1) * num] for k in range(repeats)]
+
+# The table of a run directory: one row per snapshot, then the best one.
+def print_snapshot_table(results: list[dict], repeats: int) -> None:
+    spread = repeats > 1
+    print(f'{"snapshot":<32} {"kimg":>8} {"FID":>10}' + (f' {"mean":>10} {"std":>10}' if spread else ''))
+    for rec in results:
+        kimg = '-' if rec['kimg'] is None else rec['kimg']
+        row = f'{os.path.basename(rec["network"]):<32} {kimg:>8} {rec["fid"]:>10.4f}'
+        print(row + (f' {rec["mean"]:>10.4f} {rec["std"]:>10.4f}' if spread else ''))
+    best = min(results, key=lambda rec: rec['fid'])
+    print(f'Best: {os.path.basename(best["network"])} (kimg {"-" if best["kimg"] is None else best["kimg"]})')
 
 #----------------------------------------------------------------------------
 
 @main.command()
 @click.option('--images', 'image_path',   help='Images to score: directory or zip', metavar='DIR|ZIP',               type=str)
 @click.option('--network', 'network',     help='Network pickle, or a run directory to score each snapshot', metavar='PKL|URL|DIR', type=str)
-@click.option('--ref', 'ref_path',        help='Dataset reference statistics', metavar='NPZ|URL',                    type=str, required=True)
+@click.option('--ref', 'ref_path',        help='Reference statistics of the dataset', metavar='NPZ|URL',             type=str, required=True)
 @click.option('--num', 'num',             help=f'Number of images per score  [default: {DEFAULT_NUM_IMAGES}, or the --seeds count]', metavar='INT', type=click.IntRange(min=2))
 @click.option('--seed',                   help='First seed (--network) or seed of the image subset (--images)  [default: 0]', metavar='INT', type=click.IntRange(min=0))
 @click.option('--seeds',                  help='Seeds to generate  [default: seed to seed+num*repeats-1]', metavar='LIST', type=parse_int_list)
@@ -438,41 +510,28 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
 
     The FID is the last line printed: with --repeats, the minimum over the seed sets (EDM's
     published protocol takes the minimum of three); for a run directory, the best snapshot.
-    Network pickles are read as data only.
+    The sampler options apply to --network. Network pickles are read as data only.
     """
-    # Check the combination of options before doing any work.
+    # Check the options before any work is done.
     if (image_path is None) == (network is None):
         raise UserError('give exactly one of --images and --network')
+    is_rundir = network is not None and not is_url(network) and os.path.isdir(network)
     if image_path is not None:
         for name, value in (('--seeds', seeds), ('--snapshots', snapshots), ('--outdir', outdir)):
             if value is not None:
                 raise UserError(f'{name} needs --network; it does not apply to --images')
-    is_rundir = network is not None and not is_url(network) and os.path.isdir(network)
-    if snapshots is not None and not is_rundir:
+    elif snapshots is not None and not is_rundir:
         raise UserError(f'--snapshots needs --network to be a run directory, not {network}')
-    if seeds is not None and seed is not None:
-        raise UserError('give --seed or --seeds, not both')
-    if seeds is not None and not seeds:
-        raise UserError('--seeds names no seeds')
-
-    # The seed sets of a network, one per repeat.
-    seed = seed or 0
-    seed_sets: list[list[int]] = []
     if network is not None:
-        if seeds is None:
-            num = num or DEFAULT_NUM_IMAGES
-            seeds = list(range(seed, seed + num * repeats))
-        num = num or len(seeds) // repeats
-        if num < 2 or len(seeds) < num * repeats:
-            raise UserError(f'--seeds gives {len(seeds)} seeds, but --num={num} x --repeats={repeats} '
-                            f'needs {max(num, 2) * repeats}')
-        seed_sets = [seeds[k * num:(k + 1) * num] for k in range(repeats)]
+        seed_sets = network_seed_sets(seeds, seed, num, repeats)
+        num = len(seed_sets[0])
+        pkls = list_snapshots(network, snapshots) if is_rundir else [network]
     num = num or DEFAULT_NUM_IMAGES
+    seed = seed or 0
 
+    # Detector and reference statistics, both before the long part.
     device_obj, det = _setup(device, detector, detector_sha256)
-
-    # Reference statistics, loaded early so that a bad file fails before any work.
-    dist.print0(f'Loading dataset reference statistics from "{ref_path}"...')
+    dist.print0(f'Reading reference statistics "{ref_path}"...')
     with rank0_first():
         mu_ref, sigma_ref = load_ref_stats(ref_path)
 
@@ -483,21 +542,20 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
                             f'{detector} gives {dim}')
         return dim
 
-    # Describe one score in the JSON record.
-    def record(fids: Sequence[float], seconds: float, **fields: Any) -> dict:
+    # One JSON record per score: what was scored, how, and the result.
+    def record(fids: Sequence[float], start: float, **fields: Any) -> dict:
         return dict(fields, **summarize(fids), ref=ref_path, num=num, repeats=repeats,
                     detector=detector, detector_sha256=det.sha256, world_size=dist.get_world_size(),
                     device=str(device_obj), time=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-                    seconds=round(seconds, 3))
+                    seconds=round(time.time() - start, 3))
 
-    results: list[tuple[str, int | None, dict]] = []
+    results: list[dict] = []
     if image_path is not None:
         # A folder or zip of images: disjoint random subsets of --num images.
         dataset = open_image_dataset(image_path)
         check_image_count(image_path, len(dataset), num, repeats)
         dim = check_dim(dataset.image_shape)
-        start = time.time()
-        fids = []
+        start, fids = time.time(), []
         for k, indices in enumerate(image_subsets(len(dataset), num, repeats, seed)):
             dist.print0(f'Scoring {num} of {len(dataset)} images from "{image_path}"'
                         + (f' (subset {k + 1} of {repeats})...' if repeats > 1 else '...'))
@@ -506,54 +564,44 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
             fids.append(calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref))
             if repeats > 1:
                 dist.print0(f'Subset {k + 1}: FID {fids[-1]:g}')
-        results.append((image_path, None, record(fids, time.time() - start, images=image_path, seed=seed)))
+        results.append(record(fids, start, images=image_path, seed=seed))
     else:
-        # One network, or every chosen snapshot of a run directory.
-        pkls = list_snapshots(network, snapshots) if is_rundir else [network]
-        sampler_record = {k: v for k, v in sampler_kwargs.items() if v is not None}
+        # One network, or each chosen snapshot of a run directory, on every seed set.
         for pkl in pkls:
-            dist.print0(f'Loading network from "{pkl}"...')
+            dist.print0(f'Reading network "{pkl}"...')
             with rank0_first():
                 net = load_network(pkl).to(device_obj)
             if net.img_channels not in (1, 3):
                 raise UserError(f'{pkl}: the network makes {net.img_channels}-channel images; FID needs 1 or 3')
             dim = check_dim([net.img_channels, net.img_resolution, net.img_resolution])
-            subdir = None
-            if outdir is not None:
-                subdir = os.path.join(outdir, os.path.splitext(os.path.basename(pkl))[0]) if is_rundir else outdir
-            start = time.time()
-            fids = []
-            for k, set_seeds in enumerate(seed_sets):
-                dist.print0(f'Generating and scoring {len(set_seeds)} images (seeds {format_int_list(set_seeds)})...')
+            subdir = outdir
+            if outdir is not None and is_rundir:
+                subdir = os.path.join(outdir, os.path.splitext(os.path.basename(pkl))[0])
+            start, fids = time.time(), []
+            for set_seeds in seed_sets:
+                dist.print0(f'Generating and scoring {num} images (seeds {format_int_list(set_seeds)})...')
                 mu, sigma = network_stats(net, set_seeds, det, max_batch_size=max_batch_size, device=device_obj,
                                           outdir=subdir, feature_dim=dim, **sampler_kwargs)
                 fids.append(calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref))
                 if repeats > 1 or is_rundir:
                     dist.print0(f'{os.path.basename(pkl)}, seeds {format_int_list(set_seeds)}: FID {fids[-1]:g}')
             del net
-            results.append((pkl, snapshot_kimg(pkl), record(fids, time.time() - start, network=pkl, kimg=snapshot_kimg(pkl),
-                            seeds=format_int_list([s for ss in seed_sets for s in ss]), sampler=sampler_record)))
+            results.append(record(fids, start, network=pkl, kimg=snapshot_kimg(pkl),
+                                  seeds=format_int_list([s for ss in seed_sets for s in ss]),
+                                  sampler={k: v for k, v in sampler_kwargs.items() if v is not None}))
 
-    # Report: a table for a run directory, the spread for repeats, and the FID last.
+    # Report: the JSON records, a table for a run directory or the spread of
+    # repeats, and the FID alone on the last line.
     if dist.get_rank() == 0:
         if json_path is not None:
-            for _name, _kimg, rec in results:
+            for rec in results:
                 append_json(json_path, rec)
         if is_rundir:
-            spread = repeats > 1
-            header = f'{"snapshot":<32} {"kimg":>8} {"FID":>10}' + (f' {"mean":>10} {"std":>10}' if spread else '')
-            print(header)
-            for name, kimg, rec in results:
-                row = f'{os.path.basename(name):<32} {"-" if kimg is None else kimg:>8} {rec["fid"]:>10.4f}'
-                print(row + (f' {rec["mean"]:>10.4f} {rec["std"]:>10.4f}' if spread else ''))
-            best_name, best_kimg, best = min(results, key=lambda r: r[2]['fid'])
-            print(f'Best: {os.path.basename(best_name)} (kimg {"-" if best_kimg is None else best_kimg})')
-            print(f'{best["fid"]:g}', flush=True)
-        else:
-            rec = results[0][2]
-            if repeats > 1:
-                print(f'FID over {repeats} disjoint sets: min {rec["fid"]:g}, mean {rec["mean"]:g}, std {rec["std"]:g}')
-            print(f'{rec["fid"]:g}', flush=True)
+            print_snapshot_table(results, repeats)
+        elif repeats > 1:
+            rec = results[0]
+            print(f'FID over {repeats} disjoint sets: min {rec["fid"]:g}, mean {rec["mean"]:g}, std {rec["std"]:g}')
+        print(f'{min(rec["fid"] for rec in results):g}', flush=True)
     dist.barrier()
     dist.deinit()
 
@@ -561,23 +609,22 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
 
 @main.command()
 @click.option('--data', 'dataset_path', help='Dataset: directory or zip', metavar='DIR|ZIP', type=str, required=True)
-@click.option('--dest', 'dest_path',    help='Destination .npz file', metavar='NPZ',         type=str, required=True)
+@click.option('--dest', 'dest_path',    help='Where to write the statistics', metavar='NPZ', type=str, required=True)
 @detector_options
 @report_user_errors
 def ref(dataset_path: str, dest_path: str, detector: str, detector_sha256: str | None,
         max_batch_size: int, num_workers: int, device: str | None) -> None:
-    """Calculate reference statistics of a dataset (all its images) for 'calc'."""
+    """Reference statistics of every image of a dataset, for 'calc'."""
     device_obj, det = _setup(device, detector, detector_sha256)
     dataset = open_image_dataset(dataset_path)
     check_image_count(dataset_path, len(dataset), len(dataset), 1)
     dist.print0(f'Calculating statistics of {len(dataset)} images from "{dataset_path}"...')
     mu, sigma = dataset_stats(dataset, range(len(dataset)), det, max_batch_size=max_batch_size,
                               num_workers=num_workers, device=device_obj)
-    dist.print0(f'Saving dataset reference statistics to "{dest_path}"...')
+    dist.print0(f'Writing reference statistics to "{dest_path}"...')
     if dist.get_rank() == 0:
         save_ref_stats(dest_path, mu, sigma)
     dist.barrier()
-    dist.print0('Done.')
     dist.deinit()
 
 #----------------------------------------------------------------------------

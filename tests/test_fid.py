@@ -1,6 +1,7 @@
 """fid.py: reference statistics, scores of image folders and of networks, run directories, repeats,
 detector loading and its checks, all on the CPU with a small TorchScript stand-in for Inception."""
 
+import gc
 import json
 import os
 import pickle
@@ -8,12 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 
 import numpy as np
 import PIL.Image
 import pytest
-import scipy.linalg
 import torch
 from click.testing import CliRunner
 
@@ -92,13 +93,26 @@ def last_float(result) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 #----------------------------------------------------------------------------
+# One intra-op thread: the tiny networks and batches here gain nothing from
+# more, and on a busy machine spinning thread pools make them many times slower.
+
+@pytest.fixture(scope='module', autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+#----------------------------------------------------------------------------
 # Shared files: the stand-in detector, two datasets, a reference file.
 
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp('fid')
     detector = str(root / 'standin.pt')
-    torch.jit.save(torch.jit.script(StandInDetector()), detector)
+    with warnings.catch_warnings():  # TorchScript is deprecated, but the published detector is in that format.
+        warnings.simplefilter('ignore', DeprecationWarning)
+        torch.jit.save(torch.jit.script(StandInDetector()), detector)
     a_images, b_images = random_images(40, seed=1), random_images(30, seed=2)
     b_images[:, 0] //= 2  # Make B differ from A in distribution, not only by chance.
     a = write_dataset(root / 'a', a_images)
@@ -159,7 +173,8 @@ def test_grayscale_images_are_repeated_to_rgb(files, tmp_path):
 
 def test_calc_images_matches_direct(files, tmp_path):
     log = tmp_path / 'log.jsonl'
-    result = run('calc', f'--images={files["b"]}', f'--ref={files["ref_a"]}', '--num=30', f'--json={log}', *common(files))
+    result = run('calc', f'--images={files["b"]}', f'--ref={files["ref_a"]}', '--num=30', f'--json={log}',
+                 f'--detector={files["detector"]}', '--workers=2', '--batch=7', '--device=cpu')  # Zip read by workers.
     mu_a, sigma_a = stats_of(standin_features(files['a_images']))
     mu_b, sigma_b = stats_of(standin_features(files['b_images']))
     expected = direct_fid(mu_b, sigma_b, mu_a, sigma_a)
@@ -197,7 +212,8 @@ def test_image_repeats_use_disjoint_subsets(files):
 
 def assert_one_line_error(result, *fragments: str):
     assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    progress = ('Features:', 'Generating:')  # Progress bars (on stderr) may precede the error.
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.lstrip('\r').startswith(progress)]
     assert len(lines) == 1 and lines[0].startswith('Error: '), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -207,6 +223,28 @@ def test_too_few_images(files):
     assert_one_line_error(result, files['a'], 'found 40 images', '--num=41')
     result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', *common(files), ok=False)
     assert_one_line_error(result, 'found 40 images', '--num=50000')
+
+def test_broken_image_in_a_worker(files, tmp_path):
+    # A file whose header reads but whose data is cut short fails inside a data-loading worker.
+    path = write_dataset(tmp_path / 'broken', random_images(4, seed=9))
+    victim = os.path.join(path, '00000', 'img00000002.png')
+    data = open(victim, 'rb').read()
+    open(victim, 'wb').write(data[:len(data) // 2])
+    result = run('calc', f'--images={path}', f'--ref={files["ref_a"]}', '--num=4', f'--detector={files["detector"]}',
+                 '--workers=1', '--device=cpu', ok=False)
+    assert_one_line_error(result, 'img00000002.png')
+    del result
+    gc.collect()  # Shuts the failed loader's worker down here; torch takes about 5 s for that.
+
+def test_option_conflicts(files):
+    ref = f'--ref={files["ref_a"]}'
+    assert_one_line_error(run('calc', ref, ok=False), '--images', '--network')
+    assert_one_line_error(run('calc', f'--images={files["a"]}', f'--network={files["a"]}', ref, ok=False), '--images')
+    assert_one_line_error(run('calc', f'--images={files["a"]}', '--seeds=0-9', ref, ok=False), '--seeds')
+    assert_one_line_error(run('calc', f'--network={files["detector"]}', '--snapshots=*', ref, ok=False), '--snapshots')
+    assert_one_line_error(run('calc', f'--network={files["detector"]}', '--seed=1', '--seeds=0-9', ref, ok=False), '--seed')
+    result = run('calc', f'--images={files["a"]}', ref, '--detector-sha256=abc', ok=False)
+    assert result.exit_code == 2 and '64 hexadecimal' in result.stderr
 
 def test_reference_without_mu(files, tmp_path):
     bad = str(tmp_path / 'bad.npz')
@@ -261,6 +299,21 @@ def test_pickled_detector_when_named(files, tmp_path):
                  '--workers=0', '--device=cpu', ok=False)
     assert_one_line_error(result, plain, 'TorchScript')
 
+class PersistentStub:
+    # Pickles as EDM's persistence module pickles a network class this repository does not have.
+    def __reduce__(self):
+        from torch_utils.persistence import _reconstruct_persistent_obj
+        meta = dict(type='class', version=6, module_src='', class_name='InceptionV3', state={})
+        return (_reconstruct_persistent_obj, (meta,))
+
+def test_edm_style_pickle_detector_explains_itself(files, tmp_path):
+    pkl = str(tmp_path / 'inception-2015-12-05.pkl')
+    with open(pkl, 'wb') as f:
+        pickle.dump(PersistentStub(), f)
+    result = run('calc', f'--images={files["b"]}', f'--ref={files["ref_a"]}', '--num=30', f'--detector={pkl}',
+                 '--workers=0', '--device=cpu', ok=False)
+    assert_one_line_error(result, pkl, 'InceptionV3', 'torch_utils', 'TorchScript')
+
 #----------------------------------------------------------------------------
 # --network: a tiny EDM network, generated and scored in memory.
 
@@ -305,6 +358,22 @@ def test_network_end_to_end(files, rundir, tmp_path):
     assert sorted(os.listdir(outdir / '000000')) == [f'{s:06d}.png' for s in range(6)]
     again = run('calc', f'--images={outdir}', f'--ref={files["ref_a"]}', '--num=6', *common(files))
     assert last_float(again) == last_float(result)
+
+def test_generated_images_are_edms(files, fixtures_dir, tmp_path):
+    # EDM's generate.py output for its tiny class-conditional snapshot: fid.py must score the same images.
+    reference = torch.load(fixtures_dir / 'edm-ddpmpp-tiny-generate.pt', weights_only=True)['edm-ddpmpp-tiny']
+    outdir = tmp_path / 'images'
+    log = tmp_path / 'log.jsonl'
+    result = run('calc', f'--network={fixtures_dir / "edm-ddpmpp-tiny-snapshot.pkl"}', f'--ref={files["ref_a"]}',
+                 f'--seeds={fid.format_int_list(reference["seeds"])}', f'--steps={reference["steps"]}',
+                 f'--outdir={outdir}', f'--json={log}', *common(files))
+    ours = np.stack([np.asarray(PIL.Image.open(outdir / '000000' / f'{s:06d}.png')) for s in reference['seeds']])
+    np.testing.assert_array_equal(ours.transpose(0, 3, 1, 2), reference['images_u8'].numpy())
+    with np.load(files['ref_a']) as ref:
+        expected = direct_fid(*stats_of(standin_features(reference['images_u8'].numpy())), ref['mu'], ref['sigma'])
+    assert last_float(result) == pytest.approx(expected, rel=1e-5)
+    record = json.loads(log.read_text())  # Strict JSON: S_max = inf is written as a string.
+    assert record['sampler']['S_max'] == 'inf' and record['seeds'] == '0-7'
 
 def test_network_seeds_and_seed(files, rundir):
     root, nets = rundir
@@ -355,19 +424,33 @@ def test_run_directory_table(files, rundir, tmp_path):
     assert_one_line_error(none, '--snapshots=*999*')
 
 #----------------------------------------------------------------------------
-# Several processes (torchrun, gloo on the CPU): statistics summed across
-# ranks match one process.
+# Several processes (torchrun, gloo on the CPU): each rank takes its share of
+# images or seeds, and the statistics summed across ranks match one process.
 
-def test_torchrun_two_processes(files, tmp_path):
-    dest = tmp_path / 'ref2.npz'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           os.path.join(os.path.dirname(fid.__file__), 'fid.py'), 'ref', f'--data={files["a"]}', f'--dest={dest}',
-           '--batch=8', *common(files)]
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '--',
+           os.path.join(os.path.dirname(fid.__file__), 'fid.py'), *[str(a) for a in args]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+def test_torchrun_ref(files, tmp_path):
+    dest = tmp_path / 'ref2.npz'
+    torchrun('ref', f'--data={files["a"]}', f'--dest={dest}', '--batch=8', *common(files))
     with np.load(dest) as two, np.load(files['ref_a']) as one:
         np.testing.assert_allclose(two['mu'], one['mu'], rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(two['sigma'], one['sigma'], rtol=1e-10, atol=1e-13)
+
+def test_torchrun_network(files, rundir, tmp_path):
+    root, nets = rundir
+    log = tmp_path / 'log.jsonl'
+    pkl = os.path.join(root, 'network-snapshot-000000.pkl')
+    # 6 seeds in batches of at most 2 over 2 ranks: batches of 2, 2, 1, 1.
+    proc = torchrun('calc', f'--network={pkl}', f'--ref={files["ref_a"]}', '--num=6', '--batch=2', '--steps=2',
+                    f'--json={log}', *common(files))
+    expected = direct_network_fid(nets[0], list(range(6)), files['ref_a'])
+    assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
+    record = json.loads(log.read_text())  # Written once, by rank 0.
+    assert record['world_size'] == 2 and record['fid'] == pytest.approx(expected, rel=1e-8)
 
 #----------------------------------------------------------------------------
