@@ -18,7 +18,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import pickle
 import re
 import time
 import warnings
@@ -36,7 +35,7 @@ from dnnlib.util import (UserError, atomic_write, download, is_url, open_url, pa
 from generate import image_path as generated_image_path
 from generate import rank_batches, sampler_options
 from torch_utils import distributed as dist
-from torch_utils.persistence import load_network
+from torch_utils.persistence import load_network, load_pickle_running_code
 from training.sampler import generate_images, to_uint8
 
 #----------------------------------------------------------------------------
@@ -141,11 +140,10 @@ def load_detector(detector: str = DEFAULT_DETECTOR, sha256: str | None = None,
             print(f'Unpickling the detector "{detector}": this runs code stored in the file.', flush=True)
         try:
             with open(path, 'rb') as f:
-                net = pickle.load(f)
+                net = load_pickle_running_code(f)
         except Exception as e:
             raise UserError(f'{detector}: cannot unpickle the detector ({_last_line(e)}); a pickled detector '
-                            'needs the modules it was pickled with (EDM\'s own needs EDM\'s torch_utils, which '
-                            'this repository\'s data-only torch_utils replaces); the default TorchScript '
+                            'needs the modules it was pickled with; the default TorchScript '
                             'detector is the same network and needs none') from None
         if not callable(net):
             raise UserError(f'{detector}: the pickle holds a {type(net).__name__}, not a detector network')
@@ -419,11 +417,9 @@ def main() -> None:
     \b
     Under torchrun, put -- before fid.py when passing --num: torchrun would
     otherwise take --num as an abbreviation of its own --numa-binding.
-    A .pkl detector is taken only when named with --detector: unpickling it
-    runs code stored in it, and it needs the modules it was pickled with.
-    EDM's own (inception-2015-12-05.pkl) needs EDM's torch_utils, which this
-    repository's data-only torch_utils replaces; the default is its
-    TorchScript twin.
+    A .pkl detector (such as EDM's inception-2015-12-05.pkl) is taken only
+    when named with --detector: unpickling it RUNS CODE STORED IN THE FILE,
+    as EDM does. The default is its TorchScript twin, which runs none.
     """
 
 #----------------------------------------------------------------------------

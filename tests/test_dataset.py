@@ -161,6 +161,20 @@ def test_pickle_and_data_loader(tmp_path):
     images, labels = next(iter(torch.utils.data.DataLoader(copy, batch_size=4)))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 8, 8) and labels.shape == (4, 2)
 
+def test_forked_workers_reopen_the_zip(tmp_path):
+    # The parent has read from the zip; forked workers must not share its file handle.
+    root = tmp_path / 'ds'
+    images = random_images(64)
+    write_png_dataset(root, images)
+    zip_path = tmp_path / 'ds.zip'
+    zip_dir(root, zip_path)
+    dataset = ImageFolderDataset(str(zip_path))
+    dataset[0]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=2, multiprocessing_context='fork')
+    for _epoch in range(2):
+        got = torch.cat([x for x, _ in loader]).numpy()
+        assert np.array_equal(got, np.stack([dataset[i][0] for i in range(len(dataset))]))
+
 def test_images_to_float():
     u8 = torch.tensor([0, 255, 128], dtype=torch.uint8)
     assert torch.allclose(images_to_float(u8), torch.tensor([-1.0, 1.0, 128 / 127.5 - 1]), atol=1e-7)

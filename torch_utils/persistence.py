@@ -21,6 +21,7 @@ import inspect
 import io
 import pickle
 import sys
+import types
 from typing import Any, BinaryIO, Callable
 
 import numpy as np
@@ -37,8 +38,6 @@ _FORMAT_VERSION = 6  # EDM's persistence format version.
 
 def persistent_class(cls: type) -> type:
     """Class decorator: record constructor arguments and pickle in EDM's persistent layout."""
-    if cls.__name__ in _registry and _registry[cls.__name__] is not cls:
-        raise TypeError(f'two persistent classes are named {cls.__name__}')
     original_init = cls.__init__
 
     @functools.wraps(original_init)
@@ -56,7 +55,9 @@ def persistent_class(cls: type) -> type:
 
     cls.__init__ = init_and_record
     cls.__reduce_ex__ = reduce_persistent
-    _registry[cls.__name__] = cls
+    # The project's own class keeps its name when other code (e.g. source run by
+    # load_pickle_running_code) defines a class of the same name.
+    _registry.setdefault(cls.__name__, cls)
     return cls
 
 @functools.lru_cache(maxsize=None)
@@ -256,6 +257,37 @@ def load_network(path_or_url: str) -> torch.nn.Module:
     """The `ema` network of a pickle, in eval mode, without gradients."""
     net = load_network_pickle(path_or_url)['ema']
     return net.eval().requires_grad_(False)
+
+def load_pickle_running_code(f: BinaryIO) -> Any:
+    """Unpickle a file as EDM would, executing the module source stored for each persistent object.
+
+    Whoever wrote the file decides what runs: only for files you trust, and only where the user
+    asked for it explicitly (fid.py's pickled detectors). Network pickles never go through here.
+    """
+    modules: dict[str, types.ModuleType] = {}
+
+    def reconstruct(meta: dict) -> Any:
+        source = meta['module_src']
+        if source not in modules:
+            module = types.ModuleType(f'_persistent_module_{len(modules)}')
+            sys.modules[module.__name__] = module
+            exec(compile(source, module.__name__, 'exec'), module.__dict__)  # noqa: S102 -- explicit opt-in.
+            modules[source] = module
+        cls = modules[source].__dict__[meta['class_name']]
+        obj = cls.__new__(cls)
+        if callable(getattr(obj, '__setstate__', None)):
+            obj.__setstate__(meta['state'])
+        else:
+            obj.__dict__.update(meta['state'])
+        return obj
+
+    class CodeRunningUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) == ('torch_utils.persistence', '_reconstruct_persistent_obj'):
+                return reconstruct
+            return super().find_class(module, name)
+
+    return CodeRunningUnpickler(f).load()
 
 def save_network_pickle(path: str, data: dict) -> None:
     """Write a snapshot dict (`ema`, `loss_fn`, `augment_pipe`, `dataset_kwargs`) atomically."""

@@ -63,6 +63,7 @@ class DatasetFiles:
     def __init__(self, path: str):
         self.path = path
         self._zipfile = None
+        self._zip_pid = os.getpid()
         if os.path.isdir(path):
             self.kind = 'dir'
             names = [os.path.relpath(os.path.join(root, fname), path).replace(os.sep, '/')
@@ -77,8 +78,12 @@ class DatasetFiles:
         self.names = sorted(names)
 
     def _get_zipfile(self) -> zipfile.ZipFile:
+        # A handle inherited through fork() shares its file offset with the parent: reopen.
+        if self._zipfile is not None and self._zip_pid != os.getpid():
+            self._zipfile = None
         if self._zipfile is None:
             try:
+                self._zip_pid = os.getpid()
                 self._zipfile = zipfile.ZipFile(self.path)
             except (zipfile.BadZipFile, OSError) as e:
                 raise UserError(f'{self.path}: cannot read the zip file ({e})') from None
