@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# local_slurm.sh -- a real, single-node SLURM cluster on this machine, for tests and for trying the
-# cluster scripts (scripts/train.sh, scripts/denoise_submit.sh, scripts/sfbd_rounds.sh) on a workstation.
+# local_slurm.sh -- a real SLURM cluster on this one machine, for tests and for trying the cluster
+# scripts (scripts/train.sh, scripts/denoise_submit.sh, scripts/sfbd_rounds.sh) on a workstation.
 #
 # Usage (as root):
-#   scripts/local_slurm.sh start    # install (apt-get) if needed, configure, start munged/slurmctld/slurmd,
-#                                   # wait until `sinfo` shows the node up; does nothing if already up
-#   scripts/local_slurm.sh stop     # stop the three daemons this script started (by their pid files)
-#   scripts/local_slurm.sh status   # print daemons, node and queue; exit 0 if up, 3 if not
+#   scripts/local_slurm.sh start    # install (apt-get) if needed, configure, start munged, slurmctld and
+#                                   # slurmd, wait until `sinfo` shows the node(s) up. Idempotent: does
+#                                   # nothing if the same cluster is already up; restarts it with the
+#                                   # new configuration if the settings changed
+#   scripts/local_slurm.sh stop     # stop the daemons this script started (by their pid files)
+#   scripts/local_slurm.sh status   # print daemons, nodes and queue; exit 0 if up, 3 if not
 #   scripts/local_slurm.sh env      # print `export SLURM_CONF=...` for the client commands
 #
 # What `start` sets up, all under LOCAL_SLURM_DIR (a folder this script owns):
-#   etc/slurm.conf, etc/gres.conf   this host as controller and as the only node (real CPU layout and
-#                                   memory from `slurmd -C`), one partition `local` (default), cons_tres
+#   etc/slurm.conf, etc/gres.conf   this host as controller and compute node (real CPU layout and memory
+#                                   from `slurmd -C`), one partition `local` (default), select/cons_tres
 #                                   with CR_CPU, proctrack/linuxproc and task/none (no cgroups, no
-#                                   systemd), JobRequeue=1, no accounting database
-#   munge/                          its own munge key, socket, pid and log (a munged of its own, so a
-#                                   system munged, if any, is left alone)
+#                                   systemd), JobRequeue=1, no accounting database (no sacct; finished
+#                                   jobs stay visible to `scontrol show job` for 10 minutes)
+#   munge/                          a munge key, socket, pid and log of its own (a system munged, if
+#                                   any, is left alone)
 #   state/ log/ run/                slurmctld state, slurmd spool, logs, pid files
 # /etc/slurm/slurm.conf is made a symlink to etc/slurm.conf when it is absent (or already ours), so that
 # sinfo/sbatch/squeue work without SLURM_CONF; if another slurm.conf is there it is left untouched and
@@ -23,17 +26,23 @@
 #
 # Environment variables (all optional):
 #   LOCAL_SLURM_DIR          folder for config, state, logs       (default /var/tmp/sfbd-local-slurm)
-#   LOCAL_SLURM_PORT         slurmctld port; slurmd uses PORT+1   (default 6817)
+#   LOCAL_SLURM_NODES        number of nodes (default 1: this host under its own name). With N > 1,
+#                            N virtual nodes sfbd1..sfbdN run on this host (one slurmd each), each
+#                            offering the whole machine: multi-node jobs (srun, rendezvous) can be
+#                            tried on one box. Their names do not resolve: give multi-node jobs
+#                            RDZV_HOST=127.0.0.1 (scripts/train.sh)
+#   LOCAL_SLURM_PORT         slurmctld port; slurmd use the next ones (default 6817)
 #   LOCAL_SLURM_CRED_EXPIRE  credential lifetime in seconds; SLURM also makes a requeued job wait this
 #                            long before it may start again       (default 10; SLURM's own default 120)
-#   LOCAL_SLURM_GPUS         GPUs to offer as gres gpu            (default: count of `nvidia-smi -L`, else 0)
-#   LOCAL_SLURM_CLEAN        1: forget queued/finished jobs from an earlier start (slurmctld -c) (default 0)
-#   LOCAL_SLURM_TIMEOUT      seconds to wait for the node to come up (default 60)
+#   LOCAL_SLURM_GPUS         GPUs to offer as gres gpu (one node only) (default: `nvidia-smi -L` count)
+#   LOCAL_SLURM_CLEAN        1: forget the jobs of an earlier start (slurmctld -c)           (default 0)
+#   LOCAL_SLURM_TIMEOUT      seconds to wait for the node(s) to come up (default 60)
 #   LOCAL_SLURM_NO_INSTALL   1: never run apt-get; fail if the binaries are missing (default 0)
 set -euo pipefail
 
 ACTION="${1:-}"
 DIR="${LOCAL_SLURM_DIR:-/var/tmp/sfbd-local-slurm}"
+NODES="${LOCAL_SLURM_NODES:-1}"
 PORT="${LOCAL_SLURM_PORT:-6817}"
 CRED_EXPIRE="${LOCAL_SLURM_CRED_EXPIRE:-10}"
 TIMEOUT="${LOCAL_SLURM_TIMEOUT:-60}"
@@ -45,23 +54,31 @@ MARK="# generated by sfbd scripts/local_slurm.sh"
 die() { echo "local_slurm.sh: error: $*" >&2; exit 1; }
 say() { echo "local_slurm.sh: $*" >&2; }
 
-usage() {
-    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
-    exit 2
+[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "LOCAL_SLURM_NODES=$NODES is not a positive integer"
+
+node_names() {  # the node names of the configuration asked for
+    local i
+    if ((NODES == 1)); then
+        hostname -s
+    else
+        for ((i = 1; i <= NODES; i++)); do echo "sfbd$i"; done
+    fi
 }
 
 # --- pids -------------------------------------------------------------------------------------------
-pid_alive() {  # pid_alive NAME -> prints pid and succeeds if NAME's pid file names a live process
-    local f="$DIR/run/$1.pid" pid
+# Pid files: run/munged.pid, run/slurmctld.pid, run/slurmd-<node>.pid.
+pid_alive() {  # pid_alive PIDFILE_NAME -> prints the pid if that file names a live daemon of its kind
+    local f="$DIR/run/$1.pid" pid comm
     [[ -s "$f" ]] || return 1
     pid="$(tr -dc '0-9' <"$f")"
     [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-    # The pid must still be that daemon (pids get reused after a reboot of a container).
-    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$1"* ]] || return 1
+    # The pid must still be that daemon (pids get reused, e.g. after a container restart).
+    comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+    [[ "$comm" == "${1%%-*}"* ]] || return 1
     echo "$pid"
 }
 
-stop_daemon() {  # stop_daemon NAME: SIGTERM by pid file, wait up to 20 s, then SIGKILL
+stop_daemon() {  # stop_daemon PIDFILE_NAME: SIGTERM, wait up to 20 s, then SIGKILL
     local pid i
     pid="$(pid_alive "$1")" || { rm -f "$DIR/run/$1.pid"; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
@@ -75,6 +92,16 @@ stop_daemon() {  # stop_daemon NAME: SIGTERM by pid file, wait up to 20 s, then 
     fi
     rm -f "$DIR/run/$1.pid"
     say "stopped $1 ($pid)"
+}
+
+slurmd_pidfiles() {  # every slurmd pid file there is (also of an earlier configuration)
+    local f
+    shopt -s nullglob
+    for f in "$DIR"/run/slurmd-*.pid; do
+        f="${f##*/}"
+        echo "${f%.pid}"
+    done
+    shopt -u nullglob
 }
 
 # --- install ----------------------------------------------------------------------------------------
@@ -97,38 +124,31 @@ ensure_installed() {
 
 # --- configuration ----------------------------------------------------------------------------------
 count_gpus() {
-    if [[ -n "${LOCAL_SLURM_GPUS:-}" ]]; then echo "$LOCAL_SLURM_GPUS"; return; fi
-    if command -v nvidia-smi >/dev/null; then
+    if [[ -n "${LOCAL_SLURM_GPUS:-}" ]]; then
+        echo "$LOCAL_SLURM_GPUS"
+    elif ((NODES == 1)) && command -v nvidia-smi >/dev/null; then
         nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
     else
         echo 0
     fi
 }
 
-write_config() {
-    local node hw gpus gres_line="" gres_types=""
-    node="$(hostname -s)"
+config_text() {  # the slurm.conf for the current settings, on stdout
+    local hw gpus gres_line="" gres_types="" host i name
+    host="$(hostname -s)"
     # `slurmd -C` prints this machine as SLURM sees it: NodeName=... CPUs=... RealMemory=...
     hw="$(slurmd -C | head -n 1 | sed -E 's/^NodeName=[^ ]+ //')"
     [[ "$hw" == *CPUs=* ]] || die "could not read the node's hardware from 'slurmd -C'"
     gpus="$(count_gpus)"
-    mkdir -p "$DIR/etc"
     if ((gpus > 0)); then
         gres_line="Gres=gpu:$gpus"
         gres_types="GresTypes=gpu"
-        {
-            echo "$MARK"
-            echo "NodeName=$node Name=gpu File=/dev/nvidia[0-$((gpus - 1))]"
-        } >"$DIR/etc/gres.conf.tmp"
-        mv "$DIR/etc/gres.conf.tmp" "$DIR/etc/gres.conf"
-    else
-        rm -f "$DIR/etc/gres.conf"
     fi
-    cat >"$CONF.tmp" <<EOF
+    cat <<EOF
 $MARK
-# Single-node cluster: this host is controller and compute node. Regenerated by each 'start'.
+# This host is controller and compute node(s). Regenerated by each 'start'.
 ClusterName=sfbdlocal
-SlurmctldHost=$node(127.0.0.1)
+SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$PORT
 SlurmdPort=$((PORT + 1))
 SlurmUser=root
@@ -137,11 +157,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$MUNGE_SOCKET,cred_expire=$CRED_EXPIRE
 StateSaveLocation=$DIR/state/slurmctld
-SlurmdSpoolDir=$DIR/state/slurmd
+SlurmdSpoolDir=$DIR/state/slurmd-%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmdPidFile=$DIR/run/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -163,10 +183,27 @@ InactiveLimit=0
 SlurmdTimeout=300
 SlurmctldTimeout=120
 $gres_types
-NodeName=$node NodeAddr=127.0.0.1 $hw $gres_line State=UNKNOWN
-PartitionName=local Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-    mv "$CONF.tmp" "$CONF"
+    if ((NODES == 1)); then
+        echo "NodeName=$host NodeAddr=127.0.0.1 $hw $gres_line State=UNKNOWN"
+    else
+        i=0
+        while read -r name; do
+            i=$((i + 1))
+            echo "NodeName=$name NodeHostname=$host NodeAddr=127.0.0.1 Port=$((PORT + 1 + i)) $hw State=UNKNOWN"
+        done < <(node_names)
+    fi
+    echo "PartitionName=local Nodes=$(node_names | paste -sd, -) Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO"
+}
+
+write_gres_conf() {
+    local gpus
+    gpus="$(count_gpus)"
+    if ((gpus > 0)); then
+        printf '%s\nNodeName=%s Name=gpu File=/dev/nvidia[0-%d]\n' "$MARK" "$(hostname -s)" $((gpus - 1)) >"$DIR/etc/gres.conf"
+    else
+        rm -f "$DIR/etc/gres.conf"
+    fi
 }
 
 link_system_conf() {
@@ -214,68 +251,84 @@ start_slurmctld() {
         || die "slurmctld failed to start; see $DIR/log/slurmctld.log"
 }
 
-start_slurmd() {
-    pid_alive slurmd >/dev/null && return 0
-    setsid slurmd -f "$CONF" -N "$(hostname -s)" </dev/null >>"$DIR/log/slurmd.out" 2>&1 \
-        || die "slurmd failed to start; see $DIR/log/slurmd.log"
+start_slurmds() {
+    local name
+    while read -r name; do
+        pid_alive "slurmd-$name" >/dev/null && continue
+        mkdir -p "$DIR/state/slurmd-$name"
+        setsid slurmd -f "$CONF" -N "$name" </dev/null >>"$DIR/log/slurmd-$name.out" 2>&1 \
+            || die "slurmd for node $name failed to start; see $DIR/log/slurmd-$name.log"
+    done < <(node_names)
 }
 
-node_state() {
-    SLURM_CONF="$CONF" timeout 10 sinfo -h -N -n "$(hostname -s)" -o '%T' 2>/dev/null | head -n 1
+node_states() {  # "node state" lines, one per node of this cluster
+    SLURM_CONF="$CONF" timeout 10 sinfo -h -N -o '%N %T' 2>/dev/null | sort -u
 }
 
 wait_until_up() {
-    local deadline=$((SECONDS + TIMEOUT)) state="" resumed=0
+    local start=$SECONDS deadline=$((SECONDS + TIMEOUT)) states="" name state up d
     while ((SECONDS < deadline)); do
-        for d in munged slurmctld slurmd; do
-            pid_alive "$d" >/dev/null || die "$d exited; see $DIR/log/$d.log (and $d.out)"
+        # A daemon writes its pid file once it has forked into the background: allow it a moment.
+        for d in munged slurmctld $(node_names | sed 's/^/slurmd-/'); do
+            if ! pid_alive "$d" >/dev/null && ((SECONDS - start > 10)); then
+                die "$d is not running; see $DIR/log/$d.log (and $d.out)"
+            fi
         done
-        state="$(node_state || true)"
-        case "$state" in
-            idle | mixed | allocated | completing) return 0 ;;
-            down* | drain* | fail*)
-                # A node left down/drained by an earlier run (e.g. slurmd was killed): put it back.
-                if ((resumed == 0)); then
-                    SLURM_CONF="$CONF" scontrol update NodeName="$(hostname -s)" State=RESUME \
-                        >/dev/null 2>&1 || true
-                    resumed=1
-                fi
-                ;;
-        esac
+        states="$(node_states || true)"
+        up=0
+        while read -r name state; do
+            [[ -n "$name" ]] || continue
+            case "$state" in
+                idle | mixed | allocated | completing) up=$((up + 1)) ;;
+                down* | drain* | fail*)
+                    # Left down/drained by an earlier run (e.g. its slurmd was killed): put it back.
+                    SLURM_CONF="$CONF" scontrol update NodeName="$name" State=RESUME >/dev/null 2>&1 || true
+                    ;;
+            esac
+        done <<<"$states"
+        ((up >= NODES)) && return 0
         sleep 0.5
     done
-    die "node not up after ${TIMEOUT}s (state '${state:-no answer}'); see $DIR/log/"
+    die "node(s) not up after ${TIMEOUT}s ($(echo "${states:-no answer}" | paste -sd, -)); see $DIR/log/"
 }
 
 all_running() {
-    pid_alive munged >/dev/null && pid_alive slurmctld >/dev/null && pid_alive slurmd >/dev/null
+    local d
+    for d in munged slurmctld $(node_names | sed 's/^/slurmd-/'); do
+        pid_alive "$d" >/dev/null || return 1
+    done
 }
 
 do_start() {
     [[ "$(id -u)" == 0 ]] || die "must run as root (the daemons run as root here)"
     ensure_installed
-    mkdir -p "$DIR"/{etc,log,run,state/slurmctld,state/slurmd}
+    mkdir -p "$DIR"/{etc,log,run,state/slurmctld}
     chmod 0755 "$DIR"
-    if all_running && [[ -n "$(node_state || true)" ]]; then
+    local wanted d
+    wanted="$(config_text)"
+    if all_running && [[ -f "$CONF" && "$(cat "$CONF")" == "$wanted" ]] && [[ -n "$(node_states || true)" ]]; then
         link_system_conf
         wait_until_up
-        say "already running ($(node_state) node $(hostname -s), config $CONF)"
+        say "already running ($(node_states | paste -sd, -); config $CONF)"
         return 0
     fi
-    # Partly up (say slurmd died): restart all of them against a fresh config.
-    stop_daemon slurmd
+    # Not running, partly running, or other settings: (re)start the SLURM daemons on a fresh config.
+    for d in $(slurmd_pidfiles); do stop_daemon "$d"; done
     stop_daemon slurmctld
-    write_config
+    echo "$wanted" >"$CONF.tmp"
+    mv "$CONF.tmp" "$CONF"
+    write_gres_conf
     link_system_conf
     start_munged
     start_slurmctld
-    start_slurmd
+    start_slurmds
     wait_until_up
-    say "up: node $(hostname -s) $(node_state), partition local, config $CONF"
+    say "up: $(node_states | paste -sd, -); partition local; config $CONF"
 }
 
 do_stop() {
-    stop_daemon slurmd
+    local d
+    for d in $(slurmd_pidfiles); do stop_daemon "$d"; done
     stop_daemon slurmctld
     stop_daemon munged
     if [[ -L "$SYS_CONF" && "$(readlink "$SYS_CONF")" == "$CONF" ]]; then
@@ -284,8 +337,10 @@ do_stop() {
 }
 
 do_status() {
-    local d pid up=0
-    for d in munged slurmctld slurmd; do
+    local d pid up=0 daemons
+    daemons="munged slurmctld $(slurmd_pidfiles | tr '\n' ' ')"
+    [[ "$daemons" == *slurmd-* ]] || daemons+=" slurmd"
+    for d in $daemons; do
         if pid="$(pid_alive "$d")"; then
             echo "$d: running (pid $pid)"
         else
@@ -306,6 +361,6 @@ case "$ACTION" in
     stop) do_stop ;;
     status) do_status ;;
     env) echo "export SLURM_CONF=$CONF" ;;
-    -h | --help | help) usage ;;
+    -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2 ;;
     *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
 esac

@@ -1,0 +1,237 @@
+# shellcheck shell=bash
+# common.sh -- helpers shared by scripts/train.sh, scripts/denoise.sh, scripts/denoise_submit.sh and
+# scripts/sfbd_rounds.sh. Sourced, not run. Defines only functions and the constant below; reads:
+#   PYTHON   Python interpreter for train.py/denoise.py (default: `python` if on PATH, else `python3`)
+
+# Exit code of train.py / denoise.py meaning "stopped on a signal, state saved, run me again".
+SFBD_EX_PREEMPTED=75
+
+sfbd_log() { echo "[$(date '+%F %T')] ${SFBD_LOG_NAME:-sfbd}: $*" >&2; }
+sfbd_die() { echo "${SFBD_LOG_NAME:-sfbd}: error: $*" >&2; exit 1; }
+
+sfbd_python() {
+    if [[ -n "${PYTHON:-}" ]]; then
+        echo "$PYTHON"
+    elif command -v python >/dev/null 2>&1; then
+        echo python
+    else
+        echo python3
+    fi
+}
+
+# sfbd_abspath PATH -> absolute path (the file need not exist); URLs are left as they are.
+sfbd_abspath() {
+    case "$1" in
+        *://*) echo "$1" ;;
+        /*) echo "$1" ;;
+        *) echo "$PWD/$1" ;;
+    esac
+}
+
+# sfbd_newest_snapshot DIR -> path of the newest network-snapshot-<kimg>.pkl in DIR (by kimg), or
+# fails. train.py names snapshots network-snapshot-{kimg:06d}.pkl, so a numeric sort on the name works.
+sfbd_newest_snapshot() {
+    local dir="$1" best="" best_kimg=-1 f k
+    shopt -s nullglob
+    for f in "$dir"/network-snapshot-*.pkl; do
+        k="${f##*/network-snapshot-}"
+        k="${k%.pkl}"
+        [[ "$k" =~ ^[0-9]+$ ]] || continue
+        if ((10#$k > best_kimg)); then
+            best_kimg=$((10#$k))
+            best="$f"
+        fi
+    done
+    shopt -u nullglob
+    [[ -n "$best" ]] || return 1
+    echo "$best"
+}
+
+# sfbd_newest_state DIR -> path of the newest training-state-<kimg>.pt in DIR, or fails.
+sfbd_newest_state() {
+    local f
+    f="$(find "$1" -maxdepth 1 -name 'training-state-*.pt' 2>/dev/null | sort | tail -n 1)"
+    [[ -n "$f" ]] || return 1
+    echo "$f"
+}
+
+# sfbd_resolve_network WHAT NAME -> a snapshot file: WHAT itself if it is a file or URL, the newest
+# snapshot inside it if it is a run directory. Fails with a message naming NAME otherwise.
+sfbd_resolve_network() {
+    local what="$1" name="$2" snap
+    if [[ "$what" == *://* || -f "$what" ]]; then
+        echo "$what"
+    elif [[ -d "$what" ]]; then
+        snap="$(sfbd_newest_snapshot "$what")" \
+            || sfbd_die "$name=$what is a directory without network-snapshot-*.pkl (did that training finish?)"
+        echo "$snap"
+    else
+        sfbd_die "$name=$what: no such file or directory"
+    fi
+}
+
+# sfbd_words VAR STRING : split STRING at whitespace into the array named VAR (no globbing), for the
+# *_ARGS variables that carry several options.
+sfbd_words() {
+    local -n _out="$1"
+    _out=()
+    [[ -n "${2:-}" ]] && read -r -a _out <<<"$2"
+    return 0
+}
+
+# sfbd_count_gpus -> GPUs this process may use on this node: NGPUS if set, else SLURM_GPUS_ON_NODE,
+# else the entries of CUDA_VISIBLE_DEVICES, else the GPUs `nvidia-smi -L` lists, else 0.
+sfbd_count_gpus() {
+    local v
+    if [[ -n "${NGPUS:-}" ]]; then
+        echo "$NGPUS"
+    elif [[ -n "${SLURM_GPUS_ON_NODE:-}" ]]; then
+        echo "$SLURM_GPUS_ON_NODE"
+    elif [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+        v="${CUDA_VISIBLE_DEVICES// /}"
+        if [[ -z "$v" || "$v" == NoDevFiles || "$v" == -1* ]]; then
+            echo 0
+        else
+            echo "$v" | tr ',' '\n' | grep -c .
+        fi
+    elif command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
+    else
+        echo 0
+    fi
+}
+
+# sfbd_children PID -> the pids whose parent is PID (without pgrep, which minimal images lack).
+sfbd_children() {
+    local p ppid
+    for p in /proc/[0-9]*; do
+        ppid="$(awk '/^PPid:/ {print $2; exit}' "$p/status" 2>/dev/null)" || continue
+        [[ "$ppid" == "$1" ]] && echo "${p#/proc/}"
+    done
+    return 0
+}
+
+# sfbd_run_forwarding MODE CMD... : run CMD in the background and wait for it, forwarding signals.
+#   MODE=direct    CMD is train.py itself: SIGUSR1/SIGTERM go to it, SIGINT becomes SIGTERM.
+#   MODE=kill      CMD keeps no state worth saving (denoise.py: every finished image is on disk): any
+#                  of the signals stops it with SIGTERM, and a non-zero exit after that becomes 75.
+#   MODE=torchrun  CMD is a torchrun launcher: the launcher is started with SIGUSR1 ignored (its
+#                  default action would kill it and orphan the workers) and the signals go to its
+#                  worker processes instead. torchrun reports a failed worker as exit code 1, so a
+#                  non-zero exit after a forwarded signal is turned back into 75 ("state saved").
+# Sets SFBD_RC to CMD's exit code (75 after a signal-triggered save) and SFBD_SIGNALLED to 0/1.
+# SLURM delivers `--signal=B:USR1@T` to the batch shell only, hence the forwarding.
+sfbd_run_forwarding() {
+    local mode="$1"
+    shift
+    SFBD_SIGNALLED=0
+    _SFBD_MODE="$mode"
+    if [[ "$mode" == torchrun ]]; then
+        (trap '' USR1 && exec "$@") &
+    else
+        "$@" &
+    fi
+    _SFBD_CHILD=$!
+    trap '_sfbd_forward USR1' USR1
+    trap '_sfbd_forward TERM' TERM
+    trap '_sfbd_forward TERM' INT
+    local rc r
+    while :; do
+        _SFBD_TRAPPED=0
+        wait "$_SFBD_CHILD" && rc=0 || rc=$?
+        ((_SFBD_TRAPPED)) || break
+        # `wait` returns early (status > 128) when a trapped signal arrives: wait again while the
+        # child lives; if it has just exited, collect its real status (127: already collected).
+        if kill -0 "$_SFBD_CHILD" 2>/dev/null; then
+            continue
+        fi
+        wait "$_SFBD_CHILD" 2>/dev/null && rc=0 || {
+            r=$?
+            ((r == 127)) || rc=$r
+        }
+        break
+    done
+    trap - USR1 TERM INT
+    if [[ "$mode" != direct ]] && ((SFBD_SIGNALLED && rc != 0)); then
+        sfbd_log "launcher exited with $rc after a forwarded signal: treating it as preempted ($SFBD_EX_PREEMPTED)"
+        rc=$SFBD_EX_PREEMPTED
+    fi
+    # shellcheck disable=SC2034 # read by the caller
+    SFBD_RC=$rc
+}
+
+_sfbd_forward() {
+    local sig="$1" targets
+    SFBD_SIGNALLED=1
+    _SFBD_TRAPPED=1
+    if [[ "$_SFBD_MODE" == torchrun ]]; then
+        targets="$(sfbd_children "$_SFBD_CHILD" | tr '\n' ' ')"
+        if [[ -z "${targets// /}" ]]; then
+            # No worker yet (still in the rendezvous): nothing to save, stop the launcher itself.
+            sig=TERM
+            targets="$_SFBD_CHILD"
+        fi
+    elif [[ "$_SFBD_MODE" == kill ]]; then
+        sig=TERM
+        targets="$_SFBD_CHILD"
+    else
+        targets="$_SFBD_CHILD"
+    fi
+    sfbd_log "got a signal: sending SIG$sig to ${targets:-nothing (no worker yet)}"
+    # shellcheck disable=SC2086
+    [[ -n "${targets// /}" ]] && kill -s "$sig" $targets 2>/dev/null
+    return 0
+}
+
+# sfbd_requeue_or_exit RC : after a preempted run (RC 75) inside an sbatch job, ask SLURM to requeue
+# this job (same job id, same environment, same OUTDIR, so the next start resumes); then exit RC.
+sfbd_requeue_or_exit() {
+    local rc="$1"
+    local job
+    if ((rc == SFBD_EX_PREEMPTED)) && [[ -n "${SLURM_JOB_ID:-}" && "${ENVIRONMENT:-}" == BATCH ]]; then
+        # An array task is named ARRAYID_TASK: its SLURM_JOB_ID may equal the array's own id, and
+        # `scontrol requeue ARRAYID` would requeue every task of the array.
+        job="$SLURM_JOB_ID"
+        if [[ -n "${SLURM_ARRAY_JOB_ID:-}" && -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
+            job="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+        fi
+        if [[ "${SFBD_REQUEUE:-1}" == 1 ]]; then
+            sfbd_log "state saved; requeueing job $job (restart count so far ${SLURM_RESTART_COUNT:-0})"
+            # On success SLURM ends this script at once and queues the job again.
+            if scontrol requeue "$job"; then
+                sleep 60 # normally killed by SLURM before this ends
+            else
+                sfbd_log "scontrol requeue $job failed (job not requeueable?); resubmit it by hand"
+            fi
+        else
+            sfbd_log "state saved; SFBD_REQUEUE=0, so not requeueing; resubmit to resume"
+        fi
+    fi
+    exit "$rc"
+}
+
+# sfbd_append_record FILE STAGE KEY=VALUE... : append one JSON line {"stage": STAGE, "time": ...,
+# "job": SLURM_JOB_ID, KEY: VALUE...} to FILE (values are strings; an empty one is null), merged with
+# the JSON object in RECORD_TAG if set. Written by Python, so any path is escaped properly.
+sfbd_append_record() {
+    local file="$1"
+    mkdir -p "$(dirname "$file")"
+    RECORD_TAG="${RECORD_TAG:-}" "$(sfbd_python)" - "$@" <<'PYEOF'
+import json, os, sys, time
+path, stage, *pairs = sys.argv[1:]
+line = dict(stage=stage, time=time.strftime('%Y-%m-%dT%H:%M:%S'), job=os.environ.get('SLURM_JOB_ID'))
+for pair in pairs:
+    key, _, value = pair.partition('=')
+    line[key] = value or None
+if os.environ.get('RECORD_TAG'):
+    line.update(json.loads(os.environ['RECORD_TAG']))
+with open(path, 'a', encoding='utf-8') as f:
+    f.write(json.dumps(line) + '\n')
+PYEOF
+}
+
+# sfbd_sha256 PATH -> sha256 of a local file, empty for a URL.
+sfbd_sha256() {
+    [[ "$1" == *://* ]] && return 0
+    sha256sum "$1" | cut -d ' ' -f 1
+}

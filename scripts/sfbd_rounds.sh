@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# sfbd_rounds.sh -- the whole SFBD method as one chain of SLURM jobs, submitted at once:
+#
+#   pretrain (train.sh on CLEAN_DATA)
+#   round k = 1..ROUNDS:
+#     denoise  (job array, scripts/denoise.sh)  NOISY_DATA -> round-k/denoised, with the network of the
+#                                               previous stage (pretrain, or round k-1's update)
+#     finalize (scripts/denoise.sh FINALIZE=1)  checks every image is there, writes dataset.json and
+#                                               records which snapshot made this denoised set
+#     update   (train.sh)                       --transfer from that same previous snapshot, trained on
+#                                               CLEAN_DATA plus round-k/denoised (two --data, no merge)
+#
+# Each job waits for the one before with --dependency=afterok (a failed stage cancels the rest,
+# --kill-on-invalid-dep=yes). Snapshots are looked up when a job starts, not at submit time: a stage
+# given a run directory uses that run's newest (final) network-snapshot-*.pkl.
+#
+#   CLEAN_DATA=clean.zip NOISY_DATA=noisy.zip WORKDIR=runs/sfbd-cifar ROUNDS=4 PRESET=cifar10 \
+#   PRETRAIN_ARGS="--duration=200" UPDATE_ARGS="--duration=20" NUM_TASKS=16 STEPS=18 \
+#   TRAIN_SBATCH_ARGS="--gres=gpu:8 --time=24:00:00" DENOISE_SBATCH_ARGS="--gres=gpu:1 --time=4:00:00" \
+#       scripts/sfbd_rounds.sh [--wait] [sbatch options for every job, e.g. --partition=gpu --account=me]
+#
+# Environment variables:
+#   CLEAN_DATA           required. Clean dataset (directory or zip).
+#   NOISY_DATA           required. Observation set (docs/observations.md).
+#   WORKDIR              required. Everything goes under it:
+#                          pretrain/              pretraining run (train.py --nosubdir)
+#                          round-01/denoised/     round 1's denoised set (denoise.py --outdir)
+#                          round-01/train/        round 1's update run
+#                          round-02/...
+#                          record.jsonl           one line per finished stage: which snapshot denoised
+#                                                 which set (path, sha256), which snapshot each update
+#                                                 started from, its final snapshot
+#                          jobs.tsv               stage, job id and directory of every submitted job
+#                          logs/                  the jobs' output (appended across requeues)
+#   ROUNDS               number of denoise+update rounds K (default 1).
+#   PRESET               train.sh preset for every training job: celeba64 | cifar10 | none (default none).
+#   PRETRAIN_ARGS        train.py options for pretraining, whitespace-separated (e.g. "--duration=200").
+#   UPDATE_ARGS          train.py options for every update (e.g. "--duration=20 --lr-rampup=0").
+#   PRETRAINED           optional: skip pretraining and start round 1 from this snapshot or run directory.
+#   NUM_TASKS            denoise array size per round (default 1).
+#   MAX_PARALLEL         optional: at most this many denoise tasks at once.
+#   STEPS                optional: denoise.py --steps.
+#   DENOISE_ARGS         optional: more denoise.py options, whitespace-separated.
+#   TRAIN_SBATCH_ARGS    optional: sbatch options for the training jobs only (GPUs, nodes, time).
+#   DENOISE_SBATCH_ARGS  optional: sbatch options for the denoise jobs only.
+#   JOB_PREFIX           optional: job name prefix (default sfbd).
+#   WAIT_POLL            optional: seconds between queue checks with --wait (default 30).
+#   SFBD_ROOT            optional: the repository (default: this script's parent folder).
+#   PYTHON               optional: Python interpreter for the jobs (default `python`, else `python3`).
+# Training jobs also read NGPUS, RDZV_PORT, SRUN_ARGS (see scripts/train.sh).
+#
+# Options: --wait: wait for the last job, exit 0 if it completed, 1 if a stage failed. Anything else
+# goes to sbatch for every job. Jobs inherit this environment (sbatch --export=ALL).
+#
+# Submitting again with the same variables continues: finished stages find their work done (training
+# resumes from its state or has nothing left to do; denoising skips written images) and end quickly.
+# It refuses to submit while jobs of the previous submission (jobs.tsv) are still queued or running.
+set -euo pipefail
+SFBD_LOG_NAME=sfbd_rounds.sh
+
+SFBD_ROOT="${SFBD_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+[[ -f "$SFBD_ROOT/train.py" ]] || { echo "sfbd_rounds.sh: error: SFBD_ROOT=$SFBD_ROOT holds no train.py" >&2; exit 1; }
+export SFBD_ROOT
+# shellcheck source=scripts/common.sh
+source "$SFBD_ROOT/scripts/common.sh"
+
+wait_for_it=0
+common_opts=()
+for arg in "$@"; do
+    case "$arg" in
+        --wait) wait_for_it=1 ;;
+        --array | --array=* | --dependency* | -d) sfbd_die "$arg: the chain sets arrays and dependencies itself" ;;
+        *) common_opts+=("$arg") ;;
+    esac
+done
+sfbd_words extra "${TRAIN_SBATCH_ARGS:-}"
+train_opts=("${common_opts[@]}" "${extra[@]}")
+sfbd_words extra "${DENOISE_SBATCH_ARGS:-}"
+denoise_opts=("${common_opts[@]}" "${extra[@]}")
+
+command -v sbatch >/dev/null || sfbd_die "sbatch not found: run this on a SLURM login node (or scripts/local_slurm.sh start)"
+[[ -n "${CLEAN_DATA:-}" ]] || sfbd_die "set CLEAN_DATA to the clean dataset"
+[[ -n "${NOISY_DATA:-}" ]] || sfbd_die "set NOISY_DATA to the observation set"
+[[ -n "${WORKDIR:-}" ]] || sfbd_die "set WORKDIR to the folder for all runs of this chain"
+[[ -e "$CLEAN_DATA" ]] || sfbd_die "CLEAN_DATA=$CLEAN_DATA does not exist"
+[[ -e "$NOISY_DATA" ]] || sfbd_die "NOISY_DATA=$NOISY_DATA does not exist"
+ROUNDS="${ROUNDS:-1}"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || sfbd_die "ROUNDS=$ROUNDS is not a positive integer"
+case "${PRESET:-none}" in celeba64 | cifar10 | none) ;; *) sfbd_die "PRESET=$PRESET: expected celeba64, cifar10 or none" ;; esac
+if [[ -n "${PRETRAINED:-}" && "$PRETRAINED" != *://* && ! -e "$PRETRAINED" ]]; then
+    sfbd_die "PRETRAINED=$PRETRAINED does not exist"
+fi
+
+CLEAN_DATA="$(sfbd_abspath "$CLEAN_DATA")"
+NOISY_DATA="$(sfbd_abspath "$NOISY_DATA")"
+WORKDIR="$(sfbd_abspath "$WORKDIR")"
+[[ -n "${PRETRAINED:-}" ]] && PRETRAINED="$(sfbd_abspath "$PRETRAINED")"
+prefix="${JOB_PREFIX:-sfbd}"
+record="$WORKDIR/record.jsonl"
+jobs_file="$WORKDIR/jobs.tsv"
+logs="$WORKDIR/logs"
+mkdir -p "$WORKDIR" "$logs"
+
+# One chain at a time per WORKDIR: two would train into the same run directories.
+if [[ -f "$jobs_file" ]]; then
+    alive=()
+    while IFS=$'\t' read -r _stage job _dir; do
+        [[ "$job" =~ ^[0-9]+$ ]] || continue
+        if [[ -n "$(squeue -h -j "$job" -o %i 2>/dev/null || true)" ]]; then
+            alive+=("$job")
+        fi
+    done <"$jobs_file"
+    ((${#alive[@]} == 0)) || sfbd_die "jobs ${alive[*]} of an earlier submission into $WORKDIR are still queued or running; wait or scancel them"
+fi
+printf 'stage\tjob\tdirectory\n' >"$jobs_file"
+
+# Variables that would leak from this shell into a job that must not see them.
+clear_env=(-u CLEAN_DATA -u DENOISED_DATA -u TRANSFER -u OUTDIR -u NETWORK -u FINALIZE -u TASK_ID -u RECORD -u RECORD_TAG)
+
+submit_train() {  # submit_train NAME OUTDIR DEPENDENCY_JOB TRANSFER DENOISED ARGS_STRING TAG -> job id
+    local name="$1" outdir="$2" dep="$3" transfer="$4" denoised="$5" tag="$7" id train_args
+    sfbd_words train_args "$6"
+    local vars=(CLEAN_DATA="$CLEAN_DATA" OUTDIR="$outdir" PRESET="${PRESET:-none}" RECORD="$record" RECORD_TAG="$tag")
+    [[ -n "$transfer" ]] && vars+=(TRANSFER="$transfer")
+    [[ -n "$denoised" ]] && vars+=(DENOISED_DATA="$denoised")
+    local dep_opt=()
+    [[ -n "$dep" ]] && dep_opt=(--dependency="afterok:$dep")
+    id="$(env "${clear_env[@]}" "${vars[@]}" \
+        sbatch --parsable --job-name="$name" --output="$logs/%x-%j.out" --kill-on-invalid-dep=yes \
+        "${train_opts[@]}" "${dep_opt[@]}" "$SFBD_ROOT/scripts/train.sh" "${train_args[@]}")"
+    id="${id%%;*}"
+    [[ "$id" =~ ^[0-9]+$ ]] || sfbd_die "sbatch gave no job id for $name: '$id'"
+    printf '%s\t%s\t%s\n' "$name" "$id" "$outdir" >>"$jobs_file"
+    echo "$id"
+}
+
+# --- pretraining ------------------------------------------------------------------------------------
+prev_job=""
+if [[ -n "${PRETRAINED:-}" ]]; then
+    prev_net="$PRETRAINED"
+    sfbd_log "no pretraining: round 1 starts from $PRETRAINED"
+else
+    prev_net="$WORKDIR/pretrain"
+    prev_job="$(submit_train "$prefix-pretrain" "$prev_net" "" "" "" "${PRETRAIN_ARGS:-}" '{"round": 0}')"
+    sfbd_log "pretrain: job $prev_job -> $prev_net"
+fi
+
+# --- rounds -----------------------------------------------------------------------------------------
+width=$((${#ROUNDS} > 2 ? ${#ROUNDS} : 2))
+for ((k = 1; k <= ROUNDS; k++)); do
+    round_dir="$WORKDIR/round-$(printf "%0${width}d" "$k")"
+    tag="{\"round\": $k}"
+    mkdir -p "$round_dir"
+    dep_opt=()
+    [[ -n "$prev_job" ]] && dep_opt=(--dependency="afterok:$prev_job")
+    ids="$(env "${clear_env[@]}" NETWORK="$prev_net" NOISY_DATA="$NOISY_DATA" OUTDIR="$round_dir/denoised" \
+        NUM_TASKS="${NUM_TASKS:-1}" RECORD="$record" RECORD_TAG="$tag" LOG_DIR="$logs" \
+        JOB_NAME="$prefix-r$k-denoise" \
+        bash "$SFBD_ROOT/scripts/denoise_submit.sh" --ids "${denoise_opts[@]}" "${dep_opt[@]}")"
+    read -r array_job final_job <<<"$ids"
+    printf '%s\t%s\t%s\n' "$prefix-r$k-denoise" "$array_job" "$round_dir/denoised" >>"$jobs_file"
+    printf '%s\t%s\t%s\n' "$prefix-r$k-denoise-finalize" "$final_job" "$round_dir/denoised" >>"$jobs_file"
+    update_job="$(submit_train "$prefix-r$k-update" "$round_dir/train" "$final_job" "$prev_net" \
+        "$round_dir/denoised" "${UPDATE_ARGS:-}" "$tag")"
+    sfbd_log "round $k: denoise array $array_job (network $prev_net), finalize $final_job, update $update_job -> $round_dir/train"
+    prev_job="$update_job"
+    prev_net="$round_dir/train"
+done
+
+sfbd_log "submitted; jobs in $jobs_file, logs in $logs, records in $record"
+sfbd_log "final network: newest network-snapshot-*.pkl in $prev_net once job $prev_job completes"
+echo "$prev_job"
+
+((wait_for_it)) || exit 0
+poll="${WAIT_POLL:-30}"
+while :; do
+    if info="$(scontrol -o show job "$prev_job" 2>/dev/null)"; then
+        state="$(sed -nE 's/.*JobState=([A-Z_]+).*/\1/p' <<<"$info")"
+        case "$state" in
+            PENDING | RUNNING | CONFIGURING | COMPLETING | REQUEUED | RESIZING | SUSPENDED | "") ;;
+            COMPLETED)
+                sfbd_log "done: $(sfbd_newest_snapshot "$prev_net" || echo "no snapshot in $prev_net?")"
+                exit 0
+                ;;
+            *)
+                sfbd_log "the last job $prev_job ended $state: a stage failed; see $logs and $jobs_file"
+                exit 1
+                ;;
+        esac
+    else
+        if snap="$(sfbd_newest_snapshot "$prev_net")" && grep -q "\"outdir\": \"$prev_net\"" "$record" 2>/dev/null; then
+            sfbd_log "done: $snap"
+            exit 0
+        fi
+        sfbd_log "the last job $prev_job is gone without a record of its end; see $logs"
+        exit 1
+    fi
+    sleep "$poll"
+done
