@@ -36,7 +36,7 @@ _DTYPE = torch.float64
 def _moments_of(value: Any) -> torch.Tensor | None:
     # Flatten anything tensor-like into [count, sum, sum of squares] on its own
     # device, without a host round trip (no GPU sync per report).
-    values = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    values = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=_DTYPE)
     if values.numel() == 0:
         return None
     values = values.flatten().to(_DTYPE)

@@ -1,0 +1,395 @@
+"""Tests for train.py, training/training_loop.py, torch_utils/training_stats.py and torch_utils/misc.py.
+
+The command-line runs use tiny networks (`--arch=ddpmpp --cbase=16 --cres=1`) on 8x8 datasets
+made here, with one intra-op thread each so that a busy machine does not slow them to a crawl.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train
+from torch_utils import misc, persistence, training_stats
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--arch=ddpmpp', '--cbase=16', '--cres=1', '--batch=32', '--tick=1', '--snap=1', '--dump=1',
+        '--seed=1', '--workers=1']
+
+#----------------------------------------------------------------------------
+# Datasets in EDM's layout: a zip of PNGs with dataset.json, or .npy arrays.
+
+def make_zip(path: Path, num_images: int, resolution: int = 8, num_classes: int = 0, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    labels = []
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
+        for i in range(num_images):
+            name = f'{i // 1000:05d}/img{i:08d}.png'
+            image = rng.integers(0, 256, size=[resolution, resolution, 3], dtype=np.uint8)
+            buffer = io.BytesIO()
+            PIL.Image.fromarray(image).save(buffer, format='png')
+            z.writestr(name, buffer.getvalue())
+            labels.append([name, i % max(num_classes, 1)])
+        z.writestr('dataset.json', json.dumps(dict(labels=labels if num_classes else None)))
+    return path
+
+def make_npy_dir(path: Path, arrays: np.ndarray) -> Path:
+    (path / '00000').mkdir(parents=True)
+    for i, array in enumerate(arrays):
+        np.save(path / '00000' / f'img{i:08d}.npy', array.astype(np.float32))
+    return path
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('data')
+    make_zip(root / 'ds8.zip', 32)
+    make_zip(root / 'ds16c.zip', 16, resolution=16, num_classes=10)
+    (root / 'empty').mkdir()
+    return root
+
+def run_train(args: list[str], timeout: float = 240, env: dict | None = None, launcher: list[str] | None = None,
+              wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT), **(env or {}))
+    cmd = (launcher or [sys.executable]) + [str(REPO_ROOT / 'train.py')] + [str(a) for a in args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return result
+
+def invoke_train(args: list) -> 'click.testing.Result':
+    # train.py in this process, for cases that stop before training.
+    return CliRunner().invoke(train.main, [str(a) for a in args])
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith('Error:')]
+
+def read_stats(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / 'stats.jsonl').read_text().splitlines()]
+
+def load_state(path: Path) -> dict:
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+def assert_same(a, b, where: str = '') -> None:
+    # Deep equality of nested state dicts, tensors compared exactly.
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for k in a:
+            assert_same(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f'{where}[{i}]')
+    else:
+        assert a == b, where
+
+#----------------------------------------------------------------------------
+# Unit tests: sampler and statistics.
+
+def test_sampler_partitions_the_stream_between_ranks():
+    dataset = list(range(10))
+    ranks = [iter(misc.InfiniteSampler(dataset, rank=r, num_replicas=2, seed=3)) for r in range(2)]
+    single = iter(misc.InfiniteSampler(dataset, seed=3))
+    stream = [next(single) for _ in range(40)]
+    for r in range(2):
+        assert [next(ranks[r]) for _ in range(20)] == stream[r::2]
+    counts = np.bincount([next(single) for _ in range(2000)], minlength=10)
+    assert counts.min() > 150 and counts.max() < 250  # Every item about equally often.
+
+def test_sampler_state_resumes_the_stream():
+    dataset = list(range(13))
+    sampler = misc.InfiniteSampler(dataset, seed=5, window_size=0.5)
+    full = iter(sampler)
+    expected = [next(full) for _ in range(60)]
+    sampler.advance(25)  # The training loop consumed 25 indices; the loader may be further ahead.
+    resumed = misc.InfiniteSampler(dataset, seed=0)
+    resumed.load_state_dict(load_state_roundtrip(sampler.state_dict()))
+    it = iter(resumed)
+    assert [next(it) for _ in range(35)] == expected[25:]
+    with pytest.raises(ValueError):
+        misc.InfiniteSampler(list(range(12))).load_state_dict(sampler.state_dict())
+
+def load_state_roundtrip(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+def test_collector_summaries():
+    c = training_stats.Collector(regex='Loss/.*')
+    c.report('Loss/loss', torch.tensor([1.0, 2.0, 3.0]))
+    c.report('Loss/loss', 4)
+    c.report('Other/x', 1.0)  # Not matched by the regex.
+    c.report('Loss/empty', [])
+    c.update()
+    d = c.as_dict()
+    assert set(d) == {'Loss/loss', 'Loss/empty'}
+    assert d['Loss/loss'] == dict(num=4, mean=2.5, std=pytest.approx(np.std([1, 2, 3, 4])))
+    assert d['Loss/empty']['num'] == 0 and np.isnan(d['Loss/empty']['mean'])
+    c.update()  # Nothing new: the previous summaries stay (keep_previous).
+    assert c.num('Loss/loss') == 4
+    c.report('Loss/loss', float('nan'))
+    c.update()
+    assert c.num('Loss/loss') == 1 and np.isnan(c.mean('Loss/loss')) and np.isnan(c.std('Loss/loss'))
+
+#----------------------------------------------------------------------------
+# One uninterrupted run through the command line: EDM's files. Shared by the
+# tests below as the reference for resuming.
+
+@pytest.fixture(scope='module')
+def reference_run(data, tmp_path_factory) -> Path:
+    outdir = tmp_path_factory.mktemp('ref')
+    result = run_train(['--outdir', outdir, '--data', data / 'ds8.zip', '--duration=0.001', *TINY])
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dirs = list(outdir.iterdir())
+    assert len(run_dirs) == 1
+    return run_dirs[0]
+
+def test_run_writes_edm_files(reference_run):
+    assert reference_run.name == '00000-ds8-uncond-ddpmpp-edm-gpus1-batch32-fp32'
+    options = json.loads((reference_run / 'training_options.json').read_text())
+    for key in ('dataset_kwargs', 'data_loader_kwargs', 'network_kwargs', 'loss_kwargs', 'optimizer_kwargs',
+                'augment_kwargs', 'total_kimg', 'ema_halflife_kimg', 'batch_size', 'seed', 'run_dir'):
+        assert key in options
+    assert options['network_kwargs']['class_name'] == 'training.networks.EDMPrecond'
+    assert options['network_kwargs']['augment_dim'] == 9
+    assert options['optimizer_kwargs'] == dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8)
+
+    log = (reference_run / 'log.txt').read_text()
+    assert 'Training options:' in log and re.search(r'^tick 0 .* eta ', log, re.M)
+
+    stats = read_stats(reference_run)
+    assert [round(s['Progress/kimg']['mean'], 3) for s in stats] == [0.032, 1.024]
+    for record in stats:
+        assert isinstance(record['timestamp'], float)
+        for name in ('Loss/loss', 'Loss/nonfinite', 'Progress/tick', 'Timing/sec_per_kimg', 'Resources/peak_gpu_mem_gb'):
+            assert set(record[name]) == {'num', 'mean', 'std'}
+        assert record['Loss/nonfinite']['mean'] == 0
+    assert stats[1]['Loss/loss']['num'] == (1024 - 32) * 3 * 8 * 8  # Images x pixels.
+
+    snapshots = sorted(p.name for p in reference_run.glob('network-snapshot-*.pkl'))
+    assert snapshots == [f'network-snapshot-{k:06d}.pkl' for k in range(2)]
+    data = persistence.load_network_pickle(str(reference_run / 'network-snapshot-000001.pkl'))
+    assert set(data) >= {'ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs'}
+    assert type(data['ema']).__name__ == 'EDMPrecond' and not data['ema'].training
+    assert type(data['augment_pipe']).__name__ == 'AugmentPipe'
+    assert data['dataset_kwargs']['path'].endswith('ds8.zip')
+
+    state = load_state(reference_run / 'training-state-000001.pt')
+    assert state['cur_nimg'] == 1024 and state['cur_tick'] == 2
+    assert {'net', 'ema', 'optimizer_state', 'sampler', 'rng'} <= set(state)
+    torch.testing.assert_close(state['ema'], data['ema'].state_dict(), rtol=0, atol=0)
+
+#----------------------------------------------------------------------------
+# Stopping on a signal, then rerunning the same command: the run continues
+# exactly, ending in the very state of the uninterrupted run.
+
+def test_preempt_and_rerun_continues_exactly(reference_run, data, tmp_path):
+    outdir = tmp_path / 'run'
+    args = ['--outdir', outdir, '--nosubdir', '--data', data / 'ds8.zip', '--duration=0.001', *TINY]
+    proc = run_train(args, wait=False)
+    try:
+        # The signal arrives during the first step (the loader's worker is still starting).
+        for line in proc.stdout:
+            if line.startswith('Training for'):
+                proc.send_signal(signal.SIGUSR1)
+                break
+        stdout, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == train.PREEMPTED_EXIT_CODE, stdout[-3000:]
+    assert 'Stop requested' in (outdir / 'log.txt').read_text()
+    first = load_state(training_loop_latest(outdir))
+    assert first['cur_nimg'] == 32 and first['cur_tick'] == 1
+    assert list(outdir.glob('network-snapshot-*.pkl'))
+
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (outdir / 'log.txt').read_text()
+    assert 'Resuming from the newest training state in the run directory' in log
+    resumed = load_state(outdir / 'training-state-000001.pt')
+    reference = load_state(reference_run / 'training-state-000001.pt')
+    assert resumed['cur_nimg'] == reference['cur_nimg'] == 1024
+    for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
+        assert_same(resumed[key], reference[key], key)
+
+    # The same losses, tick by tick (the run stopped after its first step, which is tick 0).
+    ref_stats, run_stats = read_stats(reference_run), read_stats(outdir)
+    assert len(run_stats) == len(ref_stats) == 2
+    for run, ref in zip(run_stats, ref_stats):
+        assert run['Loss/loss'] == ref['Loss/loss'] and run['Progress/kimg'] == ref['Progress/kimg']
+
+    # Once more: the run is complete, nothing to do.
+    again = invoke_train(args)
+    assert again.exit_code == 0 and 'nothing to do' in again.output
+
+def training_loop_latest(run_dir: Path) -> Path:
+    from training.training_loop import find_latest_state
+    path = find_latest_state(str(run_dir))
+    assert path is not None
+    return Path(path)
+
+#----------------------------------------------------------------------------
+# Two processes (gloo): the replicas stay identical. The loop compares every
+# EMA tensor with rank 0's at each snapshot and fails if one differs.
+
+def test_two_processes_keep_replicas_identical(data, tmp_path):
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+    result = run_train(['--outdir', tmp_path, '--data', data / 'ds8.zip', '--duration=0.0001', *TINY], launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    assert '-gpus2-batch32-' in run_dir.name
+    state = load_state(run_dir / 'training-state-000000.pt')
+    assert state['world_size'] == 2 and len(state['rng']) == 2
+    assert not torch.equal(state['rng'][0]['torch'], state['rng'][1]['torch'])  # Each rank its own noise.
+    stats = read_stats(run_dir)
+    assert stats[-1]['Loss/loss']['num'] == (128 - 32) * 3 * 8 * 8  # Both ranks' images counted.
+    assert 'replicas differ' not in result.stderr
+
+#----------------------------------------------------------------------------
+# --transfer from EDM's own pickle (data-only loading), and a clear error for
+# a pickle of another resolution.
+
+def test_transfer_from_edm_pickle(data, tmp_path, fixtures_dir, monkeypatch):
+    # EDM's own snapshot (read as data) into the training loop, with a network of the same
+    # architecture. One step at learning rate 0 (the warm-up starts at 0): the EMA of the
+    # snapshot written after it is still exactly the pickle's network.
+    from training.training_loop import training_loop
+    monkeypatch.setattr(torch, 'get_num_threads', torch.get_num_threads)
+    torch.set_num_threads(1)
+    pickle_path = str(fixtures_dir / 'edm-ddpmpp-tiny-snapshot.pkl')
+    arch = torch.load(fixtures_dir / 'edm-ddpmpp-tiny-net.pt', weights_only=True)['kwargs']
+    arch = {k: v for k, v in arch.items() if k not in ('img_resolution', 'img_channels', 'label_dim')}
+    status = training_loop(
+        run_dir=str(tmp_path), seed=0, batch_size=4, total_kimg=0.004, ema_rampup_ratio=None, device='cpu',
+        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=str(data / 'ds16c.zip'), use_labels=True),
+        network_kwargs=dict(class_name='training.networks.EDMPrecond', dropout=0.13, use_fp16=False, **arch),
+        loss_kwargs=dict(class_name='training.loss.EDMLoss'),
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
+        augment_kwargs=dict(class_name='training.augment.AugmentPipe', p=0.12, xflip=1e8, yflip=1, scale=1,
+                            rotate_frac=1, aniso=1, translate_frac=1),
+        resume_pkl=pickle_path)
+    assert status == 'finished'
+    source = persistence.load_network(pickle_path).state_dict()
+    ema = persistence.load_network(str(tmp_path / 'network-snapshot-000000.pkl')).state_dict()
+    assert set(ema) == set(source)
+    for k in source:
+        assert torch.equal(ema[k], source[k]), k
+    assert load_state(tmp_path / 'training-state-000000.pt')['transfer'] == pickle_path
+
+def test_transfer_through_the_command_line(reference_run, data, tmp_path):
+    snapshot = reference_run / 'network-snapshot-000001.pkl'
+    result = run_train(['--outdir', tmp_path, '--data', data / 'ds8.zip', *TINY, '--duration=0.00003', '--transfer', snapshot])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    options = json.loads((run_dir / 'training_options.json').read_text())
+    assert options['ema_rampup_ratio'] is None and options['resume_pkl'] == str(snapshot)
+    source = persistence.load_network(str(snapshot)).state_dict()
+    ema = persistence.load_network(str(run_dir / 'network-snapshot-000000.pkl')).state_dict()
+    for k in source:
+        assert torch.equal(ema[k], source[k]), k
+
+def test_transfer_of_another_resolution_is_an_error(data, tmp_path, fixtures_dir):
+    result = invoke_train(['--outdir', tmp_path / 'out', '--data', data / 'ds8.zip', *TINY, '--duration=0.001',
+                           '--transfer', fixtures_dir / 'edm-ddpmpp-tiny-snapshot.pkl'])
+    assert result.exit_code == 1, result.output
+    (line,) = error_lines(result)
+    assert re.search(r'^Error: --transfer: .*16x16 network.* needs 8x8', line)
+    assert not (tmp_path / 'out').exists()
+
+def test_transfer_into_a_run_of_another_origin_is_refused(reference_run, data, tmp_path):
+    # A run directory holding a state from random weights; a --transfer run there must not resume it.
+    outdir = tmp_path / 'run'
+    outdir.mkdir()
+    (outdir / 'training-state-000001.pt').write_bytes((reference_run / 'training-state-000001.pt').read_bytes())
+    result = invoke_train(['--outdir', outdir, '--nosubdir', '--data', data / 'ds8.zip', *TINY, '--duration=0.003',
+                           '--transfer', reference_run / 'network-snapshot-000001.pkl'])
+    assert result.exit_code == 1, result.output
+    (line,) = error_lines(result)
+    assert re.search(r'^Error: --transfer=.*started from random weights', line)
+    assert sorted(p.name for p in outdir.iterdir()) == ['training-state-000001.pt']
+
+def test_resume_from_a_run_directory_picks_the_newest_state(reference_run, data, tmp_path):
+    result = invoke_train(['--outdir', tmp_path, '--data', data / 'ds8.zip', *TINY, '--resume', reference_run, '-n'])
+    assert result.exit_code == 0, result.output
+    assert f'Resuming from "{reference_run / "training-state-000001.pt"}"' in result.output
+
+#----------------------------------------------------------------------------
+# Non-finite losses are counted, not hidden: half of this union of datasets
+# holds values whose squares overflow float32.
+
+def test_nonfinite_losses_are_counted(data, tmp_path, capsys):
+    from training.training_loop import training_loop
+    huge = make_npy_dir(tmp_path / 'huge', np.full([32, 3, 8, 8], 1e30))
+    parts = [dict(path=str(data / 'ds8.zip')), dict(path=str(huge))]
+    status = training_loop(
+        run_dir=str(tmp_path), seed=0, batch_size=32, total_kimg=0.1, device='cpu',
+        dataset_kwargs=dict(class_name='training.dataset.UnionDataset', datasets=parts),
+        network_kwargs=dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=16,
+                            channel_mult=[1], dropout=0.13),
+        loss_kwargs=dict(class_name='training.loss.EDMLoss'),
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8))
+    assert status == 'finished'
+    stats = read_stats(tmp_path)
+    nonfinite = sum(s['Loss/nonfinite']['num'] * s['Loss/nonfinite']['mean'] for s in stats)
+    assert 0 < nonfinite < sum(s['Loss/nonfinite']['num'] for s in stats)
+    assert sum(s['Loss/nonfinite_grad']['mean'] for s in stats) > 0
+    assert re.search(r'^tick .* nonfinite-loss [1-9]', capsys.readouterr().out, re.M)
+    ema = persistence.load_network(str(tmp_path / 'network-snapshot-000000.pkl'))
+    assert all(torch.isfinite(p).all() for p in ema.parameters())
+
+#----------------------------------------------------------------------------
+# Bad input: one line, exit status 1, no run directory.
+
+@pytest.mark.parametrize('case', ['batch-vs-processes', 'batch-gpu', 'cond-without-labels', 'empty', 'missing', 'fp16-bf16'])
+def test_bad_input_is_one_line_and_leaves_nothing(case, data, tmp_path, monkeypatch):
+    args = ['--outdir', str(tmp_path / 'out'), '--data', str(data / 'ds8.zip'), *TINY, '--duration=0.001']
+    expected = {
+        'batch-vs-processes': r'--batch=32 does not divide evenly between 3 processes',
+        'batch-gpu': r'--batch-gpu=5 does not divide',
+        'cond-without-labels': r'labels',
+        'empty': r'empty.*no image files',
+        'missing': r'nonexistent',
+        'fp16-bf16': r'--fp16 and --bf16',
+    }[case]
+    if case == 'batch-vs-processes':
+        monkeypatch.setenv('WORLD_SIZE', '3')
+    args += {'batch-gpu': ['--batch-gpu=5'], 'cond-without-labels': ['--cond=1'], 'fp16-bf16': ['--fp16=1', '--bf16=1'],
+             'empty': ['--data', str(data / 'empty')], 'missing': ['--data', str(data / 'nonexistent')]}.get(case, [])
+    if case in ('empty', 'missing'):
+        args = args[:2] + args[4:]  # Only the bad --data.
+    result = invoke_train(args)
+    assert result.exit_code == 1, result.output
+    (line,) = error_lines(result)
+    assert re.search(expected, line), result.output
+    assert not (tmp_path / 'out').exists()
+
+def test_bad_input_from_the_shell(data, tmp_path):
+    result = run_train(['--outdir', tmp_path / 'out', '--data', data / 'ds8.zip', '--cond=1', *TINY])
+    assert result.returncode == 1
+    assert result.stderr.strip().count('\n') == 0 and result.stderr.startswith('Error: ')
+    assert not (tmp_path / 'out').exists()
+
+def test_dry_run_prints_and_exits(data, tmp_path):
+    result = invoke_train(['--outdir', tmp_path / 'out', '--data', data / 'ds8.zip', '--data', data / 'ds8.zip', '--bf16=1', '-n'])
+    assert result.exit_code == 0, result.output
+    assert 'Dry run; exiting.' in result.output and 'training.dataset.UnionDataset' in result.output
+    assert '-ds8+ds8-uncond-ddpmpp-edm-gpus1-batch512-bf16' in result.output
+    assert not (tmp_path / 'out').exists()
+
+#----------------------------------------------------------------------------

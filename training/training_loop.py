@@ -1,0 +1,473 @@
+"""The training loop: EDM's denoiser training, resumable to the step, on any device.
+
+One process trains alone; under torchrun the processes split every batch and DistributedDataParallel
+keeps their replicas identical. Progress is written as EDM does (`stats.jsonl`, network snapshots,
+training states), and a training state holds everything needed to continue exactly where it was
+written: network, EMA, optimizer, counters, the data sampler's position and every random generator.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import re
+import signal
+import time
+from typing import Any, Callable
+
+import numpy as np
+import psutil
+import torch
+
+from dnnlib.util import UserError, atomic_write, is_url
+from torch_utils import distributed as dist
+from torch_utils import misc, persistence, training_stats
+from training.dataset import images_to_float
+
+FINISHED = 'finished'    # training_loop() return value: the duration was reached.
+PREEMPTED = 'preempted'  # training_loop() return value: stopped on request, state saved.
+
+STATE_FORMAT = 'sfbd-training-state-v1'
+STATE_PATTERN = re.compile(r'^training-state-(\d+)\.pt$')
+
+#----------------------------------------------------------------------------
+# Training states in a run directory: the newest is the one with the most kimg.
+
+def find_latest_state(run_dir: str) -> str | None:
+    """Path of the newest `training-state-*.pt` in `run_dir`, or None."""
+    if not os.path.isdir(run_dir):
+        return None
+    found = [(int(m.group(1)), name) for name in os.listdir(run_dir) if (m := STATE_PATTERN.match(name))]
+    return os.path.join(run_dir, max(found)[1]) if found else None
+
+# How a --transfer source is recorded in training states: URLs as given,
+# local files by absolute path.
+def transfer_source_id(source: str | None) -> str | None:
+    if source is None:
+        return None
+    return source if is_url(source) else os.path.abspath(source)
+
+#----------------------------------------------------------------------------
+# Random generators: per-process seeding, and their states as plain data
+# (tensors, ints, lists) that torch.load(weights_only=True) accepts.
+
+def _seed_process(seed: int, rank: int) -> None:
+    process_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]) & 0x7FFFFFFF
+    random.seed(process_seed)
+    np.random.seed(process_seed)
+    torch.manual_seed(process_seed)
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    _name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state(device) if device.type == 'cuda' else None,
+        numpy=dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_gauss), gauss=float(gauss)),
+        python=[list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    )
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state['torch'])
+    if device.type == 'cuda' and state.get('cuda') is not None:
+        torch.cuda.set_rng_state(state['cuda'], device)
+    n = state['numpy']
+    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state['python']))
+
+def _gather(obj: Any) -> list[Any]:
+    # The same object from every rank, in rank order (collective).
+    if not torch.distributed.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    # True on every rank when any rank says True (collective).
+    if not torch.distributed.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    return dist.all_reduce_sum(t).item() > 0
+
+def _rank0_first(load: Callable[[], Any], device: torch.device) -> Any:
+    # Rank 0 loads first (downloads fill the cache once); the others follow only
+    # when it succeeded, so that a failure cannot leave them waiting.
+    if dist.get_rank() == 0:
+        try:
+            result = load()
+        except BaseException:
+            _any_rank(False, device)
+            raise
+        _any_rank(True, device)
+        return result
+    if not _any_rank(False, device):
+        raise UserError('rank 0 failed to load the network pickle; see its message')
+    return load()
+
+# Data-loading workers leave preemption signals to the training process, which
+# finishes its step, saves and then stops them: a signal sent to the whole
+# process group must not kill them mid-step. SIGUSR1 is ignored; SIGTERM ends
+# a worker only after a grace period, so that nothing can wait on it forever.
+def _shield_from_stop_signals(_worker_id: int) -> None:
+    if hasattr(signal, 'SIGUSR1'):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if hasattr(signal, 'alarm'):
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: signal.alarm(30))
+
+#----------------------------------------------------------------------------
+# Starting weights from a network pickle (--transfer): EDM's and ours, read as
+# data. The network must be built for the same image size, channels and labels.
+
+def _load_transfer(source: str, net: torch.nn.Module, device: torch.device) -> None:
+    src = _rank0_first(lambda: persistence.load_network_pickle(source)['ema'], device)
+    have = tuple(getattr(src, k, None) for k in ('img_resolution', 'img_channels', 'label_dim'))
+    want = (net.img_resolution, net.img_channels, net.label_dim)
+    if have != want:
+        raise UserError(f'--transfer: {source} holds a {have[0]}x{have[0]} network with {have[1]} channels and '
+                        f'{have[2]} label dimensions, but the dataset needs {want[0]}x{want[0]} with {want[1]} '
+                        f'channels and {want[2]} label dimensions')
+    try:
+        misc.copy_params_and_buffers(src_module=src, dst_module=net, require_all=False)
+    except ValueError as e:
+        raise UserError(f'--transfer: {source} does not fit the network of these options ({e})') from None
+    src_names = {name for name, _ in misc.named_params_and_buffers(src)}
+    kept = [name for name, _ in misc.named_params_and_buffers(net) if name not in src_names]
+    if kept:
+        dist.print0(f'{len(kept)} tensors are not in the pickle and keep their initial values (first: {kept[0]}).')
+
+#----------------------------------------------------------------------------
+# Training states: plain state dicts, written atomically by rank 0, read with
+# torch.load(weights_only=True).
+
+def _load_state(path: str) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f'{path}: no such file') from None
+    except Exception as e:  # Truncated files, EDM's whole-module states, ...
+        raise UserError(f'{path}: not a training state of this project ({type(e).__name__}: {e})') from None
+    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+        raise UserError(f'{path}: not a training state of this project')
+    return state
+
+def _save_state(path: str, state: dict[str, Any]) -> None:
+    with atomic_write(path, 'wb') as f:
+        torch.save(state, f)
+
+def _plain(config: Any) -> Any:
+    # Options as JSON-style plain data (EasyDicts and tuples become dicts and lists).
+    return json.loads(json.dumps(config))
+
+def _total(stats: training_stats.Collector, name: str) -> int:
+    # Sum of a 0/1 statistic over the last tick (a count).
+    return int(round(stats.num(name) * stats.mean(name))) if stats.num(name) else 0
+
+def _format_time(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f'{s}s'
+    if s < 3600:
+        return f'{s // 60}m {s % 60:02d}s'
+    if s < 86400:
+        return f'{s // 3600}h {s // 60 % 60:02d}m {s % 60:02d}s'
+    return f'{s // 86400}d {s // 3600 % 24:02d}h {s // 60 % 60:02d}m'
+
+#----------------------------------------------------------------------------
+
+def training_loop(
+    run_dir:            str | None = '.',   # Output directory; only rank 0 writes to it.
+    dataset_kwargs:     dict | None = None, # Dataset class and options (class_name, path, ...).
+    data_loader_kwargs: dict | None = None, # Options of torch.utils.data.DataLoader.
+    network_kwargs:     dict | None = None, # Network class and options (class_name, model_type, ...).
+    loss_kwargs:        dict | None = None, # Loss class and options.
+    optimizer_kwargs:   dict | None = None, # Optimizer class and options (class_name, lr, betas, eps).
+    augment_kwargs:     dict | None = None, # Augmentation pipeline class and options; None = no augmentation.
+    seed:               int = 0,            # Seed of initialisation, data order and noise.
+    batch_size:         int = 512,          # Images per optimizer step over all processes.
+    batch_gpu:          int | None = None,  # Most images per pass on one device; None = no limit.
+    total_kimg:         float = 200000,     # Training length in thousands of images.
+    ema_halflife_kimg:  float = 500,        # Half-life of the weight average.
+    ema_rampup_ratio:   float | None = 0.05,# Cap the half-life at this fraction of the images seen; None = no cap.
+    lr_rampup_kimg:     float = 10000,      # Linear learning-rate warm-up; 0 = full rate from the first step.
+    loss_scaling:       float = 1,          # Loss scale factor (float16 headroom).
+    kimg_per_tick:      float = 50,         # Progress interval.
+    snapshot_ticks:     int | None = 50,    # Network snapshot interval in ticks; None = none.
+    state_dump_ticks:   int | None = 500,   # Training state interval in ticks; None = none.
+    resume_pkl:         str | None = None,  # Network pickle to start from (--transfer); None = random weights.
+    resume_state_dump:  str | None = None,  # Training state to continue from; None = start afresh.
+    resume_from_run_dir: bool = False,      # The state was found in run_dir: refuse it if resume_pkl is given and differs.
+    cudnn_benchmark:    bool = True,        # Let cuDNN pick kernels by timing them?
+    device:             str | torch.device | None = None, # Training device; None = CUDA if available, else CPU.
+    stop_requested:     Callable[[], bool] | None = None, # Polled after every step; True = save and stop.
+    start_run:          Callable[[], None] | None = None, # Called once all inputs are validated, before training.
+) -> str:
+    """Train until `total_kimg` (returns FINISHED) or until `stop_requested()` (returns PREEMPTED,
+    after writing a network snapshot and a training state)."""
+    dataset_kwargs = dict(dataset_kwargs or {})
+    data_loader_kwargs = dict(data_loader_kwargs or {})
+    network_kwargs = dict(network_kwargs or {})
+    loss_kwargs = dict(loss_kwargs or {})
+    optimizer_kwargs = dict(optimizer_kwargs or {})
+    device = torch.device(device) if device is not None else dist.default_device()
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+
+    # Seeds and numerics: every process gets its own stream (different noise
+    # and augmentations); the initial weights come from rank 0 through DDP.
+    start_time = time.time()
+    _seed_process(seed, rank)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+
+    # Batch split: batch_size = batch_gpu * rounds of accumulation * processes.
+    if batch_size % world_size != 0:
+        raise UserError(f'--batch={batch_size} does not divide evenly between {world_size} processes')
+    batch_gpu_total = batch_size // world_size
+    batch_gpu = min(batch_gpu or batch_gpu_total, batch_gpu_total)
+    if batch_gpu_total % batch_gpu != 0:
+        raise UserError(f'--batch-gpu={batch_gpu} does not divide the per-process batch of {batch_gpu_total} images')
+    num_accumulation_rounds = batch_gpu_total // batch_gpu
+
+    # Data. The sampler's position is part of the training state; the loader
+    # itself is started only once that position is final.
+    dist.print0('Loading dataset...')
+    dataset_obj = misc.construct_class_by_name(**dataset_kwargs)
+    dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=rank, num_replicas=world_size, seed=seed)
+
+    # Network, with a summary table of its layers.
+    dist.print0('Constructing network...')
+    interface_kwargs = dict(img_resolution=dataset_obj.resolution, img_channels=dataset_obj.num_channels,
+                            label_dim=dataset_obj.label_dim)
+    net = misc.construct_class_by_name(**network_kwargs, **interface_kwargs)
+    net.to(device).train().requires_grad_(True)
+    if rank == 0:
+        shape = [batch_gpu, net.img_channels, net.img_resolution, net.img_resolution]
+        example = [torch.zeros(shape, device=device), torch.ones(shape[:1], device=device),
+                   torch.zeros([batch_gpu, net.label_dim], device=device)]
+        with torch.no_grad():
+            misc.print_module_summary(net, example, max_nesting=2)
+
+    # Loss, augmentation and optimizer.
+    dist.print0('Setting up optimizer...')
+    loss_fn = misc.construct_class_by_name(**loss_kwargs)
+    augment_pipe = misc.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
+    optimizer = misc.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
+
+    # Starting weights (--transfer; a training state to resume from supersedes
+    # them), then the weight average.
+    if resume_pkl is not None and resume_state_dump is None:
+        dist.print0(f'Loading network weights from "{resume_pkl}"...')
+        _load_transfer(resume_pkl, net, device)
+    ema = copy.deepcopy(net).to(device).eval().requires_grad_(False)
+
+    # Continue from a training state: weights, optimizer, counters, data order
+    # and (below, once the data loader has started) the random generators.
+    cur_nimg, cur_tick = 0, 0
+    rng_to_restore = None
+    transfer_id = transfer_source_id(resume_pkl)
+    if resume_state_dump is not None:
+        dist.print0(f'Loading training state from "{resume_state_dump}"...')
+        state = _load_state(resume_state_dump)
+        if resume_from_run_dir and resume_pkl is not None and state.get('transfer') != transfer_id:
+            origin = f'--transfer={state["transfer"]}' if state.get('transfer') else 'random weights'
+            raise UserError(f'--transfer={resume_pkl}: the run directory holds {os.path.basename(resume_state_dump)} '
+                            f'of a run that started from {origin}; use a new --outdir for a new transfer')
+        transfer_id = state.get('transfer')
+        try:
+            net.load_state_dict(state['net'])
+            ema.load_state_dict(state['ema'])
+            optimizer.load_state_dict(state['optimizer_state'])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f'{resume_state_dump}: the training state does not fit the network of these options '
+                            f'({first_line})') from None
+        cur_nimg, cur_tick = int(state['cur_nimg']), int(state['cur_tick'])
+        if int(state['sampler']['size']) == len(dataset_obj):
+            dataset_sampler.load_state_dict(state['sampler'])
+        else:
+            dist.print0(f'The dataset has {len(dataset_obj)} items, the state was written for '
+                        f'{state["sampler"]["size"]}: the data order starts afresh.')
+        if len(state.get('rng') or []) == world_size:
+            rng_to_restore = state['rng'][rank]
+        else:
+            dist.print0(f'The state was written by {len(state.get("rng") or [])} processes, not {world_size}: '
+                        'random generators are seeded afresh.')
+        del state
+
+    # Gradient averaging between processes.
+    ddp = net
+    if torch.distributed.is_initialized() and world_size > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
+
+    # Snapshot (EMA network for sampling) and training state (for resuming),
+    # both collective. Every rank first checks its EMA against rank 0's; then
+    # rank 0 writes a CPU copy. (Copying a network may construct a fresh one,
+    # which draws random numbers: the generators are shielded so that
+    # snapshots do not change the run.)
+    def save_snapshot() -> None:
+        data: dict[str, Any] = dict(ema=ema, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
+        for value in data.values():
+            if isinstance(value, torch.nn.Module):
+                misc.check_ddp_consistency(value)
+        if rank != 0:
+            return
+        for key, value in data.items():
+            if isinstance(value, torch.nn.Module):
+                with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+                    data[key] = copy.deepcopy(value).cpu().eval().requires_grad_(False)
+        persistence.save_network_pickle(os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl'), data)
+
+    def save_state() -> None:
+        rng_states = _gather(_rng_state(device))
+        if rank != 0:
+            return
+        state = dict(
+            format=STATE_FORMAT, cur_nimg=cur_nimg, cur_tick=cur_tick + 1,  # The tick that comes next.
+            batch_size=batch_size, world_size=world_size, seed=seed, transfer=transfer_id,
+            net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
+            sampler=dataset_sampler.state_dict(), rng=rng_states,
+            options=_plain(dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs,
+                                augment_kwargs=augment_kwargs, dataset_kwargs=dataset_kwargs)))
+        _save_state(os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt'), state)
+
+    # Everything is in place: create the run directory (unless the run is
+    # complete already), start the loader and restore the random generators
+    # last (the loader draws a seed on start).
+    if start_run is not None:
+        start_run()
+    if cur_nimg >= total_kimg * 1000:
+        dist.print0(f'Training already reached {cur_nimg / 1000:g} kimg of {total_kimg:g}; nothing to do.')
+        return FINISHED
+    worker_init_fn = _shield_from_stop_signals if stop_requested is not None else None
+    dataset_iterator = iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=dataset_sampler, batch_size=batch_gpu,
+                                                        worker_init_fn=worker_init_fn, **data_loader_kwargs))
+    if rng_to_restore is not None:
+        _set_rng_state(rng_to_restore, device)
+    stats = training_stats.Collector()
+
+    # Train.
+    dist.print0(f'Training for {total_kimg:g} kimg' + (f', from {cur_nimg / 1000:g} kimg' if cur_nimg else '') + '...')
+    dist.print0()
+    tick_start_nimg, tick_start_time = cur_nimg, time.time()
+    maintenance_time = tick_start_time - start_time
+    stats_jsonl = None
+    try:
+        while True:
+
+            # Accumulate the gradients of one batch.
+            optimizer.zero_grad(set_to_none=True)
+            for round_idx in range(num_accumulation_rounds):
+                with misc.ddp_sync(ddp, sync=(round_idx == num_accumulation_rounds - 1)):
+                    images, labels = next(dataset_iterator)
+                    images = images_to_float(images.to(device))  # uint8 -> x/127.5 - 1; float data as it is.
+                    labels = labels.to(device)
+                    loss = loss_fn(net=ddp, images=images, labels=labels, augment_pipe=augment_pipe)
+                    stats.report('Loss/loss', loss)
+                    stats.report('Loss/nonfinite', (~torch.isfinite(loss.flatten(1).sum(dim=1))).float())
+                    loss.sum().mul(loss_scaling / batch_gpu_total).backward()
+                dataset_sampler.advance(batch_gpu)
+
+            # Update the weights: warm the learning rate up, count non-finite
+            # gradients, then clamp them as EDM does so that one bad batch does not
+            # ruin the weights.
+            lr_ramp = min(cur_nimg / (lr_rampup_kimg * 1000), 1) if lr_rampup_kimg > 0 else 1
+            for group in optimizer.param_groups:
+                group['lr'] = optimizer_kwargs['lr'] * lr_ramp
+            grads = [p.grad for p in net.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads)
+            stats.report0('Loss/nonfinite_grad', (~torch.isfinite(grad_norm)).float())
+            for grad in grads:
+                torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5, out=grad)
+            optimizer.step()
+
+            # Update the weight average: a half-life in images, capped while
+            # training is young at a fraction of the images seen so far.
+            halflife_nimg = ema_halflife_kimg * 1000
+            if ema_rampup_ratio is not None:
+                halflife_nimg = min(halflife_nimg, ema_rampup_ratio * cur_nimg)
+            decay = 0.5 ** (batch_size / max(halflife_nimg, 1e-8))
+            with torch.no_grad():
+                for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+                    p_ema.lerp_(p_net, 1 - decay)
+
+            # End of a tick? The first tick ends after one step.
+            cur_nimg += batch_size
+            done = cur_nimg >= total_kimg * 1000
+            preempted = (not done) and stop_requested is not None and _any_rank(stop_requested(), device)
+            if not (done or preempted or cur_tick == 0 or cur_nimg >= tick_start_nimg + kimg_per_tick * 1000):
+                continue
+
+            # Tick statistics, summed over processes.
+            tick_end_time = time.time()
+            tick_sec = tick_end_time - tick_start_time
+            sec_per_kimg = tick_sec / (cur_nimg - tick_start_nimg) * 1000
+            stats.report0('Progress/tick', cur_tick)
+            stats.report0('Progress/kimg', cur_nimg / 1000)
+            stats.report0('Timing/total_sec', tick_end_time - start_time)
+            stats.report0('Timing/sec_per_tick', tick_sec)
+            stats.report0('Timing/sec_per_kimg', sec_per_kimg)
+            stats.report0('Timing/maintenance_sec', maintenance_time)
+            stats.report0('Resources/cpu_mem_gb', psutil.Process(os.getpid()).memory_info().rss / 2**30)
+            on_cuda = device.type == 'cuda'
+            stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else 0)
+            stats.report0('Resources/peak_gpu_mem_reserved_gb', torch.cuda.max_memory_reserved(device) / 2**30 if on_cuda else 0)
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            stats.update()
+            training_stats.default_collector.update()
+            tick_stats = dict(training_stats.default_collector.as_dict(), **stats.as_dict())
+
+            # Tick line: EDM's fields, the loss, non-finite counts and the time left.
+            eta = max(total_kimg * 1000 - cur_nimg, 0) / 1000 * sec_per_kimg
+            fields = [
+                f'tick {cur_tick:<5d}',
+                f'kimg {cur_nimg / 1000:<9.3f}',
+                f'time {_format_time(tick_end_time - start_time):<12s}',
+                f'sec/tick {tick_sec:<7.1f}',
+                f'sec/kimg {sec_per_kimg:<7.2f}',
+                f'maintenance {maintenance_time:<6.1f}',
+                f'cpumem {stats.mean("Resources/cpu_mem_gb"):<6.2f}',
+                f'gpumem {stats.mean("Resources/peak_gpu_mem_gb"):<6.2f}',
+                f'reserved {stats.mean("Resources/peak_gpu_mem_reserved_gb"):<6.2f}',
+                f'loss {stats.mean("Loss/loss"):<8.4f}',
+                f'nonfinite-loss {_total(stats, "Loss/nonfinite"):<3d}',
+                f'nonfinite-grad {_total(stats, "Loss/nonfinite_grad"):<3d}',
+                f'eta {_format_time(eta)}',
+            ]
+            dist.print0(' '.join(fields))
+            if preempted:
+                dist.print0()
+                dist.print0('Stop requested: saving a snapshot and a training state...')
+
+            # Network snapshot and training state.
+            if snapshot_ticks is not None and (done or preempted or cur_tick % snapshot_ticks == 0):
+                save_snapshot()
+            if state_dump_ticks is not None and (done or preempted or (cur_tick != 0 and cur_tick % state_dump_ticks == 0)):
+                save_state()
+
+            # One line of stats.jsonl per tick.
+            if rank == 0:
+                if stats_jsonl is None:
+                    stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
+                stats_jsonl.write(json.dumps(dict(tick_stats, timestamp=time.time())) + '\n')
+                stats_jsonl.flush()
+
+            # Next tick.
+            cur_tick += 1
+            tick_start_nimg, tick_start_time = cur_nimg, time.time()
+            maintenance_time = tick_start_time - tick_end_time
+            if done or preempted:
+                break
+    finally:
+        del dataset_iterator  # Stop the data-loading workers now, on errors too.
+        if stats_jsonl is not None:
+            stats_jsonl.close()
+
+    dist.print0()
+    dist.print0('Exiting...')
+    return PREEMPTED if preempted else FINISHED
+
+#----------------------------------------------------------------------------
