@@ -111,11 +111,17 @@ def atomic_write(path: str, mode: str = 'wb') -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; follow the umask like open() does.
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
     with atomic_write(path, 'wb') as f:

@@ -204,3 +204,27 @@ def test_url_download_is_cached(tmp_path, monkeypatch):
     torch.testing.assert_close(outputs(first), outputs(second))
 
 #----------------------------------------------------------------------------
+# Live copies and loads leave the random stream alone and keep the device.
+
+def test_deepcopy_does_not_construct(tmp_path):
+    import copy
+    net = tiny_net()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    clone = copy.deepcopy(net)
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), clone.state_dict().values()))
+    path = tmp_path / 'net.pkl'
+    persistence.save_network_pickle(str(path), dict(ema=net))
+    torch.manual_seed(5)
+    persistence.load_network(str(path))
+    assert torch.equal(torch.rand(3), expected)
+    assert (os.stat(path).st_mode & 0o777) == 0o666 & ~_current_umask()
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+#----------------------------------------------------------------------------

@@ -53,8 +53,17 @@ def persistent_class(cls: type) -> type:
                     class_name=type(self).__name__, state=dict(self.__dict__))
         return (_reconstruct_persistent_obj, (meta,))
 
+    def deepcopy_live(self, memo: dict):
+        # A live copy (e.g. the EMA network) copies the state as it is: no constructor, so no
+        # random draws and no change of device.
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
     cls.__init__ = init_and_record
     cls.__reduce_ex__ = reduce_persistent
+    cls.__deepcopy__ = deepcopy_live
     # The project's own class keeps its name when other code (e.g. source run by
     # load_pickle_running_code) defines a class of the same name.
     _registry.setdefault(cls.__name__, cls)
@@ -178,7 +187,8 @@ def build_object(record: PersistentRecord, source_name: str = 'network pickle') 
         raise UserError(f'{source_name}: {record.class_name} has no recorded constructor arguments')
     kwargs = {k: _plain(v) for k, v in dict(kwargs).items()}
     try:
-        obj = cls(*[_plain(a) for a in args], **kwargs)
+        with torch.random.fork_rng(devices=[]):  # Initial weights are overwritten: leave the caller's RNG alone.
+            obj = cls(*[_plain(a) for a in args], **kwargs)
     except TypeError as e:
         raise UserError(f'{source_name}: cannot construct {record.class_name}: {e}') from None
     if isinstance(obj, torch.nn.Module):
