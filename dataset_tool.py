@@ -341,6 +341,15 @@ def info(source: str, as_json: bool) -> None:
     print(f'{"sigma:":12s}{"not recorded" if summary["sigma"] is None else summary["sigma"]}')
 
 #----------------------------------------------------------------------------
+# SFBD's subcommands live with the rest of SFBD: `split` (clean part and noisy
+# observation set) and `merge` (several datasets into one).
+
+from sfbd.dataset_commands import merge, split  # noqa: E402
+
+cli.add_command(split)
+cli.add_command(merge)
+
+#----------------------------------------------------------------------------
 
 if __name__ == '__main__':
     cli()
