@@ -18,9 +18,9 @@ import numpy as np
 import tqdm
 
 from dnnlib.util import EasyDict, UserError, report_user_errors
-from sfbd.observations import (DatasetWriter, add_noise, dataset_fname, encode_npy, encode_png, list_image_fnames,
-                               raw_labels, write_datasets)
-from training.dataset import DatasetFiles, ImageFolderDataset, file_ext, read_dataset_json
+from sfbd.observations import (DatasetWriter, add_noise, dataset_fname, encode_npy, encode_png, raw_labels, read_listing,
+                               write_datasets)
+from training.dataset import DatasetFiles, ImageFolderDataset, file_ext
 
 #----------------------------------------------------------------------------
 # Random choices of a split. The clean images are the first M of a seeded
@@ -53,8 +53,8 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
     dataset = ImageFolderDataset(source)
     if dataset.is_float:
         raise UserError(f'--source={source}: holds .npy arrays; split needs a dataset of 8-bit images')
-    fnames = list_image_fnames(source)
-    labels = raw_labels(source, fnames)
+    fnames, metadata = read_listing(source)
+    labels = raw_labels(source, fnames, metadata)
     num_images = len(fnames)
     num_clean = clean_count if clean_count is not None else int(round(clean_fraction * num_images))
     if not 1 <= num_clean < num_images:
@@ -93,10 +93,9 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
         raise UserError('merge: give at least one --source')
     parts = []
     for source in sources:
-        metadata = read_dataset_json(source)
+        fnames, metadata = read_listing(source)
         dataset = ImageFolderDataset(source, use_labels=(metadata.get('labels') is not None))
         dataset.close()
-        fnames = list_image_fnames(source)
         parts.append(EasyDict(source=source, dataset=dataset, fnames=fnames, sigma=metadata.get('sigma'),
                               labels=raw_labels(source, fnames, metadata)))
 

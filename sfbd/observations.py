@@ -33,7 +33,7 @@ import PIL.Image
 import torch
 
 from dnnlib.util import UserError
-from training.dataset import METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, is_dataset_file, read_dataset_json
+from training.dataset import METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, is_dataset_file, load_metadata
 
 #----------------------------------------------------------------------------
 # EDM's file naming: image i is `{i // 1000 * 1000:05d}/img{i:08d}.ext`, so a
@@ -150,17 +150,17 @@ def write_datasets(*dests: tuple[str, str]) -> Iterator[list[DatasetWriter]]:
 # Image files of a dataset, in the order training.dataset reads them, and the
 # raw label of each (as written in dataset.json: a class index or a list).
 
-def list_image_fnames(path: str) -> list[str]:
+def read_listing(path: str) -> tuple[list[str], dict]:
+    """The image files of the dataset at `path` and its parsed dataset.json ({} when it has none)."""
     files = DatasetFiles(path)
     try:
-        return [fname for fname in files.names if is_dataset_file(fname)]
+        return [fname for fname in files.names if is_dataset_file(fname)], load_metadata(files)
     finally:
         files.close()
 
-def raw_labels(path: str, fnames: list[str], metadata: dict | None = None) -> list[Any] | None:
-    """Label entries of dataset.json in the order of `fnames`, or None when the dataset has none.
-    `metadata` is the parsed dataset.json when the caller has it already."""
-    entries = (read_dataset_json(path) if metadata is None else metadata).get('labels')
+def raw_labels(path: str, fnames: list[str], metadata: dict) -> list[Any] | None:
+    """Label entries of dataset.json in the order of `fnames`, or None when the dataset has none."""
+    entries = metadata.get('labels')
     if entries is None:
         return None
     by_name = {str(name).replace('\\', '/'): label for name, label in entries}
@@ -177,8 +177,7 @@ def raw_labels(path: str, fnames: list[str], metadata: dict | None = None) -> li
 class ObservationSet:
     def __init__(self, path: str, option: str = '--data'):
         self.path = path
-        metadata = read_dataset_json(path)
-        self.fnames = list_image_fnames(path)
+        self.fnames, metadata = read_listing(path)
         self.dataset = ImageFolderDataset(path, use_labels=(metadata.get('labels') is not None))
         if len(self.fnames) != len(self.dataset):
             raise RuntimeError(f'{path}: listed {len(self.fnames)} files, the dataset holds {len(self.dataset)}')

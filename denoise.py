@@ -1,0 +1,292 @@
+"""Denoise noisy observations with a trained network: SFBD's backward sampling.
+
+Each observation y of an observation set (docs/observations.md) is taken back from its noise level
+sigma to 0 by the reverse process of the given network, starting at y itself (sfbd/backward.py), and
+saved as an 8-bit PNG under the observation's own name. The output directory is an EDM dataset,
+ready for `train.py --data`, once every image is there.
+
+Work can be split between independent tasks (`--shard=I/N`, e.g. one per SLURM array task) and,
+inside a task, between processes (`torchrun`). All of them may write into one --outdir:
+
+- every image is written atomically, so an image file is either complete or absent;
+- a rerun denoises only the images that are missing, which also resumes interrupted tasks;
+- the options of the first run are recorded in `denoise_options.json`; a run with other options
+  (another network, noise level, mode, seed, grid) into the same --outdir is refused, so images
+  of different models never mix;
+- `dataset.json` (labels) is built from the observation set, not from the shards: whichever task
+  finishes and finds every image present writes it, and `--finalize` writes it on demand (e.g. on a
+  file system where tasks may not see each other's files at once). Its presence marks a complete set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+
+import click
+import numpy as np
+import PIL.Image
+import torch
+import tqdm
+
+from dnnlib.util import UserError, atomic_write, open_url, report_user_errors, save_png
+from generate import rank_batches, sampler_options
+from sfbd.backward import MODES, backward_sample, image_seeds
+from sfbd.grids import save_comparison_grid
+from sfbd.observations import ObservationSet, with_ext
+from torch_utils import distributed as dist
+from torch_utils.persistence import load_network
+from training.dataset import METADATA_FNAME
+from training.sampler import ABLATION_KEYS, StackedRandomGenerator, to_uint8
+
+OPTIONS_FNAME = 'denoise_options.json'
+
+#----------------------------------------------------------------------------
+# Shards: task I of N takes the contiguous index range [I*n//N, (I+1)*n//N),
+# so the N ranges cover the set once, whatever n and N are.
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' as (I, N), with 0 <= I < N."""
+    try:
+        index, count = (int(part) for part in str(text).split('/'))
+    except ValueError:
+        raise UserError(f'"{text}" is not of the form I/N, e.g. 0/4') from None
+    if not 0 <= index < count:
+        raise UserError(f'"{text}" needs 0 <= I < N')
+    return index, count
+
+def _shard_option(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
+    try:
+        return parse_shard(value)
+    except UserError as e:
+        raise click.BadParameter(str(e)) from None
+
+def shard_indices(num_items: int, shard: tuple[int, int]) -> range:
+    index, count = shard
+    return range(index * num_items // count, (index + 1) * num_items // count)
+
+#----------------------------------------------------------------------------
+# Sampler options per mode. The ODE takes all of EDM's options; the SDE has
+# its own noise and takes only the grid options.
+
+GRID_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho')
+
+def mode_sampler_kwargs(mode: str, sampler_kwargs: dict) -> dict:
+    kwargs = {k: v for k, v in sampler_kwargs.items() if v is not None}
+    if mode == 'sde':
+        for key in ABLATION_KEYS:
+            if key in kwargs:
+                raise UserError(f'--{key}: an ODE ablation option; it does not apply to --mode=sde')
+        if kwargs.get('S_churn', 0) > 0:
+            raise UserError('--S_churn: the ODE\'s churn does not apply to --mode=sde, which has its own noise')
+        kwargs = {k: v for k, v in kwargs.items() if k in GRID_KEYS}
+    return kwargs
+
+#----------------------------------------------------------------------------
+# The network must fit the observations: same resolution and channels, and a
+# conditional network needs labels of its width (class indices may cover
+# fewer classes than the network knows).
+
+def check_network(net: torch.nn.Module, obs: ObservationSet, network_pkl: str, data: str) -> None:
+    channels, height, _width = obs.image_shape
+    if (net.img_channels, net.img_resolution) != (channels, height):
+        raise UserError(f'--network={network_pkl}: expects {net.img_channels}x{net.img_resolution}x{net.img_resolution} '
+                        f'images, but --data={data} holds {channels}x{height}x{height} observations')
+    if net.label_dim:
+        if obs.labels is None:
+            raise UserError(f'--data={data}: has no labels, but the network is class-conditional '
+                            f'({net.label_dim} classes)')
+        if obs.label_dim > net.label_dim or (obs.label_dim < net.label_dim and not obs.dataset.has_onehot_labels):
+            raise UserError(f'--data={data}: labels have {obs.label_dim} entries, the network expects {net.label_dim}')
+
+def network_labels(net: torch.nn.Module, labels: torch.Tensor | None) -> torch.Tensor | None:
+    if not net.label_dim or labels is None:
+        return None
+    return torch.nn.functional.pad(labels, (0, net.label_dim - labels.shape[1]))
+
+#----------------------------------------------------------------------------
+# The options record of an output directory. Everything that decides the
+# images is compared; the network by content, so moving the file is fine.
+
+def file_sha256(path_or_url: str) -> str:
+    digest = hashlib.sha256()
+    with open_url(path_or_url) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+def claim_outdir(outdir: str, record: dict) -> None:
+    """Record the options in a new --outdir, or check them against the recorded ones."""
+    path = os.path.join(outdir, OPTIONS_FNAME)
+    if os.path.isfile(path):
+        with open(path, 'r', encoding='utf-8') as f:
+            recorded = json.load(f)
+        differ = [key for key in record if key != 'network' and recorded.get(key) != record[key]]
+        if differ:
+            raise UserError(f'--outdir={outdir}: holds images denoised with other options ({", ".join(differ)} '
+                            f'differ, see {OPTIONS_FNAME}); use another --outdir or delete this one')
+        return
+    with atomic_write(path, 'w') as f:
+        json.dump(record, f, indent=2)
+
+#----------------------------------------------------------------------------
+# dataset.json of the outputs: the observation set's labels under the PNG
+# names. Written only when every image is present.
+
+def output_path(outdir: str, fname: str) -> str:
+    return os.path.join(outdir, *with_ext(fname, '.png').split('/'))
+
+def missing_outputs(outdir: str, obs: ObservationSet, indices: range | list[int]) -> list[int]:
+    return [i for i in indices if not os.path.isfile(output_path(outdir, obs.fnames[i]))]
+
+def finalize_outdir(outdir: str, obs: ObservationSet) -> int:
+    """Write dataset.json if the set is complete; returns the number of images still missing."""
+    missing = missing_outputs(outdir, obs, range(len(obs)))
+    if not missing:
+        labels = None if obs.labels is None else [[with_ext(f, '.png'), l] for f, l in zip(obs.fnames, obs.labels)]
+        with atomic_write(os.path.join(outdir, METADATA_FNAME), 'w') as f:
+            json.dump(dict(labels=labels), f)
+    return len(missing)
+
+#----------------------------------------------------------------------------
+# Side-by-side grid: observation | denoised, for the first images of a shard
+# that have been denoised.
+
+def save_grid(path: str, outdir: str, obs: ObservationSet, indices: range, max_images: int = 32) -> None:
+    done = [i for i in indices if os.path.isfile(output_path(outdir, obs.fnames[i]))][:max_images]
+    if not done:
+        return
+    y, _labels = obs.load(done)
+    denoised = []
+    for i in done:
+        with PIL.Image.open(output_path(outdir, obs.fnames[i])) as img:
+            denoised.append(np.asarray(img).reshape(img.size[1], img.size[0], -1).transpose(2, 0, 1))
+    save_comparison_grid(path, [to_uint8(y).numpy(), np.stack(denoised)])
+
+#----------------------------------------------------------------------------
+# The denoising loop of one process: its share of the missing images of its
+# shard, batch by batch.
+
+def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo: list[int], *, sigma: float,
+                   mode: str, seed: int, max_batch_size: int, device: torch.device, sampler_kwargs: dict) -> int:
+    """Denoise this process's part of `todo`; returns the number of images written."""
+    batches = rank_batches(todo, max_batch_size, dist.get_rank(), dist.get_world_size()) if todo else []
+    total = sum(len(b) for b in batches)
+    with tqdm.tqdm(total=total, unit='img', disable=(dist.get_rank() != 0), desc='denoise') as bar:
+        for batch in batches:
+            if not batch:
+                continue
+            y, labels = obs.load(batch)
+            labels = network_labels(net, labels)
+            rnd = StackedRandomGenerator(device, image_seeds(seed, batch))
+            x = backward_sample(net, y.to(device), sigma, None if labels is None else labels.to(device),
+                                mode=mode, randn_like=rnd.randn_like, **sampler_kwargs)
+            images = to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
+            for i, image in zip(batch, images):
+                save_png(output_path(outdir, obs.fnames[i]), image)
+            bar.update(len(batch))
+    return total
+
+#----------------------------------------------------------------------------
+
+@click.command()
+@click.option('--network', 'network_pkl',  help='Network pickle (this project\'s or EDM\'s)', metavar='PATH|URL',  type=str, required=True)
+@click.option('--data',                    help='Observation set (docs/observations.md)', metavar='ZIP|DIR',      type=str, required=True)
+@click.option('--outdir',                  help='Where to save the denoised images', metavar='DIR',              type=str, required=True)
+@click.option('--sigma',                   help='Noise level of the observations  [default: the set\'s own]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
+@click.option('--force-sigma',             help='Allow a --sigma that differs from the set\'s own',             is_flag=True)
+@click.option('--mode',                    help='Backward sampler: probability-flow ODE or reverse SDE',         type=click.Choice(MODES), default='ode', show_default=True)
+@click.option('--seed',                    help='Seed of the per-image noise (SDE, churn)', metavar='INT',       type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--shard',                   help='Denoise only part I of N (0 <= I < N)', metavar='I/N',          type=str, callback=_shard_option, default='0/1', show_default=True)
+@click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',                             type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None)
+@click.option('--grid',                    help='Also save observation | denoised pairs of the shard\'s first images', metavar='PNG', type=str, default=None)
+@click.option('--finalize',                help='Denoise nothing; write dataset.json if all shards are done',    is_flag=True)
+@sampler_options
+@report_user_errors
+def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_sigma: bool, mode: str, seed: int,
+         shard: tuple[int, int], max_batch_size: int, device: str | None, grid: str | None, finalize: bool,
+         **sampler_kwargs) -> None:
+    """Denoise an observation set with a trained network (SFBD's backward sampling).
+
+    \b
+    Examples:
+    # Denoise CIFAR-10 observations (sigma from the set) with the release's ODE sampler
+    python denoise.py --network=runs/sfbd/round-000-pretrain/network-snapshot-200000.pkl \\
+        --data=noisy.zip --outdir=runs/sfbd/round-001/denoised
+    \b
+    # The same, as 4 independent tasks writing into one directory
+    python denoise.py ... --shard=$SLURM_ARRAY_TASK_ID/4
+    \b
+    # On 2 GPUs
+    torchrun --standalone --nproc_per_node=2 denoise.py ...
+    """
+    device = dist.resolve_device(device)
+    dist.init(device)
+    obs = ObservationSet(data)
+
+    # Noise level: the set's own unless forced.
+    if sigma is None:
+        sigma = obs.sigma
+    elif not math.isclose(sigma, obs.sigma, rel_tol=1e-6) and not force_sigma:
+        raise UserError(f'--sigma={sigma} differs from the noise level {obs.sigma} recorded in --data={data}; '
+                        'add --force-sigma to use it anyway')
+    kwargs = mode_sampler_kwargs(mode, sampler_kwargs)
+    indices = shard_indices(len(obs), shard)
+
+    # Claim the output directory.
+    record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), data=os.path.abspath(data),
+                  num_observations=len(obs), sigma=sigma, mode=mode, seed=seed, sampler=kwargs)
+    if dist.get_rank() == 0:
+        claim_outdir(outdir, record)
+    dist.barrier()
+
+    if not finalize:
+        dist.print0(f'Loading network from "{network_pkl}"...')
+        net = load_network(network_pkl).to(device)
+        check_network(net, obs, network_pkl, data)
+        if sigma > min(kwargs.get('sigma_max', 80), net.sigma_max):
+            raise UserError(f'--sigma={sigma} is above the highest noise level of the sampler')
+
+        # Every process lists the missing images before any of them writes.
+        todo = missing_outputs(outdir, obs, indices)
+        dist.barrier()
+        if todo and dist.get_rank() == 0 and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
+            os.remove(os.path.join(outdir, METADATA_FNAME))  # The set is incomplete again.
+        dist.print0(f'Denoising {len(todo)} of {len(indices)} observations (shard {shard[0]}/{shard[1]}, '
+                    f'{len(obs) - len(indices)} in other shards) at sigma {sigma:g} with the {mode.upper()} '
+                    f'sampler to "{outdir}"...')
+        start = time.time()
+        count = denoise_images(net, obs, outdir, todo, sigma=sigma, mode=mode, seed=seed,
+                               max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs)
+        elapsed = time.time() - start
+        count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
+        if count:
+            dist.print0(f'Denoised {count} images in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.1f} img/s).')
+        dist.barrier()
+
+    # Whoever finds the set complete writes dataset.json.
+    if dist.get_rank() == 0:
+        if grid is not None:
+            save_grid(grid, outdir, obs, indices)
+        missing = finalize_outdir(outdir, obs)
+        if missing == 0:
+            print(f'All {len(obs)} images are in "{outdir}"; wrote {METADATA_FNAME}.')
+        elif finalize:
+            raise UserError(f'--outdir={outdir}: {missing} of {len(obs)} images are still missing; '
+                            'run the remaining shards first')
+        else:
+            print(f'{missing} of {len(obs)} images are left to other shards; the task that completes the set '
+                  f'writes {METADATA_FNAME} (or run with --finalize).')
+    obs.close()
+    dist.deinit()
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    main()
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""SFBD's data: the observation format, `split` and `merge`."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dnnlib.util import UserError
+from sfbd.dataset_commands import merge, merge_datasets, split, split_dataset
+from sfbd.observations import ObservationSet
+from training.dataset import ImageFolderDataset
+
+from sfbd_helpers import make_image_dataset, make_observation_set, read_json, read_png_dataset
+
+#----------------------------------------------------------------------------
+# Split a labelled dataset of random images and match every output back to its
+# source image: clean images by equality, observations by nearest neighbour
+# (random images lie far apart compared with the noise).
+
+def _split(tmp_path, seed=7, sigma=0.3, zip_noisy=False, **kwargs):
+    run = len(os.listdir(tmp_path))  # A fresh pair of names for each call.
+    clean, noisy = str(tmp_path / f'clean{run}'), str(tmp_path / (f'noisy{run}' + ('.zip' if zip_noisy else '')))
+    counts = split_dataset(str(tmp_path / 'src'), clean, noisy, sigma, seed, verbose=False, **kwargs)
+    return clean, noisy, counts
+
+@pytest.fixture
+def source(tmp_path):
+    return make_image_dataset(str(tmp_path / 'src'), num_images=200, num_classes=5)
+
+def test_split_partitions_the_source_and_adds_noise_of_the_given_level(tmp_path, source):
+    sigma = 0.3
+    clean, noisy, counts = _split(tmp_path, sigma=sigma, clean_fraction=0.1)
+    assert counts == dict(clean=20, noisy=180)
+    source_labels = np.arange(200) % 5
+
+    # Clean part: PNGs equal to source images, labels carried along.
+    clean_images = read_png_dataset(clean)
+    clean_labels = dict(read_json(os.path.join(clean, 'dataset.json'))['labels'])
+    flat_source = source.reshape(200, -1)
+    clean_ids = []
+    for name, image in sorted(clean_images.items()):
+        match = np.nonzero((flat_source == image.transpose(2, 0, 1).reshape(-1)).all(axis=1))[0]
+        assert len(match) == 1
+        clean_ids.append(int(match[0]))
+        assert clean_labels[name] == source_labels[match[0]]
+
+    # Noisy part: float32 observations; nothing else is written.
+    files = sorted(os.path.relpath(os.path.join(r, f), noisy) for r, _d, fs in os.walk(noisy) for f in fs)
+    assert all(f.endswith('.npy') for f in files if f != 'dataset.json') and len(files) == 181
+    obs = ObservationSet(noisy)
+    assert obs.sigma == sigma and len(obs) == 180
+    y, labels = obs.load(list(range(len(obs))))
+    assert y.dtype == torch.float32
+    y = y.numpy().reshape(180, -1).astype(np.float64)
+    x = flat_source / 127.5 - 1
+    nearest = ((y[:, None, :] - x[None, :, :]) ** 2).sum(-1).argmin(axis=1)
+    assert len(set(nearest.tolist())) == 180
+    assert sorted(nearest.tolist() + clean_ids) == list(range(200))
+    assert (labels.numpy().argmax(axis=1) == source_labels[nearest]).all()
+
+    # The noise: mean 0, standard deviation sigma, not clipped.
+    residual = y - x[nearest]
+    assert abs(residual.mean()) < 4 * sigma / np.sqrt(residual.size)
+    assert abs(residual.std() / sigma - 1) < 0.02
+    assert y.max() > 1 and y.min() < -1
+
+def test_split_is_fixed_by_the_seed(tmp_path, source):
+    a_clean, a_noisy, _ = _split(tmp_path, seed=3, clean_count=30)
+    b_clean, b_noisy, _ = _split(tmp_path, seed=3, clean_count=30, zip_noisy=True)
+    c_clean, _c_noisy, _ = _split(tmp_path, seed=4, clean_count=30)
+    a_images, b_images, c_images = read_png_dataset(a_clean), read_png_dataset(b_clean), read_png_dataset(c_clean)
+    assert len(a_images) == 30 and all(np.array_equal(a_images[k], b_images[k]) for k in a_images)
+    assert not all(np.array_equal(a_images[k], c_images[k]) for k in a_images)
+    a, b = ObservationSet(a_noisy), ObservationSet(b_noisy)
+    assert np.array_equal(a.load(list(range(170)))[0].numpy(), b.load(list(range(170)))[0].numpy())
+
+def test_split_without_labels_and_its_cli(tmp_path):
+    make_image_dataset(str(tmp_path / 'plain'), num_images=10, channels=1)
+    result = CliRunner().invoke(split, ['--source', str(tmp_path / 'plain'), '--clean', str(tmp_path / 'c.zip'),
+                                        '--noisy', str(tmp_path / 'n'), '--clean-count=2', '--sigma=0.5'])
+    assert result.exit_code == 0, result.output
+    assert read_json(str(tmp_path / 'n' / 'dataset.json')) == dict(sigma=0.5, labels=None)
+    assert len(ImageFolderDataset(str(tmp_path / 'c.zip'))) == 2
+    assert ObservationSet(str(tmp_path / 'n')).image_shape == [1, 8, 8]
+
+@pytest.mark.parametrize('args, message', [
+    (['--clean-count=5', '--clean-fraction=0.1'], 'exactly one'),
+    ([], 'exactly one'),
+    (['--clean-count=200'], 'non-empty'),
+    (['--clean-fraction=0.001'], 'non-empty'),
+])
+def test_split_rejects_bad_counts(tmp_path, source, args, message):
+    result = CliRunner().invoke(split, ['--source', str(tmp_path / 'src'), '--clean', str(tmp_path / 'c'),
+                                        '--noisy', str(tmp_path / 'n'), '--sigma=0.5', *args])
+    assert result.exit_code == 1 and message in result.output
+    assert not os.path.exists(tmp_path / 'c') and not os.path.exists(tmp_path / 'n')
+
+def test_split_never_overwrites(tmp_path, source):
+    os.makedirs(tmp_path / 'n')
+    with pytest.raises(UserError, match='already exists'):
+        split_dataset(str(tmp_path / 'src'), str(tmp_path / 'c'), str(tmp_path / 'n'), 0.5, clean_count=3, verbose=False)
+    assert not os.path.exists(tmp_path / 'c')
+    assert [f for f in os.listdir(tmp_path) if f.startswith('.')] == []
+
+#----------------------------------------------------------------------------
+# Merge: images one after another, renamed uniquely, labels (and sigma) kept.
+
+def test_merge_round_trip(tmp_path):
+    a = make_image_dataset(str(tmp_path / 'a'), num_images=7, num_classes=3, seed=1)
+    b = make_image_dataset(str(tmp_path / 'b.zip'), num_images=1005, num_classes=4, seed=2)
+    result = CliRunner().invoke(merge, ['--source', str(tmp_path / 'a'), '--source', str(tmp_path / 'b.zip'),
+                                        '--dest', str(tmp_path / 'm')])
+    assert result.exit_code == 0, result.output
+    merged = ImageFolderDataset(str(tmp_path / 'm'), use_labels=True)
+    assert len(merged) == 1012 and merged.label_dim == 4
+    images = np.concatenate([a, b])
+    labels = np.concatenate([np.arange(7) % 3, np.arange(1005) % 4])
+    for i in [0, 6, 7, 1006, 1011]:
+        image, label = merged[i]
+        assert np.array_equal(image, images[i]) and label.argmax() == labels[i]
+    names = [name for name, _label in read_json(str(tmp_path / 'm' / 'dataset.json'))['labels']]
+    assert len(set(names)) == 1012 and names[1011] == '00001/img00001011.png'
+
+def test_merge_keeps_the_noise_level_of_observation_sets(tmp_path):
+    arrays = np.zeros([3, 1, 4, 4], np.float32)
+    make_observation_set(str(tmp_path / 'o1'), arrays, sigma=0.2)
+    make_observation_set(str(tmp_path / 'o2'), arrays, sigma=0.2)
+    make_observation_set(str(tmp_path / 'o3'), arrays, sigma=0.3)
+    assert merge_datasets([str(tmp_path / 'o1'), str(tmp_path / 'o2')], str(tmp_path / 'm.zip'), verbose=False) == 6
+    assert ObservationSet(str(tmp_path / 'm.zip')).sigma == 0.2
+    with pytest.raises(UserError, match='sigma'):
+        merge_datasets([str(tmp_path / 'o1'), str(tmp_path / 'o3')], str(tmp_path / 'x'), verbose=False)
+
+@pytest.mark.parametrize('second, message', [
+    (dict(resolution=16), 'images are'),
+    (dict(num_classes=0), 'labels'),
+])
+def test_merge_rejects_mismatched_parts(tmp_path, second, message):
+    make_image_dataset(str(tmp_path / 'a'), num_images=3, num_classes=2)
+    make_image_dataset(str(tmp_path / 'b'), num_images=3, **{'num_classes': 2, **second})
+    with pytest.raises(UserError, match=message):
+        merge_datasets([str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'm'), verbose=False)
+    assert not os.path.exists(tmp_path / 'm')
+
+#----------------------------------------------------------------------------

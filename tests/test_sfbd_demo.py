@@ -1,0 +1,45 @@
+"""The demo's pieces, and the whole demo shrunk to seconds (the real one takes minutes)."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from dnnlib.util import EasyDict
+from sfbd import demo, rounds
+
+def test_blobs_are_deterministic_images():
+    a, b = demo.draw_blobs(20, 8, seed=3), demo.draw_blobs(20, 8, seed=3)
+    assert a.dtype == np.uint8 and a.shape == (20, 3, 8, 8) and np.array_equal(a, b)
+    assert not np.array_equal(a, demo.draw_blobs(20, 8, seed=4))
+    assert a.max() > 150 and np.median(a) < 30  # Bright blobs on a dark background.
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal([4000, 3])
+    assert abs(demo.frechet_distance(x, x)) < 1e-9
+    assert abs(demo.frechet_distance(x, x + [1, 0, 0]) - 1) < 1e-9  # A shift of the mean by 1.
+    assert abs(demo.frechet_distance(x, 2 * x) - 3) < 0.1  # Unit variances against 4: 3 * (2 - 1)^2.
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 40 samples of 192 pixels.
+def test_tiny_demo_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, 'DEMO', EasyDict(demo.DEMO, num_images=40, num_heldout=60, clean_count=8,
+                                                    num_rounds=1, pretrain_mimg=0.00003, round_mimg=0.00003,
+                                                    num_samples=40, sample_steps=3))
+    monkeypatch.setattr(demo, 'TRAIN_ARGS', ['--arch=ddpmpp', '--cbase=8', '--cres=1', '--batch=16', '--augment=0',
+                                             '--dropout=0', '--lr-rampup=0', '--tick=1', '--cache=0'])
+    results = demo.run_demo(str(tmp_path), device='cpu', verbose=False)
+    assert [row['model'] for row in results['rows']] == ['(a) clean only (pretraining)', '(b) SFBD round 1',
+                                                        '(c) naive: noisy as if clean']
+    assert all(math.isfinite(row['fd']) and row['fd'] > 0 for row in results['rows'])
+    for name in ('demo.png', 'results.json', 'log.txt', 'sfbd/rounds.json', 'data/noisy/dataset.json'):
+        assert os.path.isfile(tmp_path / name)
+
+    # A rerun trains nothing and measures the same models.
+    calls = []
+    monkeypatch.setattr(rounds, 'run_script', lambda *args, **kwargs: calls.append(args))
+    again = demo.run_demo(str(tmp_path), device='cpu', verbose=False)
+    assert calls == [] and [r['snapshot'] for r in again['rows']] == [r['snapshot'] for r in results['rows']]
+
+#----------------------------------------------------------------------------

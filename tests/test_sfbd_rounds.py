@@ -1,0 +1,91 @@
+"""sfbd/rounds.py: the layout and record of the rounds, and reruns that continue, extend or refuse."""
+
+import os
+
+import pytest
+
+from dnnlib.util import UserError
+from sfbd import rounds
+from sfbd.dataset_commands import split_dataset
+
+from sfbd_helpers import make_image_dataset, read_json
+
+# A network and runs as small as train.py allows: a few optimizer steps each.
+TRAIN_ARGS = ['--arch=ddpmpp', '--cbase=8', '--cres=1', '--batch=16', '--augment=0', '--dropout=0', '--lr-rampup=0',
+              '--tick=1', '--seed=0', '--device=cpu', '--cache=0']
+DURATION = 0.00003  # 30 images: two steps of 16.
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('rounds')
+    make_image_dataset(str(root / 'source'), num_images=24, resolution=8)
+    split_dataset(str(root / 'source'), str(root / 'clean'), str(root / 'noisy'), 0.5, clean_count=6, verbose=False)
+    return root
+
+def _run(data, outdir, num_rounds, **kwargs):
+    with open(os.path.join(str(data), 'log.txt'), 'a') as log:
+        return rounds.run_rounds(str(outdir), str(data / 'clean'), str(data / 'noisy'), num_rounds, DURATION, DURATION,
+                                 train_args=TRAIN_ARGS, denoise_args=['--device=cpu'], log=log, **kwargs)
+
+def test_rounds_layout_record_and_reruns(data, tmp_path, monkeypatch):
+    # The first run stops after the denoising of round 2 (as if killed there).
+    outdir = tmp_path / 'sfbd'
+    calls = []
+    real_run_script = rounds.run_script
+    def counting_run_script(script, args, nproc=1, log=None):
+        calls.append(script)
+        real_run_script(script, args, nproc, log)
+        if len(calls) == interrupt_after:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(rounds, 'run_script', counting_run_script)
+    interrupt_after = 4
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, outdir, 2)
+    assert calls == ['train.py', 'denoise.py', 'train.py', 'denoise.py']
+    entries = read_json(str(outdir / 'rounds.json'))['rounds']
+    assert entries[1]['snapshot'] is not None and entries[2]['snapshot'] is None
+
+    # The rerun finishes round 2, denoising nothing again.
+    calls.clear()
+    interrupt_after = None
+    record = _run(data, outdir, 2)
+    assert calls == ['denoise.py', 'train.py']
+    with open(str(data / 'log.txt')) as f:
+        assert 'Denoising 0 of 18' in f.read()
+
+    # The record: which snapshot denoised which set, and what each round produced.
+    assert record == read_json(str(outdir / 'rounds.json'))
+    entries = record['rounds']
+    assert [e['round'] for e in entries] == [0, 1, 2]
+    assert entries[0]['train_dir'] == 'round-000-pretrain'
+    for k in (1, 2):
+        assert entries[k]['network'] == entries[k - 1]['snapshot']
+        assert entries[k]['denoised'] == f'round-{k:03d}/denoised'
+        assert entries[k]['train_dir'] == f'round-{k:03d}/train'
+        assert os.path.isfile(outdir / entries[k]['snapshot'])
+        assert os.path.isfile(outdir / entries[k]['denoised'] / 'dataset.json')
+        assert read_json(str(outdir / entries[k]['denoised'] / 'denoise_options.json'))['network'] == \
+            str(outdir / entries[k]['network'])
+        options = read_json(str(outdir / entries[k]['train_dir'] / 'training_options.json'))
+        assert options['resume_pkl'] == str(outdir / entries[k]['network'])
+        assert [p['path'] for p in options['dataset_kwargs']['datasets']] == \
+            [str(data / 'clean'), str(outdir / entries[k]['denoised'])]
+
+    # Another rerun does nothing; a larger --rounds runs only the new round.
+    calls.clear()
+    assert _run(data, outdir, 2) == record
+    assert calls == []
+    extended = _run(data, outdir, 3)
+    assert calls == ['denoise.py', 'train.py'] and extended['rounds'][:3] == entries
+
+    # Other options are refused.
+    with pytest.raises(UserError, match='other options'):
+        rounds.run_rounds(str(outdir), str(data / 'clean'), str(data / 'noisy'), 3, DURATION, 2 * DURATION,
+                          train_args=TRAIN_ARGS)
+
+def test_missing_inputs_are_refused(data, tmp_path):
+    with pytest.raises(UserError, match='--noisy'):
+        rounds.run_rounds(str(tmp_path / 'x'), str(data / 'clean'), str(data / 'missing'), 1, DURATION, DURATION)
+    assert not os.path.exists(tmp_path / 'x')
+
+#----------------------------------------------------------------------------
