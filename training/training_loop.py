@@ -241,7 +241,9 @@ def training_loop(
     dist.print0('Constructing network...')
     interface_kwargs = dict(img_resolution=dataset_obj.resolution, img_channels=dataset_obj.num_channels,
                             label_dim=dataset_obj.label_dim)
-    net = misc.construct_class_by_name(**network_kwargs, **interface_kwargs)
+    with torch.random.fork_rng(devices=[]):  # The same initial weights on every rank, bit for bit.
+        torch.manual_seed(seed)
+        net = misc.construct_class_by_name(**network_kwargs, **interface_kwargs)
     net.to(device).train().requires_grad_(True)
     if rank == 0:
         shape = [batch_gpu, net.img_channels, net.img_resolution, net.img_resolution]
