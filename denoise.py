@@ -28,14 +28,13 @@ import time
 
 import click
 import numpy as np
-import PIL.Image
 import torch
 import tqdm
 
 from dnnlib.util import UserError, atomic_write, open_url, report_user_errors, save_png
 from generate import rank_batches, sampler_options
 from sfbd.backward import MODES, backward_sample, image_seeds
-from sfbd.grids import save_comparison_grid
+from sfbd.grids import load_png, save_comparison_grid
 from sfbd.observations import ObservationSet, with_ext
 from torch_utils import distributed as dist
 from torch_utils.persistence import load_network
@@ -160,11 +159,8 @@ def save_grid(path: str, outdir: str, obs: ObservationSet, indices: range, max_i
     if not done:
         return
     y, _labels = obs.load(done)
-    denoised = []
-    for i in done:
-        with PIL.Image.open(output_path(outdir, obs.fnames[i])) as img:
-            denoised.append(np.asarray(img).reshape(img.size[1], img.size[0], -1).transpose(2, 0, 1))
-    save_comparison_grid(path, [to_uint8(y).numpy(), np.stack(denoised)])
+    denoised = np.stack([load_png(output_path(outdir, obs.fnames[i])) for i in done])
+    save_comparison_grid(path, [to_uint8(y).numpy(), denoised])
 
 #----------------------------------------------------------------------------
 # The denoising loop of one process: its share of the missing images of its

@@ -111,14 +111,15 @@ def atomic_write(path: str, mode: str = 'wb') -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; follow the umask like open() does.
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; follow the umask like open() does.
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -11,8 +11,6 @@ neither overwrites an existing dataset. The observation format is described in d
 
 from __future__ import annotations
 
-import os
-
 import click
 import numpy as np
 import tqdm

@@ -39,7 +39,7 @@ import torch
 from dnnlib.util import EasyDict, atomic_write, report_user_errors, save_png
 from sfbd import rounds
 from sfbd.dataset_commands import choose_clean, split_dataset
-from sfbd.grids import comparison_grid
+from sfbd.grids import comparison_grid, load_png
 from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_png
 from torch_utils.persistence import load_network
 from training.sampler import generate_images, to_uint8
@@ -99,11 +99,7 @@ def read_pngs(path: str, count: int | None = None) -> np.ndarray:
     """The first `count` images of a PNG dataset directory, [N, C, H, W] uint8."""
     fnames = sorted(os.path.relpath(os.path.join(root, f), path) for root, _dirs, files in os.walk(path)
                     for f in files if f.endswith('.png'))[:count]
-    images = []
-    for fname in fnames:
-        with PIL.Image.open(os.path.join(path, fname)) as img:
-            images.append(np.asarray(img.convert('RGB')).transpose(2, 0, 1))
-    return np.stack(images)
+    return np.stack([load_png(os.path.join(path, fname)) for fname in fnames])
 
 #----------------------------------------------------------------------------
 # The metric: the Frechet distance (FID's formula) between Gaussians fitted

@@ -1,11 +1,12 @@
 """Image grids for looking at results: each cell shows several versions of one image side by side
-(e.g. observation | denoised), cells are laid out row by row."""
+(e.g. observation | denoised), cells are laid out row by row. Also reading the PNGs back."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+import PIL.Image
 
 from dnnlib.util import save_png
 
@@ -31,5 +32,10 @@ def comparison_grid(columns: Sequence[np.ndarray], cells_per_row: int = 8) -> np
 
 def save_comparison_grid(path: str, columns: Sequence[np.ndarray], cells_per_row: int = 8) -> None:
     save_png(path, comparison_grid(columns, cells_per_row))
+
+def load_png(path: str) -> np.ndarray:
+    """An 8-bit PNG as a [C, H, W] uint8 array (C = 1 or 3, as stored)."""
+    with PIL.Image.open(path) as img:
+        return np.asarray(img).reshape(img.size[1], img.size[0], -1).transpose(2, 0, 1)
 
 #----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from dnnlib.util import UserError
+from dnnlib.util import UserError, current_umask
 from training.dataset import METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, is_dataset_file, load_metadata
 
 #----------------------------------------------------------------------------
@@ -93,7 +93,7 @@ class DatasetWriter:
             self.tmp = tempfile.mkdtemp(prefix=prefix, suffix='.tmp', dir=parent)
             self._zip = None
         # The temporary is private to its owner; the dataset gets the usual permissions.
-        os.chmod(self.tmp, (0o777 if not self.is_zip else 0o666) & ~_umask())
+        os.chmod(self.tmp, (0o777 if not self.is_zip else 0o666) & ~current_umask())
         self.names: set[str] = set()
 
     def add(self, name: str, data: bytes) -> None:
@@ -126,11 +126,6 @@ class DatasetWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
         elif os.path.exists(self.tmp):
             os.remove(self.tmp)
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 @contextlib.contextmanager
 def write_datasets(*dests: tuple[str, str]) -> Iterator[list[DatasetWriter]]:

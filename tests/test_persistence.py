@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from dnnlib.util import UserError, cached_path_for_url
+from dnnlib.util import UserError, cached_path_for_url, current_umask
 from torch_utils import persistence
 from training import networks
 
@@ -220,11 +220,6 @@ def test_deepcopy_does_not_construct(tmp_path):
     torch.manual_seed(5)
     persistence.load_network(str(path))
     assert torch.equal(torch.rand(3), expected)
-    assert (os.stat(path).st_mode & 0o777) == 0o666 & ~_current_umask()
-
-def _current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    assert (os.stat(path).st_mode & 0o777) == 0o666 & ~current_umask()
 
 #----------------------------------------------------------------------------
