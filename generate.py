@@ -13,7 +13,6 @@ import click
 import torch
 import tqdm
 
-import dnnlib
 from dnnlib.util import UserError, parse_int_list, report_user_errors, save_png
 from torch_utils import distributed as dist
 from torch_utils.persistence import load_network

@@ -12,7 +12,6 @@ import zipfile
 
 import numpy as np
 import PIL.Image
-import pytest
 from click.testing import CliRunner
 
 import dataset_tool

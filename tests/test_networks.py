@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from training import networks
 from training.networks import (AttentionOp, Conv2d, DhariwalUNet, EDMPrecond, PositionalEmbedding,
                                SongUNet, UNetBlock, VEPrecond, VPPrecond, iDDPMPrecond, weight_init)
 

@@ -20,7 +20,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 import train
 from torch_utils import misc, persistence, training_stats
@@ -69,7 +69,7 @@ def run_train(args: list[str], timeout: float = 240, env: dict | None = None, la
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     return result
 
-def invoke_train(args: list) -> 'click.testing.Result':
+def invoke_train(args: list) -> Result:
     # train.py in this process, for cases that stop before training.
     return CliRunner().invoke(train.main, [str(a) for a in args])
 
