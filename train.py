@@ -24,6 +24,8 @@ import torch
 
 import dnnlib
 from dnnlib.util import UserError, atomic_write, parse_int_list, report_user_errors
+from sfbd.backward import MODES
+from sfbd.online import BUFFER_DTYPES, DEFAULTS as ONLINE_DEFAULTS, REFRESH_NETS
 from torch_utils import distributed as dist
 from torch_utils import misc
 from training import training_loop
@@ -143,6 +145,29 @@ def next_run_dir(outdir: str, desc: str) -> str:
     return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
 #----------------------------------------------------------------------------
+# Online SFBD's options (sfbd/online.py), as plain data; None without --noisy.
+
+ONLINE_OPTIONS = dict(refresh_every='--refresh-every', refresh_batch='--refresh-batch', online_rampup='--online-rampup',
+                      mode='--mode', steps='--steps', refresh_net='--refresh-net', buffer_dtype='--buffer-dtype')
+
+def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
+    if not opts.noisy:
+        given = [option for key, option in ONLINE_OPTIONS.items() if opts[key] is not None]
+        if given:
+            raise UserError(f'{", ".join(given)}: Online SFBD options; they need --noisy')
+        return None
+    for path in opts.noisy:
+        if not os.path.exists(path):
+            raise UserError(f'--noisy={path}: no such directory or zip file')
+    online = dnnlib.EasyDict(ONLINE_DEFAULTS, class_name='sfbd.online.OnlineSFBD', refresh_batch=opts.batch)
+    given = dict(refresh_every=opts.refresh_every, refresh_batch=opts.refresh_batch, mode=opts.mode, num_steps=opts.steps,
+                 refresh_net=opts.refresh_net, buffer_dtype=opts.buffer_dtype)
+    online.update({key: value for key, value in given.items() if value is not None})
+    online.update(noisy=[os.path.abspath(path) for path in opts.noisy], rampup_kimg=opts.online_rampup, xflip=opts.xflip,
+                  cache=opts.cache)
+    return online
+
+#----------------------------------------------------------------------------
 
 @click.command()
 
@@ -185,6 +210,16 @@ def next_run_dir(outdir: str, desc: str) -> str:
 @click.option('--seed',          help='Random seed  [default: random]', metavar='INT',                            type=click.IntRange(min=0))
 @click.option('--transfer',      help='Initialise network and EMA from a network pickle', metavar='PKL|URL',      type=str)
 @click.option('--resume',        help='Continue from a training state, or the newest one in a run directory', metavar='PT|DIR', type=str)
+
+# Online SFBD (docs/sfbd.md): clean --data plus noisy observations, denoised as training goes.
+@click.option('--noisy',         help='Observation set for Online SFBD; repeat for several', metavar='ZIP|DIR',  type=str, multiple=True)
+@click.option('--refresh-every', help='Optimizer steps between refreshes of the denoised buffer  [default: 20]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--refresh-batch', help='Observations denoised again per refresh  [default: --batch]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--online-rampup', help='Loss weight of denoised images ramps 0 -> 1 over this  [default: one refresh pass]', metavar='KIMG', type=click.FloatRange(min=0))
+@click.option('--mode',          help='Backward sampler of the refreshes  [default: ode]',                      type=click.Choice(MODES))
+@click.option('--steps',         help='Steps of the denoising grid, as denoise.py --steps  [default: 18]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--refresh-net',   help='Network that denoises: the weight average or the raw network  [default: ema]', type=click.Choice(REFRESH_NETS))
+@click.option('--buffer-dtype',  help='Precision of the denoised buffer  [default: float16]',                  type=click.Choice(list(BUFFER_DTYPES)))
 @click.option('-n', '--dry-run', help='Show the options and exit',                                                is_flag=True)
 
 @report_user_errors
@@ -200,6 +235,10 @@ def main(**kwargs: Any) -> None:
     \b
     # Fine-tune a snapshot on clean plus denoised images (an SFBD round)
     python train.py --outdir=runs/round1 --data=clean.zip --data=denoised-round1 \\
+        --transfer=runs/pretrain/network-snapshot-200000.pkl --lr-rampup=0
+    \b
+    # Online SFBD: clean images plus observations, denoised again as training goes
+    python train.py --outdir=runs/online --data=clean.zip --noisy=noisy.zip \\
         --transfer=runs/pretrain/network-snapshot-200000.pkl --lr-rampup=0
     \b
     A rerun of the same command with --nosubdir continues from the newest training
@@ -245,6 +284,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
     c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=(device.type == 'cuda'), num_workers=opts.workers,
                                            prefetch_factor=2, multiprocessing_context='spawn')
     c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9, 0.999], eps=1e-8)
+    c.online_kwargs = online_options(opts)
 
     # Dataset: open it once to check it (files, sizes, labels for --cond) and
     # to record its name, size and resolution.
@@ -292,6 +332,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
     else:
         seed = torch.tensor(secrets.randbelow(1 << 31) if dist.get_rank() == 0 else 0, device=device)
         c.seed = int(dist.broadcast(seed, src=0))
+    if c.online_kwargs is not None:
+        c.online_kwargs.seed = c.seed
 
     # Transfer learning and resuming. A rerun into a run directory holding
     # training states continues from the newest.
@@ -320,6 +362,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
     cond_str = 'cond' if opts.cond else 'uncond'
     dtype_str = 'fp16' if opts.fp16 else 'bf16' if opts.bf16 else 'fp32'
     desc = f'{dataset_name}-{cond_str}-{opts.arch}-{opts.precond}-gpus{dist.get_world_size()}-batch{opts.batch}-{dtype_str}'
+    if opts.noisy:
+        desc += '-online'
     if opts.desc is not None:
         desc += f'-{opts.desc}'
     if opts.nosubdir:
@@ -332,7 +376,10 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
     dist.print0('Training options:')
     dist.print0(json.dumps(c, indent=2))
     dist.print0()
-    summary = [('Output directory', c.run_dir), ('Dataset path', ', '.join(opts.data)), ('Class-conditional', opts.cond),
+    summary = [('Output directory', c.run_dir), ('Dataset path', ', '.join(opts.data))]
+    if opts.noisy:
+        summary.append(('Observations (online)', ', '.join(opts.noisy)))
+    summary += [('Class-conditional', opts.cond),
                ('Network architecture', opts.arch), ('Preconditioning & loss', opts.precond),
                ('Number of processes', dist.get_world_size()), ('Device', device), ('Batch size', opts.batch),
                ('Mixed-precision', dtype_str if dtype_str != 'fp32' else False)]

@@ -170,10 +170,10 @@ def raw_labels(path: str, fnames: list[str], metadata: dict) -> list[Any] | None
 # like the first, finite) by training.dataset.
 
 class ObservationSet:
-    def __init__(self, path: str, option: str = '--data'):
+    def __init__(self, path: str, option: str = '--data', cache: bool = False):
         self.path = path
         self.fnames, metadata = read_listing(path)
-        self.dataset = ImageFolderDataset(path, use_labels=(metadata.get('labels') is not None))
+        self.dataset = ImageFolderDataset(path, use_labels=(metadata.get('labels') is not None), cache=cache)
         if len(self.fnames) != len(self.dataset):
             raise RuntimeError(f'{path}: listed {len(self.fnames)} files, the dataset holds {len(self.dataset)}')
         if not self.dataset.is_float:

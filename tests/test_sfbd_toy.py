@@ -4,16 +4,23 @@ The "network" is the exact denoiser of a Gaussian model N(mu, S), refitted after
 the clean samples and the denoised observations. The true distribution is SFBD's fixed point, so
 the rounds must carry the model from the poor fit of a few clean samples toward the truth, with
 both backward samplers, while the naive fit of the noisy data stays off by sigma^2 I.
+
+Online SFBD (sfbd/online.py) is run the same way: its buffer of denoised observations, refreshed
+a tenth at a time in round-robin order, and the model refitted after every refresh to the clean
+samples plus the buffer weighted by the ramp. It must reach the truth as the rounds do.
 """
+
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from sfbd.backward import backward_sample, image_seeds
+from sfbd.online import DenoisedBuffer, Observations, ramp_weight
 from training.sampler import StackedRandomGenerator
 
-from sfbd_helpers import gaussian_w2
+from sfbd_helpers import gaussian_w2, make_observation_set
 
 DIM, NUM_CLEAN, NUM_NOISY, SIGMA = 4, 12, 2000, 0.6
 
@@ -21,10 +28,10 @@ class GaussianModel(torch.nn.Module):
     """D(x; t) = E[x0 | x0 + t e = x] for x0 ~ N(mu, S); images are [N, DIM, 1, 1]."""
     img_channels, img_resolution, label_dim, sigma_min, sigma_max = DIM, 1, 0, 0, float('inf')
 
-    def __init__(self, samples: np.ndarray):
+    def __init__(self, samples: np.ndarray, weights: np.ndarray | None = None):
         super().__init__()
-        self.mu = torch.as_tensor(samples.mean(axis=0))
-        self.cov = torch.as_tensor(np.cov(samples, rowvar=False))
+        self.mu = torch.as_tensor(np.average(samples, axis=0, weights=weights))
+        self.cov = torch.as_tensor(np.cov(samples, rowvar=False, aweights=weights))
 
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
@@ -41,24 +48,29 @@ def _truth():
     cov = basis @ np.diag([0.5, 0.2, 0.05, 0.01]) @ basis.T
     return np.array([0.3, -0.2, 0.1, 0.0]), cov
 
-@pytest.mark.parametrize('mode', ['ode', 'sde'])
-def test_rounds_move_the_model_to_the_truth(mode):
+def _problem():
     mu, cov = _truth()
     rng = np.random.default_rng(1)
     clean = rng.multivariate_normal(mu, cov, size=NUM_CLEAN)
     x = rng.multivariate_normal(mu, cov, size=NUM_NOISY)
     y = torch.as_tensor(x + SIGMA * rng.standard_normal(x.shape)).reshape(NUM_NOISY, DIM, 1, 1)
+    y = y.to(torch.float32).to(torch.float64)  # As an observation set stores them.
+    return clean, y, lambda model: gaussian_w2(model.mu.numpy(), model.cov.numpy(), mu, cov)
 
-    def distance(model):
-        return gaussian_w2(model.mu.numpy(), model.cov.numpy(), mu, cov)
-
+def _rounds(clean, y, distance, mode, num_rounds=5):
     model = GaussianModel(clean)
     distances = [distance(model)]
-    for k in range(5):
+    for k in range(num_rounds):
         rnd = StackedRandomGenerator('cpu', image_seeds(k, range(NUM_NOISY)))
         denoised = backward_sample(model, y, SIGMA, mode=mode, randn_like=rnd.randn_like)
         model = GaussianModel(np.concatenate([clean, denoised.reshape(NUM_NOISY, DIM).numpy()]))
         distances.append(distance(model))
+    return distances
+
+@pytest.mark.parametrize('mode', ['ode', 'sde'])
+def test_rounds_move_the_model_to_the_truth(mode):
+    clean, y, distance = _problem()
+    distances = _rounds(clean, y, distance, mode)
 
     # The rounds help (up to sampling noise) and the model ends far closer to the truth than
     # both the clean-only fit and the naive fit. The ODE gets there faster: per round it shrinks
@@ -69,5 +81,49 @@ def test_rounds_move_the_model_to_the_truth(mode):
     assert all(b < 1.25 * a for a, b in zip(distances, distances[1:]))  # Later rounds: near the floor.
     assert distances[-1] < (0.1 if mode == 'ode' else 0.6) * distances[0]
     assert distances[-1] < 0.2 * naive
+
+def _online(tmp_path, clean, y, distance, mode, refresh_batch, passes, ramp_steps):
+    # The buffer is filled by the clean fit; then every step refits the model to clean + buffer (the
+    # buffer's weight ramped over `ramp_steps`) and refreshes the next `refresh_batch` observations.
+    # The data are not images: the buffer keeps them unclipped.
+    path = str(tmp_path / 'noisy')
+    if not os.path.isdir(path):
+        make_observation_set(path, y.numpy().astype(np.float32), sigma=SIGMA)
+    buffer = DenoisedBuffer(Observations([path], cache=True), mode=mode, seed=0, dtype=torch.float32,
+                            max_batch=NUM_NOISY, clip=False)
+    model = GaussianModel(clean)
+    buffer.fill(model)
+    distances = [distance(model)]
+    steps_per_pass = NUM_NOISY // refresh_batch
+    for step in range(passes * steps_per_pass):
+        weight = ramp_weight(step + 1, ramp_steps)
+        samples = np.concatenate([clean, buffer.images.reshape(NUM_NOISY, DIM).numpy()])
+        model = GaussianModel(samples, weights=np.concatenate([np.ones(NUM_CLEAN), np.full(NUM_NOISY, weight)]))
+        buffer.refresh(model, refresh_batch)
+        if (step + 1) % steps_per_pass == 0:
+            distances.append(distance(model))
+    assert buffer.position == (passes + 1) * NUM_NOISY
+    return distances
+
+@pytest.mark.parametrize('mode', ['ode', 'sde'])
+def test_online_refreshes_move_the_model_to_the_truth(mode, tmp_path):
+    # A tenth of the observations per refresh, the ramp over the first pass.
+    clean, y, distance = _problem()
+    distances = _online(tmp_path, clean, y, distance, mode, NUM_NOISY // 10, passes=5, ramp_steps=10)
+
+    # Pass by pass (the denoising work of a round) the error falls at least as fast as the rounds',
+    # and ends as close to the truth.
+    rounds = _rounds(clean, y, distance, mode)
+    assert distances[1] < 0.7 * distances[0] and distances[2] < distances[1]
+    assert distances[1] < rounds[1]
+    assert all(b < 1.25 * a for a, b in zip(distances, distances[1:3]))
+    assert distances[-1] < (0.1 if mode == 'ode' else 0.6) * distances[0]
+    assert distances[-1] < 1.5 * rounds[-1] + 0.02 * distances[0]
+
+def test_online_with_whole_refreshes_is_the_rounds(tmp_path):
+    # Refreshing every observation after every step, without a ramp, is exactly SFBD's rounds.
+    clean, y, distance = _problem()
+    online = _online(tmp_path, clean, y, distance, 'ode', NUM_NOISY, passes=3, ramp_steps=0)
+    np.testing.assert_allclose(online, _rounds(clean, y, distance, 'ode', num_rounds=3), rtol=1e-6)
 
 #----------------------------------------------------------------------------

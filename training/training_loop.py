@@ -184,6 +184,7 @@ def training_loop(
     loss_kwargs:        dict | None = None, # Loss class and options.
     optimizer_kwargs:   dict | None = None, # Optimizer class and options (class_name, lr, betas, eps).
     augment_kwargs:     dict | None = None, # Augmentation pipeline class and options; None = no augmentation.
+    online_kwargs:      dict | None = None, # Online SFBD (sfbd/online.py): observations and refresh options; None = off.
     seed:               int = 0,            # Seed of initialisation, data order and noise.
     batch_size:         int = 512,          # Images per optimizer step over all processes.
     batch_gpu:          int | None = None,  # Most images per pass on one device; None = no limit.
@@ -235,6 +236,11 @@ def training_loop(
     # itself is started only once that position is final.
     dist.print0('Loading dataset...')
     dataset_obj = misc.construct_class_by_name(**dataset_kwargs)
+    online = None
+    if online_kwargs is not None:  # Online SFBD: the clean images plus a buffer of denoised observations.
+        online = misc.construct_class_by_name(**online_kwargs, clean=dataset_obj, batch_size=batch_size,
+                                              batch_gpu=batch_gpu, device=device)
+        dataset_obj = online.dataset
     dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=rank, num_replicas=world_size, seed=seed)
 
     # Network, with a summary table of its layers.
@@ -278,6 +284,11 @@ def training_loop(
             raise UserError(f'--transfer={resume_pkl}: the run directory holds {os.path.basename(resume_state_dump)} '
                             f'of a run that started from {origin}; use a new --outdir for a new transfer')
         transfer_id = state.get('transfer')
+        if (online is not None) != ('online' in state):
+            raise UserError(f'{resume_state_dump}: ' + ('a run without --noisy; Online SFBD needs a new run (--transfer)'
+                            if online is not None else 'an Online SFBD run; give the same --noisy to continue it'))
+        if online is not None:
+            online.load_state_dict(state['online'], resume_state_dump)
         try:
             net.load_state_dict(state['net'])
             ema.load_state_dict(state['ema'])
@@ -333,6 +344,8 @@ def training_loop(
             sampler=dataset_sampler.state_dict(), rng=rng_states,
             options=_plain(dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs,
                                 augment_kwargs=augment_kwargs, dataset_kwargs=dataset_kwargs)))
+        if online is not None:
+            state['online'] = online.state_dict()
         _save_state(os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt'), state)
 
     # Everything is in place: create the run directory (unless the run is
@@ -346,6 +359,8 @@ def training_loop(
     worker_init_fn = _shield_from_stop_signals if stop_requested is not None else None
     dataset_iterator = iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=dataset_sampler, batch_size=batch_gpu,
                                                         worker_init_fn=worker_init_fn, **data_loader_kwargs))
+    if online is not None:
+        online.begin(net=net, ema=ema, cur_nimg=cur_nimg)  # Fills the buffer unless a state restored it.
     if rng_to_restore is not None:
         _set_rng_state(rng_to_restore, device)
     stats = training_stats.Collector()
@@ -363,10 +378,14 @@ def training_loop(
             optimizer.zero_grad(set_to_none=True)
             for round_idx in range(num_accumulation_rounds):
                 with misc.ddp_sync(ddp, sync=(round_idx == num_accumulation_rounds - 1)):
-                    images, labels = next(dataset_iterator)
+                    images, labels, *online_indices = next(dataset_iterator)  # Online SFBD's data also gives indices.
                     images = images_to_float(images.to(device))  # uint8 -> x/127.5 - 1; float data as it is.
                     labels = labels.to(device)
+                    if online is not None:  # Buffer images in their slots, and their loss weights.
+                        images, loss_weights = online.compose(images, online_indices[0], cur_nimg)
                     loss = loss_fn(net=ddp, images=images, labels=labels, augment_pipe=augment_pipe)
+                    if online is not None:
+                        loss = loss * loss_weights
                     stats.report('Loss/loss', loss)
                     stats.report('Loss/nonfinite', (~torch.isfinite(loss.flatten(1).sum(dim=1))).float())
                     loss.sum().mul(loss_scaling / batch_gpu_total).backward()
@@ -395,6 +414,10 @@ def training_loop(
                 for p_ema, p_net in zip(ema.parameters(), net.parameters()):
                     p_ema.lerp_(p_net, 1 - decay)
 
+            # Online SFBD: every few steps, denoise the next observations again.
+            if online is not None:
+                online.after_step(net=net, ema=ema)
+
             # End of a tick? The first tick ends after one step.
             cur_nimg += batch_size
             done = cur_nimg >= total_kimg * 1000
@@ -418,6 +441,7 @@ def training_loop(
             stats.report0('Resources/peak_gpu_mem_reserved_gb', torch.cuda.max_memory_reserved(device) / 2**30 if on_cuda else 0)
             if on_cuda:
                 torch.cuda.reset_peak_memory_stats(device)
+            online_fields = online.end_tick(tick_sec, cur_nimg) if online is not None else []
             stats.update()
             training_stats.default_collector.update()
             tick_stats = dict(training_stats.default_collector.as_dict(), **stats.as_dict())
@@ -437,6 +461,7 @@ def training_loop(
                 f'loss {stats.mean("Loss/loss"):<8.4f}',
                 f'nonfinite-loss {_total(stats, "Loss/nonfinite"):<3d}',
                 f'nonfinite-grad {_total(stats, "Loss/nonfinite_grad"):<3d}',
+                *online_fields,
                 f'eta {_format_time(eta)}',
             ]
             dist.print0(' '.join(fields))

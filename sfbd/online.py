@@ -1,0 +1,447 @@
+"""Online SFBD: SFBD's denoising and fine-tuning in one continuous training run.
+
+SFBD's rounds (docs/sfbd.md) alternate two steps over the whole data: denoise every observation
+with the current model, then fine-tune on clean + denoised images. The follow-up paper (Lu, Lo, Yu,
+"SFBD Flow", arXiv 2506.02371) lets both happen at once, inside one training run:
+
+    buffer   B = {x_1, ..., x_N}: one denoised image per observation y_i, filled once at the start
+             by backward sampling (sfbd/backward.py) from every y_i with the starting network;
+    refresh  after every m-th optimizer step, the next r observations in round-robin order are
+             denoised again with the current network and replace their entries of B;
+    data     every batch is drawn from clean ∪ B, as a union of datasets is;
+    weight   the loss of a buffer image is multiplied by w = min(1, n / n_ramp), n the images
+             trained on since the online run began: denoised images enter the loss gradually.
+
+With r = N and m the length of a round this is SFBD's rounds (without the ramp); small m and r let
+the model and its denoised data move together. The paper's: the scheme (one run, refreshed denoised
+data, the 0 -> 1 ramp of their weight) and m = 20 steps per refresh as its default. Ours: the
+round-robin order, r, the ramp's length, the EMA network for refreshes, the buffer's precision and
+place. docs/sfbd.md gives the reasons and the measurements.
+
+`DenoisedBuffer` is the buffer and its refresh stream; `OnlineSFBD` is the training loop's view of
+it (the union dataset, the loss weights, the refresh schedule, the state in training states).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import tqdm
+
+from dnnlib.util import UserError
+from sfbd.backward import MODES, backward_nfe, backward_sample, denoising_sigmas, image_seeds
+from sfbd.observations import ObservationSet
+from torch_utils import distributed as dist
+from torch_utils import training_stats
+from training.sampler import StackedRandomGenerator
+
+REFRESH_NETS = ('ema', 'raw')   # Network of the refreshes: the weight average, or the network being trained.
+BUFFER_DTYPES = {'float16': torch.float16, 'float32': torch.float32}
+
+# Defaults of the options (docs/sfbd.md has the reasons): the paper's m = 20
+# steps per refresh; denoise.py's sampler (the release's ODE, EDM's 18-step grid).
+DEFAULTS = dict(refresh_every=20, mode='ode', num_steps=18, refresh_net='ema', buffer_dtype='float16')
+
+#----------------------------------------------------------------------------
+# The loss weight of buffer images: a linear ramp from 0 to 1 over
+# `rampup_nimg` images trained on since the online run began; 0 = 1 at once.
+
+def ramp_weight(nimg_since_start: float, rampup_nimg: float) -> float:
+    if rampup_nimg <= 0:
+        return 1.0
+    return min(max(nimg_since_start / rampup_nimg, 0.0), 1.0)
+
+#----------------------------------------------------------------------------
+# Observations: one or several observation sets read as one. Observation i is
+# the i-th image of the sets in turn; each keeps the noise level of its set.
+
+class Observations:
+    def __init__(self, paths: Sequence[str], option: str = '--noisy', cache: bool = False):
+        if not paths:
+            raise UserError(f'{option}: no observation set given')
+        self.paths = [str(path) for path in paths]
+        self.sets = [ObservationSet(path, option=option, cache=cache) for path in self.paths]
+        first = self.sets[0]
+        for path, obs in zip(self.paths[1:], self.sets[1:]):
+            if obs.image_shape != first.image_shape:
+                raise UserError(f'{option}={path}: observations are {"x".join(map(str, obs.image_shape))}, but '
+                                f'{self.paths[0]} holds {"x".join(map(str, first.image_shape))}; the sets must agree')
+        self.starts = np.cumsum([0] + [len(obs) for obs in self.sets])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def image_shape(self) -> list[int]:
+        return list(self.sets[0].image_shape)
+
+    def _locate(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64)
+        which = np.searchsorted(self.starts, indices, side='right') - 1
+        return which, indices - self.starts[which]
+
+    def load(self, indices: Sequence[int]) -> torch.Tensor:
+        """Observations [B, C, H, W], float32 in [-1, 1] units plus noise."""
+        which, local = self._locate(indices)
+        return torch.from_numpy(np.stack([self.sets[k].dataset[int(i)][0] for k, i in zip(which, local)]))
+
+    def sigmas(self, indices: Sequence[int]) -> np.ndarray:
+        """The noise level of each observation, [B] float64."""
+        which, _local = self._locate(indices)
+        return np.array([self.sets[k].sigma for k in which], dtype=np.float64)
+
+    def label_vectors(self, label_dim: int, onehot: bool, option: str = '--noisy') -> np.ndarray:
+        """Every observation's label as the clean dataset gives them ([N, label_dim] float32):
+        class labels one-hot over the clean set's classes, label vectors as they are."""
+        if label_dim == 0:
+            return np.zeros([len(self), 0], dtype=np.float32)
+        parts = []
+        for path, obs in zip(self.paths, self.sets):
+            data = obs.dataset
+            if not data.has_labels:
+                raise UserError(f'{option}={path}: has no labels, but the run is class-conditional (--cond=1)')
+            if data.has_onehot_labels != onehot or data.label_dim > label_dim or (not onehot and data.label_dim != label_dim):
+                raise UserError(f'{option}={path}: its labels ({data.label_dim} {"classes" if data.has_onehot_labels else "values"}) '
+                                f'do not fit those of the clean data ({label_dim} {"classes" if onehot else "values"})')
+            labels = np.stack([data.get_label(i) for i in range(len(data))]).astype(np.float32)
+            parts.append(np.pad(labels, ((0, 0), (0, label_dim - labels.shape[1]))))
+        return np.concatenate(parts)
+
+    def describe_sigmas(self) -> str:
+        values = sorted({obs.sigma for obs in self.sets})
+        return f'sigma {values[0]:g}' if len(values) == 1 else f'sigma {values[0]:g} to {values[-1]:g}'
+
+    def close(self) -> None:
+        for obs in self.sets:
+            obs.close()
+
+#----------------------------------------------------------------------------
+# Every process's rows, concatenated in rank order (collective). Rank k holds
+# counts[k] rows; rows travel in float32 on the device of the process group.
+
+def _gather_rows(rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    if not torch.distributed.is_initialized() or dist.get_world_size() == 1:
+        return rows
+    padded = rows.new_zeros([max(counts), *rows.shape[1:]])
+    padded[:len(rows)] = rows
+    parts = [torch.empty_like(padded) for _ in counts]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+#----------------------------------------------------------------------------
+# The buffer: one denoised image per observation, renewed by a stream of
+# refreshes. Stream position p is observation p mod N, denoised with the
+# random stream of image_seeds(seed, [p]), so an image depends on the network
+# at its refresh, the seed and p only, not on batching or the number of
+# processes; the first pass (p < N) draws the noise of `denoise.py --seed`.
+# Images are clipped to [-1, 1] like denoise.py's PNGs, but not rounded to 8 bits.
+
+class DenoisedBuffer:
+    def __init__(self,
+        observations:   Observations,           # The noisy observations y_i.
+        labels:         torch.Tensor | None = None, # Their class labels for the network, [N, label_dim]; None = unconditional.
+        mode:           str = 'ode',            # Backward sampler (sfbd/backward.py): 'ode' or 'sde'.
+        num_steps:      int = 18,               # Steps of EDM's grid that is cut at each sigma (denoise.py --steps).
+        seed:           int = 0,                # Seed of the per-image noise (SDE, churn).
+        dtype:          torch.dtype = torch.float16, # Precision of the stored images.
+        device:         torch.device | str = 'cpu',  # Where the network runs.
+        storage:        torch.device | str = 'cpu',  # Where the buffer lives.
+        max_batch:      int = 64,               # Most observations one process denoises at once.
+        clip:           bool = True,            # Clip images to [-1, 1] as denoise.py's PNGs are (False for data that are not images).
+    ):
+        if mode not in MODES:
+            raise UserError(f'--mode={mode}: expected one of {", ".join(MODES)}')
+        self.observations = observations
+        self.labels = labels
+        self.mode = mode
+        self.num_steps = int(num_steps)
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.max_batch = int(max_batch)
+        self.clip = bool(clip)
+        self.images = torch.zeros([len(observations), *observations.image_shape], dtype=dtype, device=storage)
+        self.position = 0  # Images denoised so far in the stream, the first pass included.
+
+    def __len__(self) -> int:
+        return len(self.observations)
+
+    # Denoise the observations at stream `positions` with `net` (positions of
+    # distinct observations); returns [B, C, H, W] float32 on the device.
+    def _backward(self, net: torch.nn.Module, positions: np.ndarray) -> torch.Tensor:
+        index = positions % len(self)
+        y = self.observations.load(index).to(self.device)
+        labels = None if self.labels is None else self.labels[torch.from_numpy(index)].to(self.device)
+        sigmas = self.observations.sigmas(index)
+        seeds = image_seeds(self.seed, positions)
+        out = torch.empty(y.shape, dtype=torch.float32, device=self.device)
+        for sigma in np.unique(sigmas):
+            rows = np.flatnonzero(sigmas == sigma)
+            part = torch.from_numpy(rows).to(self.device)
+            rnd = StackedRandomGenerator(self.device, [seeds[i] for i in rows])
+            x = backward_sample(net, y[part], float(sigma), None if labels is None else labels[part], mode=self.mode,
+                                randn_like=rnd.randn_like, num_steps=self.num_steps)
+            out[part] = (x.clip(-1, 1) if self.clip else x).to(torch.float32)
+        return out
+
+    def denoise(self, net: torch.nn.Module, positions: Sequence[int], progress: bool = False) -> int:
+        """Denoise the observations at stream `positions` (distinct observations) and store them.
+        Collective: every process calls it with the same positions and denoises its own disjoint,
+        contiguous slice of each chunk; the slices are then exchanged, so that every process holds
+        the same buffer. Returns the number of images this process denoised."""
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        positions = np.asarray(positions, dtype=np.int64)
+        chunk = self.max_batch * world_size
+        mine_total = 0
+        disable = None if progress and rank == 0 else True  # None: tqdm shows the bar on a terminal only.
+        with tqdm.tqdm(total=len(positions), unit='img', desc='fill', disable=disable) as bar:
+            for start in range(0, len(positions), chunk):
+                part = positions[start:start + chunk]
+                slices = np.array_split(part, world_size)
+                mine = slices[rank]
+                if len(mine):
+                    x = self._backward(net, mine)
+                else:
+                    x = torch.zeros([0, *self.images.shape[1:]], dtype=torch.float32, device=self.device)
+                x = _gather_rows(x, [len(s) for s in slices])
+                index = torch.from_numpy(part % len(self)).to(self.images.device)
+                self.images[index] = x.to(self.images.device, self.images.dtype)
+                mine_total += len(mine)
+                bar.update(len(part))
+        return mine_total
+
+    def fill(self, net: torch.nn.Module, progress: bool = False) -> int:
+        """Denoise every observation once (the stream's first pass); returns this process's count."""
+        self.position = 0
+        count = self.denoise(net, np.arange(len(self)), progress=progress)
+        self.position = len(self)
+        return count
+
+    def refresh(self, net: torch.nn.Module, count: int) -> int:
+        """Denoise the next `count` observations in round-robin order (at most the whole set)."""
+        count = min(int(count), len(self))
+        done = self.denoise(net, np.arange(self.position, self.position + count))
+        self.position += count
+        return done
+
+    # State as plain tensors and numbers (torch.load(weights_only=True) reads it).
+    def state_dict(self) -> dict[str, Any]:
+        return dict(images=self.images.to('cpu', copy=True), position=self.position, seed=self.seed)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        images = state['images']
+        if list(images.shape) != list(self.images.shape):
+            raise ValueError(f'the buffer holds {list(images.shape)}, the observations need {list(self.images.shape)}')
+        self.images.copy_(images.to(self.images.dtype))
+        self.position = int(state['position'])
+        self.seed = int(state['seed'])
+
+#----------------------------------------------------------------------------
+# clean ∪ buffer for the data loader. Items are (image, label, index): index
+# < len(clean) is a clean image; the others stand for buffer entries (with
+# xflip: their mirrored copies too) and carry a placeholder image, replaced by
+# OnlineSFBD.compose() in the training process, where the buffer lives.
+
+class OnlineUnion(torch.utils.data.Dataset):
+    def __init__(self, clean: torch.utils.data.Dataset, labels: np.ndarray, xflip: bool):
+        self.clean = clean
+        self.labels = labels                            # [N, label_dim] float32, the observations' labels.
+        self.num_clean = len(clean)
+        self.num_buffer = len(labels) * (2 if xflip else 1)
+        first = clean[0][0]
+        self.placeholder = np.zeros_like(first)         # Same dtype as clean images, so batches collate.
+
+    def __len__(self) -> int:
+        return self.num_clean + self.num_buffer
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray, int]:
+        if idx < self.num_clean:
+            image, label = self.clean[idx]
+            return image, label, idx
+        return self.placeholder.copy(), self.labels[(idx - self.num_clean) % len(self.labels)].copy(), idx
+
+    # What the training loop asks of its dataset.
+    @property
+    def resolution(self) -> int:
+        return self.clean.resolution
+
+    @property
+    def num_channels(self) -> int:
+        return self.clean.num_channels
+
+    @property
+    def label_dim(self) -> int:
+        return self.clean.label_dim
+
+    def close(self) -> None:
+        self.clean.close()
+
+#----------------------------------------------------------------------------
+# Where the buffer lives: on the training device when it takes at most a
+# quarter of the device memory free at start, else in host memory.
+
+def buffer_storage(device: torch.device, nbytes: int) -> torch.device:
+    if device.type == 'cuda':
+        free, _total = torch.cuda.mem_get_info(device)
+        if nbytes <= free // 4:
+            return device
+    return torch.device('cpu') if device.type == 'cuda' else device
+
+#----------------------------------------------------------------------------
+# The training loop's side of Online SFBD. Constructed by the loop from the
+# plain-data options of train.py (`online_kwargs`) plus what only the loop
+# knows (the clean dataset, device, batch sizes).
+
+class OnlineSFBD:
+    def __init__(self,
+        noisy:          Sequence[str],                  # Observation sets (train.py --noisy), read as one.
+        clean:          Any,                            # The clean dataset of the run (training.dataset.Dataset).
+        refresh_every:  int = DEFAULTS['refresh_every'],# Optimizer steps between refreshes (the paper's m).
+        refresh_batch:  int = 512,                      # Observations denoised per refresh, all processes together.
+        rampup_kimg:    float | None = None,            # Length of the loss-weight ramp of buffer images; None = one refresh pass.
+        mode:           str = DEFAULTS['mode'],         # Backward sampler: 'ode' (the release's) or 'sde'.
+        num_steps:      int = DEFAULTS['num_steps'],    # Steps of the grid cut at sigma (denoise.py --steps).
+        refresh_net:    str = DEFAULTS['refresh_net'],  # Network of the fill and the refreshes: 'ema' or 'raw'.
+        buffer_dtype:   str = DEFAULTS['buffer_dtype'], # Precision of the buffer: 'float16' or 'float32'.
+        xflip:          bool = False,                   # Mirrored copies of the buffer images too (train.py --xflip).
+        cache:          bool = False,                   # Keep the observations in memory once read (train.py --cache).
+        seed:           int = 0,                        # Seed of the refreshes' per-image noise.
+        batch_size:     int = 512,                      # Images per optimizer step, all processes together.
+        batch_gpu:      int = 64,                       # Most images per pass on one device: also the denoising batch.
+        device:         torch.device | str = 'cpu',     # The training device.
+    ):
+        if refresh_net not in REFRESH_NETS:
+            raise UserError(f'--refresh-net={refresh_net}: expected one of {", ".join(REFRESH_NETS)}')
+        if buffer_dtype not in BUFFER_DTYPES:
+            raise UserError(f'--buffer-dtype={buffer_dtype}: expected one of {", ".join(BUFFER_DTYPES)}')
+        if refresh_every < 1 or refresh_batch < 1:
+            raise UserError('--refresh-every and --refresh-batch must be at least 1')
+        device = torch.device(device)
+        self.device = device
+        self.observations = Observations(noisy, cache=cache)
+        if self.observations.image_shape != list(clean.image_shape):
+            raise UserError(f'--noisy: observations are {"x".join(map(str, self.observations.image_shape))}, but the '
+                            f'clean data (--data) are {"x".join(map(str, clean.image_shape))}')
+        labels = self.observations.label_vectors(clean.label_dim, clean.has_onehot_labels)
+        num = len(self.observations)
+        dtype = BUFFER_DTYPES[buffer_dtype]
+        nbytes = num * int(np.prod(clean.image_shape)) * dtype.itemsize
+        self.buffer = DenoisedBuffer(self.observations, torch.from_numpy(labels) if clean.label_dim else None, mode=mode,
+                                     num_steps=num_steps, seed=seed, dtype=dtype, device=device,
+                                     storage=buffer_storage(device, nbytes), max_batch=batch_gpu)
+        self.dataset = OnlineUnion(clean, labels, xflip)
+        self.refresh_every = int(refresh_every)
+        self.refresh_batch = min(int(refresh_batch), num)
+        steps_per_pass = -(-num // self.refresh_batch) * self.refresh_every
+        self.rampup_nimg = steps_per_pass * batch_size if rampup_kimg is None else rampup_kimg * 1000
+        self.refresh_net = refresh_net
+        # The options that shape the results, compared with a training state's on resume.
+        self.options = dict(noisy=list(self.observations.paths), num_observations=num, refresh_every=self.refresh_every,
+                            refresh_batch=self.refresh_batch, rampup_nimg=self.rampup_nimg, mode=mode,
+                            num_steps=int(num_steps), refresh_net=refresh_net, buffer_dtype=buffer_dtype, xflip=bool(xflip))
+        self.step = 0               # Optimizer steps of the online run.
+        self.start_nimg: int | None = None  # Images trained on when the online run began.
+        self._restored = False
+        self._tick_refresh_sec = 0.0
+        self._tick_refreshed = 0
+
+    def _network(self, net: torch.nn.Module, ema: torch.nn.Module) -> torch.nn.Module:
+        return ema if self.refresh_net == 'ema' else net
+
+    # Denoise with `which` ('fill' or 'refresh'), the network in eval mode and
+    # the run's random generators untouched (the refresh has its own streams).
+    def _run(self, net: torch.nn.Module, which: str) -> int:
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
+                if which == 'fill':
+                    return self.buffer.fill(net, progress=True)
+                return self.buffer.refresh(net, self.refresh_batch)
+        finally:
+            net.train(was_training)
+            if self.device.type == 'cuda':
+                torch.cuda.synchronize(self.device)  # Honest timing; once per refresh.
+
+    def begin(self, net: torch.nn.Module, ema: torch.nn.Module, cur_nimg: int) -> None:
+        """Before the first step: check the network against the observations, and fill the buffer
+        with the starting network unless a training state restored it."""
+        network = self._network(net, ema)
+        sigma_max = max(self.observations.sigmas(range(len(self.observations))))
+        if sigma_max > min(80, network.sigma_max):
+            raise UserError(f'--noisy: noise level {sigma_max:g} is above the highest noise level of the sampler')
+        grid = denoising_sigmas(network, float(sigma_max), self.buffer.num_steps)
+        nfe = backward_nfe(len(grid) - 1, self.buffer.mode)
+        dist.print0(f'Online SFBD: {len(self.buffer)} observations ({self.observations.describe_sigmas()}), a '
+                    f'{str(self.buffer.images.dtype).removeprefix("torch.")} buffer on {self.buffer.images.device} '
+                    f'({self.buffer.images.numel() * self.buffer.images.element_size() / 2**20:.1f} MiB); every '
+                    f'{self.refresh_every} steps {self.refresh_batch} images denoised again with the '
+                    f'{"EMA" if self.refresh_net == "ema" else "raw"} network ({self.buffer.mode.upper()}, {nfe} network '
+                    f'evaluations each); buffer loss weight 0 -> 1 over {self.rampup_nimg / 1000:g} kimg.')
+        if self._restored:
+            return
+        self.start_nimg = int(cur_nimg)
+        start = time.time()
+        dist.print0(f'Filling the buffer: denoising {len(self.buffer)} observations...')
+        self._run(network, 'fill')
+        dist.print0(f'Filled the buffer in {time.time() - start:.1f} s.')
+
+    def compose(self, images: torch.Tensor, indices: torch.Tensor, cur_nimg: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put the buffer images in the slots of their placeholders in a batch of (float) images
+        on the device; returns the batch and the per-image loss weights [B, 1, 1, 1]."""
+        slot = indices >= self.dataset.num_clean
+        items = indices[slot] - self.dataset.num_clean
+        rows = self.buffer.images[(items % len(self.buffer)).to(self.buffer.images.device)].to(images.device, torch.float32)
+        flip = (items >= len(self.buffer)).to(images.device)
+        rows = torch.where(flip[:, None, None, None], rows.flip(-1), rows)
+        images[slot.to(images.device)] = rows
+        weight = ramp_weight(cur_nimg - self.start_nimg, self.rampup_nimg)
+        weights = torch.where(slot, weight, 1.0).to(images.device, torch.float32)
+        return images, weights.reshape(-1, 1, 1, 1)
+
+    def after_step(self, net: torch.nn.Module, ema: torch.nn.Module) -> None:
+        """After an optimizer step (and the EMA update): refresh when it is time."""
+        self.step += 1
+        if self.step % self.refresh_every != 0:
+            return
+        start = time.time()
+        self._tick_refreshed += self._run(self._network(net, ema), 'refresh')
+        self._tick_refresh_sec += time.time() - start
+
+    def end_tick(self, tick_sec: float, cur_nimg: int) -> list[str]:
+        """Report the tick's refresh statistics; returns the fields for the tick line."""
+        share = self._tick_refresh_sec / tick_sec if tick_sec > 0 else 0.0
+        training_stats.report0('Timing/refresh_sec', self._tick_refresh_sec)
+        training_stats.report0('Timing/refresh_share', share)
+        training_stats.report('Online/refreshed', torch.ones(self._tick_refreshed))
+        training_stats.report0('Online/passes', self.buffer.position / len(self.buffer))
+        weight = ramp_weight(cur_nimg - self.start_nimg, self.rampup_nimg)
+        training_stats.report0('Online/loss_weight', weight)
+        self._tick_refresh_sec, self._tick_refreshed = 0.0, 0
+        return [f'refresh {f"{100 * share:.1f}%":<6s}', f'wbuf {weight:<5.3f}']
+
+    # State: the buffer (plain tensors), its position, the step count, the
+    # start of the ramp, and the options for comparison on resume.
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.buffer.state_dict(), step=self.step, start_nimg=self.start_nimg, options=dict(self.options))
+
+    def load_state_dict(self, state: dict[str, Any], where: str) -> None:
+        old = state.get('options', {})
+        if int(old.get('num_observations', -1)) != len(self.buffer):
+            raise UserError(f'{where}: its Online SFBD buffer holds {old.get("num_observations")} observations, --noisy '
+                            f'has {len(self.buffer)}; give the same --noisy, or start a new run')
+        try:
+            self.buffer.load_state_dict(state)
+        except ValueError as e:
+            raise UserError(f'{where}: {e}') from None
+        self.step = int(state['step'])
+        self.start_nimg = int(state['start_nimg'])
+        self._restored = True
+        changed = sorted(k for k in self.options if old.get(k) != self.options[k])
+        if changed:
+            dist.print0(f'Note: Online SFBD options changed since the training state was written ({", ".join(changed)}); '
+                        'continuing with the new ones.')
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,239 @@
+"""Online SFBD (sfbd/online.py): the buffer and its refreshes, the union batches and their loss
+weights, train.py's options, resuming an interrupted run exactly, and two processes.
+
+Networks are tiny, data 8x8, so that every test runs in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train
+from sfbd.online import DenoisedBuffer, Observations, OnlineSFBD, ramp_weight
+from training.dataset import ImageFolderDataset
+from training.training_loop import FINISHED, PREEMPTED, find_latest_state, training_loop
+
+from sfbd_helpers import make_image_dataset, make_observation_set, random_observations, read_png_dataset, save_tiny_network, tiny_network
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_CLEAN, NUM_NOISY = 8, 24
+TINY = ['--arch=ddpmpp', '--cbase=16', '--cres=1', '--batch=8', '--tick=1', '--snap=1', '--dump=1', '--seed=1',
+        '--workers=1', '--augment=0']
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp('online-data')
+    make_image_dataset(str(root / 'clean'), NUM_CLEAN)
+    make_observation_set(str(root / 'noisy'), random_observations(NUM_NOISY, sigma=0.5))
+    make_observation_set(str(root / 'noisy2'), random_observations(6, sigma=0.3, seed=1), sigma=0.3)
+    make_observation_set(str(root / 'noisy16'), random_observations(4, resolution=16))
+    return {name: str(root / name) for name in ('clean', 'noisy', 'noisy2', 'noisy16')}
+
+def run_cli(args: list, launcher: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
+    cmd = launcher + [str(REPO / 'train.py')] + [str(a) for a in args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+def load_state(path) -> dict:
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+#----------------------------------------------------------------------------
+# The loss-weight ramp.
+
+def test_ramp_weight():
+    assert [ramp_weight(n, 1000) for n in (-5, 0, 250, 1000, 5000)] == [0, 0, 0.25, 1, 1]
+    assert ramp_weight(0, 0) == 1  # No ramp: full weight at once.
+
+#----------------------------------------------------------------------------
+# The buffer: a stream of refreshes in round-robin order, each image fixed by
+# the network, the seed and its stream position, whatever the batching.
+
+def test_refresh_is_round_robin_and_independent_of_batching(data):
+    net = tiny_network()
+    observations = Observations([data['noisy'], data['noisy2']])
+    assert len(observations) == NUM_NOISY + 6
+    assert list(observations.sigmas([0, NUM_NOISY - 1, NUM_NOISY])) == [0.5, 0.5, 0.3]
+    buffers = [DenoisedBuffer(observations, mode='sde', num_steps=6, seed=3, max_batch=b) for b in (4, 64)]
+    for buffer in buffers:
+        buffer.fill(net)
+        assert buffer.position == 30 and buffer.images.dtype == torch.float16
+        assert buffer.images.abs().max() <= 1 and buffer.images.std() > 0.05
+    torch.testing.assert_close(buffers[0].images, buffers[1].images, rtol=0, atol=2e-3)
+
+    # Refreshes continue the stream where it stands, wrapping around the set; other seeds, other noise.
+    buffer = buffers[0]
+    before = buffer.images.clone()
+    buffer.refresh(net, 20)
+    buffer.refresh(net, 20)
+    assert buffer.position == 70
+    changed = (buffer.images != before).flatten(1).any(dim=1).nonzero().flatten().tolist()
+    assert changed == list(range(30))  # Positions 30..69: every observation, 0..9 twice.
+    buffer.refresh(net, 100)
+    assert buffer.position == 100  # At most the whole set per refresh.
+
+def test_fill_is_what_denoise_py_writes(data, tmp_path):
+    # The first pass uses denoise.py's sampler and per-image seeds: the buffer, rounded to 8 bits,
+    # is denoise.py's PNGs (up to one level where float16 rounding crosses a level boundary).
+    import denoise
+    from sfbd.observations import ObservationSet
+    pkl = save_tiny_network(str(tmp_path / 'net.pkl'))
+    from torch_utils.persistence import load_network
+    net = load_network(pkl)
+    obs = ObservationSet(data['noisy'])
+    denoise.denoise_images(net, obs, str(tmp_path / 'out'), list(range(NUM_NOISY)), sigma=obs.sigma, mode='sde', seed=7,
+                           max_batch_size=10, device=torch.device('cpu'), sampler_kwargs=dict(num_steps=8))
+    pngs = read_png_dataset(str(tmp_path / 'out'))
+    expected = np.stack([pngs[f'00000/img{i:08d}.png'] for i in range(NUM_NOISY)]).transpose(0, 3, 1, 2).astype(int)
+    buffer = DenoisedBuffer(Observations([data['noisy']]), mode='sde', num_steps=8, seed=7, max_batch=16)
+    buffer.fill(net)
+    got = (buffer.images.float() * 127.5 + 128).clip(0, 255).to(torch.uint8).numpy().astype(int)
+    assert np.abs(got - expected).max() <= 1 and (got == expected).mean() > 0.99
+
+#----------------------------------------------------------------------------
+# Batches of clean ∪ buffer: buffer images fill their placeholders (mirrored
+# for the xflip copies), and their loss weight follows the ramp.
+
+def test_compose_batches_and_weights(data):
+    clean = ImageFolderDataset(data['clean'], xflip=True)
+    online = OnlineSFBD([data['noisy']], clean=clean, refresh_batch=4, rampup_kimg=0.1, xflip=True, batch_size=8)
+    dataset = online.dataset
+    assert len(dataset) == 2 * NUM_CLEAN + 2 * NUM_NOISY
+    image, _label, index = dataset[2 * NUM_CLEAN + 3]
+    assert index == 2 * NUM_CLEAN + 3 and image.dtype == np.uint8 and not image.any()
+    online.buffer.images.copy_(torch.rand(online.buffer.images.shape) * 2 - 1)
+    online.start_nimg = 0
+
+    indices = torch.tensor([1, 2 * NUM_CLEAN + 3, 2 * NUM_CLEAN + NUM_NOISY + 3])
+    batch = torch.utils.data.default_collate([dataset[int(i)] for i in indices])
+    from training.dataset import images_to_float
+    images, weights = online.compose(images_to_float(batch[0]), batch[2], cur_nimg=25)
+    assert torch.equal(images[0], images_to_float(torch.from_numpy(clean[1][0])))
+    expected = online.buffer.images[3].float()
+    assert torch.equal(images[1], expected) and torch.equal(images[2], expected.flip(-1))
+    assert weights.flatten().tolist() == [1, 0.25, 0.25]
+    assert online.compose(images_to_float(batch[0]), batch[2], cur_nimg=1000)[1].flatten().tolist() == [1, 1, 1]
+
+def test_auto_rampup_is_one_refresh_pass(data):
+    clean = ImageFolderDataset(data['clean'])
+    online = OnlineSFBD([data['noisy']], clean=clean, refresh_every=3, refresh_batch=10, batch_size=8)
+    assert online.rampup_nimg == 3 * 3 * 8  # ceil(24 / 10) refreshes of every 3 steps of 8 images.
+
+#----------------------------------------------------------------------------
+# Stopping an online run in the middle and continuing it ends in the very
+# state of an uninterrupted run: weights, EMA, optimizer, buffer, position.
+
+def _online_run(run_dir: Path, data: dict, stop_after: int | None = None, resume: str | None = None) -> str:
+    polls = []
+    def stop_requested() -> bool:
+        polls.append(1)
+        return stop_after is not None and len(polls) >= stop_after
+    return training_loop(
+        run_dir=str(run_dir), seed=0, batch_size=8, total_kimg=0.08, kimg_per_tick=0.024, device='cpu',
+        ema_halflife_kimg=0.02, ema_rampup_ratio=None, lr_rampup_kimg=0,
+        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data['clean']),
+        data_loader_kwargs=dict(num_workers=0),
+        network_kwargs=dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=16,
+                            channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.1),
+        loss_kwargs=dict(class_name='training.loss.EDMLoss'),
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
+        online_kwargs=dict(class_name='sfbd.online.OnlineSFBD', noisy=[data['noisy']], refresh_every=2, refresh_batch=5,
+                           rampup_kimg=0.04, mode='sde', num_steps=5, refresh_net='raw', seed=0),
+        resume_state_dump=resume, stop_requested=stop_requested)
+
+def test_stopped_online_run_continues_exactly(data, tmp_path):
+    torch.set_num_threads(1)
+    assert _online_run(tmp_path / 'whole', data) == FINISHED
+    reference = load_state(find_latest_state(str(tmp_path / 'whole')))
+    assert reference['cur_nimg'] == 80 and reference['online']['position'] == NUM_NOISY + 5 * 5
+    assert reference['online']['images'].dtype == torch.float16 and reference['online']['step'] == 10
+
+    # Stopped after step 3 (between refreshes, inside the ramp), then continued from its state.
+    assert _online_run(tmp_path / 'part', data, stop_after=3) == PREEMPTED
+    stopped = find_latest_state(str(tmp_path / 'part'))
+    assert load_state(stopped)['online']['step'] == 3
+    assert _online_run(tmp_path / 'part', data, resume=stopped) == FINISHED
+    resumed = load_state(find_latest_state(str(tmp_path / 'part')))
+    for key in ('net', 'ema', 'optimizer_state', 'online'):
+        _assert_same(resumed[key], reference[key], key)
+
+def _assert_same(a, b, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f'{where}[{i}]')
+    else:
+        assert a == b, where
+
+#----------------------------------------------------------------------------
+# train.py: the options, the log's cost line, and two processes that denoise
+# disjoint slices and hold the same buffer.
+
+def test_train_online_with_two_processes(data, tmp_path):
+    args = ['--outdir', tmp_path, '--data', data['clean'], '--noisy', data['noisy'], *TINY, '--duration=0.00004',
+            '--refresh-every=1', '--refresh-batch=5', '--steps=4']
+    pair = run_cli(args, launcher=[sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'])
+    assert pair.returncode == 0, pair.stderr[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.endswith('-online') and 'replicas differ' not in pair.stderr
+    options = json.loads((run_dir / 'training_options.json').read_text())
+    assert options['online_kwargs'] == dict(class_name='sfbd.online.OnlineSFBD', noisy=[data['noisy']], refresh_every=1,
+                                            refresh_batch=5, rampup_kimg=None, mode='ode', num_steps=4, refresh_net='ema',
+                                            buffer_dtype='float16', xflip=False, seed=1)
+    log = (run_dir / 'log.txt').read_text()
+    assert 'Filled the buffer' in log and ' refresh ' in log and ' wbuf ' in log
+    stats = [json.loads(line) for line in (run_dir / 'stats.jsonl').read_text().splitlines()]
+    assert 0 < stats[-1]['Timing/refresh_share']['mean'] < 1
+    # Denoised images counted over both processes: 5 per refresh in all, so the slices are disjoint.
+    assert [s['Online/refreshed']['num'] for s in stats] == [5, 20]  # Step 1; steps 2..5.
+
+    # The same options in one process: the same starting network fills the buffer alike (rows 0..4 were
+    # refreshed after training began, by networks that differ with the processes' noise).
+    single_dir = tmp_path / 'single'
+    torch.set_num_threads(1)
+    kwargs = {k: v for k, v in options.items() if k not in ('run_dir', 'data_loader_kwargs')}
+    assert training_loop(**kwargs, run_dir=str(single_dir), data_loader_kwargs=dict(num_workers=0)) == FINISHED
+    a, b = (load_state(find_latest_state(str(d)))['online'] for d in (single_dir, run_dir))
+    assert a['position'] == b['position'] == NUM_NOISY + 25
+    torch.testing.assert_close(a['images'][5:], b['images'][5:], rtol=0, atol=2e-3)
+
+@pytest.mark.parametrize('case', ['without-noisy', 'missing', 'resolution', 'not-observations'])
+def test_bad_online_input_is_one_line_and_leaves_nothing(case, data, tmp_path):
+    args = ['--outdir', tmp_path / 'out', '--data', data['clean'], *TINY, '--duration=0.00004']
+    args += {'without-noisy': ['--refresh-every=5', '--mode=sde'],
+             'missing': ['--noisy', tmp_path / 'nothing'],
+             'resolution': ['--noisy', data['noisy16']],
+             'not-observations': ['--noisy', data['clean']]}[case]
+    expected = {'without-noisy': r'--refresh-every, --mode: Online SFBD options; they need --noisy',
+                'missing': r'--noisy=.*nothing: no such',
+                'resolution': r'--noisy: observations are 3x16x16, but the clean data .* are 3x8x8',
+                'not-observations': r'--noisy=.*clean: holds 8-bit images'}[case]
+    result = CliRunner().invoke(train.main, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    (line,) = [l for l in result.output.splitlines() if l.startswith('Error:')]
+    import re
+    assert re.search(expected, line), line
+    assert not (tmp_path / 'out').exists()
+
+def test_online_state_needs_noisy_to_continue(data, tmp_path):
+    run_dir = tmp_path / 'run'
+    assert _online_run(run_dir, data, stop_after=1) == PREEMPTED
+    args = ['--outdir', run_dir, '--nosubdir', '--data', data['clean'], *TINY, '--duration=0.00008']
+    result = CliRunner().invoke(train.main, [str(a) for a in args])
+    assert result.exit_code == 1 and 'an Online SFBD run; give the same --noisy' in result.output
+
+#----------------------------------------------------------------------------
