@@ -4,6 +4,10 @@ backward sampling (denoise.py) and denoiser update (train.py --transfer).
     python -m sfbd.rounds --outdir=runs/sfbd --clean=clean.zip --noisy=noisy.zip --rounds=4 \\
         --pretrain-duration=200 --round-duration=20 --train-args="--arch=ddpmpp --batch=512"
 
+With --online, the same pretraining is followed by one Online SFBD run (sfbd/online.py) instead of
+the rounds: `<outdir>/online/`, train.py --transfer=<pretraining snapshot> --data=<clean>
+--noisy=<noisy>, recorded in `<outdir>/online.json`.
+
 Every step has a directory of its own, so that no step can continue another by accident:
 
     <outdir>/round-000-pretrain/     train.py run: clean images only
@@ -36,6 +40,7 @@ from dnnlib.util import UserError, atomic_write, report_user_errors
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD_FNAME = 'rounds.json'
+ONLINE_RECORD_FNAME = 'online.json'
 PREEMPTED_EXIT_CODE = 75  # train.py's status after a preemption signal: rerun to continue.
 _SNAPSHOT_PATTERN = re.compile(r'^network-snapshot-(\d+)\.pkl$')
 
@@ -47,6 +52,9 @@ def pretrain_dir(outdir: str) -> str:
 
 def round_dir(outdir: str, k: int) -> str:
     return os.path.join(outdir, f'round-{k:03d}')
+
+def online_dir(outdir: str) -> str:
+    return os.path.join(outdir, 'online')
 
 def final_snapshot(run_dir: str) -> str | None:
     """The network snapshot with the most kimg in a train.py run directory, or None."""
@@ -80,19 +88,50 @@ def run_script(script: str, args: Sequence[str], nproc: int = 1, log: IO[str] | 
 # The record: the options of the run and one entry per finished step. A rerun
 # must use the same options, except that it may ask for more rounds.
 
-def load_record(outdir: str) -> dict | None:
-    path = os.path.join(outdir, RECORD_FNAME)
+def load_record(outdir: str, fname: str = RECORD_FNAME) -> dict | None:
+    path = os.path.join(outdir, fname)
     if not os.path.isfile(path):
         return None
     with open(path, 'r', encoding='utf-8') as f:
         return json.load(f)
 
-def save_record(outdir: str, record: dict) -> None:
-    with atomic_write(os.path.join(outdir, RECORD_FNAME), 'w') as f:
+def save_record(outdir: str, record: dict, fname: str = RECORD_FNAME) -> None:
+    with atomic_write(os.path.join(outdir, fname), 'w') as f:
         json.dump(record, f, indent=2)
+
+def start_record(outdir: str, options: dict, fname: str, other: str) -> dict:
+    """The record of `outdir` (created with `options`), refused if it holds another run: other
+    options, or the record `other` of the other method (the two would share the pretraining)."""
+    if os.path.isfile(os.path.join(outdir, other)):
+        raise UserError(f'--outdir={outdir}: holds {other}, a run of the other method; use another --outdir')
+    record = load_record(outdir, fname)
+    if record is None:
+        record = dict(options=options)
+    elif record.get('options') != options:
+        differ = sorted(k for k in options if record.get('options', {}).get(k) != options[k])
+        raise UserError(f'--outdir={outdir}: holds a run with other options ({", ".join(differ)} differ, see '
+                        f'{fname}); use another --outdir')
+    os.makedirs(outdir, exist_ok=True)
+    save_record(outdir, record, fname)
+    return record
 
 def _relative(outdir: str, path: str) -> str:
     return os.path.relpath(path, outdir).replace(os.sep, '/')
+
+#----------------------------------------------------------------------------
+# One train.py run in a directory of its own (--nosubdir, so that a rerun
+# resumes it); returns its final snapshot.
+
+def train_step(run_dir: str, data: Sequence[str], duration: float, args: Sequence[str], transfer: str | None = None,
+               nproc: int = 1, log: IO[str] | None = None) -> str:
+    command = ['--outdir=' + run_dir, '--nosubdir', *[f'--data={d}' for d in data], f'--duration={duration:g}']
+    if transfer is not None:
+        command.append(f'--transfer={transfer}')
+    run_script('train.py', [*command, *args], nproc, log)
+    snapshot = final_snapshot(run_dir)
+    if snapshot is None:
+        raise UserError(f'{run_dir}: train.py finished without a network snapshot')
+    return snapshot
 
 #----------------------------------------------------------------------------
 # The rounds. `train_args` go to every train.py run, `round_args` only to the
@@ -103,23 +142,13 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
                train_args: Sequence[str] = (), round_args: Sequence[str] = (), denoise_args: Sequence[str] = (),
                nproc: int = 1, log: IO[str] | None = None) -> dict:
     """Run (or continue) pretraining and `num_rounds` SFBD rounds; returns the record."""
-    for path, option in ((clean, '--clean'), (noisy, '--noisy')):
-        if not os.path.exists(path):
-            raise UserError(f'{option}={path}: no such dataset')
+    _check_datasets(clean, noisy)
     outdir = os.path.abspath(outdir)
     options = dict(clean=os.path.abspath(clean), noisy=os.path.abspath(noisy), pretrain_duration=pretrain_duration,
                    round_duration=round_duration, train_args=list(train_args), round_args=list(round_args),
                    denoise_args=list(denoise_args))
-    record = load_record(outdir)
-    if record is None:
-        record = dict(options=options, rounds=[])
-    elif record.get('options') != options:
-        differ = sorted(k for k in options if record.get('options', {}).get(k) != options[k])
-        raise UserError(f'--outdir={outdir}: holds rounds run with other options ({", ".join(differ)} differ, see '
-                        f'{RECORD_FNAME}); use another --outdir')
-    os.makedirs(outdir, exist_ok=True)
-    save_record(outdir, record)
-    entries = record['rounds']
+    record = start_record(outdir, options, RECORD_FNAME, ONLINE_RECORD_FNAME)
+    entries = record.setdefault('rounds', [])
 
     def finished(k: int) -> str | None:
         # The final snapshot of round k, if the record says it is done and the file is there.
@@ -129,20 +158,10 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
                 return path
         return None
 
-    def train(run_dir: str, data: list[str], duration: float, extra: Sequence[str], transfer: str | None) -> str:
-        args = [f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in data], f'--duration={duration:g}']
-        if transfer is not None:
-            args.append(f'--transfer={transfer}')
-        run_script('train.py', [*args, *train_args, *extra], nproc, log)
-        snapshot = final_snapshot(run_dir)
-        if snapshot is None:
-            raise UserError(f'{run_dir}: train.py finished without a network snapshot')
-        return snapshot
-
     # Round 0: pretraining on the clean images.
     if finished(0) is None:
         print(f'Round 0: pretraining on {clean}', flush=True)
-        snapshot = train(pretrain_dir(outdir), [options['clean']], pretrain_duration, (), None)
+        snapshot = train_step(pretrain_dir(outdir), [options['clean']], pretrain_duration, train_args, None, nproc, log)
         entries[:] = [dict(round=0, train_dir=_relative(outdir, pretrain_dir(outdir)),
                            snapshot=_relative(outdir, snapshot))]
         save_record(outdir, record)
@@ -166,12 +185,54 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
             raise UserError(f'{denoised}: denoise.py finished, but the denoised set is incomplete')
 
         print(f'Round {k}: fine-tuning on {clean} + {entry["denoised"]}', flush=True)
-        snapshot = train(os.path.join(outdir, entry['train_dir']), [options['clean'], denoised], round_duration,
-                         round_args, previous)
+        snapshot = train_step(os.path.join(outdir, entry['train_dir']), [options['clean'], denoised], round_duration,
+                              [*train_args, *round_args], previous, nproc, log)
         entry['snapshot'] = _relative(outdir, snapshot)
         save_record(outdir, record)
 
     print(f'Done: {num_rounds} rounds in {outdir}; the last snapshot is {entries[num_rounds]["snapshot"]}.', flush=True)
+    return record
+
+def _check_datasets(clean: str, noisy: str) -> None:
+    for path, option in ((clean, '--clean'), (noisy, '--noisy')):
+        if not os.path.exists(path):
+            raise UserError(f'{option}={path}: no such dataset')
+
+#----------------------------------------------------------------------------
+# Online SFBD: the same pretraining, then one train.py run on the clean images
+# and the observations (--noisy), denoised again as it trains (sfbd/online.py).
+# `online_args` go to that run only (e.g. --refresh-every, --lr-rampup).
+
+def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, online_duration: float,
+               train_args: Sequence[str] = (), online_args: Sequence[str] = (), nproc: int = 1,
+               log: IO[str] | None = None) -> dict:
+    """Run (or continue) pretraining and the online run; returns the record (online.json)."""
+    _check_datasets(clean, noisy)
+    outdir = os.path.abspath(outdir)
+    options = dict(clean=os.path.abspath(clean), noisy=os.path.abspath(noisy), pretrain_duration=pretrain_duration,
+                   online_duration=online_duration, train_args=list(train_args), online_args=list(online_args))
+    record = start_record(outdir, options, ONLINE_RECORD_FNAME, RECORD_FNAME)
+
+    # Pretraining on the clean images, as for the rounds.
+    pretrain = record.get('pretrain') or {}
+    if not (pretrain.get('snapshot') and os.path.isfile(os.path.join(outdir, pretrain['snapshot']))):
+        print(f'Pretraining on {clean}', flush=True)
+        snapshot = train_step(pretrain_dir(outdir), [options['clean']], pretrain_duration, train_args, None, nproc, log)
+        record['pretrain'] = dict(train_dir=_relative(outdir, pretrain_dir(outdir)), snapshot=_relative(outdir, snapshot))
+        record.pop('online', None)
+        save_record(outdir, record, ONLINE_RECORD_FNAME)
+
+    # The online run, from the pretraining's final snapshot.
+    online = record.get('online') or {}
+    if not (online.get('snapshot') and os.path.isfile(os.path.join(outdir, online['snapshot']))):
+        transfer = os.path.join(outdir, record['pretrain']['snapshot'])
+        print(f'Online SFBD: training on {clean} + {noisy} from {record["pretrain"]["snapshot"]}', flush=True)
+        snapshot = train_step(online_dir(outdir), [options['clean']], online_duration,
+                              [f'--noisy={options["noisy"]}', *train_args, *online_args], transfer, nproc, log)
+        record['online'] = dict(train_dir=_relative(outdir, online_dir(outdir)), network=record['pretrain']['snapshot'],
+                                snapshot=_relative(outdir, snapshot))
+        save_record(outdir, record, ONLINE_RECORD_FNAME)
+    print(f'Done: Online SFBD in {outdir}; the final snapshot is {record["online"]["snapshot"]}.', flush=True)
     return record
 
 #----------------------------------------------------------------------------
@@ -180,18 +241,23 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
 @click.option('--outdir',             help='Where the rounds live (created; reruns continue)', metavar='DIR',      type=str, required=True)
 @click.option('--clean',              help='Clean images (an EDM dataset)', metavar='ZIP|DIR',                    type=str, required=True)
 @click.option('--noisy',              help='Noisy observations (docs/observations.md)', metavar='ZIP|DIR',        type=str, required=True)
-@click.option('--rounds', 'num_rounds', help='Number of SFBD rounds after pretraining', metavar='INT',             type=click.IntRange(min=0), required=True)
+@click.option('--rounds', 'num_rounds', help='Number of SFBD rounds after pretraining (not with --online)', metavar='INT', type=click.IntRange(min=0))
 @click.option('--pretrain-duration',  help='Pretraining length in millions of images', metavar='MIMG',            type=click.FloatRange(min=0, min_open=True), required=True)
-@click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=click.FloatRange(min=0, min_open=True))
+@click.option('--online',             help='Online SFBD after pretraining: one run instead of the rounds',        is_flag=True)
+@click.option('--online-duration',    help='Length of the online run in millions of images (with --online)', metavar='MIMG', type=click.FloatRange(min=0, min_open=True))
+@click.option('--online-args',        help='More train.py options for the online run, e.g. "--refresh-every=20"', metavar='STR', type=str, default='', show_default=True)
 @click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=str, default='', show_default=True)
 @click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=str, default='', show_default=True)
 @click.option('--denoise-args',       help='More denoise.py options, e.g. "--steps=40 --batch=256"', metavar='STR', type=str, default='', show_default=True)
 @click.option('--nproc',              help='Processes per step (torchrun); 1 = plain python', metavar='INT',      type=click.IntRange(min=1), default=1, show_default=True)
 @report_user_errors
-def main(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_duration: float, round_duration: float,
-         train_args: str, round_args: str, denoise_args: str, nproc: int) -> None:
+def main(outdir: str, clean: str, noisy: str, num_rounds: int | None, pretrain_duration: float, round_duration: float | None,
+         online: bool, online_duration: float | None, online_args: str, train_args: str, round_args: str,
+         denoise_args: str, nproc: int) -> None:
     """Run SFBD: pretrain on clean images, then alternate denoising the noisy
-    observations and fine-tuning on clean + denoised images.
+    observations and fine-tuning on clean + denoised images (or, with --online,
+    one training run that denoises as it goes).
 
     \b
     Example (CIFAR-10, 4% clean, sigma 0.59, 8 GPUs):
@@ -200,9 +266,30 @@ def main(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_duration
         --train-args="--arch=ddpmpp --batch=512" --round-args="--lr-rampup=0"
 
     \b
+    Online SFBD after the same pretraining:
+    python -m sfbd.rounds --online --outdir=runs/online-cifar10 --clean=clean.zip --noisy=noisy.zip \\
+        --pretrain-duration=200 --online-duration=80 --nproc=8 \\
+        --train-args="--arch=ddpmpp --batch=512" --online-args="--lr-rampup=0"
+
+    \b
     Rerunning the same command continues an interrupted run; a larger --rounds
     adds rounds to a finished one.
     """
+    if online:
+        given = [name for name, value in (('--rounds', num_rounds), ('--round-duration', round_duration),
+                                          ('--round-args', round_args), ('--denoise-args', denoise_args)) if value]
+        if given:
+            raise UserError(f'{", ".join(given)}: options of the rounds; --online runs no rounds')
+        if online_duration is None:
+            raise UserError('--online needs --online-duration')
+        run_online(outdir, clean, noisy, pretrain_duration, online_duration, shlex.split(train_args),
+                   shlex.split(online_args), nproc)
+        return
+    for name, value in (('--rounds', num_rounds), ('--round-duration', round_duration)):
+        if value is None:
+            raise UserError(f'{name} is required (or --online for Online SFBD)')
+    if online_duration is not None or online_args:
+        raise UserError('--online-duration, --online-args: options of --online')
     run_rounds(outdir, clean, noisy, num_rounds, pretrain_duration, round_duration, shlex.split(train_args),
                shlex.split(round_args), shlex.split(denoise_args), nproc)
 

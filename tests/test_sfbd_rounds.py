@@ -1,8 +1,10 @@
-"""sfbd/rounds.py: the layout and record of the rounds, and reruns that continue, extend or refuse."""
+"""sfbd/rounds.py: the layout and record of the rounds and of Online SFBD, and reruns that continue,
+extend or refuse."""
 
 import os
 
 import pytest
+from click.testing import CliRunner
 
 from dnnlib.util import UserError
 from sfbd import rounds
@@ -86,6 +88,46 @@ def test_rounds_layout_record_and_reruns(data, tmp_path, monkeypatch):
 def test_missing_inputs_are_refused(data, tmp_path):
     with pytest.raises(UserError, match='--noisy'):
         rounds.run_rounds(str(tmp_path / 'x'), str(data / 'clean'), str(data / 'missing'), 1, DURATION, DURATION)
+    assert not os.path.exists(tmp_path / 'x')
+
+#----------------------------------------------------------------------------
+# --online: the same pretraining, then one train.py run with --noisy.
+
+def test_online_layout_record_and_reruns(data, tmp_path, monkeypatch):
+    outdir = tmp_path / 'online'
+    with open(os.path.join(str(data), 'log.txt'), 'a') as log:
+        record = rounds.run_online(str(outdir), str(data / 'clean'), str(data / 'noisy'), DURATION, DURATION,
+                                   train_args=TRAIN_ARGS, online_args=['--refresh-every=1', '--steps=4'], log=log)
+    assert record == read_json(str(outdir / 'online.json'))
+    assert record['pretrain']['train_dir'] == 'round-000-pretrain' and record['online']['train_dir'] == 'online'
+    assert record['online']['network'] == record['pretrain']['snapshot']
+    assert os.path.isfile(outdir / record['online']['snapshot'])
+    options = read_json(str(outdir / 'online' / 'training_options.json'))
+    assert options['resume_pkl'] == str(outdir / record['pretrain']['snapshot'])
+    assert options['dataset_kwargs']['path'] == str(data / 'clean')
+    assert options['online_kwargs']['noisy'] == [str(data / 'noisy')] and options['online_kwargs']['refresh_every'] == 1
+
+    # A rerun does nothing; the rounds, or other options, are refused in this --outdir.
+    calls = []
+    monkeypatch.setattr(rounds, 'run_script', lambda script, *args, **kwargs: calls.append(script))
+    assert rounds.run_online(str(outdir), str(data / 'clean'), str(data / 'noisy'), DURATION, DURATION,
+                             train_args=TRAIN_ARGS, online_args=['--refresh-every=1', '--steps=4']) == record
+    assert calls == []
+    with pytest.raises(UserError, match='other options'):
+        rounds.run_online(str(outdir), str(data / 'clean'), str(data / 'noisy'), DURATION, 2 * DURATION, train_args=TRAIN_ARGS)
+    with pytest.raises(UserError, match='online.json, a run of the other method'):
+        rounds.run_rounds(str(outdir), str(data / 'clean'), str(data / 'noisy'), 1, DURATION, DURATION)
+
+@pytest.mark.parametrize('args, message', [
+    (['--online', '--rounds=2'], '--rounds: options of the rounds'),
+    (['--online'], '--online needs --online-duration'),
+    (['--rounds=2'], '--round-duration is required'),
+    (['--rounds=2', '--round-duration=1', '--online-duration=1'], 'options of --online'),
+])
+def test_online_and_rounds_options_do_not_mix(args, message, data, tmp_path):
+    result = CliRunner().invoke(rounds.main, [f'--outdir={tmp_path / "x"}', f'--clean={data / "clean"}',
+                                              f'--noisy={data / "noisy"}', '--pretrain-duration=1', *args])
+    assert result.exit_code == 1 and message in result.output, result.output
     assert not os.path.exists(tmp_path / 'x')
 
 #----------------------------------------------------------------------------
