@@ -7,13 +7,16 @@ observations (sigma 0.4). It then
   (a) pretrains a small DDPM++ on the 32 clean images,
   (b) runs 3 SFBD rounds: denoise the observations with the current model, fine-tune it on clean +
       denoised images,
+  (b') runs Online SFBD from the same pretrained model instead: one training run as long as the 3
+      rounds together, denoising as many images as they do, but a few at a time as it trains,
   (c) trains a naive model on the clean images and the observations as if all were clean,
 
 using the repository's own train.py and denoise.py (as subprocesses, through sfbd.rounds) and
 generate.py's sampler. Each model generates 1000 images, and a table gives their Frechet distance
-to 2000 held-out images that no model has seen, computed on the pixels: lower is better. Outputs in
---outdir: the datasets, the runs (log.txt holds their output), results.json, and demo.png: original
-| observation | denoised triplets, then samples of each model. A rerun reuses finished steps.
+to 2000 held-out images that no model has seen, computed on the pixels (lower is better), and the
+wall time each took after the pretraining. Outputs in --outdir: the datasets, the runs (log.txt
+holds their output), results.json, and demo.png: original | observation | denoised triplets, then
+samples of each model. A rerun reuses finished steps (and the times measured when they ran).
 Why these settings and this metric, and how the numbers vary with the seed: docs/sfbd.md.
 """
 
@@ -65,6 +68,11 @@ DEMO = EasyDict(
 # 2 kimg EMA half-life, no augmentation or dropout.
 TRAIN_ARGS = ['--arch=ddpmpp', '--cbase=16', '--cres=1,2', '--batch=128', '--lr=2e-3', '--lr-rampup=0',
               '--ema=0.002', '--augment=0', '--dropout=0', '--tick=10', '--snap=1000', '--dump=1000']
+
+# Online SFBD at the rounds' cost: 3 x 12 kimg are 281 steps of 128 images, so 14 refreshes every
+# m = 20 steps (the paper's default); 288 images each make 2 passes over the 2016 observations,
+# which with the fill's pass are the rounds' 3 passes of denoising. The rest are train.py's defaults.
+ONLINE_ARGS = ['--refresh-every=20', '--refresh-batch=288']
 
 #----------------------------------------------------------------------------
 # The data: one or two soft round blobs per image, at uniform random places,
@@ -149,37 +157,44 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
             write_image_dataset(source, draw_blobs(cfg.num_images, cfg.resolution, seed=2 * seed))
         split_dataset(source, clean, noisy, cfg.sigma, seed, clean_count=cfg.clean_count, verbose=False)
 
-    # Training: SFBD's pretraining and rounds, the naive model, and on request
-    # a clean-only model trained as long as SFBD in total.
+    # Training: SFBD's pretraining and rounds (one round at a time, to time
+    # each), Online SFBD from the same pretrained model, the naive model, and
+    # on request a clean-only model trained as long as SFBD in total.
     sfbd_dir = os.path.join(outdir, 'sfbd')
+    timer = StepTimer(os.path.join(outdir, 'timings.json'))
     with open(os.path.join(outdir, 'log.txt'), 'a', encoding='utf-8') as log:
         say(f'SFBD: pretraining on the clean images, then {cfg.num_rounds} rounds of denoise.py + train.py '
             f'--transfer (their output: {log.name})')
-        record = rounds.run_rounds(sfbd_dir, clean, noisy, cfg.num_rounds, cfg.pretrain_mimg, cfg.round_mimg,
-                                   train_args=train_args, denoise_args=[f'--device={dev}'], log=log)
-        baselines = [('(c) naive: noisy as if clean', 'naive', [clean, noisy], cfg.pretrain_mimg)]
+        for k in range(cfg.num_rounds + 1):
+            record = timer.run(f'round {k}', lambda k=k: rounds.run_rounds(
+                sfbd_dir, clean, noisy, k, cfg.pretrain_mimg, cfg.round_mimg, train_args=train_args,
+                denoise_args=[f'--device={dev}'], log=log))
+        pretrained = os.path.join(sfbd_dir, record['rounds'][0]['snapshot'])
+        snapshots = [('(a) clean only (pretraining)', pretrained, timer.seconds['round 0'])]
+        snapshots += [(f'(b) SFBD round {e["round"]}', os.path.join(sfbd_dir, e['snapshot']),
+                       sum(timer.seconds[f'round {j}'] for j in range(1, e['round'] + 1))) for e in record['rounds'][1:]]
+        runs = [('(b\') Online SFBD, as long as the rounds', 'online', [clean], cfg.num_rounds * cfg.round_mimg,
+                 [f'--noisy={noisy}', f'--transfer={pretrained}', *ONLINE_ARGS]),
+                ('(c) naive: noisy as if clean', 'naive', [clean, noisy], cfg.pretrain_mimg, [])]
         if long_baseline:
-            baselines.append(('(a\') clean only, as long as SFBD', 'clean-long', [clean], total_mimg))
-        snapshots = [('(a) clean only (pretraining)', os.path.join(sfbd_dir, record['rounds'][0]['snapshot']))]
-        snapshots += [(f'(b) SFBD round {e["round"]}', os.path.join(sfbd_dir, e['snapshot'])) for e in record['rounds'][1:]]
-        for name, run_name, datasets, duration in baselines:
+            runs.append(('(a\') clean only, as long as SFBD', 'clean-long', [clean], total_mimg, []))
+        for name, run_name, datasets, duration, extra in runs:
             run_dir = os.path.join(outdir, run_name)
             if not os.path.isfile(os.path.join(run_dir, 'finished')):
-                say(f'{name}: train.py on {" + ".join(os.path.basename(d) for d in datasets)}')
-                rounds.run_script('train.py', [f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in datasets],
-                                               f'--duration={duration:g}', *train_args], log=log)
+                say(f'{name}: train.py, {duration * 1000:g} kimg')
+                timer.run(run_name, lambda: rounds.train_step(run_dir, datasets, duration, [*train_args, *extra], log=log))
                 open(os.path.join(run_dir, 'finished'), 'w').close()
-            snapshots.append((name, rounds.final_snapshot(run_dir)))
+            snapshots.append((name, rounds.final_snapshot(run_dir), timer.seconds.get(run_name)))
 
     # Every model against the held-out images.
     say(f'Sampling {cfg.num_samples} images from each model; Frechet distance to {cfg.num_heldout} held-out images')
     truth = pixel_features(draw_blobs(cfg.num_heldout, cfg.resolution, seed=2 * seed + 1))
     rows, samples = [], []
-    for name, snapshot in snapshots:
+    for name, snapshot, seconds in snapshots:
         images = sample_model(snapshot, cfg.num_samples, cfg.sample_steps, dev)
         samples.append((name, images))
         rows.append(dict(model=name, snapshot=os.path.relpath(snapshot, outdir),
-                         fd=frechet_distance(pixel_features(images), truth)))
+                         fd=frechet_distance(pixel_features(images), truth), seconds=seconds))
     obs = ObservationSet(noisy)
     observations = obs.load(list(range(len(obs))))[0].numpy().reshape(len(obs), -1).astype(np.float64)
     scale = dict(clean_images=frechet_distance(pixel_features(read_pngs(clean)), truth),
@@ -191,7 +206,7 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
     denoised = os.path.join(sfbd_dir, record['rounds'][-1]['denoised']) if cfg.num_rounds else None
     save_picture(os.path.join(outdir, 'demo.png'), source, obs, denoised, samples, seed)
 
-    results = dict(settings=dict(cfg, seed=seed, train_args=train_args), rows=rows, scale=scale,
+    results = dict(settings=dict(cfg, seed=seed, train_args=train_args, online_args=ONLINE_ARGS), rows=rows, scale=scale,
                    seconds=round(time.time() - start, 1))
     with atomic_write(os.path.join(outdir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=2)
@@ -202,16 +217,40 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
 
 def print_table(results: dict) -> None:
     print()
-    print(f'{"model":<36} {"Frechet distance to held-out images":>36}')
+    print(f'{"model":<40} {"Frechet distance":>16} {"wall time, s":>15}')
     print('-' * 73)
     for row in results['rows']:
-        print(f'{row["model"]:<36} {row["fd"]:>36.2f}')
+        seconds = '-' if row.get('seconds') is None else f'{row["seconds"]:.0f}'
+        print(f'{row["model"]:<40} {row["fd"]:>16.2f} {seconds:>15}')
     print('-' * 73)
     for key, label in (('clean_images', f'the {DEMO.clean_count} clean images themselves'),
                        ('observations', 'the noisy observations themselves'),
                        ('fresh_true_images', 'fresh true images (noise floor)')):
         print(f'{"for scale: " + label:<52} {results["scale"][key]:>20.2f}')
-    print(f'Lower is better. {results["seconds"]:.0f} s in all.')
+    print('Distances to held-out images, lower is better. Wall time: pretraining; rounds from its end (cumulative);')
+    print(f'other runs their own. {results["seconds"]:.0f} s in all.')
+
+#----------------------------------------------------------------------------
+# Wall time of the demo's steps, kept in a file so that a rerun, which skips
+# finished steps, still reports the time they took when they ran.
+
+class StepTimer:
+    def __init__(self, path: str):
+        self.path = path
+        self.seconds: dict[str, float] = {}
+        if os.path.isfile(path):
+            with open(path, 'r', encoding='utf-8') as f:
+                self.seconds = json.load(f)
+
+    def run(self, name: str, step):
+        """Run `step()`; the first run that returns records its wall time under `name`."""
+        start = time.time()
+        result = step()
+        if name not in self.seconds:
+            self.seconds[name] = round(time.time() - start, 1)
+            with atomic_write(self.path, 'w') as f:
+                json.dump(self.seconds, f, indent=2)
+        return result
 
 #----------------------------------------------------------------------------
 # The picture: original | observation | denoised for the first observations

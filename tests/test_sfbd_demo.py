@@ -1,5 +1,6 @@
 """The demo's pieces, and the whole demo shrunk to seconds (the real one takes minutes)."""
 
+import json
 import math
 import os
 
@@ -29,17 +30,23 @@ def test_tiny_demo_end_to_end(tmp_path, monkeypatch):
                                                     num_samples=40, sample_steps=3))
     monkeypatch.setattr(demo, 'TRAIN_ARGS', ['--arch=ddpmpp', '--cbase=8', '--cres=1', '--batch=16', '--augment=0',
                                              '--dropout=0', '--lr-rampup=0', '--tick=1', '--cache=0'])
+    monkeypatch.setattr(demo, 'ONLINE_ARGS', ['--refresh-every=1', '--refresh-batch=4', '--steps=3'])
     results = demo.run_demo(str(tmp_path), device='cpu', verbose=False)
     assert [row['model'] for row in results['rows']] == ['(a) clean only (pretraining)', '(b) SFBD round 1',
+                                                        "(b') Online SFBD, as long as the rounds",
                                                         '(c) naive: noisy as if clean']
-    assert all(math.isfinite(row['fd']) and row['fd'] > 0 for row in results['rows'])
-    for name in ('demo.png', 'results.json', 'log.txt', 'sfbd/rounds.json', 'data/noisy/dataset.json'):
+    assert all(math.isfinite(row['fd']) and row['fd'] > 0 and row['seconds'] > 0 for row in results['rows'])
+    for name in ('demo.png', 'results.json', 'log.txt', 'sfbd/rounds.json', 'data/noisy/dataset.json', 'timings.json'):
         assert os.path.isfile(tmp_path / name)
+    online = json.loads((tmp_path / 'online' / 'training_options.json').read_text())
+    assert online['resume_pkl'] == str(tmp_path / results['rows'][0]['snapshot'])
+    assert online['online_kwargs']['noisy'] == [str(tmp_path / 'data' / 'noisy')]
 
     # A rerun trains nothing and measures the same models.
     calls = []
     monkeypatch.setattr(rounds, 'run_script', lambda *args, **kwargs: calls.append(args))
     again = demo.run_demo(str(tmp_path), device='cpu', verbose=False)
     assert calls == [] and [r['snapshot'] for r in again['rows']] == [r['snapshot'] for r in results['rows']]
+    assert [r['seconds'] for r in again['rows']] == [r['seconds'] for r in results['rows']]
 
 #----------------------------------------------------------------------------
