@@ -10,6 +10,9 @@
 #     update   (train.sh)                       --transfer from that same previous snapshot, trained on
 #                                               CLEAN_DATA plus round-k/denoised (two --data, no merge)
 #
+# With ONLINE=1 the chain is Online SFBD instead (docs/sfbd.md): pretrain, then one training job
+# (train.sh with NOISY_DATA, --transfer from the pretraining) that denoises the observations as it trains.
+#
 # Each job waits for the one before with --dependency=afterok (a failed stage cancels the rest,
 # --kill-on-invalid-dep=yes). Snapshots are looked up when a job starts, not at submit time: a stage
 # given a run directory uses that run's newest (final) network-snapshot-*.pkl.
@@ -27,12 +30,16 @@
 #                          round-01/denoised/     round 1's denoised set (denoise.py --outdir)
 #                          round-01/train/        round 1's update run
 #                          round-02/...
+#                          online/                the Online SFBD run instead of the rounds (ONLINE=1)
 #                          record.jsonl           one line per finished stage: which snapshot denoised
 #                                                 which set (path, sha256), which snapshot each update
 #                                                 started from, its final snapshot
 #                          jobs.tsv               stage, job id and directory of every submitted job
 #                          logs/                  the jobs' output (appended across requeues)
-#   ROUNDS               number of denoise+update rounds K (default 1).
+#   ROUNDS               number of denoise+update rounds K (default 1; not with ONLINE=1).
+#   ONLINE               1: Online SFBD instead of the rounds: after pretraining, one job training into
+#                          online/ on CLEAN_DATA with --noisy=NOISY_DATA. Default 0.
+#   ONLINE_ARGS          train.py options for the online job (e.g. "--duration=80 --refresh-every=20").
 #   PRESET               train.sh preset for every training job: celeba64 | cifar10 | none (default none).
 #   PRETRAIN_ARGS        train.py options for pretraining, whitespace-separated (e.g. "--duration=200").
 #   UPDATE_ARGS          train.py options for every update (e.g. "--duration=20 --lr-rampup=0").
@@ -84,6 +91,14 @@ command -v sbatch >/dev/null || sfbd_die "sbatch not found: run this on a SLURM 
 [[ -n "${WORKDIR:-}" ]] || sfbd_die "set WORKDIR to the folder for all runs of this chain"
 [[ -e "$CLEAN_DATA" ]] || sfbd_die "CLEAN_DATA=$CLEAN_DATA does not exist"
 [[ -e "$NOISY_DATA" ]] || sfbd_die "NOISY_DATA=$NOISY_DATA does not exist"
+case "${ONLINE:-0}" in 0 | 1) ;; *) sfbd_die "ONLINE=$ONLINE: expected 0 or 1" ;; esac
+if [[ "${ONLINE:-0}" == 1 ]]; then
+    for var in ROUNDS UPDATE_ARGS NUM_TASKS STEPS DENOISE_ARGS; do
+        [[ -z "${!var:-}" ]] || sfbd_die "$var: a setting of the rounds; ONLINE=1 runs none (use ONLINE_ARGS)"
+    done
+elif [[ -n "${ONLINE_ARGS:-}" ]]; then
+    sfbd_die "ONLINE_ARGS: a setting of ONLINE=1"
+fi
 ROUNDS="${ROUNDS:-1}"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || sfbd_die "ROUNDS=$ROUNDS is not a positive integer"
 case "${PRESET:-none}" in celeba64 | cifar10 | none) ;; *) sfbd_die "PRESET=$PRESET: expected celeba64, cifar10 or none" ;; esac
@@ -115,14 +130,16 @@ fi
 printf 'stage\tjob\tdirectory\n' >"$jobs_file"
 
 # Variables that would leak from this shell into a job that must not see them.
-clear_env=(-u CLEAN_DATA -u DENOISED_DATA -u TRANSFER -u OUTDIR -u NETWORK -u FINALIZE -u TASK_ID -u RECORD -u RECORD_TAG)
+clear_env=(-u CLEAN_DATA -u DENOISED_DATA -u NOISY_DATA -u TRANSFER -u OUTDIR -u NETWORK -u FINALIZE -u TASK_ID -u RECORD
+           -u RECORD_TAG)
 
-submit_train() {  # submit_train NAME OUTDIR DEPENDENCY_JOB TRANSFER DENOISED ARGS_STRING TAG -> job id
-    local name="$1" outdir="$2" dep="$3" transfer="$4" denoised="$5" tag="$7" id train_args
+submit_train() {  # submit_train NAME OUTDIR DEPENDENCY_JOB TRANSFER DENOISED ARGS_STRING TAG [NOISY] -> job id
+    local name="$1" outdir="$2" dep="$3" transfer="$4" denoised="$5" tag="$7" noisy="${8:-}" id train_args
     sfbd_words train_args "$6"
     local vars=(CLEAN_DATA="$CLEAN_DATA" OUTDIR="$outdir" PRESET="${PRESET:-none}" RECORD="$record" RECORD_TAG="$tag")
     [[ -n "$transfer" ]] && vars+=(TRANSFER="$transfer")
     [[ -n "$denoised" ]] && vars+=(DENOISED_DATA="$denoised")
+    [[ -n "$noisy" ]] && vars+=(NOISY_DATA="$noisy")
     local dep_opt=()
     [[ -n "$dep" ]] && dep_opt=(--dependency="afterok:$dep")
     id="$(env "${clear_env[@]}" "${vars[@]}" \
@@ -143,6 +160,15 @@ else
     prev_net="$WORKDIR/pretrain"
     prev_job="$(submit_train "$prefix-pretrain" "$prev_net" "" "" "" "${PRETRAIN_ARGS:-}" '{"round": 0}')"
     sfbd_log "pretrain: job $prev_job -> $prev_net"
+fi
+
+# --- Online SFBD: one run instead of the rounds -----------------------------------------------------
+if [[ "${ONLINE:-0}" == 1 ]]; then
+    prev_job="$(submit_train "$prefix-online" "$WORKDIR/online" "$prev_job" "$prev_net" "" "${ONLINE_ARGS:-}" \
+        '{"online": true}' "$NOISY_DATA")"
+    sfbd_log "online: job $prev_job (from $prev_net) -> $WORKDIR/online"
+    prev_net="$WORKDIR/online"
+    ROUNDS=0
 fi
 
 # --- rounds -----------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@
 #   CLEAN_DATA     required. The clean, copyright-free dataset (directory or zip); --data=CLEAN_DATA.
 #   DENOISED_DATA  optional. A denoised set added as a second --data (the SFBD update step trains on
 #                  clean + denoised; train.py reads both, nothing is merged or copied).
+#   NOISY_DATA     optional. An observation set for Online SFBD, --noisy=NOISY_DATA: train.py keeps a
+#                  denoised copy of it and refreshes it as it trains (docs/sfbd.md).
 #   TRANSFER       optional. Network to fine-tune from, passed as --transfer: a snapshot .pkl, a URL,
 #                  or a training run directory, meaning its newest network-snapshot-*.pkl (looked up
 #                  when the job starts, so it may name a run that has not finished at submit time).
@@ -150,6 +152,9 @@ fi
 if [[ -n "${DENOISED_DATA:-}" && ! -e "$DENOISED_DATA" ]]; then
     sfbd_die "DENOISED_DATA=$DENOISED_DATA does not exist"
 fi
+if [[ -n "${NOISY_DATA:-}" && ! -e "$NOISY_DATA" ]]; then
+    sfbd_die "NOISY_DATA=$NOISY_DATA does not exist"
+fi
 
 # shellcheck disable=SC2054 # the commas belong to the option values
 case "${PRESET:-none}" in
@@ -161,6 +166,7 @@ esac
 
 args=(--outdir="$OUTDIR" --nosubdir --data="$CLEAN_DATA")
 [[ -n "${DENOISED_DATA:-}" ]] && args+=(--data="$DENOISED_DATA")
+[[ -n "${NOISY_DATA:-}" ]] && args+=(--noisy="$NOISY_DATA")
 args+=("${preset[@]}")
 
 # --transfer is passed on reruns too: train.py resumes from the newest state in OUTDIR and refuses a
@@ -236,7 +242,8 @@ if ((rc == 0)); then
     if [[ -n "${RECORD:-}" ]]; then
         sfbd_append_record "$RECORD" train outdir="$(sfbd_abspath "$OUTDIR")" \
             snapshot="${final:+$(sfbd_abspath "$final")}" transfer="${transfer:+$(sfbd_abspath "$transfer")}" \
-            clean_data="$(sfbd_abspath "$CLEAN_DATA")" denoised_data="${DENOISED_DATA:+$(sfbd_abspath "$DENOISED_DATA")}"
+            clean_data="$(sfbd_abspath "$CLEAN_DATA")" denoised_data="${DENOISED_DATA:+$(sfbd_abspath "$DENOISED_DATA")}" \
+            noisy_data="${NOISY_DATA:+$(sfbd_abspath "$NOISY_DATA")}"
     fi
 fi
 sfbd_requeue_or_exit "$rc"

@@ -11,7 +11,7 @@ in the local temporary folder, which the nodes of a real cluster would not see.
   the images of one `denoise.py` run; deleting some and submitting again (with 4 tasks) redoes only
   those;
 - scripts/sfbd_rounds.sh runs pretraining and 2 rounds as one chain of dependent jobs and leaves the
-  expected runs, denoised sets and records;
+  expected runs, denoised sets and records; with ONLINE=1, pretraining and one Online SFBD run;
 - a training job sent the warning signal (`scancel --signal=USR1 --batch`) saves its state, requeues
   itself and the requeued job resumes from that state and finishes; once as one process on one node
   (`python train.py`), and at the same time as a two-node job (srun + torchrun rendezvous per node).
@@ -261,6 +261,27 @@ def test_rounds_chain(slurm_env, data, tmp_path):
 
     # The same chain cannot be submitted twice at once, but can be resubmitted once it is over.
     assert 'still queued' not in result.stderr
+
+def test_online_chain(slurm_env, data, tmp_path):
+    workdir = tmp_path / 'online'
+    env = dict(slurm_env, CLEAN_DATA=data['clean'], NOISY_DATA=data['noisy'], WORKDIR=str(workdir), ONLINE='1',
+               WAIT_POLL='1', PRETRAIN_ARGS=' '.join(TINY_NET + ['--duration=0.00004', '--seed=0']),
+               ONLINE_ARGS=' '.join(TINY_NET + ['--duration=0.00004', '--seed=1', '--refresh-every=2', '--steps=4']))
+    refused = _run(['bash', str(SCRIPTS / 'sfbd_rounds.sh')], env=dict(env, ROUNDS='2'), check=False)
+    assert refused.returncode == 1 and 'ROUNDS: a setting of the rounds' in refused.stderr and not workdir.exists()
+    result = _run(['bash', str(SCRIPTS / 'sfbd_rounds.sh'), '--wait'], env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr + tails(workdir / 'logs')
+
+    # Two jobs: pretraining, then the online run from its snapshot, on clean data plus observations.
+    jobs = [line.split('\t') for line in (workdir / 'jobs.tsv').read_text().splitlines()[1:]]
+    assert [j[0] for j in jobs] == ['sfbd-pretrain', 'sfbd-online'] and result.stdout.strip() == jobs[-1][1]
+    pretrain, online = [json.loads(line) for line in (workdir / 'record.jsonl').read_text().splitlines()]
+    assert pretrain['round'] == 0 and pretrain['noisy_data'] is None
+    assert online['online'] is True and online['noisy_data'] == data['noisy'] and online['transfer'] == pretrain['snapshot']
+    assert Path(online['snapshot']).parent == workdir / 'online'
+    options = read_json(str(workdir / 'online' / 'training_options.json'))
+    assert options['resume_pkl'] == pretrain['snapshot'] and options['dataset_kwargs']['path'] == data['clean']
+    assert options['online_kwargs']['noisy'] == [data['noisy']] and options['online_kwargs']['refresh_every'] == 2
 
 def test_preempted_training_requeues_and_resumes(slurm_env, data, tmp_path):
     runs = {'one-node': []}
