@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import denoise
 import train
+from sfbd.observations import ObservationSet
 from sfbd.online import DenoisedBuffer, Observations, OnlineSFBD, ramp_weight
-from training.dataset import ImageFolderDataset
+from torch_utils.persistence import load_network
+from training.dataset import ImageFolderDataset, images_to_float
 from training.training_loop import FINISHED, PREEMPTED, find_latest_state, training_loop
 
 from sfbd_helpers import make_image_dataset, make_observation_set, random_observations, read_png_dataset, save_tiny_network, tiny_network
+from test_training import assert_same
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLEAN, NUM_NOISY = 8, 24
@@ -83,10 +88,7 @@ def test_refresh_is_round_robin_and_independent_of_batching(data):
 def test_fill_is_what_denoise_py_writes(data, tmp_path):
     # The first pass uses denoise.py's sampler and per-image seeds: the buffer, rounded to 8 bits,
     # is denoise.py's PNGs (up to one level where float16 rounding crosses a level boundary).
-    import denoise
-    from sfbd.observations import ObservationSet
     pkl = save_tiny_network(str(tmp_path / 'net.pkl'))
-    from torch_utils.persistence import load_network
     net = load_network(pkl)
     obs = ObservationSet(data['noisy'])
     denoise.denoise_images(net, obs, str(tmp_path / 'out'), list(range(NUM_NOISY)), sigma=obs.sigma, mode='sde', seed=7,
@@ -114,7 +116,6 @@ def test_compose_batches_and_weights(data):
 
     indices = torch.tensor([1, 2 * NUM_CLEAN + 3, 2 * NUM_CLEAN + NUM_NOISY + 3])
     batch = torch.utils.data.default_collate([dataset[int(i)] for i in indices])
-    from training.dataset import images_to_float
     images, weights = online.compose(images_to_float(batch[0]), batch[2], cur_nimg=25)
     assert torch.equal(images[0], images_to_float(torch.from_numpy(clean[1][0])))
     expected = online.buffer.images[3].float()
@@ -163,21 +164,7 @@ def test_stopped_online_run_continues_exactly(data, tmp_path):
     assert _online_run(tmp_path / 'part', data, resume=stopped) == FINISHED
     resumed = load_state(find_latest_state(str(tmp_path / 'part')))
     for key in ('net', 'ema', 'optimizer_state', 'online'):
-        _assert_same(resumed[key], reference[key], key)
-
-def _assert_same(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _assert_same(a[k], b[k], f'{where}.{k}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f'{where}[{i}]')
-    else:
-        assert a == b, where
+        assert_same(resumed[key], reference[key], key)
 
 #----------------------------------------------------------------------------
 # train.py: the options, the log's cost line, and two processes that denoise
@@ -225,7 +212,6 @@ def test_bad_online_input_is_one_line_and_leaves_nothing(case, data, tmp_path):
     result = CliRunner().invoke(train.main, [str(a) for a in args])
     assert result.exit_code == 1, result.output
     (line,) = [l for l in result.output.splitlines() if l.startswith('Error:')]
-    import re
     assert re.search(expected, line), line
     assert not (tmp_path / 'out').exists()
 
