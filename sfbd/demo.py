@@ -170,9 +170,9 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
                 sfbd_dir, clean, noisy, k, cfg.pretrain_mimg, cfg.round_mimg, train_args=train_args,
                 denoise_args=[f'--device={dev}'], log=log))
         pretrained = os.path.join(sfbd_dir, record['rounds'][0]['snapshot'])
-        snapshots = [('(a) clean only (pretraining)', pretrained, timer.seconds['round 0'])]
+        snapshots = [('(a) clean only (pretraining)', pretrained, timer.total(['round 0']))]
         snapshots += [(f'(b) SFBD round {e["round"]}', os.path.join(sfbd_dir, e['snapshot']),
-                       sum(timer.seconds[f'round {j}'] for j in range(1, e['round'] + 1))) for e in record['rounds'][1:]]
+                       timer.total([f'round {j}' for j in range(1, e['round'] + 1)])) for e in record['rounds'][1:]]
         runs = [('(b\') Online SFBD, as long as the rounds', 'online', [clean], cfg.num_rounds * cfg.round_mimg,
                  [f'--noisy={noisy}', f'--transfer={pretrained}', *ONLINE_ARGS]),
                 ('(c) naive: noisy as if clean', 'naive', [clean, noisy], cfg.pretrain_mimg, [])]
@@ -184,17 +184,18 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
                 say(f'{name}: train.py, {duration * 1000:g} kimg')
                 timer.run(run_name, lambda: rounds.train_step(run_dir, datasets, duration, [*train_args, *extra], log=log))
                 open(os.path.join(run_dir, 'finished'), 'w').close()
-            snapshots.append((name, rounds.final_snapshot(run_dir), timer.seconds.get(run_name)))
+            snapshots.append((name, rounds.final_snapshot(run_dir), timer.total([run_name])))
 
     # Every model against the held-out images.
     say(f'Sampling {cfg.num_samples} images from each model; Frechet distance to {cfg.num_heldout} held-out images')
     truth = pixel_features(draw_blobs(cfg.num_heldout, cfg.resolution, seed=2 * seed + 1))
     rows, samples = [], []
-    for name, snapshot, seconds in snapshots:
+    for name, snapshot, times in snapshots:
         images = sample_model(snapshot, cfg.num_samples, cfg.sample_steps, dev)
         samples.append((name, images))
         rows.append(dict(model=name, snapshot=os.path.relpath(snapshot, outdir),
-                         fd=frechet_distance(pixel_features(images), truth), seconds=seconds))
+                         fd=frechet_distance(pixel_features(images), truth),
+                         seconds=times and times['wall'], cpu_seconds=times and times['cpu']))
     obs = ObservationSet(noisy)
     observations = obs.load(list(range(len(obs))))[0].numpy().reshape(len(obs), -1).astype(np.float64)
     scale = dict(clean_images=frechet_distance(pixel_features(read_pngs(clean)), truth),
@@ -217,40 +218,53 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
 
 def print_table(results: dict) -> None:
     print()
-    print(f'{"model":<40} {"Frechet distance":>16} {"wall time, s":>15}')
+    print(f'{"model":<40} {"Frechet distance":>16} {"wall s":>8} {"CPU s":>7}')
     print('-' * 73)
     for row in results['rows']:
-        seconds = '-' if row.get('seconds') is None else f'{row["seconds"]:.0f}'
-        print(f'{row["model"]:<40} {row["fd"]:>16.2f} {seconds:>15}')
+        times = ['-' if row.get(key) is None else f'{row[key]:.0f}' for key in ('seconds', 'cpu_seconds')]
+        print(f'{row["model"]:<40} {row["fd"]:>16.2f} {times[0]:>8} {times[1]:>7}')
     print('-' * 73)
     for key, label in (('clean_images', f'the {DEMO.clean_count} clean images themselves'),
                        ('observations', 'the noisy observations themselves'),
                        ('fresh_true_images', 'fresh true images (noise floor)')):
         print(f'{"for scale: " + label:<52} {results["scale"][key]:>20.2f}')
-    print('Distances to held-out images, lower is better. Wall time: pretraining; rounds from its end (cumulative);')
-    print(f'other runs their own. {results["seconds"]:.0f} s in all.')
+    print('Distances to held-out images, lower is better. Times (wall; CPU of the subprocesses): pretraining;')
+    print(f'rounds from its end, cumulative; other runs their own. {results["seconds"]:.0f} s in all.')
 
 #----------------------------------------------------------------------------
 # Wall time of the demo's steps, kept in a file so that a rerun, which skips
 # finished steps, still reports the time they took when they ran.
 
+# Besides the wall time, the CPU time of the step's subprocesses (train.py,
+# denoise.py and their data loaders): on a CPU shared with other work it
+# measures the compute, which the wall time does not.
+
 class StepTimer:
     def __init__(self, path: str):
         self.path = path
-        self.seconds: dict[str, float] = {}
+        self.times: dict[str, dict[str, float]] = {}  # name -> {"wall": s, "cpu": s}
         if os.path.isfile(path):
             with open(path, 'r', encoding='utf-8') as f:
-                self.seconds = json.load(f)
+                self.times = json.load(f)
 
     def run(self, name: str, step):
-        """Run `step()`; the first run that returns records its wall time under `name`."""
-        start = time.time()
+        """Run `step()`; the first run that returns records its times under `name`."""
+        start, start_cpu = time.time(), _children_cpu_seconds()
         result = step()
-        if name not in self.seconds:
-            self.seconds[name] = round(time.time() - start, 1)
+        if name not in self.times:
+            self.times[name] = dict(wall=round(time.time() - start, 1), cpu=round(_children_cpu_seconds() - start_cpu, 1))
             with atomic_write(self.path, 'w') as f:
-                json.dump(self.seconds, f, indent=2)
+                json.dump(self.times, f, indent=2)
         return result
+
+    def total(self, names: list[str]) -> dict[str, float] | None:
+        if not all(name in self.times for name in names):
+            return None
+        return {key: round(sum(self.times[name][key] for name in names), 1) for key in ('wall', 'cpu')}
+
+def _children_cpu_seconds() -> float:
+    times = os.times()  # The children's times count once they have ended (0 where the OS keeps none).
+    return times.children_user + times.children_system
 
 #----------------------------------------------------------------------------
 # The picture: original | observation | denoised for the first observations
