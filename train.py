@@ -2,8 +2,9 @@
 
 The options, defaults and output files are those of EDM's train.py; see `python train.py --help`.
 Beyond EDM: `--data` may be repeated (the union of the datasets), `--device`, `--bf16`,
-`--lr-rampup`, `--ema-rampup`; runs resume from self-contained training states; and a
-preemption signal stops a run cleanly with exit status PREEMPTED_EXIT_CODE.
+`--lr-rampup`, `--ema-rampup`; `--noisy` and its options train Online SFBD (sfbd/online.py);
+runs resume from self-contained training states; and a preemption signal stops a run cleanly
+with exit status PREEMPTED_EXIT_CODE.
 """
 
 from __future__ import annotations
