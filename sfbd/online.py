@@ -44,6 +44,7 @@ BUFFER_DTYPES = {'float16': torch.float16, 'float32': torch.float32}
 # Defaults of the options (docs/sfbd.md has the reasons): the paper's m = 20
 # steps per refresh; denoise.py's sampler (the release's ODE, EDM's 18-step grid).
 DEFAULTS = dict(refresh_every=20, mode='ode', num_steps=18, refresh_net='ema', buffer_dtype='float16')
+SAMPLER_SIGMA_MAX = 80  # The top of EDM's grid (every network of this repository reaches it).
 
 #----------------------------------------------------------------------------
 # The loss weight of buffer images: a linear ramp from 0 to 1 over
@@ -324,6 +325,10 @@ class OnlineSFBD:
         if self.observations.image_shape != list(clean.image_shape):
             raise UserError(f'--noisy: observations are {"x".join(map(str, self.observations.image_shape))}, but the '
                             f'clean data (--data) are {"x".join(map(str, clean.image_shape))}')
+        sigma_max = max(obs.sigma for obs in self.observations.sets)
+        if sigma_max > SAMPLER_SIGMA_MAX:
+            raise UserError(f'--noisy: noise level {sigma_max:g} is above the highest noise level of the sampler '
+                            f'({SAMPLER_SIGMA_MAX:g})')
         labels = self.observations.label_vectors(clean.label_dim, clean.has_onehot_labels)
         num = len(self.observations)
         dtype = BUFFER_DTYPES[buffer_dtype]
@@ -366,13 +371,11 @@ class OnlineSFBD:
                 torch.cuda.synchronize(self.device)  # Honest timing; once per refresh.
 
     def begin(self, net: torch.nn.Module, ema: torch.nn.Module, cur_nimg: int) -> None:
-        """Before the first step: check the network against the observations, and fill the buffer
-        with the starting network unless a training state restored it."""
+        """Before the first step: fill the buffer with the starting network unless a training
+        state restored it."""
         network = self._network(net, ema)
-        sigma_max = max(self.observations.sigmas(range(len(self.observations))))
-        if sigma_max > min(80, network.sigma_max):
-            raise UserError(f'--noisy: noise level {sigma_max:g} is above the highest noise level of the sampler')
-        grid = denoising_sigmas(network, float(sigma_max), self.buffer.num_steps)
+        sigma_max = max(obs.sigma for obs in self.observations.sets)
+        grid = denoising_sigmas(network, sigma_max, self.buffer.num_steps)
         nfe = backward_nfe(len(grid) - 1, self.buffer.mode)
         dist.print0(f'Online SFBD: {len(self.buffer)} observations ({self.observations.describe_sigmas()}), a '
                     f'{str(self.buffer.images.dtype).removeprefix("torch.")} buffer on {self.buffer.images.device} '

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 import denoise
 import train
+from dnnlib.util import UserError
 from sfbd.observations import ObservationSet
 from sfbd.online import DenoisedBuffer, Observations, OnlineSFBD, ramp_weight
 from torch_utils.persistence import load_network
@@ -123,6 +124,17 @@ def test_compose_batches_and_weights(data):
     assert weights.flatten().tolist() == [1, 0.25, 0.25]
     assert online.compose(images_to_float(batch[0]), batch[2], cur_nimg=1000)[1].flatten().tolist() == [1, 1, 1]
 
+def test_labels_of_a_conditional_run(data, tmp_path):
+    # Class labels of the observations become one-hot vectors over the clean set's classes.
+    make_image_dataset(str(tmp_path / 'clean'), 6, num_classes=5)
+    make_observation_set(str(tmp_path / 'noisy'), random_observations(4), labels=[0, 3, 2, 3])
+    clean = ImageFolderDataset(str(tmp_path / 'clean'), use_labels=True)
+    online = OnlineSFBD([str(tmp_path / 'noisy')], clean=clean)
+    assert online.dataset.labels.shape == (4, 5) and online.dataset.labels.argmax(axis=1).tolist() == [0, 3, 2, 3]
+    assert online.buffer.labels.shape == (4, 5)
+    with pytest.raises(UserError, match='has no labels, but the run is class-conditional'):
+        OnlineSFBD([data['noisy']], clean=clean)
+
 def test_auto_rampup_is_one_refresh_pass(data):
     clean = ImageFolderDataset(data['clean'])
     online = OnlineSFBD([data['noisy']], clean=clean, refresh_every=3, refresh_batch=10, batch_size=8)
@@ -180,7 +192,7 @@ def test_train_online_with_two_processes(data, tmp_path):
     options = json.loads((run_dir / 'training_options.json').read_text())
     assert options['online_kwargs'] == dict(class_name='sfbd.online.OnlineSFBD', noisy=[data['noisy']], refresh_every=1,
                                             refresh_batch=5, rampup_kimg=None, mode='ode', num_steps=4, refresh_net='ema',
-                                            buffer_dtype='float16', xflip=False, seed=1)
+                                            buffer_dtype='float16', xflip=False, cache=True, seed=1)
     log = (run_dir / 'log.txt').read_text()
     assert 'Filled the buffer' in log and ' refresh ' in log and ' wbuf ' in log
     stats = [json.loads(line) for line in (run_dir / 'stats.jsonl').read_text().splitlines()]
