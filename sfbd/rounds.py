@@ -4,10 +4,6 @@ backward sampling (denoise.py) and denoiser update (train.py --transfer).
     python -m sfbd.rounds --outdir=runs/sfbd --clean=clean.zip --noisy=noisy.zip --rounds=4 \\
         --pretrain-duration=200 --round-duration=20 --train-args="--arch=ddpmpp --batch=512"
 
-With --online, the same pretraining is followed by one Online SFBD run (sfbd/online.py) instead of
-the rounds: `<outdir>/online/`, train.py --transfer=<pretraining snapshot> --data=<clean>
---noisy=<noisy>, recorded in `<outdir>/online.json`.
-
 Every step has a directory of its own, so that no step can continue another by accident:
 
     <outdir>/round-000-pretrain/     train.py run: clean images only
@@ -22,10 +18,16 @@ Each step is a subprocess running the repository's own train.py or denoise.py (u
 with --nproc > 1). A rerun of the same command continues where the last one stopped: finished
 steps are skipped, an interrupted training run resumes from its newest training state, an
 interrupted denoising run denoises the images it had not written. The recipe is in docs/sfbd.md.
+
+With --online, the same pretraining is followed by one Online SFBD run (sfbd/online.py) instead of
+the rounds: `<outdir>/online/`, train.py --transfer=<pretraining snapshot> --data=<clean>
+--noisy=<noisy>, recorded in `<outdir>/online.json`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -36,6 +38,8 @@ from typing import IO, Sequence
 
 import click
 
+from dnnlib.cli import ShellWords
+from dnnlib.outputs import OutputClaim, check_apart, check_output_dir, read_record
 from dnnlib.util import UserError, atomic_write, report_user_errors
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,34 +90,95 @@ def run_script(script: str, args: Sequence[str], nproc: int = 1, log: IO[str] | 
 
 #----------------------------------------------------------------------------
 # The record: the options of the run and one entry per finished step. A rerun
-# must use the same options, except that it may ask for more rounds.
+# must use the same options, except that it may ask for more rounds. It is
+# written only once every input has been checked (a mistyped option leaves
+# nothing behind), create-exclusively (dnnlib/outputs.py).
 
-def load_record(outdir: str, fname: str = RECORD_FNAME) -> dict | None:
-    path = os.path.join(outdir, fname)
-    if not os.path.isfile(path):
-        return None
-    with open(path, 'r', encoding='utf-8') as f:
-        return json.load(f)
+def load_record(outdir: str) -> dict | None:
+    return read_record(os.path.join(outdir, RECORD_FNAME))
 
 def save_record(outdir: str, record: dict, fname: str = RECORD_FNAME) -> None:
     with atomic_write(os.path.join(outdir, fname), 'w') as f:
         json.dump(record, f, indent=2)
 
-def start_record(outdir: str, options: dict, fname: str, other: str) -> dict:
-    """The record of `outdir` (created with `options`), refused if it holds another run: other
-    options, or the record `other` of the other method (the two would share the pretraining)."""
-    if os.path.isfile(os.path.join(outdir, other)):
-        raise UserError(f'--outdir={outdir}: holds {other}, a run of the other method; use another --outdir')
-    record = load_record(outdir, fname)
-    if record is None:
-        record = dict(options=options)
-    elif record.get('options') != options:
-        differ = sorted(k for k in options if record.get('options', {}).get(k) != options[k])
-        raise UserError(f'--outdir={outdir}: holds a run with other options ({", ".join(differ)} differ, see '
-                        f'{fname}); use another --outdir')
-    os.makedirs(outdir, exist_ok=True)
-    save_record(outdir, record, fname)
-    return record
+def claim_outdir(outdir: str, options: dict) -> OutputClaim:
+    # The steps' directories are the outputs that depend on the record.
+    def has_outputs() -> bool:
+        return any(name.startswith('round-') for name in os.listdir(outdir)) if os.path.isdir(outdir) else False
+    return OutputClaim(outdir, '--outdir', RECORD_FNAME, dict(options=options, rounds=[]), command='sfbd.rounds',
+                       has_outputs=has_outputs, ignore=['rounds'])
+
+#----------------------------------------------------------------------------
+# Every input is checked before the first step: the datasets (clean images;
+# an observation set of the same image size), and the options passed on to
+# train.py and denoise.py (parsed by their own option tables, then train.py's
+# dry run, in this process, with the round's data checks what needs the data).
+
+TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'noisy', 'duration', 'transfer', 'resume', 'dry_run')
+DENOISE_OPTIONS_SET_HERE = ('network_pkl', 'data', 'outdir', 'shard', 'finalize')
+
+def _parse_options(command: click.Command, name: str, option: str, args: Sequence[str], required: Sequence[str],
+                   set_here: Sequence[str]) -> dict:
+    try:
+        ctx = command.make_context(name, [*required, *args], resilient_parsing=False)
+    except click.ClickException as e:
+        raise UserError(f'{option}: {e.format_message()}') from None
+    given = [param for param in command.params if param.name in set_here
+             and any(arg.split('=')[0] in param.opts for arg in args)]
+    if given:
+        raise UserError(f'{option}: {given[0].opts[-1]} is set by sfbd.rounds itself; leave it out')
+    return ctx.params
+
+def _import_steps() -> tuple:
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    import denoise  # The option tables of the steps.
+    import train
+    return denoise, train
+
+def _check_datasets(clean: str, noisy: str) -> None:
+    from sfbd.observations import ObservationSet
+    from training.dataset import ImageFolderDataset
+    for path, option in ((clean, '--clean'), (noisy, '--noisy')):
+        if not os.path.exists(path):
+            raise UserError(f'{option}={path}: no such dataset')
+    clean_set = ImageFolderDataset(clean)
+    clean_set.close()
+    if clean_set.sigma:
+        raise UserError(f'--clean={clean}: is an observation set (sigma {clean_set.sigma:g} in dataset.json); '
+                        'give the clean images')
+    obs = ObservationSet(noisy, '--noisy')
+    obs.close()
+    if obs.image_shape != clean_set.image_shape:
+        raise UserError(f'--noisy={noisy}: observations are {obs.image_shape} (C, H, W), but the clean images of '
+                        f'{clean} are {clean_set.image_shape}')
+
+def _check_train_args(train, option: str, args: Sequence[str], nproc: int) -> None:
+    params = _parse_options(train.main, 'train.py', option, args, ['--outdir=.', '--data=.'], TRAIN_OPTIONS_SET_HERE)
+    if params['batch'] % nproc != 0:
+        raise UserError(f'{option}: --batch={params["batch"]} does not divide evenly between --nproc={nproc} processes')
+
+def _dry_run(train, option: str, run_dir: str, data: Sequence[str], args: Sequence[str]) -> None:
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            train.main.main([f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in data], *args, '--dry-run'],
+                            prog_name='train.py', standalone_mode=False)
+    except click.ClickException as e:
+        raise UserError(f'{option}: train.py refuses them: {e.format_message()}') from None
+
+def check_inputs(outdir: str, clean: str, noisy: str, train_args: Sequence[str], round_args: Sequence[str],
+                 denoise_args: Sequence[str], nproc: int) -> None:
+    denoise, train = _import_steps()
+    _check_datasets(clean, noisy)
+
+    # The options of each step, as the step will see them.
+    for option, args in (('--train-args', train_args), ('--round-args', [*train_args, *round_args])):
+        _check_train_args(train, option, args, nproc)
+    _parse_options(denoise.main, 'denoise.py', '--denoise-args', denoise_args, ['--network=.', '--outdir=.', '--data=.'],
+                   DENOISE_OPTIONS_SET_HERE)
+    _dry_run(train, '--train-args', pretrain_dir(outdir), [clean], train_args)
+    _dry_run(train, '--round-args' if round_args else '--train-args (update rounds)',
+             os.path.join(round_dir(outdir, 1), 'train'), [clean, noisy], [*train_args, *round_args])
 
 def _relative(outdir: str, path: str) -> str:
     return os.path.relpath(path, outdir).replace(os.sep, '/')
@@ -124,7 +189,7 @@ def _relative(outdir: str, path: str) -> str:
 
 def train_step(run_dir: str, data: Sequence[str], duration: float, args: Sequence[str], transfer: str | None = None,
                nproc: int = 1, log: IO[str] | None = None) -> str:
-    command = ['--outdir=' + run_dir, '--nosubdir', *[f'--data={d}' for d in data], f'--duration={duration:g}']
+    command = [f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in data], f'--duration={duration:g}']
     if transfer is not None:
         command.append(f'--transfer={transfer}')
     run_script('train.py', [*command, *args], nproc, log)
@@ -142,13 +207,19 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
                train_args: Sequence[str] = (), round_args: Sequence[str] = (), denoise_args: Sequence[str] = (),
                nproc: int = 1, log: IO[str] | None = None) -> dict:
     """Run (or continue) pretraining and `num_rounds` SFBD rounds; returns the record."""
-    _check_datasets(clean, noisy)
+    check_apart([(outdir, '--outdir')], [(clean, '--clean'), (noisy, '--noisy')])
     outdir = os.path.abspath(outdir)
     options = dict(clean=os.path.abspath(clean), noisy=os.path.abspath(noisy), pretrain_duration=pretrain_duration,
                    round_duration=round_duration, train_args=list(train_args), round_args=list(round_args),
                    denoise_args=list(denoise_args))
-    record = start_record(outdir, options, RECORD_FNAME, ONLINE_RECORD_FNAME)
-    entries = record.setdefault('rounds', [])
+    check_output_dir(outdir, '--outdir', 'sfbd.rounds', [RECORD_FNAME])
+    record, claim = load_record(outdir), claim_outdir(outdir, options)
+    if record is None or record.get('options') != options:  # Checked when first recorded.
+        if record is not None and claim.has_outputs():
+            claim.claim()  # Refuses the other options at once.
+        check_inputs(outdir, clean, noisy, train_args, round_args, denoise_args, nproc)
+    record = claim.claim()
+    entries = record['rounds']
 
     def finished(k: int) -> str | None:
         # The final snapshot of round k, if the record says it is done and the file is there.
@@ -193,29 +264,44 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
     print(f'Done: {num_rounds} rounds in {outdir}; the last snapshot is {entries[num_rounds]["snapshot"]}.', flush=True)
     return record
 
-def _check_datasets(clean: str, noisy: str) -> None:
-    for path, option in ((clean, '--clean'), (noisy, '--noisy')):
-        if not os.path.exists(path):
-            raise UserError(f'{option}={path}: no such dataset')
-
 #----------------------------------------------------------------------------
 # Online SFBD: the same pretraining, then one train.py run on the clean images
 # and the observations (--noisy), denoised again as it trains (sfbd/online.py).
-# `online_args` go to that run only (e.g. --refresh-every, --lr-rampup).
+# `online_args` go to that run only (e.g. --refresh-every, --lr-rampup). The
+# record is online.json; a folder of the rounds (rounds.json) is refused, and
+# the rounds refuse this one, as the two would share the pretraining.
 
 def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, online_duration: float,
                train_args: Sequence[str] = (), online_args: Sequence[str] = (), nproc: int = 1,
                log: IO[str] | None = None) -> dict:
     """Run (or continue) pretraining and the online run; returns the record (online.json)."""
-    _check_datasets(clean, noisy)
+    check_apart([(outdir, '--outdir')], [(clean, '--clean'), (noisy, '--noisy')])
     outdir = os.path.abspath(outdir)
     options = dict(clean=os.path.abspath(clean), noisy=os.path.abspath(noisy), pretrain_duration=pretrain_duration,
                    online_duration=online_duration, train_args=list(train_args), online_args=list(online_args))
-    record = start_record(outdir, options, ONLINE_RECORD_FNAME, RECORD_FNAME)
+    check_output_dir(outdir, '--outdir', 'sfbd.rounds --online', [ONLINE_RECORD_FNAME])
+    def has_outputs() -> bool:
+        return any(os.path.isdir(path) for path in (pretrain_dir(outdir), online_dir(outdir)))
+    claim = OutputClaim(outdir, '--outdir', ONLINE_RECORD_FNAME, dict(options=options), command='sfbd.rounds --online',
+                        has_outputs=has_outputs, ignore=['pretrain', 'online'])
+    record = read_record(os.path.join(outdir, ONLINE_RECORD_FNAME))
+    if record is None or record.get('options') != options:  # Checked when first recorded.
+        if record is not None and has_outputs():
+            claim.claim()  # Refuses the other options at once.
+        _, train = _import_steps()
+        _check_datasets(clean, noisy)
+        _check_train_args(train, '--train-args', train_args, nproc)
+        _check_train_args(train, '--online-args', [*train_args, *online_args], nproc)
+        _dry_run(train, '--train-args', pretrain_dir(outdir), [clean], train_args)
+        _dry_run(train, '--online-args', online_dir(outdir), [clean], [f'--noisy={noisy}', *train_args, *online_args])
+    record = claim.claim()
+
+    def finished(key: str) -> str | None:
+        snapshot = (record.get(key) or {}).get('snapshot')
+        return os.path.join(outdir, snapshot) if snapshot and os.path.isfile(os.path.join(outdir, snapshot)) else None
 
     # Pretraining on the clean images, as for the rounds.
-    pretrain = record.get('pretrain') or {}
-    if not (pretrain.get('snapshot') and os.path.isfile(os.path.join(outdir, pretrain['snapshot']))):
+    if finished('pretrain') is None:
         print(f'Pretraining on {clean}', flush=True)
         snapshot = train_step(pretrain_dir(outdir), [options['clean']], pretrain_duration, train_args, None, nproc, log)
         record['pretrain'] = dict(train_dir=_relative(outdir, pretrain_dir(outdir)), snapshot=_relative(outdir, snapshot))
@@ -223,12 +309,10 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
         save_record(outdir, record, ONLINE_RECORD_FNAME)
 
     # The online run, from the pretraining's final snapshot.
-    online = record.get('online') or {}
-    if not (online.get('snapshot') and os.path.isfile(os.path.join(outdir, online['snapshot']))):
-        transfer = os.path.join(outdir, record['pretrain']['snapshot'])
+    if finished('online') is None:
         print(f'Online SFBD: training on {clean} + {noisy} from {record["pretrain"]["snapshot"]}', flush=True)
         snapshot = train_step(online_dir(outdir), [options['clean']], online_duration,
-                              [f'--noisy={options["noisy"]}', *train_args, *online_args], transfer, nproc, log)
+                              [f'--noisy={options["noisy"]}', *train_args, *online_args], finished('pretrain'), nproc, log)
         record['online'] = dict(train_dir=_relative(outdir, online_dir(outdir)), network=record['pretrain']['snapshot'],
                                 snapshot=_relative(outdir, snapshot))
         save_record(outdir, record, ONLINE_RECORD_FNAME)
@@ -246,15 +330,15 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
 @click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=click.FloatRange(min=0, min_open=True))
 @click.option('--online',             help='Online SFBD after pretraining: one run instead of the rounds',        is_flag=True)
 @click.option('--online-duration',    help='Length of the online run in millions of images (with --online)', metavar='MIMG', type=click.FloatRange(min=0, min_open=True))
-@click.option('--online-args',        help='More train.py options for the online run, e.g. "--refresh-every=20"', metavar='STR', type=str, default='', show_default=True)
-@click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=str, default='', show_default=True)
-@click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=str, default='', show_default=True)
-@click.option('--denoise-args',       help='More denoise.py options, e.g. "--steps=40 --batch=256"', metavar='STR', type=str, default='', show_default=True)
+@click.option('--online-args',        help='More train.py options for the online run, e.g. "--refresh-every=20"', metavar='STR', type=ShellWords(), default='', show_default=True)
+@click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
+@click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=ShellWords(), default='', show_default=True)
+@click.option('--denoise-args',       help='More denoise.py options, e.g. "--steps=40 --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--nproc',              help='Processes per step (torchrun); 1 = plain python', metavar='INT',      type=click.IntRange(min=1), default=1, show_default=True)
 @report_user_errors
 def main(outdir: str, clean: str, noisy: str, num_rounds: int | None, pretrain_duration: float, round_duration: float | None,
-         online: bool, online_duration: float | None, online_args: str, train_args: str, round_args: str,
-         denoise_args: str, nproc: int) -> None:
+         online: bool, online_duration: float | None, online_args: list[str], train_args: list[str], round_args: list[str],
+         denoise_args: list[str], nproc: int) -> None:
     """Run SFBD: pretrain on clean images, then alternate denoising the noisy
     observations and fine-tuning on clean + denoised images (or, with --online,
     one training run that denoises as it goes).
@@ -282,16 +366,15 @@ def main(outdir: str, clean: str, noisy: str, num_rounds: int | None, pretrain_d
             raise UserError(f'{", ".join(given)}: options of the rounds; --online runs no rounds')
         if online_duration is None:
             raise UserError('--online needs --online-duration')
-        run_online(outdir, clean, noisy, pretrain_duration, online_duration, shlex.split(train_args),
-                   shlex.split(online_args), nproc)
+        run_online(outdir, clean, noisy, pretrain_duration, online_duration, train_args, online_args, nproc)
         return
     for name, value in (('--rounds', num_rounds), ('--round-duration', round_duration)):
         if value is None:
             raise UserError(f'{name} is required (or --online for Online SFBD)')
     if online_duration is not None or online_args:
         raise UserError('--online-duration, --online-args: options of --online')
-    run_rounds(outdir, clean, noisy, num_rounds, pretrain_duration, round_duration, shlex.split(train_args),
-               shlex.split(round_args), shlex.split(denoise_args), nproc)
+    run_rounds(outdir, clean, noisy, num_rounds, pretrain_duration, round_duration, train_args, round_args,
+               denoise_args, nproc)
 
 #----------------------------------------------------------------------------
 

@@ -115,7 +115,7 @@ def test_online_layout_record_and_reruns(data, tmp_path, monkeypatch):
     assert calls == []
     with pytest.raises(UserError, match='other options'):
         rounds.run_online(str(outdir), str(data / 'clean'), str(data / 'noisy'), DURATION, 2 * DURATION, train_args=TRAIN_ARGS)
-    with pytest.raises(UserError, match='online.json, a run of the other method'):
+    with pytest.raises(UserError, match='that sfbd.rounds did not make'):
         rounds.run_rounds(str(outdir), str(data / 'clean'), str(data / 'noisy'), 1, DURATION, DURATION)
 
 @pytest.mark.parametrize('args, message', [
