@@ -21,12 +21,13 @@ from typing import Any, TextIO
 
 import click
 import torch
+from click.core import ParameterSource
 
 import dnnlib
 from dnnlib.util import UserError, atomic_write, parse_int_list, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils import misc
-from training import training_loop
+from training import resume, training_loop
 
 # Exit status after SIGTERM or SIGUSR1: the run wrote a snapshot and a training
 # state and stopped; rerunning the same command continues it (EX_TEMPFAIL of
@@ -143,6 +144,27 @@ def next_run_dir(outdir: str, desc: str) -> str:
     return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
 #----------------------------------------------------------------------------
+# Resuming: the options must fit the run that wrote the state (EDM's or ours),
+# and its learning-rate and EMA schedule carries over unless an option is given
+# explicitly (training/resume.py). Returns the lines to announce.
+
+SCHEDULE_PARAMS = dict(lr='lr', lr_rampup_kimg='lr_rampup', ema_halflife_kimg='ema', ema_rampup_ratio='ema_rampup')
+
+def _check_resume(c: dnnlib.EasyDict, explicit: set[str]) -> list[str]:
+    recorded = resume.run_options_beside(c.resume_state_dump)
+    if recorded is not None:
+        notes = resume.check_run_options(recorded, c, source=os.path.dirname(os.path.abspath(c.resume_state_dump)))
+    else:
+        notes = [f'No {resume.OPTIONS_FNAME} beside the training state: only its tensors are checked against these options.']
+    given = dict(lr=c.optimizer_kwargs.lr, lr_rampup_kimg=c.lr_rampup_kimg, ema_halflife_kimg=c.ema_halflife_kimg,
+                 ema_rampup_ratio=c.ema_rampup_ratio)
+    schedule, schedule_notes = resume.resolve_schedule(given, resume.recorded_schedule(c.resume_state_dump, recorded), explicit)
+    c.optimizer_kwargs.lr = schedule['lr']
+    c.update(lr_rampup_kimg=schedule['lr_rampup_kimg'], ema_halflife_kimg=schedule['ema_halflife_kimg'],
+             ema_rampup_ratio=schedule['ema_rampup_ratio'])
+    return notes + schedule_notes
+
+#----------------------------------------------------------------------------
 
 @click.command()
 
@@ -207,8 +229,11 @@ def main(**kwargs: Any) -> None:
     snapshot and a training state, and exits with status 75.
     """
     tee = _LogTee() if dist.get_rank() == 0 else None
+    ctx = click.get_current_context()
+    explicit = {key for key, name in SCHEDULE_PARAMS.items()
+                if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
     try:
-        status = _train(dnnlib.EasyDict(kwargs), tee)
+        status = _train(dnnlib.EasyDict(kwargs), tee, explicit)
     except BaseException as e:
         # Errors go to log.txt too (when it exists); the terminal gets them from click or Python.
         if tee is not None and not isinstance(e, SystemExit):
@@ -221,7 +246,7 @@ def main(**kwargs: Any) -> None:
     if status == training_loop.PREEMPTED:
         sys.exit(PREEMPTED_EXIT_CODE)
 
-def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
+def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = frozenset()) -> str | None:
     # Options that can be checked before anything is loaded.
     if opts.fp16 and opts.bf16:
         raise UserError('--fp16 and --bf16 cannot be used together')
@@ -316,6 +341,9 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
         c.resume_from_run_dir = True
         resume_note = f'Resuming from the newest training state in the run directory: "{latest}".'
 
+    # A resumed run keeps the network and schedule it was trained with.
+    resume_notes = _check_resume(c, explicit) if c.get('resume_state_dump') is not None else []
+
     # Run directory name.
     cond_str = 'cond' if opts.cond else 'uncond'
     dtype_str = 'fp16' if opts.fp16 else 'bf16' if opts.bf16 else 'fp32'
@@ -340,6 +368,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
         dist.print0(f'{label + ":":<25}{value}')
     if resume_note:
         dist.print0(resume_note)
+    for note in resume_notes:
+        dist.print0(note)
     dist.print0()
     if opts.dry_run:
         dist.print0('Dry run; exiting.')
