@@ -2,8 +2,9 @@
 
 The options, defaults and output files are those of EDM's train.py; see `python train.py --help`.
 Beyond EDM: `--data` may be repeated (the union of the datasets), `--device`, `--bf16`,
-`--lr-rampup`, `--ema-rampup`; runs resume from self-contained training states; and a
-preemption signal stops a run cleanly with exit status PREEMPTED_EXIT_CODE.
+`--lr-rampup`, `--ema-rampup`; runs resume from self-contained training states, and from EDM's
+training states read as data (training/resume.py); and a preemption signal stops a run cleanly
+with exit status PREEMPTED_EXIT_CODE.
 """
 
 from __future__ import annotations
@@ -205,8 +206,8 @@ def _check_resume(c: dnnlib.EasyDict, explicit: set[str]) -> list[str]:
 @click.option('--snap',          help='Network snapshot interval', metavar='TICKS',                               type=click.IntRange(min=1), default=50, show_default=True)
 @click.option('--dump',          help='Training state interval', metavar='TICKS',                                 type=click.IntRange(min=1), default=500, show_default=True)
 @click.option('--seed',          help='Random seed  [default: random]', metavar='INT',                            type=click.IntRange(min=0))
-@click.option('--transfer',      help='Initialise network and EMA from a network pickle', metavar='PKL|URL',      type=str)
-@click.option('--resume',        help='Continue from a training state, or the newest one in a run directory', metavar='PT|DIR', type=str)
+@click.option('--transfer',      help='Initialise network and EMA from a network pickle (the tensors that fit)', metavar='PKL|URL', type=str)
+@click.option('--resume',        help='Continue from a training state (this project\'s or EDM\'s), or the newest one in a run directory', metavar='PT|DIR', type=str)
 @click.option('-n', '--dry-run', help='Show the options and exit',                                                is_flag=True)
 
 @report_user_errors
@@ -222,11 +223,25 @@ def main(**kwargs: Any) -> None:
     \b
     # Fine-tune a snapshot on clean plus denoised images (an SFBD round)
     python train.py --outdir=runs/round1 --data=clean.zip --data=denoised-round1 \\
-        --transfer=runs/pretrain/network-snapshot-200000.pkl --lr-rampup=0
+        --transfer=runs/pretrain/network-snapshot-200000.pkl
     \b
     A rerun of the same command with --nosubdir continues from the newest training
     state in --outdir. On SIGTERM or SIGUSR1 the run finishes its step, writes a
     snapshot and a training state, and exits with status 75.
+    \b
+    --resume also takes EDM's training-state-NNNNNN.pt (or its run directory): the
+    weights and Adam's state come from it, the EMA from network-snapshot-NNNNNN.pkl
+    beside it, the progress from its name; nothing stored in it runs. A resumed run
+    needs the network of the run (architecture, preconditioning, sizes, labels,
+    augmentation on/off; else an error) and announces other changed options. It
+    keeps the run's --lr, --lr-rampup, --ema and --ema-rampup: one given explicitly
+    with another value takes over from the first resumed step, and the log says so.
+    \b
+    --transfer copies every tensor of the pickle that has the same name and shape
+    (as EDM does, e.g. all but the label embedding of a network with another
+    number of classes) and lists those left at their initial values. It restarts
+    the kimg count, the learning-rate warm-up and the optimizer, and has no EMA
+    ramp-up unless --ema-rampup is given.
     """
     tee = _LogTee() if dist.get_rank() == 0 else None
     ctx = click.get_current_context()

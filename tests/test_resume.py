@@ -1,5 +1,6 @@
-"""Resuming runs: EDM's training states (read as data), option checks, and the learning-rate and
-EMA schedule carried over by a resume (training/resume.py, torch_utils/edm_state.py, train.py)."""
+"""Resuming and transferring: EDM's training states (read as data), option checks, the learning-rate
+and EMA schedule carried over by a resume (training/resume.py, torch_utils/edm_state.py, train.py),
+and --transfer between networks of different label dimensions (training/training_loop.py)."""
 
 from __future__ import annotations
 
@@ -292,5 +293,69 @@ def test_resolve_schedule_units():
         dict(lr=1e-3, lr_rampup_kimg=10000, ema_halflife_kimg=500, ema_rampup_ratio=0.05)
     assert resume.schedule_of_options(dict(optimizer_kwargs=dict(lr=1e-3), ema_halflife_kimg=500,
                                            ema_rampup_ratio=None))['ema_rampup_ratio'] is None
+
+#----------------------------------------------------------------------------
+# --transfer like EDM: every tensor of the same name and shape is copied, the
+# others keep their initial values and are listed. EDM's class-conditional
+# fixture (16x16, 10 classes) into unconditional training, and into training
+# with 5 classes; an unconditional pickle into 10-class training.
+
+def fixture_arch(fixtures_dir: Path) -> dict:
+    arch = torch.load(fixtures_dir / 'edm-ddpmpp-tiny-net.pt', weights_only=True)['kwargs']
+    return {k: v for k, v in arch.items() if k not in ('img_resolution', 'img_channels', 'label_dim')}
+
+@pytest.mark.parametrize('source_classes, target_classes', [(10, 0), (10, 5), (0, 10)])
+def test_transfer_between_label_dimensions(source_classes, target_classes, fixtures_dir, tmp_path, capsys):
+    from training.training_loop import training_loop
+    arch = fixture_arch(fixtures_dir)
+    source_path = str(fixtures_dir / 'edm-ddpmpp-tiny-snapshot.pkl')
+    source = persistence.load_network(source_path)
+    if source_classes == 0:  # The fixture's network without its label embedding.
+        uncond = misc.construct_class_by_name(class_name='training.networks.EDMPrecond', img_resolution=16,
+                                              img_channels=3, label_dim=0, **arch)
+        assert misc.copy_params_and_buffers(source, uncond) == []
+        source_path = str(tmp_path / 'uncond.pkl')
+        persistence.save_network_pickle(source_path, dict(ema=uncond.eval(), loss_fn=None, augment_pipe=None, dataset_kwargs={}))
+        source = persistence.load_network(source_path)
+    data = tmp_path / 'data'
+    make_image_dataset(str(data), 10, resolution=16, num_classes=target_classes)  # Every class present.
+    network_kwargs = dict(class_name='training.networks.EDMPrecond', dropout=0.13, use_fp16=False, **arch)
+    # One step at learning rate 0 (the warm-up starts at 0) leaves the weights as they were copied.
+    status = training_loop(
+        run_dir=str(tmp_path), seed=0, batch_size=4, total_kimg=0.004, ema_rampup_ratio=None, device='cpu',
+        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=str(data), use_labels=target_classes > 0),
+        network_kwargs=network_kwargs, loss_kwargs=dict(class_name='training.loss.EDMLoss'),
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
+        augment_kwargs=dict(class_name='training.augment.AugmentPipe', p=0.12, **train.AUGMENTATIONS),
+        resume_pkl=source_path)
+    assert status == 'finished'
+    out = capsys.readouterr().out
+    ema = persistence.load_network(str(tmp_path / 'network-snapshot-000000.pkl')).state_dict()
+    src = source.state_dict()
+    torch.manual_seed(0)  # The loop's initial weights (seeded with --seed).
+    initial = misc.construct_class_by_name(**network_kwargs, img_resolution=16, img_channels=3,
+                                           label_dim=target_classes).state_dict()
+    kept = [k for k in ema if k not in src or src[k].shape != ema[k].shape]
+    # The label embedding: its weight has another shape (or is missing), its bias fits when present.
+    assert kept == {(10, 0): [], (10, 5): ['model.map_label.weight'],
+                    (0, 10): ['model.map_label.weight', 'model.map_label.bias']}[(source_classes, target_classes)]
+    for k in ema:
+        assert torch.equal(ema[k], initial[k] if k in kept else src[k]), k
+    assert f'Copied {len(ema) - len(kept)} of {len(ema)} tensors from the pickle.' in out
+    if kept:
+        shape_there = f'[32, {source_classes}] in the pickle' if source_classes else 'not in the pickle'
+        assert f'  model.map_label.weight [32, {target_classes}]: {shape_there}' in out
+    if source_classes and not target_classes:
+        assert 'Not used from the pickle (2): model.map_label.weight, model.map_label.bias' in out
+
+def test_transfer_of_another_channel_count_is_refused(fixtures_dir, tmp_path):
+    data = tmp_path / 'gray'
+    make_image_dataset(str(data), 4, channels=1, resolution=16)
+    result = invoke(['--outdir', tmp_path / 'out', '--data', data, *TINY, '--transfer',
+                     fixtures_dir / 'edm-ddpmpp-tiny-snapshot.pkl'])
+    assert result.exit_code == 1, result.output
+    (line,) = error_lines(result)
+    assert '16x16 network with 3 channels' in line and 'needs 16x16 with 1 channels' in line
+    assert not (tmp_path / 'out').exists()
 
 #----------------------------------------------------------------------------
