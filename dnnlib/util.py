@@ -128,6 +128,11 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     with atomic_write(path, 'wb') as f:
         f.write(data)
 
+def is_inside(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or lies under it (symbolic links resolved)."""
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
 #----------------------------------------------------------------------------
 # Command-line entry points: a UserError becomes one line on stderr and exit
 # status 1 (click's own usage errors exit with 2), never a traceback.
