@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import pickletools
+import unittest.mock
 import zipfile
 from pathlib import Path
 
@@ -81,11 +81,11 @@ def make_edm_run(root: Path, marker: Path, lr: float = 2e-3) -> dict:
         x = torch.randn(2, 3, 8, 8)
         net(x, torch.full([2], 0.7), None, augment_labels=torch.zeros(2, 9)).sub(x).square().mean().backward()
         optimizer.step()
-    # The module as EDM pickles it: its __dict__ under a reconstruction call that carries the module
-    # source, here source that would leave a marker file if anything ran it.
-    meta = dict(type='class', version=6, class_name='EDMPrecond', state=dict(net.__dict__),
-                module_src=f'open({str(marker)!r}, "w").write("ran")\n')
-    torch.save(dict(net=Persistent(meta), optimizer_state=optimizer.state_dict()), run_dir / f'training-state-{KIMG:06d}.pt')
+    # EDM's torch.save of the whole module: each persistent module pickles as a reconstruction call
+    # carrying its module's source, here source that would leave a marker file if anything ran it.
+    hostile_source = f'open({str(marker)!r}, "w").write("ran")\n'
+    with unittest.mock.patch.object(persistence, '_module_source', lambda cls: hostile_source):
+        torch.save(dict(net=net, optimizer_state=optimizer.state_dict()), run_dir / f'training-state-{KIMG:06d}.pt')
 
     ema = misc.construct_class_by_name(**kwargs, img_resolution=8, img_channels=3, label_dim=0).eval().requires_grad_(False)
     persistence.save_network_pickle(str(run_dir / f'network-snapshot-{KIMG:06d}.pkl'),
@@ -113,9 +113,11 @@ def test_edm_state_layout_and_reader(edm_run, tmp_path):
     path = edm_run['run_dir'] / f'training-state-{KIMG:06d}.pt'
     with zipfile.ZipFile(path) as z:
         (pkl,) = [n for n in z.namelist() if n.endswith('/data.pkl')]
-        globals_named = {arg for op, arg, _ in pickletools.genops(z.read(pkl)) if op.name == 'GLOBAL'}
+        data = z.read(pkl)
+    globals_named = {arg for op, arg, _ in pickletools.genops(data) if op.name == 'GLOBAL'}
     assert 'torch_utils.persistence _reconstruct_persistent_obj' in globals_named
-    assert not any(g.startswith('training.') for g in globals_named)
+    assert not any(g.startswith('training.') for g in globals_named)  # Classes only by name, in the records.
+    assert str(tmp_path / 'pwned').encode() in data  # The source the file carries (never run).
     assert edm_state.is_edm_training_state(str(path))
 
     state = edm_state.load_edm_training_state(str(path))

@@ -91,6 +91,10 @@ def load_edm_training_state(path: str) -> EDMTrainingState:
                 raise UserError(f'{path}: a TorchScript archive, not a training state')
     except (OSError, zipfile.BadZipFile) as e:
         raise UserError(f'{path}: not a readable training state ({type(e).__name__}: {e})') from None
+    if os.environ.get('TORCH_FORCE_WEIGHTS_ONLY_LOAD', '0').lower() in ('1', 'y', 'yes', 'true'):
+        raise UserError(f'{path}: EDM\'s training states hold a pickled module, which torch\'s weights-only loader '
+                        'cannot read; unset TORCH_FORCE_WEIGHTS_ONLY_LOAD to read it with this repository\'s '
+                        'data-only reader (nothing in the file runs either way)')
     try:
         data = torch.load(path, map_location='cpu', pickle_module=_data_only_pickle_module(path), weights_only=False)
     except UserError:
