@@ -151,10 +151,10 @@ def next_run_dir(outdir: str, desc: str) -> str:
 
 SCHEDULE_PARAMS = dict(lr='lr', lr_rampup_kimg='lr_rampup', ema_halflife_kimg='ema', ema_rampup_ratio='ema_rampup')
 
-def _check_resume(c: dnnlib.EasyDict, explicit: set[str]) -> list[str]:
+def _check_resume(c: dnnlib.EasyDict, explicit: set[str], where: str) -> list[str]:
     recorded = resume.run_options_beside(c.resume_state_dump)
     if recorded is not None:
-        notes = resume.check_run_options(recorded, c, source=os.path.dirname(os.path.abspath(c.resume_state_dump)))
+        notes = resume.check_run_options(recorded, c, where)
     else:
         notes = [f'No {resume.OPTIONS_FNAME} beside the training state: only its tensors are checked against these options.']
     given = dict(lr=c.optimizer_kwargs.lr, lr_rampup_kimg=c.lr_rampup_kimg, ema_halflife_kimg=c.ema_halflife_kimg,
@@ -357,7 +357,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         resume_note = f'Resuming from the newest training state in the run directory: "{latest}".'
 
     # A resumed run keeps the network and schedule it was trained with.
-    resume_notes = _check_resume(c, explicit) if c.get('resume_state_dump') is not None else []
+    where = f'--resume={opts.resume}' if opts.resume is not None else f'--outdir={opts.outdir} (its newest training state)'
+    resume_notes = _check_resume(c, explicit, where) if c.get('resume_state_dump') is not None else []
 
     # Run directory name.
     cond_str = 'cond' if opts.cond else 'uncond'

@@ -199,7 +199,7 @@ def test_resume_edm_run_with_another_network_is_refused(edm_run, tmp_path, optio
                      edm_run['run_dir'] / f'training-state-{KIMG:06d}.pt'])
     assert result.exit_code == 1, result.output
     (line,) = error_lines(result)
-    assert line.startswith('Error: --resume: ') and what in line
+    assert line.startswith(f'Error: --resume={edm_run["run_dir"]}') and 'the run was trained with' in line and what in line
     assert not (tmp_path / 'out').exists()
 
 def test_resume_edm_state_needs_its_snapshot(edm_run, tmp_path):
@@ -281,6 +281,14 @@ def test_explicit_schedule_options_are_announced(own_run, tmp_path):
     assert '--lr given: lr is 0.0005 from here on, instead of the 0.002 the run was trained with.' in result.output
     assert '--ema-rampup given: ema_rampup_ratio is none from here on, instead of the 0.1' in result.output
     assert '--lr-rampup given' not in result.output  # The same value as recorded: nothing to announce.
+
+def test_rerun_into_a_run_directory_with_another_network_is_refused(own_run):
+    # Resuming this repository's run by rerunning into its directory: the same checks as for EDM's.
+    result = invoke(['--outdir', own_run / 'run', '--nosubdir', '--data', own_run / 'ds8', *TINY, '--cbase=32', '-n'])
+    assert result.exit_code == 1, result.output
+    (line,) = error_lines(result)
+    assert line.startswith(f'Error: --outdir={own_run / "run"} (its newest training state): the run was trained with '
+                           'another network') and 'model_channels 16 there, 32 now' in line
 
 def test_resolve_schedule_units():
     given = dict(lr=1e-3, lr_rampup_kimg=10000, ema_halflife_kimg=500, ema_rampup_ratio=0.05)

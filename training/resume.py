@@ -157,13 +157,13 @@ def _difference(old: Any, new: Any) -> str:
         return ', '.join(f'{k} {old.get(k)} there, {new.get(k)} now' for k in keys)
     return f'{old} there, {new} now'
 
-def check_run_options(recorded: dict, current: dict, source: str) -> list[str]:
-    """Refuse options that do not fit the recorded run (one-line error); returns the lines that
-    announce the allowed changes."""
+def check_run_options(recorded: dict, current: dict, where: str) -> list[str]:
+    """Refuse options that do not fit the recorded run (one-line error starting with `where`, the
+    option that chose the state); returns the lines that announce the allowed changes."""
     current = json.loads(json.dumps(current))  # The recorded side went through JSON too.
     for what, get in _MUST_MATCH:
         if get(recorded) != get(current):
-            raise UserError(f'--resume: {source} was trained with another {what} ({_difference(get(recorded), get(current))}); '
+            raise UserError(f'{where}: the run was trained with another {what} ({_difference(get(recorded), get(current))}); '
                             'a resumed run needs the same')
     return [f'{what} differs from the resumed run: {_difference(get(recorded), get(current))}.'
             for what, get in _MAY_CHANGE if get(recorded) != get(current)]
