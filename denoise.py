@@ -10,9 +10,14 @@ inside a task, between processes (`torchrun`). All of them may write into one --
 
 - every image is written atomically, so an image file is either complete or absent;
 - a rerun denoises only the images that are missing, which also resumes interrupted tasks;
-- the options of the first run are recorded in `denoise_options.json`; a run with other options
-  (another network, noise level, mode, seed, grid) into the same --outdir is refused, so images
-  of different models never mix;
+- the options are recorded in `denoise_options.json` once the network and the data have been
+  checked; a run with other options (another network, noise level, mode, seed, grid) into the same
+  --outdir is refused, so images of different models never mix. The record is written
+  create-exclusively, so that of several tasks starting at once with different options only one
+  goes on (dnnlib/outputs.py); a run that fails before writing an image takes its record back;
+- --outdir must be new, empty or made by denoise.py, and apart from --data and --network: a
+  dataset is never written into;
+- an image that exists but is empty or cut short counts as missing;
 - `dataset.json` (labels) is built from the observation set, not from the shards: whichever task
   finishes and finds every image present writes it, and `--finalize` writes it on demand (e.g. on a
   file system where tasks may not see each other's files at once). Its presence marks a complete set.
@@ -20,7 +25,6 @@ inside a task, between processes (`torchrun`). All of them may write into one --
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,7 +35,8 @@ import numpy as np
 import torch
 import tqdm
 
-from dnnlib.util import UserError, atomic_write, is_inside, open_url, report_user_errors, save_png
+from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file, is_complete_png
+from dnnlib.util import UserError, atomic_write, file_sha256, report_user_errors, save_png
 from generate import rank_batches, sampler_options
 from sfbd.backward import MODES, backward_sample, image_seeds
 from sfbd.grids import choose_images, load_png, read_originals, save_comparison_grid
@@ -107,29 +112,13 @@ def network_labels(net: torch.nn.Module, labels: torch.Tensor | None) -> torch.T
     return torch.nn.functional.pad(labels, (0, net.label_dim - labels.shape[1]))
 
 #----------------------------------------------------------------------------
-# The options record of an output directory. Everything that decides the
-# images is compared; the network by content, so moving the file is fine.
+# The claim of an output directory: the options record. Everything that
+# decides the images is compared; the network by content, so moving the file
+# is fine. The images are the outputs that depend on it.
 
-def file_sha256(path_or_url: str) -> str:
-    digest = hashlib.sha256()
-    with open_url(path_or_url) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-def claim_outdir(outdir: str, record: dict) -> None:
-    """Record the options in a new --outdir, or check them against the recorded ones."""
-    path = os.path.join(outdir, OPTIONS_FNAME)
-    if os.path.isfile(path):
-        with open(path, 'r', encoding='utf-8') as f:
-            recorded = json.load(f)
-        differ = [key for key in record if key != 'network' and recorded.get(key) != record[key]]
-        if differ:
-            raise UserError(f'--outdir={outdir}: holds images denoised with other options ({", ".join(differ)} '
-                            f'differ, see {OPTIONS_FNAME}); use another --outdir or delete this one')
-        return
-    with atomic_write(path, 'w') as f:
-        json.dump(record, f, indent=2)
+def claim_outdir(outdir: str, record: dict, create: bool = True) -> OutputClaim:
+    return OutputClaim(outdir, '--outdir', OPTIONS_FNAME, record, command='denoise.py', create=create,
+                       has_outputs=lambda: any_file(outdir, ['.png']), ignore=['network'])
 
 #----------------------------------------------------------------------------
 # dataset.json of the outputs: the observation set's labels under the PNG
@@ -139,11 +128,14 @@ def output_path(outdir: str, fname: str) -> str:
     return os.path.join(outdir, *with_ext(fname, '.png').split('/'))
 
 def missing_outputs(outdir: str, obs: ObservationSet, indices: range | list[int]) -> list[int]:
-    return [i for i in indices if not os.path.isfile(output_path(outdir, obs.fnames[i]))]
+    """Indices whose image is absent, empty or cut short."""
+    return [i for i in indices if not is_complete_png(output_path(outdir, obs.fnames[i]))]
 
 def finalize_outdir(outdir: str, obs: ObservationSet) -> int:
-    """Write dataset.json if the set is complete; returns the number of images still missing."""
+    """Write dataset.json if the set is complete, remove it if not; returns the number of images still missing."""
     missing = missing_outputs(outdir, obs, range(len(obs)))
+    if missing and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
+        os.remove(os.path.join(outdir, METADATA_FNAME))  # An image went missing or was cut short.
     if not missing:
         labels = None if obs.labels is None else [[with_ext(f, '.png'), l] for f, l in zip(obs.fnames, obs.labels)]
         with atomic_write(os.path.join(outdir, METADATA_FNAME), 'w') as f:
@@ -156,15 +148,6 @@ def finalize_outdir(outdir: str, obs: ObservationSet) -> int:
 # writes clean | denoised | noisy, one file per image). The originals come
 # from --originals only; they go into the picture, never into a dataset. The
 # picture is written by whichever run finds every chosen image denoised.
-
-def check_grid_options(grid: str | None, originals: str | None, data: str, outdir: str) -> None:
-    if originals is not None and grid is None:
-        raise UserError('--originals adds the originals to the --grid picture; give --grid too')
-    if grid is not None:
-        for option, where in (('--data', data), ('--outdir', outdir)):
-            if is_inside(grid, where):
-                raise UserError(f'--grid={grid}: inside {option}={where}, where it would become part of the dataset; '
-                                'write the picture elsewhere')
 
 def save_grid(path: str, outdir: str, obs: ObservationSet, indices: list[int], originals: np.ndarray | None = None) -> bool:
     """Write the picture of `indices` if every one is denoised; returns whether it was written."""
@@ -241,6 +224,14 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
     python denoise.py ... --finalize --grid=grid.png --grid-count=16 --grid-seed=3 \\
         --originals=datasets/cifar10-32x32.zip
     """
+    # Where the outputs go: apart from the inputs, and writable.
+    if originals is not None and grid is None:
+        raise UserError('--originals adds the originals to the --grid picture; give --grid too')
+    check_apart([(outdir, '--outdir'), (grid, '--grid')],
+                [(data, '--data'), (network_pkl, '--network'), (originals, '--originals')])
+    check_output_dir(outdir, '--outdir', 'denoise.py', [OPTIONS_FNAME])
+    if grid is not None:
+        check_output_file(grid, '--grid')
     device = dist.resolve_device(device)
     dist.init(device)
     obs = ObservationSet(data)
@@ -255,61 +246,66 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
     indices = shard_indices(len(obs), shard)
 
     # The images of the --grid picture, and their originals, before any work.
-    check_grid_options(grid, originals, data, outdir)
     grid_indices = choose_images(len(obs), grid_count, grid_seed) if grid is not None else []
     grid_originals = read_originals(obs, originals, grid_indices) if originals is not None else None
 
-    # Claim the output directory.
     record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), data=os.path.abspath(data),
                   num_observations=len(obs), sigma=sigma, mode=mode, seed=seed, sampler=kwargs)
-    if dist.get_rank() == 0:
-        claim_outdir(outdir, record)
-    dist.barrier()
 
+    # The network must fit the data; only then is the output directory claimed.
+    net = None
     if not finalize:
         dist.print0(f'Loading network from "{network_pkl}"...')
         net = load_network(network_pkl).to(device)
         check_network(net, obs, network_pkl, data)
         if sigma > min(kwargs.get('sigma_max', 80), net.sigma_max):
             raise UserError(f'--sigma={sigma} is above the highest noise level of the sampler')
+    with claim_outdir(outdir, record, create=not finalize):
+        if net is not None:
+            denoise_shard(net, obs, outdir, indices, shard=shard, sigma=sigma, mode=mode, seed=seed,
+                          max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs)
 
-        # Every process lists the missing images before any of them writes.
-        todo = missing_outputs(outdir, obs, indices)
-        dist.barrier()
-        if todo and dist.get_rank() == 0 and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
-            os.remove(os.path.join(outdir, METADATA_FNAME))  # The set is incomplete again.
-        dist.print0(f'Denoising {len(todo)} of {len(indices)} observations (shard {shard[0]}/{shard[1]}, '
-                    f'{len(obs) - len(indices)} in other shards) at sigma {sigma:g} with the {mode.upper()} '
-                    f'sampler to "{outdir}"...')
-        start = time.time()
-        count = denoise_images(net, obs, outdir, todo, sigma=sigma, mode=mode, seed=seed,
-                               max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs)
-        elapsed = time.time() - start
-        count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
-        if count:
-            dist.print0(f'Denoised {count} images in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.1f} img/s).')
-        dist.barrier()
-
-    # Whoever finds the set complete writes dataset.json.
-    if dist.get_rank() == 0:
-        if grid is not None:
-            if save_grid(grid, outdir, obs, grid_indices, grid_originals):
-                print(f'Wrote {grid}: {len(grid_indices)} images chosen with --grid-seed={grid_seed}, '
-                      + ('original | ' if grid_originals is not None else '') + 'observation | denoised.')
+        # Whoever finds the set complete writes dataset.json.
+        if dist.get_rank() == 0:
+            if grid is not None:
+                if save_grid(grid, outdir, obs, grid_indices, grid_originals):
+                    print(f'Wrote {grid}: {len(grid_indices)} images chosen with --grid-seed={grid_seed}, '
+                          + ('original | ' if grid_originals is not None else '') + 'observation | denoised.')
+                else:
+                    print(f'{grid}: not written yet, some of its images are left to other shards; the run that finds '
+                          'them all (or --finalize with the same --grid options) writes it.')
+            missing = finalize_outdir(outdir, obs)
+            if missing == 0:
+                print(f'All {len(obs)} images are in "{outdir}"; wrote {METADATA_FNAME}.')
+            elif finalize:
+                raise UserError(f'--outdir={outdir}: {missing} of {len(obs)} images are still missing; '
+                                'run the remaining shards first')
             else:
-                print(f'{grid}: not written yet, some of its images are left to other shards; the run that finds '
-                      'them all (or --finalize with the same --grid options) writes it.')
-        missing = finalize_outdir(outdir, obs)
-        if missing == 0:
-            print(f'All {len(obs)} images are in "{outdir}"; wrote {METADATA_FNAME}.')
-        elif finalize:
-            raise UserError(f'--outdir={outdir}: {missing} of {len(obs)} images are still missing; '
-                            'run the remaining shards first')
-        else:
-            print(f'{missing} of {len(obs)} images are left to other shards; the task that completes the set '
-                  f'writes {METADATA_FNAME} (or run with --finalize).')
+                print(f'{missing} of {len(obs)} images are left to other shards; the task that completes the set '
+                      f'writes {METADATA_FNAME} (or run with --finalize).')
     obs.close()
     dist.deinit()
+
+# This process's part of the shard: list what is missing (every process before
+# any of them writes), then denoise it.
+def denoise_shard(net: torch.nn.Module, obs: ObservationSet, outdir: str, indices: range, *, shard: tuple[int, int],
+                  sigma: float, mode: str, seed: int, max_batch_size: int, device: torch.device,
+                  sampler_kwargs: dict) -> None:
+    todo = missing_outputs(outdir, obs, indices)
+    dist.barrier()
+    if todo and dist.get_rank() == 0 and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
+        os.remove(os.path.join(outdir, METADATA_FNAME))  # The set is incomplete again.
+    dist.print0(f'Denoising {len(todo)} of {len(indices)} observations (shard {shard[0]}/{shard[1]}, '
+                f'{len(obs) - len(indices)} in other shards) at sigma {sigma:g} with the {mode.upper()} '
+                f'sampler to "{outdir}"...')
+    start = time.time()
+    count = denoise_images(net, obs, outdir, todo, sigma=sigma, mode=mode, seed=seed,
+                           max_batch_size=max_batch_size, device=device, sampler_kwargs=sampler_kwargs)
+    elapsed = time.time() - start
+    count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
+    if count:
+        dist.print0(f'Denoised {count} images in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.1f} img/s).')
+    dist.barrier()
 
 #----------------------------------------------------------------------------
 

@@ -17,9 +17,10 @@ import click
 import numpy as np
 import tqdm
 
+from dnnlib.outputs import check_apart
 from dnnlib.util import EasyDict, UserError, report_user_errors
-from sfbd.observations import (DatasetWriter, add_noise, dataset_fname, encode_npy, encode_png, raw_labels, read_listing,
-                               split_record, write_datasets)
+from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
+                               read_listing, split_record, write_datasets)
 from training.dataset import DatasetFiles, ImageFolderDataset, file_ext
 
 #----------------------------------------------------------------------------
@@ -52,6 +53,7 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
         raise UserError('split: give exactly one of --clean-count and --clean-fraction')
     if not sigma > 0:
         raise UserError(f'split: --sigma must be positive, got {sigma}')
+    check_apart([(clean_dest, '--clean'), (noisy_dest, '--noisy')], [(source, '--source')])
     dataset = ImageFolderDataset(source)
     if dataset.is_float:
         raise UserError(f'--source={source}: holds .npy arrays; split needs a dataset of 8-bit images')
@@ -68,7 +70,7 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
     noisy_labels: list = []
     clean_sources: list = []  # [name, source file name] pairs of each part.
     noisy_sources: list = []
-    with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy')) as (clean, noisy):
+    with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy'), inputs=[(source, '--source')]) as (clean, noisy):
         for idx in tqdm.trange(num_images, unit='img', disable=not verbose, desc='split'):
             image, _label = dataset[idx]
             label = None if labels is None else labels[idx]
@@ -83,10 +85,10 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
                 noisy_labels.append([name, label])
                 noisy_sources.append([name, fnames[idx]])
         source_path = os.path.abspath(source)
-        clean.commit(dict(labels=None if labels is None else clean_labels,
-                          split=split_record(source_path, seed, 'clean', clean_sources)))
-        noisy.commit(dict(sigma=sigma, labels=None if labels is None else noisy_labels,
-                          split=split_record(source_path, seed, 'noisy', noisy_sources)))
+        commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels,
+                                              split=split_record(source_path, seed, 'clean', clean_sources)),
+                                         dict(sigma=sigma, labels=None if labels is None else noisy_labels,
+                                              split=split_record(source_path, seed, 'noisy', noisy_sources))])
     dataset.close()
     return dict(clean=len(clean_labels), noisy=len(noisy_labels))
 
@@ -100,6 +102,7 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
     """Merge `sources` into a new dataset `dest`; returns the number of images."""
     if not sources:
         raise UserError('merge: give at least one --source')
+    check_apart([(dest, '--dest')], [(source, '--source') for source in sources])
     parts = []
     for source in sources:
         fnames, metadata = read_listing(source)
@@ -126,8 +129,7 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
             raise UserError(f'{where}: sigma {part.sigma} differs from {first.sigma} of {first.source}')
 
     merged_labels = []
-    writer = DatasetWriter(dest)
-    try:
+    with write_datasets((dest, '--dest'), inputs=[(source, '--source') for source in sources]) as (writer,):
         with tqdm.tqdm(total=sum(len(part.fnames) for part in parts), unit='img', disable=not verbose, desc='merge') as bar:
             for part in parts:
                 files = DatasetFiles(part.source)
@@ -141,9 +143,6 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
         if first.sigma is not None:
             metadata['sigma'] = first.sigma
         writer.commit(metadata)
-    except BaseException:
-        writer.abort()
-        raise
     return len(merged_labels)
 
 #----------------------------------------------------------------------------

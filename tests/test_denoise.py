@@ -316,8 +316,9 @@ def test_grid_of_chosen_images_with_their_originals(experiment, tmp_path):
 
 @pytest.mark.parametrize('case, message', [
     ('no-grid', '--originals adds the originals to the --grid picture'),
-    ('grid-in-data', 'inside --data='),
-    ('grid-in-outdir', 'inside --outdir='),
+    ('grid-in-data', 'the input --data='),
+    ('grid-in-outdir', 'contains the output --grid='),
+    ('grid-in-originals', 'the input --originals='),
     ('unrecorded', 'records no source images'),
     ('wrong-source', 'has no 00000/img'),
 ])
@@ -326,7 +327,8 @@ def test_grid_options_are_checked_before_any_work(case, message, experiment, inp
     data = inputs['obs'] if case == 'unrecorded' else experiment['noisy']
     other = tmp_path / 'other'
     make_image_dataset(str(other), num_images=3)
-    grid = {'grid-in-data': os.path.join(data, 'grid.png'), 'grid-in-outdir': outdir / 'grid.png'}.get(case, tmp_path / 'grid.png')
+    grid = {'grid-in-data': os.path.join(data, 'grid.png'), 'grid-in-outdir': outdir / 'grid.png',
+            'grid-in-originals': experiment['root'] / 'source' / 'grid.png'}.get(case, tmp_path / 'grid.png')
     args = ['--network', experiment['net'], '--data', data, '--outdir', outdir, '--steps=4',
             '--originals', other if case == 'wrong-source' else experiment['root'] / 'source']
     if case != 'no-grid':
