@@ -2,7 +2,7 @@
 backward sampling (denoise.py) and denoiser update (train.py --transfer).
 
     python -m sfbd.rounds --outdir=runs/sfbd --clean=clean.zip --noisy=noisy.zip --rounds=4 \\
-        --pretrain-duration=200 --round-duration=20 --train-args="--arch=ddpmpp --batch=512"
+        --pretrain-duration=200 --round-duration=20 --preset=cifar10
 
 Every step has a directory of its own, so that no step can continue another by accident:
 
@@ -18,6 +18,11 @@ Each step is a subprocess running the repository's own train.py or denoise.py (u
 with --nproc > 1). A rerun of the same command continues where the last one stopped: finished
 steps are skipped, an interrupted training run resumes from its newest training state, an
 interrupted denoising run denoises the images it had not written. The recipe is in docs/sfbd.md.
+
+By default each round is what the SFBD release does: a `--transfer` of the previous snapshot, which
+restarts the kimg count, EDM's learning-rate warm-up and the optimizer. `--preset` adds the
+release's (or EDM's) hyperparameters by name (sfbd/presets.py); anything else, such as a shorter
+warm-up for the rounds, is an explicit option (docs/sfbd.md lists such deviations).
 
 With --online, the same pretraining is followed by one Online SFBD run (sfbd/online.py) instead of
 the rounds: `<outdir>/online/`, train.py --transfer=<pretraining snapshot> --data=<clean>
@@ -41,6 +46,7 @@ import click
 from dnnlib.cli import ShellWords
 from dnnlib.outputs import OutputClaim, check_apart, check_output_dir, read_record
 from dnnlib.util import UserError, atomic_write, report_user_errors
+from sfbd.presets import PRESETS, preset_args
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD_FNAME = 'rounds.json'
@@ -199,19 +205,29 @@ def train_step(run_dir: str, data: Sequence[str], duration: float, args: Sequenc
     return snapshot
 
 #----------------------------------------------------------------------------
-# The rounds. `train_args` go to every train.py run, `round_args` only to the
-# update rounds (e.g. a shorter learning-rate warm-up), `denoise_args` to
-# every denoise.py run. Durations are in millions of images, as train.py's.
+# The rounds. The preset's options come first; `train_args` go to every
+# train.py run, `round_args` only to the update rounds (e.g. a shorter
+# learning-rate warm-up), `denoise_args` to every denoise.py run. Durations are
+# in millions of images, as train.py's.
+
+def _check_preset(preset: str | None) -> None:
+    if preset not in (None, 'none') and preset not in PRESETS:
+        raise UserError(f'--preset={preset}: unknown; known: {", ".join(PRESETS)}, none')
 
 def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_duration: float, round_duration: float,
                train_args: Sequence[str] = (), round_args: Sequence[str] = (), denoise_args: Sequence[str] = (),
-               nproc: int = 1, log: IO[str] | None = None) -> dict:
+               nproc: int = 1, log: IO[str] | None = None, preset: str | None = None) -> dict:
     """Run (or continue) pretraining and `num_rounds` SFBD rounds; returns the record."""
+    _check_preset(preset)
     check_apart([(outdir, '--outdir')], [(clean, '--clean'), (noisy, '--noisy')])
     outdir = os.path.abspath(outdir)
     options = dict(clean=os.path.abspath(clean), noisy=os.path.abspath(noisy), pretrain_duration=pretrain_duration,
                    round_duration=round_duration, train_args=list(train_args), round_args=list(round_args),
                    denoise_args=list(denoise_args))
+    if preset not in (None, 'none'):
+        options['preset'] = preset  # Recorded only when given, so that records of earlier versions still match.
+    train_args = [*preset_args(preset, 'train'), *train_args]
+    denoise_args = [*preset_args(preset, 'denoise'), *denoise_args]
     check_output_dir(outdir, '--outdir', 'sfbd.rounds', [RECORD_FNAME])
     record, claim = load_record(outdir), claim_outdir(outdir, options)
     if record is None or record.get('options') != options:  # Checked when first recorded.
@@ -267,18 +283,22 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
 #----------------------------------------------------------------------------
 # Online SFBD: the same pretraining, then one train.py run on the clean images
 # and the observations (--noisy), denoised again as it trains (sfbd/online.py).
-# `online_args` go to that run only (e.g. --refresh-every, --lr-rampup). The
-# record is online.json; a folder of the rounds (rounds.json) is refused, and
-# the rounds refuse this one, as the two would share the pretraining.
+# The preset's train.py options come first, then `train_args` (both runs),
+# then `online_args` (the online run only, e.g. --refresh-every). The record
+# is online.json; a folder of the rounds (rounds.json) is refused, and the
+# rounds refuse this one, as the two would share the pretraining.
 
 def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, online_duration: float,
                train_args: Sequence[str] = (), online_args: Sequence[str] = (), nproc: int = 1,
-               log: IO[str] | None = None) -> dict:
+               log: IO[str] | None = None, preset: str | None = None) -> dict:
     """Run (or continue) pretraining and the online run; returns the record (online.json)."""
+    _check_preset(preset)
     check_apart([(outdir, '--outdir')], [(clean, '--clean'), (noisy, '--noisy')])
     outdir = os.path.abspath(outdir)
     options = dict(clean=os.path.abspath(clean), noisy=os.path.abspath(noisy), pretrain_duration=pretrain_duration,
-                   online_duration=online_duration, train_args=list(train_args), online_args=list(online_args))
+                   online_duration=online_duration, train_args=list(train_args), online_args=list(online_args),
+                   preset=preset or 'none')
+    train_args = [*preset_args(preset, 'train'), *train_args]
     check_output_dir(outdir, '--outdir', 'sfbd.rounds --online', [ONLINE_RECORD_FNAME])
     def has_outputs() -> bool:
         return any(os.path.isdir(path) for path in (pretrain_dir(outdir), online_dir(outdir)))
@@ -331,14 +351,15 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
 @click.option('--online',             help='Online SFBD after pretraining: one run instead of the rounds',        is_flag=True)
 @click.option('--online-duration',    help='Length of the online run in millions of images (with --online)', metavar='MIMG', type=click.FloatRange(min=0, min_open=True))
 @click.option('--online-args',        help='More train.py options for the online run, e.g. "--refresh-every=20"', metavar='STR', type=ShellWords(), default='', show_default=True)
+@click.option('--preset',             help='Hyperparameters of a published run for every step (python -m sfbd.presets)', type=click.Choice([*PRESETS, 'none']), default='none', show_default=True)
 @click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=ShellWords(), default='', show_default=True)
 @click.option('--denoise-args',       help='More denoise.py options, e.g. "--steps=40 --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--nproc',              help='Processes per step (torchrun); 1 = plain python', metavar='INT',      type=click.IntRange(min=1), default=1, show_default=True)
 @report_user_errors
 def main(outdir: str, clean: str, noisy: str, num_rounds: int | None, pretrain_duration: float, round_duration: float | None,
-         online: bool, online_duration: float | None, online_args: list[str], train_args: list[str], round_args: list[str],
-         denoise_args: list[str], nproc: int) -> None:
+         online: bool, online_duration: float | None, online_args: list[str], preset: str, train_args: list[str],
+         round_args: list[str], denoise_args: list[str], nproc: int) -> None:
     """Run SFBD: pretrain on clean images, then alternate denoising the noisy
     observations and fine-tuning on clean + denoised images (or, with --online,
     one training run that denoises as it goes).
@@ -346,14 +367,19 @@ def main(outdir: str, clean: str, noisy: str, num_rounds: int | None, pretrain_d
     \b
     Example (CIFAR-10, 4% clean, sigma 0.59, 8 GPUs):
     python -m sfbd.rounds --outdir=runs/sfbd-cifar10 --clean=clean.zip --noisy=noisy.zip \\
-        --rounds=4 --pretrain-duration=200 --round-duration=20 --nproc=8 \\
-        --train-args="--arch=ddpmpp --batch=512" --round-args="--lr-rampup=0"
+        --rounds=4 --pretrain-duration=200 --round-duration=20 --nproc=8 --preset=cifar10
+
+    \b
+    Each round is a --transfer of the previous snapshot, as in the SFBD release:
+    the kimg count, EDM's 10 Mimg learning-rate warm-up and the optimizer start
+    afresh. Options that deviate from the release go in --round-args, e.g.
+    --round-args="--lr-rampup=0" (no warm-up; see docs/sfbd.md for why one might).
+    The --preset options come before --train-args and --denoise-args, which win.
 
     \b
     Online SFBD after the same pretraining:
     python -m sfbd.rounds --online --outdir=runs/online-cifar10 --clean=clean.zip --noisy=noisy.zip \\
-        --pretrain-duration=200 --online-duration=80 --nproc=8 \\
-        --train-args="--arch=ddpmpp --batch=512" --online-args="--lr-rampup=0"
+        --pretrain-duration=200 --online-duration=80 --nproc=8 --preset=cifar10
 
     \b
     Rerunning the same command continues an interrupted run; a larger --rounds
@@ -366,7 +392,7 @@ def main(outdir: str, clean: str, noisy: str, num_rounds: int | None, pretrain_d
             raise UserError(f'{", ".join(given)}: options of the rounds; --online runs no rounds')
         if online_duration is None:
             raise UserError('--online needs --online-duration')
-        run_online(outdir, clean, noisy, pretrain_duration, online_duration, train_args, online_args, nproc)
+        run_online(outdir, clean, noisy, pretrain_duration, online_duration, train_args, online_args, nproc, preset=preset)
         return
     for name, value in (('--rounds', num_rounds), ('--round-duration', round_duration)):
         if value is None:
@@ -374,7 +400,7 @@ def main(outdir: str, clean: str, noisy: str, num_rounds: int | None, pretrain_d
     if online_duration is not None or online_args:
         raise UserError('--online-duration, --online-args: options of --online')
     run_rounds(outdir, clean, noisy, num_rounds, pretrain_duration, round_duration, train_args, round_args,
-               denoise_args, nproc)
+               denoise_args, nproc, preset=preset)
 
 #----------------------------------------------------------------------------
 
