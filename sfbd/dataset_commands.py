@@ -5,11 +5,16 @@
         --clean-fraction=0.04 --sigma=0.59 --seed=0
     python dataset_tool.py merge --source=clean.zip --source=denoised --dest=merged.zip
 
+`split --sigma=LO:HI` gives every observation its own noise level, drawn uniformly from [LO, HI)
+independently of the image (recorded per file in dataset.json); `merge` keeps per-image levels.
+
 Both write their outputs under temporary names and rename them into place when complete, and
 neither overwrites an existing dataset. The observation format is described in docs/observations.md.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 import numpy as np
@@ -33,20 +38,55 @@ def choose_clean(num_images: int, num_clean: int, seed: int) -> np.ndarray:
 def noise_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1, index])
 
+# The noise level of image i for --sigma=LO:HI: uniform on [LO, HI), from a
+# stream of its own keyed by (seed, i), drawn without looking at the image.
+def noise_level(sigma: float | tuple[float, float], seed: int, index: int) -> float:
+    if isinstance(sigma, tuple):
+        return float(np.random.default_rng([seed, 2, index]).uniform(sigma[0], sigma[1]))
+    return sigma
+
+def describe_sigma(sigma: float | tuple[float, float]) -> str:
+    return f'sigma {sigma[0]:g} to {sigma[1]:g}, per image' if isinstance(sigma, tuple) else f'sigma {sigma:g}'
+
+#----------------------------------------------------------------------------
+# --sigma: one noise level, or a range LO:HI for per-image levels.
+
+class SigmaType(click.ParamType):
+    name = 'FLOAT|LO:HI'
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | tuple[float, float]:
+        if isinstance(value, (float, tuple)):
+            return value
+        try:
+            parts = [float(part) for part in str(value).split(':')]
+        except ValueError:
+            self.fail(f'{value!r} is not a number or a range LO:HI such as 0.2:0.8', param, ctx)
+        if len(parts) not in (1, 2) or not all(np.isfinite(parts)) or min(parts) <= 0:
+            self.fail(f'{value!r}: give one positive noise level or a range LO:HI of positive levels', param, ctx)
+        if len(parts) == 1:
+            return parts[0]
+        if not parts[0] < parts[1]:
+            self.fail(f'{value!r}: the range LO:HI needs LO < HI (for one level give one number)', param, ctx)
+        return (parts[0], parts[1])
+
 #----------------------------------------------------------------------------
 # Split: every source image goes to exactly one part. Clean images are
 # re-encoded as PNG; the others become observations. Both parts are numbered
 # afresh in source order and carry the source's labels. The clean originals
 # of the noisy part are not written anywhere.
 
-def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, seed: int = 0,
+def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | tuple[float, float], seed: int = 0,
                   clean_count: int | None = None, clean_fraction: float | None = None,
                   verbose: bool = True) -> dict:
-    """Split `source` into an image dataset `clean_dest` and an observation set `noisy_dest`.
+    """Split `source` into an image dataset `clean_dest` and an observation set `noisy_dest`, with
+    noise level `sigma`, or per-image levels uniform on (LO, HI) when `sigma` is a pair.
     Give exactly one of `clean_count` and `clean_fraction`. Returns {'clean': M, 'noisy': N - M}."""
     if (clean_count is None) == (clean_fraction is None):
         raise UserError('split: give exactly one of --clean-count and --clean-fraction')
-    if not sigma > 0:
+    if isinstance(sigma, tuple):
+        if not (len(sigma) == 2 and 0 < sigma[0] < sigma[1] < float('inf')):
+            raise UserError(f'split: --sigma={sigma[0]}:{sigma[1]} needs 0 < LO < HI')
+    elif not 0 < sigma < float('inf'):
         raise UserError(f'split: --sigma must be positive, got {sigma}')
     dataset = ImageFolderDataset(source)
     if dataset.is_float:
@@ -62,6 +102,7 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
     is_clean[choose_clean(num_images, num_clean, seed)] = True
     clean_labels: list = []  # [name, label] pairs of each part, in order.
     noisy_labels: list = []
+    noisy_sigmas: dict = {}  # Name -> noise level, for per-image levels.
     with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy')) as (clean, noisy):
         for idx in tqdm.trange(num_images, unit='img', disable=not verbose, desc='split'):
             image, _label = dataset[idx]
@@ -72,18 +113,23 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
                 clean_labels.append([name, label])
             else:
                 name = dataset_fname(len(noisy_labels), '.npy')
-                noisy.add(name, encode_npy(add_noise(image, sigma, noise_rng(seed, idx))))
+                level = noise_level(sigma, seed, idx)
+                noisy.add(name, encode_npy(add_noise(image, level, noise_rng(seed, idx))))
                 noisy_labels.append([name, label])
+                noisy_sigmas[name] = level
         clean.commit(dict(labels=None if labels is None else clean_labels))
-        noisy.commit(dict(sigma=sigma, labels=None if labels is None else noisy_labels))
+        noisy.commit(dict(sigma=noisy_sigmas if isinstance(sigma, tuple) else sigma,
+                          labels=None if labels is None else noisy_labels))
     dataset.close()
     return dict(clean=len(clean_labels), noisy=len(noisy_labels))
 
 #----------------------------------------------------------------------------
 # Merge: the images of several datasets, one after another, renumbered so that
-# names are unique; files are copied byte for byte, labels travel with them.
-# The parts must agree on image shape and kind (8-bit images or .npy arrays),
-# all or none must have labels, and observation sets must share one sigma.
+# names are unique; files are copied byte for byte, labels and noise levels
+# travel with them. The parts must agree on image shape and kind (8-bit
+# images or .npy arrays), all or none must have labels, and all or none must
+# record a noise level. The merged set records one sigma when all images
+# share it, and otherwise the level of each image (a mapping).
 
 def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
     """Merge `sources` into a new dataset `dest`; returns the number of images."""
@@ -94,7 +140,7 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
         fnames, metadata = read_listing(source)
         dataset = ImageFolderDataset(source, use_labels=(metadata.get('labels') is not None))
         dataset.close()
-        parts.append(EasyDict(source=source, dataset=dataset, fnames=fnames, sigma=metadata.get('sigma'),
+        parts.append(EasyDict(source=source, dataset=dataset, fnames=fnames, sigmas=dataset.sigmas,
                               labels=raw_labels(source, fnames, metadata)))
 
     first = parts[0]
@@ -111,10 +157,12 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
         if part.labels is not None and (part.dataset.has_onehot_labels != first.dataset.has_onehot_labels or
                 (not part.dataset.has_onehot_labels and part.dataset.label_shape != first.dataset.label_shape)):
             raise UserError(f'{where}: labels of another kind than those of {first.source}')
-        if part.sigma != first.sigma:
-            raise UserError(f'{where}: sigma {part.sigma} differs from {first.sigma} of {first.source}')
+        if (part.sigmas is None) != (first.sigmas is None):
+            raise UserError(f'{where}: all parts or none must record a noise level ("sigma"), and {first.source} '
+                            f'{"records none" if first.sigmas is None else "does"}')
 
     merged_labels = []
+    merged_sigmas: dict = {}
     writer = DatasetWriter(dest)
     try:
         with tqdm.tqdm(total=sum(len(part.fnames) for part in parts), unit='img', disable=not verbose, desc='merge') as bar:
@@ -124,11 +172,14 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
                     name = dataset_fname(len(merged_labels), file_ext(fname))
                     writer.add(name, files.read(fname))
                     merged_labels.append([name, None if part.labels is None else part.labels[k]])
+                    if part.sigmas is not None:
+                        merged_sigmas[name] = float(part.sigmas[k])
                     bar.update(1)
                 files.close()
         metadata = dict(labels=None if first.labels is None else merged_labels)
-        if first.sigma is not None:
-            metadata['sigma'] = first.sigma
+        if first.sigmas is not None:
+            levels = set(merged_sigmas.values())
+            metadata['sigma'] = levels.pop() if len(levels) == 1 else merged_sigmas
         writer.commit(metadata)
     except BaseException:
         writer.abort()
@@ -144,18 +195,20 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
 @click.option('--noisy',           help='Output for the noisy observations (directory, or .zip)', metavar='PATH', type=str, required=True)
 @click.option('--clean-fraction',  help='Share of the images kept clean', metavar='FLOAT',                  type=click.FloatRange(min=0, max=1, min_open=True, max_open=True))
 @click.option('--clean-count',     help='Number of images kept clean', metavar='INT',                       type=click.IntRange(min=1))
-@click.option('--sigma',           help='Noise level of the observations, in [-1, 1] pixel units', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option('--sigma',           help='Noise level of the observations in [-1, 1] pixel units, or LO:HI for a level per image drawn uniformly', metavar='FLOAT|LO:HI', type=SigmaType(), required=True)
 @click.option('--seed',            help='Seed for the choice of clean images and the noise', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @report_user_errors
 def split(source: str, clean: str, noisy: str, clean_fraction: float | None, clean_count: int | None,
-          sigma: float, seed: int) -> None:
+          sigma: float | tuple[float, float], seed: int) -> None:
     """Split a dataset into clean images and noisy observations (SFBD's setting).
 
     \b
     Every image goes to exactly one part: a chosen few stay clean (an EDM image
     dataset), the rest become observations y = x/127.5 - 1 + sigma*e stored as
     float32 .npy arrays (docs/observations.md). The seed fixes both the choice
-    and the noise. Labels travel with their images.
+    and the noise. Labels travel with their images. --sigma=LO:HI gives each
+    observation its own noise level, uniform on [LO, HI) and independent of
+    the image, recorded per file in dataset.json.
 
     \b
     Example:
@@ -163,7 +216,7 @@ def split(source: str, clean: str, noisy: str, clean_fraction: float | None, cle
         --noisy=noisy.zip --clean-fraction=0.04 --sigma=0.59 --seed=0
     """
     counts = split_dataset(source, clean, noisy, sigma, seed, clean_count=clean_count, clean_fraction=clean_fraction)
-    print(f'{counts["clean"]} clean images in {clean}, {counts["noisy"]} observations (sigma {sigma:g}) in {noisy}')
+    print(f'{counts["clean"]} clean images in {clean}, {counts["noisy"]} observations ({describe_sigma(sigma)}) in {noisy}')
 
 @click.command()
 @click.option('--source', 'sources', help='Dataset to merge (repeat for each)', metavar='PATH',  type=str, multiple=True, required=True)

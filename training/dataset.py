@@ -4,7 +4,8 @@ A dataset is a directory or a zip holding image files (any depth, read in the or
 relative paths) and an optional `dataset.json` with labels. Besides 8-bit images (PNG, JPEG, ...)
 a dataset may hold float arrays saved as `.npy` files of shape [C, H, W], already in the
 network's [-1, 1] units: noisy observations y = x/127.5 - 1 + sigma*e, or denoised outputs kept
-at full precision. `dataset.json` may then record the noise level under `"sigma"`.
+at full precision. `dataset.json` may then record the noise level under `"sigma"`: one number,
+or a mapping from file name to number when each observation has its own.
 
 Every item is `(image, label)`: the image a [C, H, W] numpy array, uint8 for image files and
 float32 for `.npy` files; the label a float32 vector (one-hot for integer class labels).
@@ -190,7 +191,11 @@ def read_npy(f: IO[bytes], where: str) -> np.ndarray:
 
 #----------------------------------------------------------------------------
 # dataset.json: an object with optional "labels" (a list of [file name, label]
-# pairs, or null) and optional "sigma" (the noise level of the observations).
+# pairs, or null) and optional "sigma" (the noise level of the observations:
+# a number, a {file name: number} mapping, or null).
+
+def _is_level(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 def load_metadata(files: DatasetFiles) -> dict:
     """The checked contents of `dataset.json`, or {} when the dataset has none."""
@@ -204,12 +209,29 @@ def load_metadata(files: DatasetFiles) -> dict:
     if not isinstance(metadata, dict):
         raise UserError(f'{where}: expected a JSON object')
     sigma = metadata.get('sigma')
-    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0):
-        raise UserError(f'{where}: "sigma" must be a non-negative number or null, got {sigma!r}')
+    if isinstance(sigma, dict):
+        bad = next((name for name, value in sigma.items() if not _is_level(value)), None)
+        if bad is not None:
+            raise UserError(f'{where}: "sigma" of {bad} must be a non-negative number, got {sigma[bad]!r}')
+    elif sigma is not None and not _is_level(sigma):
+        raise UserError(f'{where}: "sigma" must be a non-negative number, a mapping from file names to numbers, '
+                        f'or null, got {sigma!r}')
     labels = metadata.get('labels')
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, list) and len(x) == 2 for x in labels)):
         raise UserError(f'{where}: "labels" must be a list of [file name, label] pairs or null')
     return metadata
+
+def sigmas_in_order(mapping: dict, fnames: Sequence[str], where: str) -> np.ndarray:
+    """Per-image noise levels of a "sigma" mapping (from `where`) in the order of `fnames`, float64 [N].
+    Every file needs a level, and every level a file."""
+    by_name = {str(name).replace('\\', '/'): float(value) for name, value in mapping.items()}
+    missing = [fname for fname in fnames if fname not in by_name]
+    if missing:
+        raise UserError(f'{where}: "sigma" gives no noise level for {missing[0]} ({len(missing)} images have none)')
+    if len(by_name) > len(fnames):
+        extra = sorted(set(by_name) - set(fnames))
+        raise UserError(f'{where}: "sigma" names {extra[0]}, which is not in the dataset ({len(extra)} such names)')
+    return np.array([by_name[fname] for fname in fnames], dtype=np.float64)
 
 def labels_in_order(entries: list, fnames: Sequence[str], where: str) -> list:
     """The labels of `entries` ([file name, label] pairs from `where`) in the order of `fnames`; each file must have one."""
@@ -242,7 +264,8 @@ def _parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarra
 
 class Dataset(torch.utils.data.Dataset, abc.ABC):
     _is_float = False   # Subclasses holding float images set this to True.
-    _sigma = None       # Noise level of the observations, when the dataset records one.
+    _sigma = None       # Noise level of the observations, when the dataset records one for all.
+    _sigmas = None      # Per-image noise levels [raw N], when the dataset records a mapping.
 
     def __init__(self,
         name:           str,                # Name of the dataset.
@@ -389,8 +412,16 @@ class Dataset(torch.utils.data.Dataset, abc.ABC):
 
     @property
     def sigma(self) -> float | None:
-        """Noise level of the observations, from "sigma" in dataset.json; None when not recorded."""
+        """Noise level of the observations, from "sigma" in dataset.json; None when not recorded or
+        when it differs between images (see `sigmas`)."""
         return self._sigma
+
+    @property
+    def sigmas(self) -> np.ndarray | None:
+        """Noise level of every raw image, in file order (float64 [raw N]); None when not recorded."""
+        if self._sigmas is not None:
+            return self._sigmas
+        return None if self._sigma is None else np.full(self._raw_shape[0], self._sigma)
 
 #----------------------------------------------------------------------------
 # A directory or zip of image files, or of .npy arrays (one kind only), in the
@@ -422,7 +453,12 @@ class ImageFolderDataset(Dataset):
 
         # Metadata: noise level now, labels when the base class asks for them.
         self._metadata = load_metadata(self._files)
-        self._sigma = None if self._metadata.get('sigma') is None else float(self._metadata['sigma'])
+        sigma = self._metadata.get('sigma')
+        if isinstance(sigma, dict):
+            self._sigmas = sigmas_in_order(sigma, self._image_fnames, self._files.where(METADATA_FNAME))
+            self._sigma = float(self._sigmas[0]) if len(set(self._sigmas.tolist())) == 1 else None
+        else:
+            self._sigma = None if sigma is None else float(sigma)
 
         # Every image must have the shape of the first: square, same size, same channels.
         shapes = [self._probe(fname) for fname in self._image_fnames]
