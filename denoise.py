@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import tqdm
 
-from dnnlib.util import UserError, atomic_write, open_url, report_user_errors, save_png
+from dnnlib.util import UserError, atomic_write, file_sha256, report_user_errors, save_png
 from generate import rank_batches, sampler_options
 from sfbd.backward import GRID_KEYS, MODES, backward_sample, grid_groups, image_seeds
 from sfbd.grids import load_png, save_comparison_grid
@@ -108,13 +108,6 @@ def network_labels(net: torch.nn.Module, labels: torch.Tensor | None) -> torch.T
 #----------------------------------------------------------------------------
 # The options record of an output directory. Everything that decides the
 # images is compared; the network by content, so moving the file is fine.
-
-def file_sha256(path_or_url: str) -> str:
-    digest = hashlib.sha256()
-    with open_url(path_or_url) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 def sigma_record(sigmas: np.ndarray) -> float | dict:
     """The noise levels of a run as recorded: the number when all are equal, else their range,

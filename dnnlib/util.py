@@ -97,6 +97,14 @@ def open_url(url_or_path: str, *, cache: bool = True, cache_root: str | None = N
         raise UserError(f'{url_or_path}: no such file')
     return open(url_or_path, 'rb')
 
+def file_sha256(url_or_path: str) -> str:
+    """Hex sha256 digest of a local file or a URL (through the download cache), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open_url(url_or_path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 #----------------------------------------------------------------------------
 # Atomic file writes: write a temporary file beside the target, then rename.
 # A crash or an error leaves either the old file or nothing, never half a file.
