@@ -286,7 +286,7 @@ def save_distance_histograms(path: str, matches: Sequence[EasyDict], threshold: 
     left, right = fig.subplots(1, 2)
     bins = np.linspace(0, max(max(float(match.distance.max()) for match in matches), 1e-9) * 1.02, 41)
     for match in matches:
-        label = f'{_short(match.path)}: {int(match.is_copy.sum())} copies of {len(match.is_copy)}'
+        label = f'{short_path(match.path)}: {int(match.is_copy.sum())} copies of {len(match.is_copy)}'
         left.hist(match.distance, bins=bins, histtype='step', linewidth=1.5, label=label)
         right.hist(match.ratio, bins=np.linspace(0, 1, 41), histtype='step', linewidth=1.5, label=label)
     right.axvline(threshold, color='red', linestyle='--', linewidth=1, label=f'threshold {threshold:.3g}')
@@ -297,7 +297,7 @@ def save_distance_histograms(path: str, matches: Sequence[EasyDict], threshold: 
         ax.legend(fontsize=8)
     save_figure(fig, path)
 
-def _short(path: str, length: int = 32) -> str:
+def short_path(path: str, length: int = 32) -> str:
     path = os.path.normpath(path)
     return path if len(path) <= length else '...' + path[-(length - 3):]
 
