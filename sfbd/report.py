@@ -114,7 +114,7 @@ def save_scores(path: str, scores: dict) -> None:
 def grid_image(images: np.ndarray, min_width: int = 512) -> np.ndarray:
     """The first 64 images, 8 per row, enlarged by whole pixels to at least `min_width`."""
     grid = comparison_grid([images[:GRID_SAMPLES]], cells_per_row=8)
-    zoom = max(1, min_width // grid.shape[1])
+    zoom = max(1, -(-min_width // grid.shape[1]))
     return grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
 
 class Scorer:
