@@ -23,19 +23,13 @@ from torch_utils.persistence import load_network
 
 #----------------------------------------------------------------------------
 
-def _threshold_option(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
-    try:
-        return mem.parse_threshold(value)
-    except UserError as e:
-        raise click.BadParameter(str(e)) from None
-
 @click.command()
 @click.option('--images', 'image_path',    help='Generated images to check: directory or zip', metavar='DIR|ZIP', type=str)
 @click.option('--network', 'network_pkl',  help='Or generate them from this network pickle', metavar='PKL|URL', type=str)
 @click.option('--seeds',                   help='Seeds of the generated images (with --network)  [default: 0-9999]', metavar='LIST', type=parse_int_list)
 @click.option('--train', 'train_paths',    help='Reference set: a dataset of 8-bit images (repeat for several)', metavar='ZIP|DIR', type=str, multiple=True, required=True)
 @click.option('--features',                help='Feature space of the distances', type=click.Choice(mem.FEATURES), default='pixel', show_default=True)
-@click.option('--threshold',               help='A copy: nearest < threshold x second-nearest distance  [default: 1/3]', metavar='FLOAT', type=str, default='1/3', callback=_threshold_option)
+@click.option('--threshold',               help='A copy: nearest < threshold x second-nearest distance  [default: 1/3]', metavar='FLOAT', type=mem.ThresholdType(), default='1/3')
 @click.option('--outdir',                  help='Write pairs.png (closest pairs) and distances.png (histograms) here', metavar='DIR', type=str)
 @click.option('--json', 'json_path',       help='Write every image\'s nearest reference, distances and verdict here', metavar='FILE', type=str)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size for generating and for features', metavar='INT', type=click.IntRange(min=1), default=256, show_default=True)

@@ -29,6 +29,7 @@ import math
 import os
 from typing import Any, Sequence
 
+import click
 import numpy as np
 import torch
 import tqdm
@@ -302,7 +303,8 @@ def short_path(path: str, length: int = 32) -> str:
     return path if len(path) <= length else '...' + path[-(length - 3):]
 
 #----------------------------------------------------------------------------
-# Threshold values as fractions ("1/3") or decimals.
+# Threshold values as fractions ("1/3") or decimals; the click type of the
+# --threshold options of memorization.py and sfbd.report.
 
 def parse_threshold(text: str | float) -> float:
     try:
@@ -316,5 +318,16 @@ def parse_threshold(text: str | float) -> float:
     if not (math.isfinite(value) and 0 < value <= 1):
         raise UserError(f'"{text}": the threshold must lie in (0, 1]')
     return value
+
+class ThresholdType(click.ParamType):
+    name = 'FLOAT'
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_threshold(value)
+        except UserError as e:
+            self.fail(str(e), param, ctx)
 
 #----------------------------------------------------------------------------

@@ -432,12 +432,6 @@ def print_table(report: dict) -> None:
 
 #----------------------------------------------------------------------------
 
-def _threshold_option(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
-    try:
-        return mem.parse_threshold(value)
-    except UserError as e:
-        raise click.BadParameter(str(e)) from None
-
 @click.command()
 @click.option('--rounds', 'rounds_dir',    help='The --outdir of sfbd.rounds (holds rounds.json)', metavar='DIR', type=str, required=True)
 @click.option('--outdir',                  help='Where the report goes  [default: <rounds>/report]', metavar='DIR', type=str)
@@ -445,7 +439,7 @@ def _threshold_option(_ctx: click.Context, _param: click.Parameter, value: str) 
 @click.option('--fid-features',            help='Features of the FID: Inception, or pixels for tiny images', type=click.Choice(mem.FEATURES), default='inception', show_default=True)
 @click.option('--train', 'train_paths',    help='Reference set for the memorisation check (repeat for several)', metavar='ZIP|DIR', type=str, multiple=True)
 @click.option('--features',                help='Features of the memorisation check', type=click.Choice(mem.FEATURES), default='pixel', show_default=True)
-@click.option('--threshold',               help='A copy: nearest < threshold x second-nearest distance  [default: 1/3]', metavar='FLOAT', type=str, default='1/3', callback=_threshold_option)
+@click.option('--threshold',               help='A copy: nearest < threshold x second-nearest distance  [default: 1/3]', metavar='FLOAT', type=mem.ThresholdType(), default='1/3')
 @click.option('--num',                     help='Samples per snapshot, seeds 0 to num-1 (FID\'s protocol: 50000)', metavar='INT', type=click.IntRange(min=2), default=DEFAULT_NUM, show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=256, show_default=True)
 @click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str)
