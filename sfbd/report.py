@@ -289,19 +289,20 @@ def _fmt(value: Any, spec: str = '.2f') -> str:
 def render_html(report: dict) -> str:
     e = html.escape
     train = report['train']
+    notes = any(row.get('note') for row in report['rows'])
     head = ''.join(f'<th>copies of {e(os.path.basename(os.path.normpath(p)))}</th>' for p in train)
+    head += '<th>note</th>' if notes else ''
     body = []
     for row in report['rows']:
-        cells = [e(round_label(row['round'])), f'<code>{e(row["snapshot"])}</code>',
-                 _fmt(row.get('kimg'), 'd') if row.get('kimg') is not None else '&ndash;']
+        cells = [e(round_label(row['round'])), f'<code>{e(row["snapshot"])}</code>', _fmt(row.get('kimg'), 'd')]
         if report['ref'] is not None:
             cells.append(_fmt(row.get('fid')))
         for k in range(len(train)):
             m = (row.get('memorization') or [None] * len(train))[k]
             cells.append('&ndash;' if m is None else
                          f'{m["copies"]} of {m["images"]} ({m["fraction"]:.2%}); median distance {m["median_distance"]:.4f}')
-        if row.get('note'):
-            cells.append(e(row['note']))
+        if notes:
+            cells.append(e(row.get('note', '')))
         body.append('<tr>' + ''.join(f'<td>{c}</td>' for c in cells) + '</tr>')
     fid_head = f'<th>{e(report["fid_title"])}</th>' if report['ref'] is not None else ''
     figures = ''.join(f'<figure><img src="{e(name)}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption></figure>'
@@ -319,9 +320,8 @@ img {{ max-width: 100%; }} img.pixels {{ image-rendering: pixelated; }}
 pre {{ background: #f4f4f4; padding: 0.5em; font-size: 0.8em; }}
 </style></head><body>
 <h1>SFBD report</h1>
-<p>Run <code>{e(report["rounds"])}</code>, {len(report["rows"])} snapshots; written {e(report["time"])}.
-Scores use {report["settings"]["num"]} samples per snapshot (seeds 0 to {report["settings"]["num"] - 1}).
-{e(report["criterion"])}</p>
+<p>Run <code>{e(report["rounds"])}</code>, {len(report["rows"])} rounds; written {e(report["time"])}.
+{e(report["about"])}</p>
 <table><tr><th>round</th><th>final snapshot</th><th>kimg</th>{fid_head}{head}</tr>
 {"".join(body)}
 </table>
@@ -408,11 +408,14 @@ def write_report(rounds_dir: str, outdir: str | None = None, ref: str | None = N
             grids.append((f'samples-{name}.png', f'{round_label(row["round"])}: samples (seeds 0-{min(row["num"], GRID_SAMPLES) - 1})'))
             if train:
                 grids.append((f'pairs-{name}.png', f'{round_label(row["round"])}: the samples most like copies'))
+    about = 'No scores were asked for (give --ref and/or --train); the samples only.'
+    if ref is not None or train:
+        about = f'Scores of {num} samples per snapshot, seeds 0 to {num - 1}.'
+    if train:
+        about += (f' A sample copies a set when its nearest image there is closer than {threshold:.3g} times its '
+                  f'second-nearest ({features} features; Gu et al., On Memorization in Diffusion Models).')
     report = dict(rounds=os.path.abspath(rounds_dir), rows=rows, ref=ref, train=list(train), settings=settings,
-                  fid_title=fid_title, figures=figures, grids=grids, criterion=
-                  (f'A sample copies a set when its nearest image there is closer than {threshold:.3g} times its '
-                   f'second-nearest ({features} features; Gu et al., On Memorization in Diffusion Models).' if train else ''),
-                  time=time.strftime('%Y-%m-%d %H:%M:%S'))
+                  fid_title=fid_title, figures=figures, grids=grids, about=about, time=time.strftime('%Y-%m-%d %H:%M:%S'))
     with atomic_write(os.path.join(outdir, 'report.html'), 'w') as f:
         f.write(render_html(report))
     if verbose:
