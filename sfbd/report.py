@@ -254,13 +254,14 @@ def plot_copies(path: str, rows: Sequence[dict], train: Sequence[str]) -> None:
         fraction = [100 * row['memorization'][k]['fraction'] for row in done]
         line, = ax.plot(x, fraction, marker='o', label=mem.short_path(name))
         for xi, yi, c, row in zip(x, fraction, copies, done):
-            ax.annotate(f'{c}/{row["memorization"][k]["images"]}', (xi, yi), textcoords='offset points',
-                        xytext=(0, 6 + 11 * k), ha='center', fontsize=8, color=line.get_color())
+            if c > 0:  # Counts of copies over samples; the zero line speaks for itself.
+                ax.annotate(f'{c}/{row["memorization"][k]["images"]}', (xi, yi), textcoords='offset points',
+                            xytext=(0, 6), ha='center', fontsize=8, color=line.get_color())
     ax.set_xticks(x, [round_label(k) for k in x], fontsize=8)
     top = max([100 * m['fraction'] for row in done for m in row['memorization']] + [0])
     ax.set_ylim(0, max(top * 1.2, 1))
     ax.set_ylabel('samples that copy an image of the set (%)')
-    ax.set_title('Copies per round (nearest < threshold x second-nearest distance)', fontsize=10)
+    ax.set_title('Copies per round (labels: copies / samples)', fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
