@@ -11,9 +11,15 @@ inside a task, between processes (`torchrun`). All of them may write into one --
 
 - every image is written atomically, so an image file is either complete or absent;
 - a rerun denoises only the images that are missing, which also resumes interrupted tasks;
-- the options of the first run are recorded in `denoise_options.json`; a run with other options
-  (another network, noise levels, mode, seed, grid) into the same --outdir is refused, so images
-  of different models never mix (per-image noise levels are recorded by range, count and digest);
+- the options are recorded in `denoise_options.json` once the network and the data have been
+  checked; a run with other options (another network, noise levels, mode, seed, grid) into the same
+  --outdir is refused, so images of different models never mix (per-image noise levels are
+  recorded by range, count and digest). The record is written
+  create-exclusively, so that of several tasks starting at once with different options only one
+  goes on (dnnlib/outputs.py); a run that fails before writing an image takes its record back;
+- --outdir must be new, empty or made by denoise.py, and apart from --data and --network: a
+  dataset is never written into;
+- an image that exists but is empty or cut short counts as missing;
 - `dataset.json` (labels) is built from the observation set, not from the shards: whichever task
   finishes and finds every image present writes it, and `--finalize` writes it on demand (e.g. on a
   file system where tasks may not see each other's files at once). Its presence marks a complete set.
@@ -32,6 +38,7 @@ import numpy as np
 import torch
 import tqdm
 
+from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file, is_complete_png
 from dnnlib.util import UserError, atomic_write, file_sha256, report_user_errors, save_png
 from generate import rank_batches, sampler_options
 from sfbd.backward import GRID_KEYS, MODES, backward_sample, grid_groups, image_seeds
@@ -106,8 +113,9 @@ def network_labels(net: torch.nn.Module, labels: torch.Tensor | None) -> torch.T
     return torch.nn.functional.pad(labels, (0, net.label_dim - labels.shape[1]))
 
 #----------------------------------------------------------------------------
-# The options record of an output directory. Everything that decides the
-# images is compared; the network by content, so moving the file is fine.
+# The claim of an output directory: the options record. Everything that
+# decides the images is compared; the network by content, so moving the file
+# is fine. The images are the outputs that depend on it.
 
 def sigma_record(sigmas: np.ndarray) -> float | dict:
     """The noise levels of a run as recorded: the number when all are equal, else their range,
@@ -118,19 +126,14 @@ def sigma_record(sigmas: np.ndarray) -> float | dict:
     return dict(per_image=True, count=len(sigmas), min=float(sigmas.min()), max=float(sigmas.max()),
                 sha256=hashlib.sha256(sigmas.tobytes()).hexdigest())
 
-def claim_outdir(outdir: str, record: dict) -> None:
-    """Record the options in a new --outdir, or check them against the recorded ones."""
-    path = os.path.join(outdir, OPTIONS_FNAME)
-    if os.path.isfile(path):
-        with open(path, 'r', encoding='utf-8') as f:
-            recorded = json.load(f)
-        differ = [key for key in record if key != 'network' and recorded.get(key) != record[key]]
-        if differ:
-            raise UserError(f'--outdir={outdir}: holds images denoised with other options ({", ".join(differ)} '
-                            f'differ, see {OPTIONS_FNAME}); use another --outdir or delete this one')
-        return
-    with atomic_write(path, 'w') as f:
-        json.dump(record, f, indent=2)
+def describe_levels(sigma: float | np.ndarray) -> str:
+    if np.ndim(sigma) == 0:
+        return f'sigma {sigma:g}'
+    return f'sigma {np.min(sigma):g} to {np.max(sigma):g} (per image)'
+
+def claim_outdir(outdir: str, record: dict, create: bool = True) -> OutputClaim:
+    return OutputClaim(outdir, '--outdir', OPTIONS_FNAME, record, command='denoise.py', create=create,
+                       has_outputs=lambda: any_file(outdir, ['.png']), ignore=['network'])
 
 #----------------------------------------------------------------------------
 # dataset.json of the outputs: the observation set's labels under the PNG
@@ -140,11 +143,14 @@ def output_path(outdir: str, fname: str) -> str:
     return os.path.join(outdir, *with_ext(fname, '.png').split('/'))
 
 def missing_outputs(outdir: str, obs: ObservationSet, indices: range | list[int]) -> list[int]:
-    return [i for i in indices if not os.path.isfile(output_path(outdir, obs.fnames[i]))]
+    """Indices whose image is absent, empty or cut short."""
+    return [i for i in indices if not is_complete_png(output_path(outdir, obs.fnames[i]))]
 
 def finalize_outdir(outdir: str, obs: ObservationSet) -> int:
-    """Write dataset.json if the set is complete; returns the number of images still missing."""
+    """Write dataset.json if the set is complete, remove it if not; returns the number of images still missing."""
     missing = missing_outputs(outdir, obs, range(len(obs)))
+    if missing and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
+        os.remove(os.path.join(outdir, METADATA_FNAME))  # An image went missing or was cut short.
     if not missing:
         labels = None if obs.labels is None else [[with_ext(f, '.png'), l] for f, l in zip(obs.fnames, obs.labels)]
         with atomic_write(os.path.join(outdir, METADATA_FNAME), 'w') as f:
@@ -156,7 +162,7 @@ def finalize_outdir(outdir: str, obs: ObservationSet) -> int:
 # that have been denoised.
 
 def save_grid(path: str, outdir: str, obs: ObservationSet, indices: range, max_images: int = 32) -> None:
-    done = [i for i in indices if os.path.isfile(output_path(outdir, obs.fnames[i]))][:max_images]
+    done = [i for i in indices if is_complete_png(output_path(outdir, obs.fnames[i]))][:max_images]
     if not done:
         return
     y, _labels = obs.load(done)
@@ -230,6 +236,11 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
     # On 2 GPUs
     torchrun --standalone --nproc_per_node=2 denoise.py ...
     """
+    # Where the outputs go: apart from the inputs, and writable.
+    check_apart([(outdir, '--outdir'), (grid, '--grid')], [(data, '--data'), (network_pkl, '--network')])
+    check_output_dir(outdir, '--outdir', 'denoise.py', [OPTIONS_FNAME])
+    if grid is not None:
+        check_output_file(grid, '--grid')
     device = dist.resolve_device(device)
     dist.init(device)
     obs = ObservationSet(data)
@@ -246,58 +257,62 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
                         'add --force-sigma to use it anyway')
     else:
         levels = sigma
-    highest = float(np.max(levels))
-    described = f'sigma {levels:g}' if np.ndim(levels) == 0 else f'sigma {np.min(levels):g} to {highest:g} (per image)'
     kwargs = mode_sampler_kwargs(mode, sampler_kwargs)
     indices = shard_indices(len(obs), shard)
-
-    # Claim the output directory.
     record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), data=os.path.abspath(data),
                   num_observations=len(obs), sigma=sigma_record(np.broadcast_to(levels, [len(obs)])), mode=mode,
                   seed=seed, sampler=kwargs)
-    if dist.get_rank() == 0:
-        claim_outdir(outdir, record)
-    dist.barrier()
 
+    # The network must fit the data; only then is the output directory claimed.
+    net = None
     if not finalize:
         dist.print0(f'Loading network from "{network_pkl}"...')
         net = load_network(network_pkl).to(device)
         check_network(net, obs, network_pkl, data)
+        highest = float(np.max(levels))
         if highest > min(kwargs.get('sigma_max', 80), net.sigma_max):
             raise UserError(f'noise level {highest:g} is above the highest noise level of the sampler')
+    with claim_outdir(outdir, record, create=not finalize):
+        if net is not None:
+            denoise_shard(net, obs, outdir, indices, shard=shard, sigma=levels, mode=mode, seed=seed,
+                          max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs)
 
-        # Every process lists the missing images before any of them writes.
-        todo = missing_outputs(outdir, obs, indices)
-        dist.barrier()
-        if todo and dist.get_rank() == 0 and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
-            os.remove(os.path.join(outdir, METADATA_FNAME))  # The set is incomplete again.
-        dist.print0(f'Denoising {len(todo)} of {len(indices)} observations (shard {shard[0]}/{shard[1]}, '
-                    f'{len(obs) - len(indices)} in other shards) at {described} with the {mode.upper()} '
-                    f'sampler to "{outdir}"...')
-        start = time.time()
-        count = denoise_images(net, obs, outdir, todo, sigma=levels, mode=mode, seed=seed,
-                               max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs)
-        elapsed = time.time() - start
-        count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
-        if count:
-            dist.print0(f'Denoised {count} images in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.1f} img/s).')
-        dist.barrier()
-
-    # Whoever finds the set complete writes dataset.json.
-    if dist.get_rank() == 0:
-        if grid is not None:
-            save_grid(grid, outdir, obs, indices)
-        missing = finalize_outdir(outdir, obs)
-        if missing == 0:
-            print(f'All {len(obs)} images are in "{outdir}"; wrote {METADATA_FNAME}.')
-        elif finalize:
-            raise UserError(f'--outdir={outdir}: {missing} of {len(obs)} images are still missing; '
-                            'run the remaining shards first')
-        else:
-            print(f'{missing} of {len(obs)} images are left to other shards; the task that completes the set '
-                  f'writes {METADATA_FNAME} (or run with --finalize).')
+        # Whoever finds the set complete writes dataset.json.
+        if dist.get_rank() == 0:
+            if grid is not None:
+                save_grid(grid, outdir, obs, indices)
+            missing = finalize_outdir(outdir, obs)
+            if missing == 0:
+                print(f'All {len(obs)} images are in "{outdir}"; wrote {METADATA_FNAME}.')
+            elif finalize:
+                raise UserError(f'--outdir={outdir}: {missing} of {len(obs)} images are still missing; '
+                                'run the remaining shards first')
+            else:
+                print(f'{missing} of {len(obs)} images are left to other shards; the task that completes the set '
+                      f'writes {METADATA_FNAME} (or run with --finalize).')
     obs.close()
     dist.deinit()
+
+# This process's part of the shard: list what is missing (every process before
+# any of them writes), then denoise it.
+def denoise_shard(net: torch.nn.Module, obs: ObservationSet, outdir: str, indices: range, *, shard: tuple[int, int],
+                  sigma: float | np.ndarray, mode: str, seed: int, max_batch_size: int, device: torch.device,
+                  sampler_kwargs: dict) -> None:
+    todo = missing_outputs(outdir, obs, indices)
+    dist.barrier()
+    if todo and dist.get_rank() == 0 and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
+        os.remove(os.path.join(outdir, METADATA_FNAME))  # The set is incomplete again.
+    dist.print0(f'Denoising {len(todo)} of {len(indices)} observations (shard {shard[0]}/{shard[1]}, '
+                f'{len(obs) - len(indices)} in other shards) at {describe_levels(sigma)} with the {mode.upper()} '
+                f'sampler to "{outdir}"...')
+    start = time.time()
+    count = denoise_images(net, obs, outdir, todo, sigma=sigma, mode=mode, seed=seed,
+                           max_batch_size=max_batch_size, device=device, sampler_kwargs=sampler_kwargs)
+    elapsed = time.time() - start
+    count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
+    if count:
+        dist.print0(f'Denoised {count} images in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.1f} img/s).')
+    dist.barrier()
 
 #----------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ import click
 import torch
 import tqdm
 
-from dnnlib.util import UserError, parse_int_list, report_user_errors, save_png
+from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir
+from dnnlib.util import UserError, file_sha256, parse_int_list, report_user_errors, save_png
 from torch_utils import distributed as dist
 from torch_utils.persistence import load_network
 from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS, generate_images, to_uint8
@@ -26,6 +27,10 @@ def rank_batches(seeds: list[int], max_batch_size: int, rank: int, world_size: i
     num_batches = ((len(seeds) - 1) // (max_batch_size * world_size) + 1) * world_size
     batches = torch.as_tensor(seeds).tensor_split(num_batches)
     return [b.tolist() for b in batches[rank::world_size]]
+
+# The record of an output directory: images of one network and one set of
+# sampler options only (seeds may vary between runs).
+OPTIONS_FNAME = 'generate_options.json'
 
 def image_path(outdir: str, seed: int, subdirs: bool) -> str:
     folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
@@ -81,6 +86,8 @@ def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_i
     """
     if not seeds:
         raise UserError('--seeds names no seeds')
+    check_apart([(outdir, '--outdir')], [(network_pkl, '--network')])
+    check_output_dir(outdir, '--outdir', 'generate.py', [OPTIONS_FNAME])
     device = dist.resolve_device(device)
     dist.init(device)
 
@@ -96,15 +103,20 @@ def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_i
         if class_idx >= net.label_dim:
             raise UserError(f'--class={class_idx} is out of range: the network has {net.label_dim} classes')
 
+    record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), class_idx=class_idx, subdirs=subdirs,
+                  sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
+    claim = OutputClaim(outdir, '--outdir', OPTIONS_FNAME, record, command='generate.py', ignore=['network'],
+                        has_outputs=lambda: any_file(outdir, ['.png']))
     batches = rank_batches(seeds, max_batch_size, dist.get_rank(), dist.get_world_size())
     dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
-    for batch_seeds in tqdm.tqdm(batches, unit='batch', disable=(dist.get_rank() != 0)):
-        if not batch_seeds:
-            continue
-        images = generate_images(net, batch_seeds, class_idx=class_idx, device=device, **sampler_kwargs)
-        images = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
-        for seed, image in zip(batch_seeds, images):
-            save_png(image_path(outdir, seed, subdirs), image)
+    with claim:
+        for batch_seeds in tqdm.tqdm(batches, unit='batch', disable=(dist.get_rank() != 0)):
+            if not batch_seeds:
+                continue
+            images = generate_images(net, batch_seeds, class_idx=class_idx, device=device, **sampler_kwargs)
+            images = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
+            for seed, image in zip(batch_seeds, images):
+                save_png(image_path(outdir, seed, subdirs), image)
 
     dist.barrier()
     dist.print0('Done.')

@@ -20,9 +20,10 @@ import click
 import numpy as np
 import tqdm
 
+from dnnlib.outputs import check_apart
 from dnnlib.util import EasyDict, UserError, report_user_errors
-from sfbd.observations import (DatasetWriter, add_noise, dataset_fname, encode_npy, encode_png, raw_labels, read_listing,
-                               write_datasets)
+from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
+                               read_listing, write_datasets)
 from training.dataset import DatasetFiles, ImageFolderDataset, file_ext
 
 #----------------------------------------------------------------------------
@@ -88,6 +89,7 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
             raise UserError(f'split: --sigma={sigma[0]}:{sigma[1]} needs 0 < LO < HI')
     elif not 0 < sigma < float('inf'):
         raise UserError(f'split: --sigma must be positive, got {sigma}')
+    check_apart([(clean_dest, '--clean'), (noisy_dest, '--noisy')], [(source, '--source')])
     dataset = ImageFolderDataset(source)
     if dataset.is_float:
         raise UserError(f'--source={source}: holds .npy arrays; split needs a dataset of 8-bit images')
@@ -103,7 +105,7 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
     clean_labels: list = []  # [name, label] pairs of each part, in order.
     noisy_labels: list = []
     noisy_sigmas: dict = {}  # Name -> noise level, for per-image levels.
-    with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy')) as (clean, noisy):
+    with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy'), inputs=[(source, '--source')]) as (clean, noisy):
         for idx in tqdm.trange(num_images, unit='img', disable=not verbose, desc='split'):
             image, _label = dataset[idx]
             label = None if labels is None else labels[idx]
@@ -117,9 +119,9 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
                 noisy.add(name, encode_npy(add_noise(image, level, noise_rng(seed, idx))))
                 noisy_labels.append([name, label])
                 noisy_sigmas[name] = level
-        clean.commit(dict(labels=None if labels is None else clean_labels))
-        noisy.commit(dict(sigma=noisy_sigmas if isinstance(sigma, tuple) else sigma,
-                          labels=None if labels is None else noisy_labels))
+        commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels),
+                                         dict(sigma=noisy_sigmas if isinstance(sigma, tuple) else sigma,
+                                              labels=None if labels is None else noisy_labels)])
     dataset.close()
     return dict(clean=len(clean_labels), noisy=len(noisy_labels))
 
@@ -135,6 +137,7 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
     """Merge `sources` into a new dataset `dest`; returns the number of images."""
     if not sources:
         raise UserError('merge: give at least one --source')
+    check_apart([(dest, '--dest')], [(source, '--source') for source in sources])
     parts = []
     for source in sources:
         fnames, metadata = read_listing(source)
@@ -163,8 +166,7 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
 
     merged_labels = []
     merged_sigmas: dict = {}
-    writer = DatasetWriter(dest)
-    try:
+    with write_datasets((dest, '--dest'), inputs=[(source, '--source') for source in sources]) as (writer,):
         with tqdm.tqdm(total=sum(len(part.fnames) for part in parts), unit='img', disable=not verbose, desc='merge') as bar:
             for part in parts:
                 files = DatasetFiles(part.source)
@@ -181,9 +183,6 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
             levels = set(merged_sigmas.values())
             metadata['sigma'] = levels.pop() if len(levels) == 1 else merged_sigmas
         writer.commit(metadata)
-    except BaseException:
-        writer.abort()
-        raise
     return len(merged_labels)
 
 #----------------------------------------------------------------------------

@@ -343,7 +343,7 @@ def test_denoise_cli_on_a_mixed_set(mixed, inputs, tmp_path):
     with open(os.path.join(data, 'dataset.json'), 'w') as f:
         json.dump(metadata, f)
     result = run(*base)
-    assert result.exit_code == 1 and 'other options (sigma differ' in result.output
+    assert result.exit_code == 1 and 'other options (sigma' in result.output
 
     # One --sigma for a set of per-image levels needs --force-sigma.
     result = run('--network', inputs['net'], '--data', data, '--outdir', tmp_path / 'forced', '--sigma=0.5')
