@@ -14,12 +14,15 @@ from typing import Any
 
 import click
 
+from dnnlib.outputs import check_apart, check_output_dir, check_output_file
 from dnnlib.util import UserError, parse_int_list, report_user_errors
 from generate import sampler_options
 from sfbd import memorization as mem
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 from torch_utils.persistence import load_network
+
+FIGURES = ['pairs.png', 'distances.png']  # What --outdir receives.
 
 #----------------------------------------------------------------------------
 
@@ -68,6 +71,13 @@ def main(image_path: str | None, network_pkl: str | None, seeds: list[int] | Non
         raise UserError('--seeds needs --network; it does not apply to --images')
     if features != 'inception' and (detector is not None or detector_sha256 is not None):
         raise UserError('--detector and --detector-sha256 apply to --features=inception only')
+    inputs = [(image_path, '--images'), (network_pkl, '--network'), (detector, '--detector'),
+              *[(path, '--train') for path in train_paths]]
+    check_apart([(json_path, '--json'), (outdir, '--outdir')], inputs)
+    if json_path is not None:
+        check_output_file(json_path, '--json')
+    if outdir is not None:
+        check_output_dir(outdir, '--outdir', 'memorization.py', FIGURES)
     device_obj = dist.resolve_device(device)
 
     # Inputs first, so that bad ones fail before the long part.
@@ -90,11 +100,10 @@ def main(image_path: str | None, network_pkl: str | None, seeds: list[int] | Non
     if json_path is not None:
         mem.save_json(json_path, mem.result_record(samples, matches, features, threshold))
     if outdir is not None:
-        mem.save_pairs_figure(os.path.join(outdir, 'pairs.png'), samples, matches)
-        mem.save_distance_histograms(os.path.join(outdir, 'distances.png'), matches, threshold)
+        mem.save_pairs_figure(os.path.join(outdir, FIGURES[0]), samples, matches)
+        mem.save_distance_histograms(os.path.join(outdir, FIGURES[1]), matches, threshold)
     print(mem.format_table(matches))
-    wrote = [p for p in (json_path, outdir and os.path.join(outdir, 'pairs.png'),
-                         outdir and os.path.join(outdir, 'distances.png')) if p]
+    wrote = ([json_path] if json_path else []) + ([os.path.join(outdir, name) for name in FIGURES] if outdir else [])
     if wrote:
         print('Wrote ' + ', '.join(wrote))
 

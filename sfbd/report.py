@@ -36,6 +36,7 @@ import click
 import numpy as np
 import torch
 
+from dnnlib.outputs import check_apart, check_output_dir
 from dnnlib.util import EasyDict, UserError, atomic_write, file_sha256, report_user_errors, save_png
 from fid import FeatureStats, calculate_fid_from_inception_stats, load_ref_stats, snapshot_kimg
 from generate import sampler_options
@@ -353,6 +354,8 @@ def write_report(rounds_dir: str, outdir: str | None = None, ref: str | None = N
     for path in train:
         if not os.path.exists(path):
             raise UserError(f'--train={path}: no such dataset')
+    check_apart([(outdir, '--outdir')], [(ref, '--ref'), (detector, '--detector'), *[(p, '--train') for p in train]])
+    check_output_dir(outdir, '--outdir', 'sfbd.report', [SCORES_FNAME, 'report.html', 'samples-round-*.png'])
     device = torch.device(device) if device is not None else dist.resolve_device(None)
     # The detector, when used, enters the settings by content.
     inception = None

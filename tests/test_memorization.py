@@ -157,6 +157,9 @@ def test_network_samples(tmp_path):
     (None, ['--images', '{samples}', '--train', '{refs}', '--threshold=2'], 'threshold'),
     (None, ['--images', '{samples}', '--train', '{refs}', '--threshold=1/0'], 'fraction'),
     (None, ['--images', '{samples}', '--train', '{refs}', '--detector=x.pt'], 'inception only'),
+    (None, ['--images', '{samples}', '--train', '{refs}', '--json={refs}/x.json'], 'is inside the input --train'),
+    (None, ['--images', '{samples}', '--train', '{refs}', '--outdir={refs}'], 'kept apart'),
+    (None, ['--images', '{samples}', '--train', '{refs}', '--outdir={other}'], 'is a file'),
 ])
 def test_bad_input_is_one_clear_error(sets, tmp_path, make, args, message):
     bad = str(tmp_path / 'bad')
@@ -166,10 +169,14 @@ def test_bad_input_is_one_clear_error(sets, tmp_path, make, args, message):
         make_image_dataset(bad, 3, resolution=16)
     elif make == 'npy':
         make_observation_set(bad, random_observations(3))
-    args = [a.format(refs=sets['refs'], samples=sets['samples'], root=sets['root'], bad=bad) for a in args]
-    result = run(*args, '--json', tmp_path / 'x.json', '--outdir', tmp_path / 'figs')
+    args = [a.format(refs=sets['refs'], samples=sets['samples'], root=sets['root'], bad=bad, other=sets['other'])
+            for a in args]
+    outputs = [] if any(a.startswith(('--json', '--outdir')) for a in args) else ['--json', tmp_path / 'x.json',
+                                                                                '--outdir', tmp_path / 'figs']
+    result = run(*args, *outputs)
     assert result.exit_code in (1, 2), result.output
     assert message in result.output and 'Traceback' not in result.output
     assert not os.path.exists(tmp_path / 'x.json') and not os.path.exists(tmp_path / 'figs')
+    assert not os.path.exists(os.path.join(sets['refs'], 'x.json'))
 
 #----------------------------------------------------------------------------

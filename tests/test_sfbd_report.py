@@ -86,11 +86,15 @@ def test_loss_of_the_whole_run_and_the_sample_grid(run_dir):
     (['--rounds', '{rounds}', '--train', '{root}/missing'], 'no such dataset'),
     (['--rounds', '{rounds}', '--ref', '{small}', '--fid-features=pixel'], 'statistics of 5 features, but --fid-features=pixel gives 192'),
     (['--rounds', '{rounds}', '--threshold=0'], 'threshold'),
+    (['--rounds', '{rounds}', '--train', '{root}/clean', '--outdir', '{root}/clean/figures'], 'is inside the input --train'),
+    (['--rounds', '{rounds}', '--outdir', '{root}/clean'], 'holds a dataset'),
 ])
 def test_bad_input_is_one_clear_error(run_dir, tmp_path, args, message):
     save_ref_stats(str(tmp_path / 'small.npz'), np.zeros(5), np.eye(5))
     args = [a.format(root=run_dir['root'], rounds=run_dir['rounds'], small=tmp_path / 'small.npz') for a in args]
-    result = CliRunner().invoke(report.main, args + ['--outdir', str(tmp_path / 'out'), '--device=cpu', '--num=4'])
+    if '--outdir' not in args:
+        args += ['--outdir', str(tmp_path / 'out')]
+    result = CliRunner().invoke(report.main, args + ['--device=cpu', '--num=4'])
     assert result.exit_code in (1, 2) and message in result.output and 'Traceback' not in result.output
     assert not os.path.exists(tmp_path / 'out' / 'report.html')
     assert not os.path.exists(tmp_path / 'out' / 'samples-round-000.png')  # Refused before any sampling.
