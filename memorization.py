@@ -73,11 +73,12 @@ def main(image_path: str | None, network_pkl: str | None, seeds: list[int] | Non
         raise UserError('--detector and --detector-sha256 apply to --features=inception only')
     inputs = [(image_path, '--images'), (network_pkl, '--network'), (detector, '--detector'),
               *[(path, '--train') for path in train_paths]]
-    check_apart([(json_path, '--json'), (outdir, '--outdir')], inputs)
+    check_apart([(json_path, '--json')], inputs)  # The JSON may go into --outdir.
+    check_apart([(outdir, '--outdir')], inputs)
     if json_path is not None:
         check_output_file(json_path, '--json')
     if outdir is not None:
-        check_output_dir(outdir, '--outdir', 'memorization.py', FIGURES)
+        check_output_dir(outdir, '--outdir', 'memorization.py', FIGURES + [os.path.basename(json_path or FIGURES[0])])
     device_obj = dist.resolve_device(device)
 
     # Inputs first, so that bad ones fail before the long part.

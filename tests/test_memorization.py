@@ -55,10 +55,11 @@ def run(*args):
     return CliRunner().invoke(memorization.main, [str(a) for a in args])
 
 def test_pixel_features_flag_exactly_the_copies(sets, tmp_path):
-    result = run('--images', sets['samples'], '--train', sets['refs'], '--train', sets['other'], '--features=pixel',
-                 '--outdir', tmp_path / 'out', '--json', tmp_path / 'out.json', '--device=cpu')
-    assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / 'out.json').read_text())
+    for _rerun in range(2):  # A rerun into the same --outdir replaces the outputs.
+        result = run('--images', sets['samples'], '--train', sets['refs'], '--train', sets['other'], '--features=pixel',
+                     '--outdir', tmp_path / 'out', '--json', tmp_path / 'out' / 'images.json', '--device=cpu')
+        assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / 'out' / 'images.json').read_text())
     copies = sorted(i for i in range(NUM_SAMPLES) if record['images'][2 * i]['copy'])
     assert copies == sorted(EXACT + NEAR)
     assert record['num_images'] == NUM_SAMPLES and record['num_copies'] == len(EXACT + NEAR)
