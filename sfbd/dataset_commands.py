@@ -14,6 +14,7 @@ neither overwrites an existing dataset. The observation format is described in d
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -23,7 +24,7 @@ import tqdm
 from dnnlib.outputs import check_apart
 from dnnlib.util import EasyDict, UserError, report_user_errors
 from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
-                               read_listing, write_datasets)
+                               read_listing, split_record, write_datasets)
 from training.dataset import DatasetFiles, ImageFolderDataset, file_ext
 
 #----------------------------------------------------------------------------
@@ -74,7 +75,9 @@ class SigmaType(click.ParamType):
 # Split: every source image goes to exactly one part. Clean images are
 # re-encoded as PNG; the others become observations. Both parts are numbered
 # afresh in source order and carry the source's labels. The clean originals
-# of the noisy part are not written anywhere.
+# of the noisy part are not written anywhere; each part's dataset.json records
+# only the name of every image's source file (sfbd.observations.split_record),
+# so that an experiment can put originals beside results (denoise.py --originals).
 
 def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | tuple[float, float], seed: int = 0,
                   clean_count: int | None = None, clean_fraction: float | None = None,
@@ -104,6 +107,8 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
     is_clean[choose_clean(num_images, num_clean, seed)] = True
     clean_labels: list = []  # [name, label] pairs of each part, in order.
     noisy_labels: list = []
+    clean_sources: list = []  # [name, source file name] pairs of each part.
+    noisy_sources: list = []
     noisy_sigmas: dict = {}  # Name -> noise level, for per-image levels.
     with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy'), inputs=[(source, '--source')]) as (clean, noisy):
         for idx in tqdm.trange(num_images, unit='img', disable=not verbose, desc='split'):
@@ -113,15 +118,20 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
                 name = dataset_fname(len(clean_labels), '.png')
                 clean.add(name, encode_png(image))
                 clean_labels.append([name, label])
+                clean_sources.append([name, fnames[idx]])
             else:
                 name = dataset_fname(len(noisy_labels), '.npy')
                 level = noise_level(sigma, seed, idx)
                 noisy.add(name, encode_npy(add_noise(image, level, noise_rng(seed, idx))))
                 noisy_labels.append([name, label])
+                noisy_sources.append([name, fnames[idx]])
                 noisy_sigmas[name] = level
-        commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels),
+        source_path = os.path.abspath(source)
+        commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels,
+                                              split=split_record(source_path, seed, 'clean', clean_sources)),
                                          dict(sigma=noisy_sigmas if isinstance(sigma, tuple) else sigma,
-                                              labels=None if labels is None else noisy_labels)])
+                                              labels=None if labels is None else noisy_labels,
+                                              split=split_record(source_path, seed, 'noisy', noisy_sources))])
     dataset.close()
     return dict(clean=len(clean_labels), noisy=len(noisy_labels))
 
