@@ -86,6 +86,8 @@ def _check_parent(path: str, option: str) -> None:
 
 def check_output_file(path: str, option: str) -> None:
     """An output file: not a directory, in a folder that exists or can be made, and writable."""
+    if not path:
+        raise UserError(f'{option}: an empty path')
     if os.path.isdir(path):
         raise UserError(f'{option}={path}: is a directory; expected a file name')
     _check_parent(path, option)
@@ -96,6 +98,8 @@ def check_output_dir(path: str, option: str, command: str | None = None,
                      markers: Sequence[str] = ()) -> None:
     """An output folder: not a file, makeable and writable. With `command`, it must also be new,
     empty or one that the command made (it holds a file named by one of `markers`, fnmatch patterns)."""
+    if not path:
+        raise UserError(f'{option}: an empty path')
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f'{option}={path}: is a file, not a directory')
     if os.path.isdir(path):

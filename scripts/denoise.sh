@@ -85,7 +85,7 @@ TASK_ID="${TASK_ID:-${SLURM_ARRAY_TASK_ID:-0}}"
 network="$(sfbd_resolve_network "$NETWORK" NETWORK)"
 args=(--network="$network" --data="$NOISY_DATA" --outdir="$OUTDIR")
 [[ -n "${STEPS:-}" ]] && args+=(--steps="$STEPS")
-sfbd_words extra "${DENOISE_ARGS:-}"
+sfbd_words extra "${DENOISE_ARGS:-}" DENOISE_ARGS
 args+=("${extra[@]}")
 args+=("$@")
 

@@ -15,6 +15,7 @@ import click
 import numpy as np
 import tqdm
 
+from dnnlib.cli import FiniteFloat
 from dnnlib.outputs import check_apart
 from dnnlib.util import EasyDict, UserError, report_user_errors
 from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
@@ -141,9 +142,9 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
 @click.option('--source',          help='Dataset to split: directory or zip of 8-bit images', metavar='PATH', type=str, required=True)
 @click.option('--clean',           help='Output for the clean part (directory, or .zip)', metavar='PATH',   type=str, required=True)
 @click.option('--noisy',           help='Output for the noisy observations (directory, or .zip)', metavar='PATH', type=str, required=True)
-@click.option('--clean-fraction',  help='Share of the images kept clean', metavar='FLOAT',                  type=click.FloatRange(min=0, max=1, min_open=True, max_open=True))
+@click.option('--clean-fraction',  help='Share of the images kept clean', metavar='FLOAT',                  type=FiniteFloat(min=0, max=1, min_open=True, max_open=True))
 @click.option('--clean-count',     help='Number of images kept clean', metavar='INT',                       type=click.IntRange(min=1))
-@click.option('--sigma',           help='Noise level of the observations, in [-1, 1] pixel units', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option('--sigma',           help='Noise level of the observations, in [-1, 1] pixel units', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True), required=True)
 @click.option('--seed',            help='Seed for the choice of clean images and the noise', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @report_user_errors
 def split(source: str, clean: str, noisy: str, clean_fraction: float | None, clean_count: int | None,

@@ -34,7 +34,7 @@ from typing import IO, Sequence
 
 import click
 
-from dnnlib.cli import ShellWords
+from dnnlib.cli import FiniteFloat, ShellWords
 from dnnlib.outputs import OutputClaim, check_apart, check_output_dir, read_record
 from dnnlib.util import UserError, atomic_write, report_user_errors
 
@@ -106,7 +106,7 @@ def claim_outdir(outdir: str, options: dict) -> OutputClaim:
 # train.py and denoise.py (parsed by their own option tables, then train.py's
 # dry run, in this process, with the round's data checks what needs the data).
 
-TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'duration', 'transfer', 'resume', 'dry_run')
+TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'duration', 'transfer', 'resume', 'dry_run', 'allow_noisy')
 DENOISE_OPTIONS_SET_HERE = ('network_pkl', 'data', 'outdir', 'shard', 'finalize')
 
 def _parse_options(command: click.Command, name: str, option: str, args: Sequence[str], required: Sequence[str],
@@ -159,7 +159,9 @@ def check_inputs(outdir: str, clean: str, noisy: str, train_args: Sequence[str],
     for option, run_dir, data, args in steps:
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                train.main.main([f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in data], *args, '--dry-run'],
+                # The round's second dataset is the denoised set, here stood in for by the observations.
+                train.main.main([f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in data], *args,
+                                 '--allow-noisy', '--dry-run'],
                                 prog_name='train.py', standalone_mode=False)
         except click.ClickException as e:
             raise UserError(f'{option}: train.py refuses them: {e.format_message()}') from None
@@ -250,8 +252,8 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
 @click.option('--clean',              help='Clean images (an EDM dataset)', metavar='ZIP|DIR',                    type=str, required=True)
 @click.option('--noisy',              help='Noisy observations (docs/observations.md)', metavar='ZIP|DIR',        type=str, required=True)
 @click.option('--rounds', 'num_rounds', help='Number of SFBD rounds after pretraining', metavar='INT',             type=click.IntRange(min=0), required=True)
-@click.option('--pretrain-duration',  help='Pretraining length in millions of images', metavar='MIMG',            type=click.FloatRange(min=0, min_open=True), required=True)
-@click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option('--pretrain-duration',  help='Pretraining length in millions of images', metavar='MIMG',            type=FiniteFloat(min=0, min_open=True), required=True)
+@click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=FiniteFloat(min=0, min_open=True), required=True)
 @click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=ShellWords(), default='', show_default=True)
 @click.option('--denoise-args',       help='More denoise.py options, e.g. "--steps=40 --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)

@@ -15,6 +15,7 @@ import random
 import re
 import signal
 import time
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
@@ -141,16 +142,38 @@ def _load_transfer(source: str, net: torch.nn.Module, device: torch.device) -> N
 # Training states: plain state dicts, written atomically by rank 0, read with
 # torch.load(weights_only=True).
 
+def check_state_file(path: str) -> None:
+    """A cheap look at a --resume file before anything is loaded: a torch.save archive at least."""
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: no such file')
+    if not zipfile.is_zipfile(path):
+        hint = '; a network pickle is given to --transfer' if path.endswith('.pkl') else ''
+        raise UserError(f'{path}: not a training state of this project (not a torch.save archive{hint})')
+
 def _load_state(path: str) -> dict[str, Any]:
+    check_state_file(path)
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f'{path}: no such file') from None
     except Exception as e:  # Truncated files, EDM's whole-module states, ...
-        raise UserError(f'{path}: not a training state of this project ({type(e).__name__}: {e})') from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise UserError(f'{path}: not a training state of this project ({type(e).__name__}'
+                        + (f': {lines[0]}' if lines else '') + ')') from None
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         raise UserError(f'{path}: not a training state of this project')
     return state
+
+# A run continues on the data it started with: the state's fingerprint of the
+# data (Dataset.fingerprint; absent in older states) must match, the paths
+# aside (data copied elsewhere is the same data).
+def _check_same_data(recorded: list[dict] | None, current: list[dict], state_path: str, allow: bool) -> None:
+    def essence(fingerprint: list[dict]) -> list[tuple]:
+        return [(d.get('name'), d.get('files'), d.get('bytes'), d.get('metadata_sha256')) for d in fingerprint]
+    if not recorded or not current or allow or essence(recorded) == essence(current):
+        return
+    def describe(fingerprint: list[dict]) -> str:
+        return ' + '.join(f'{d["name"]} ({d["files"]} files, {d["bytes"]} bytes)' for d in fingerprint)
+    raise UserError(f'--data: {state_path} was written while training on {describe(recorded)}, but the data is now '
+                    f'{describe(current)}; add --allow-data-change to continue on this data')
 
 def _save_state(path: str, state: dict[str, Any]) -> None:
     with atomic_write(path, 'wb') as f:
@@ -198,6 +221,7 @@ def training_loop(
     resume_pkl:         str | None = None,  # Network pickle to start from (--transfer); None = random weights.
     resume_state_dump:  str | None = None,  # Training state to continue from; None = start afresh.
     resume_from_run_dir: bool = False,      # The state was found in run_dir: refuse it if resume_pkl is given and differs.
+    allow_data_change:  bool = False,       # Continue a training state on other data than it was written with?
     cudnn_benchmark:    bool = True,        # Let cuDNN pick kernels by timing them?
     device:             str | torch.device | None = None, # Training device; None = CUDA if available, else CPU.
     stop_requested:     Callable[[], bool] | None = None, # Polled after every step; True = save and stop.
@@ -236,6 +260,7 @@ def training_loop(
     dist.print0('Loading dataset...')
     dataset_obj = misc.construct_class_by_name(**dataset_kwargs)
     dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=rank, num_replicas=world_size, seed=seed)
+    data_fingerprint = dataset_obj.fingerprint()
 
     # Network, with a summary table of its layers.
     dist.print0('Constructing network...')
@@ -278,6 +303,7 @@ def training_loop(
             raise UserError(f'--transfer={resume_pkl}: the run directory holds {os.path.basename(resume_state_dump)} '
                             f'of a run that started from {origin}; use a new --outdir for a new transfer')
         transfer_id = state.get('transfer')
+        _check_same_data(state.get('data'), data_fingerprint, resume_state_dump, allow_data_change)
         try:
             net.load_state_dict(state['net'])
             ema.load_state_dict(state['ema'])
@@ -330,7 +356,7 @@ def training_loop(
             format=STATE_FORMAT, cur_nimg=cur_nimg, cur_tick=cur_tick + 1,  # The tick that comes next.
             batch_size=batch_size, world_size=world_size, seed=seed, transfer=transfer_id,
             net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
-            sampler=dataset_sampler.state_dict(), rng=rng_states,
+            sampler=dataset_sampler.state_dict(), rng=rng_states, data=data_fingerprint,
             options=_plain(dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs,
                                 augment_kwargs=augment_kwargs, dataset_kwargs=dataset_kwargs)))
         _save_state(os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt'), state)
