@@ -183,6 +183,13 @@ def _plain(config: Any) -> Any:
     # Options as JSON-style plain data (EasyDicts and tuples become dicts and lists).
     return json.loads(json.dumps(config))
 
+# The 2-norm of all gradients together (torch.nn.utils.get_total_norm of
+# torch >= 2.6, written out for older versions).
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros([])
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach()) for t in tensors]))
+
 def _total(stats: training_stats.Collector, name: str) -> int:
     # Sum of a 0/1 statistic over the last tick (a count).
     return int(round(stats.num(name) * stats.mean(name))) if stats.num(name) else 0
@@ -405,7 +412,7 @@ def training_loop(
             for group in optimizer.param_groups:
                 group['lr'] = optimizer_kwargs['lr'] * lr_ramp
             grads = [p.grad for p in net.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads)
+            grad_norm = _total_norm(grads)
             stats.report0('Loss/nonfinite_grad', (~torch.isfinite(grad_norm)).float())
             for grad in grads:
                 torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5, out=grad)
