@@ -40,7 +40,7 @@ from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir,
 from dnnlib.util import UserError, atomic_write, file_sha256, report_user_errors, save_png
 from generate import rank_batches, sampler_options
 from sfbd.backward import MODES, backward_sample, image_seeds
-from sfbd.grids import load_png, save_comparison_grid
+from sfbd.grids import choose_images, load_png, read_originals, save_comparison_grid
 from sfbd.observations import ObservationSet, with_ext
 from torch_utils import distributed as dist
 from torch_utils.persistence import load_network
@@ -144,16 +144,20 @@ def finalize_outdir(outdir: str, obs: ObservationSet) -> int:
     return len(missing)
 
 #----------------------------------------------------------------------------
-# Side-by-side grid: observation | denoised, for the first images of a shard
-# that have been denoised.
+# Comparison picture (--grid): for images chosen anywhere in the set, each cell
+# shows original | observation | denoised, the pipeline's order (the release
+# writes clean | denoised | noisy, one file per image). The originals come
+# from --originals only; they go into the picture, never into a dataset. The
+# picture is written by whichever run finds every chosen image denoised.
 
-def save_grid(path: str, outdir: str, obs: ObservationSet, indices: range, max_images: int = 32) -> None:
-    done = [i for i in indices if is_complete_png(output_path(outdir, obs.fnames[i]))][:max_images]
-    if not done:
-        return
-    y, _labels = obs.load(done)
-    denoised = np.stack([load_png(output_path(outdir, obs.fnames[i])) for i in done])
-    save_comparison_grid(path, [to_uint8(y).numpy(), denoised])
+def save_grid(path: str, outdir: str, obs: ObservationSet, indices: list[int], originals: np.ndarray | None = None) -> bool:
+    """Write the picture of `indices` if every one is denoised; returns whether it was written."""
+    if missing_outputs(outdir, obs, indices):
+        return False
+    y, _labels = obs.load(indices)
+    columns = [to_uint8(y).numpy(), np.stack([load_png(output_path(outdir, obs.fnames[i])) for i in indices])]
+    save_comparison_grid(path, columns if originals is None else [originals, *columns])
+    return True
 
 #----------------------------------------------------------------------------
 # The denoising loop of one process: its share of the missing images of its
@@ -193,13 +197,16 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
 @click.option('--shard',                   help='Denoise only part I of N (0 <= I < N)', metavar='I/N',          type=str, callback=_shard_option, default='0/1', show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',                             type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None)
-@click.option('--grid',                    help='Also save observation | denoised pairs of the shard\'s first images', metavar='PNG', type=str, default=None)
+@click.option('--grid',                    help='Also save a picture of [original |] observation | denoised for chosen images', metavar='PNG', type=str, default=None)
+@click.option('--grid-count',              help='Images in the --grid picture, chosen anywhere in the set', metavar='INT', type=click.IntRange(min=1), default=32, show_default=True)
+@click.option('--grid-seed',               help='Seed of the choice of --grid images', metavar='INT',            type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--originals',               help='Source dataset of the split that made --data: adds the originals to --grid', metavar='ZIP|DIR', type=str, default=None)
 @click.option('--finalize',                help='Denoise nothing; write dataset.json if all shards are done',    is_flag=True)
 @sampler_options
 @report_user_errors
 def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_sigma: bool, mode: str, seed: int,
-         shard: tuple[int, int], max_batch_size: int, device: str | None, grid: str | None, finalize: bool,
-         **sampler_kwargs) -> None:
+         shard: tuple[int, int], max_batch_size: int, device: str | None, grid: str | None, grid_count: int,
+         grid_seed: int, originals: str | None, finalize: bool, **sampler_kwargs) -> None:
     """Denoise an observation set with a trained network (SFBD's backward sampling).
 
     \b
@@ -213,9 +220,17 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
     \b
     # On 2 GPUs
     torchrun --standalone --nproc_per_node=2 denoise.py ...
+    \b
+    # A picture of 16 images chosen with seed 3: original | observation | denoised
+    # (--originals: the source dataset of `dataset_tool.py split`, read by name)
+    python denoise.py ... --finalize --grid=grid.png --grid-count=16 --grid-seed=3 \\
+        --originals=datasets/cifar10-32x32.zip
     """
     # Where the outputs go: apart from the inputs, and writable.
-    check_apart([(outdir, '--outdir'), (grid, '--grid')], [(data, '--data'), (network_pkl, '--network')])
+    if originals is not None and grid is None:
+        raise UserError('--originals adds the originals to the --grid picture; give --grid too')
+    check_apart([(outdir, '--outdir'), (grid, '--grid')],
+                [(data, '--data'), (network_pkl, '--network'), (originals, '--originals')])
     check_output_dir(outdir, '--outdir', 'denoise.py', [OPTIONS_FNAME])
     if grid is not None:
         check_output_file(grid, '--grid')
@@ -231,6 +246,11 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
                         'add --force-sigma to use it anyway')
     kwargs = mode_sampler_kwargs(mode, sampler_kwargs)
     indices = shard_indices(len(obs), shard)
+
+    # The images of the --grid picture, and their originals, before any work.
+    grid_indices = choose_images(len(obs), grid_count, grid_seed) if grid is not None else []
+    grid_originals = read_originals(obs, originals, grid_indices) if originals is not None else None
+
     record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), data=os.path.abspath(data),
                   num_observations=len(obs), sigma=sigma, mode=mode, seed=seed, sampler=kwargs)
 
@@ -251,7 +271,12 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
         # Whoever finds the set complete writes dataset.json.
         if dist.get_rank() == 0:
             if grid is not None:
-                save_grid(grid, outdir, obs, indices)
+                if save_grid(grid, outdir, obs, grid_indices, grid_originals):
+                    print(f'Wrote {grid}: {len(grid_indices)} images chosen with --grid-seed={grid_seed}, '
+                          + ('original | ' if grid_originals is not None else '') + 'observation | denoised.')
+                else:
+                    print(f'{grid}: not written yet, some of its images are left to other shards; the run that finds '
+                          'them all (or --finalize with the same --grid options) writes it.')
             missing = finalize_outdir(outdir, obs)
             if missing == 0:
                 print(f'All {len(obs)} images are in "{outdir}"; wrote {METADATA_FNAME}.')

@@ -502,7 +502,7 @@ def print_snapshot_table(results: list[dict], repeats: int) -> None:
 @click.option('--num', 'num',             help=f'Number of images per score  [default: {DEFAULT_NUM_IMAGES}, or the --seeds count]', metavar='INT', type=click.IntRange(min=2))
 @click.option('--seed',                   help='First seed (--network) or seed of the image subset (--images)  [default: 0]', metavar='INT', type=click.IntRange(min=0))
 @click.option('--seeds',                  help='Seeds to generate  [default: seed to seed+num*repeats-1]', metavar='LIST', type=IntList())
-@click.option('--repeats',                help='Score this many disjoint seed sets (or image subsets); report min, mean, std', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
+@click.option('--repeats',                help='Scores to take: --network, seed sets of --num new images each (EDM\'s protocol: 3); --images, disjoint subsets of --num images of the folder; report min, mean, std', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
 @click.option('--snapshots',              help='Snapshots of a run directory to score  [default: all]', metavar='GLOB', type=str)
 @click.option('--outdir',                 help='Also save the generated images here, 1000 per subfolder', metavar='DIR', type=str)
 @click.option('--json', 'json_path',      help='Append one JSON record per score to this file', metavar='FILE', type=str)
@@ -515,9 +515,21 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
          device: str | None, **sampler_kwargs: Any) -> None:
     """Calculate FID of images, or of a network's samples.
 
-    The FID is the last line printed: with --repeats, the minimum over the seed sets (EDM's
-    published protocol takes the minimum of three); for a run directory, the best snapshot.
-    The sampler options apply to --network. Network pickles are read as data only.
+    The FID is the last line printed: with --repeats, the minimum over the repeats; for a run
+    directory, the best snapshot. The sampler options apply to --network. Network pickles are
+    read as data only.
+
+    \b
+    --repeats=K means two different things:
+      --network  K seed sets of --num seeds each (seed .. seed+num-1, then the
+                 next num, ...): K fresh draws of --num images from the model.
+                 The minimum over 3 sets of 50,000 is EDM's published protocol.
+      --images   K disjoint random subsets of --num images of the one folder
+                 (chosen with --seed; the folder needs K x num images). The
+                 spread says how much the score depends on which of these images
+                 are scored; it is not EDM's protocol, and FID rises as fewer
+                 images are scored, so do not report the minimum over subsets of
+                 one folder as a 3-seed-set FID.
     """
     # Check the options before any work is done.
     if (image_path is None) == (network is None):
@@ -621,7 +633,8 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
             print_snapshot_table(results, repeats)
         elif repeats > 1:
             rec = results[0]
-            print(f'FID over {repeats} disjoint sets: min {rec["fid"]:g}, mean {rec["mean"]:g}, std {rec["std"]:g}')
+            kind = 'image subsets of the folder' if image_path is not None else 'seed sets'
+            print(f'FID over {repeats} disjoint {kind}: min {rec["fid"]:g}, mean {rec["mean"]:g}, std {rec["std"]:g}')
         print(f'{min(rec["fid"] for rec in results):g}', flush=True)
     dist.barrier()
     dist.deinit()

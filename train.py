@@ -2,8 +2,9 @@
 
 The options, defaults and output files are those of EDM's train.py; see `python train.py --help`.
 Beyond EDM: `--data` may be repeated (the union of the datasets), `--device`, `--bf16`,
-`--lr-rampup`, `--ema-rampup`; runs resume from self-contained training states; and a
-preemption signal stops a run cleanly with exit status PREEMPTED_EXIT_CODE.
+`--lr-rampup`, `--ema-rampup`; runs resume from self-contained training states, and from EDM's
+training states read as data (training/resume.py); and a preemption signal stops a run cleanly
+with exit status PREEMPTED_EXIT_CODE.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 
 import click
 import torch
+from click.core import ParameterSource
 
 import dnnlib
 from dnnlib.cli import FiniteFloat, IntList
@@ -28,7 +30,7 @@ from dnnlib.outputs import check_apart, check_output_dir, create_exclusive, path
 from dnnlib.util import UserError, atomic_write, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils import misc
-from training import training_loop
+from training import resume, training_loop
 
 # Exit status after SIGTERM or SIGUSR1: the run wrote a snapshot and a training
 # state and stopped; rerunning the same command continues it (EX_TEMPFAIL of
@@ -168,6 +170,27 @@ def next_run_dir(outdir: str, desc: str) -> str:
     return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
 #----------------------------------------------------------------------------
+# Resuming: the options must fit the run that wrote the state (EDM's or ours),
+# and its learning-rate and EMA schedule carries over unless an option is given
+# explicitly (training/resume.py). Returns the lines to announce.
+
+SCHEDULE_PARAMS = dict(lr='lr', lr_rampup_kimg='lr_rampup', ema_halflife_kimg='ema', ema_rampup_ratio='ema_rampup')
+
+def _check_resume(c: dnnlib.EasyDict, explicit: set[str], where: str) -> list[str]:
+    recorded = resume.run_options_beside(c.resume_state_dump)
+    if recorded is not None:
+        notes = resume.check_run_options(recorded, c, where)
+    else:
+        notes = [f'No {resume.OPTIONS_FNAME} beside the training state: only its tensors are checked against these options.']
+    given = dict(lr=c.optimizer_kwargs.lr, lr_rampup_kimg=c.lr_rampup_kimg, ema_halflife_kimg=c.ema_halflife_kimg,
+                 ema_rampup_ratio=c.ema_rampup_ratio)
+    schedule, schedule_notes = resume.resolve_schedule(given, resume.recorded_schedule(c.resume_state_dump, recorded), explicit)
+    c.optimizer_kwargs.lr = schedule['lr']
+    c.update(lr_rampup_kimg=schedule['lr_rampup_kimg'], ema_halflife_kimg=schedule['ema_halflife_kimg'],
+             ema_rampup_ratio=schedule['ema_rampup_ratio'])
+    return notes + schedule_notes
+
+#----------------------------------------------------------------------------
 
 @click.command()
 
@@ -208,8 +231,8 @@ def next_run_dir(outdir: str, desc: str) -> str:
 @click.option('--snap',          help='Network snapshot interval', metavar='TICKS',                               type=click.IntRange(min=1), default=50, show_default=True)
 @click.option('--dump',          help='Training state interval', metavar='TICKS',                                 type=click.IntRange(min=1), default=500, show_default=True)
 @click.option('--seed',          help='Random seed  [default: random]', metavar='INT',                            type=click.IntRange(min=0))
-@click.option('--transfer',      help='Initialise network and EMA from a network pickle', metavar='PKL|URL',      type=str)
-@click.option('--resume',        help='Continue from a training state, or the newest one in a run directory', metavar='PT|DIR', type=str)
+@click.option('--transfer',      help='Initialise network and EMA from a network pickle (the tensors that fit)', metavar='PKL|URL', type=str)
+@click.option('--resume',        help='Continue from a training state (this project\'s or EDM\'s), or the newest one in a run directory', metavar='PT|DIR', type=str)
 @click.option('--allow-noisy',   help='Take observation sets (noisy images) as training data, as they are',        is_flag=True)
 @click.option('--allow-data-change', help='Continue a run (--resume, --nosubdir rerun) on other data than it began with', is_flag=True)
 @click.option('-n', '--dry-run', help='Show the options and exit',                                                is_flag=True)
@@ -227,15 +250,32 @@ def main(**kwargs: Any) -> None:
     \b
     # Fine-tune a snapshot on clean plus denoised images (an SFBD round)
     python train.py --outdir=runs/round1 --data=clean.zip --data=denoised-round1 \\
-        --transfer=runs/pretrain/network-snapshot-200000.pkl --lr-rampup=0
+        --transfer=runs/pretrain/network-snapshot-200000.pkl
     \b
     A rerun of the same command with --nosubdir continues from the newest training
     state in --outdir. On SIGTERM or SIGUSR1 the run finishes its step, writes a
     snapshot and a training state, and exits with status 75.
+    \b
+    --resume also takes EDM's training-state-NNNNNN.pt (or its run directory): the
+    weights and Adam's state come from it, the EMA from network-snapshot-NNNNNN.pkl
+    beside it, the progress from its name; nothing stored in it runs. A resumed run
+    needs the network of the run (architecture, preconditioning, sizes, labels,
+    augmentation on/off; else an error) and announces other changed options. It
+    keeps the run's --lr, --lr-rampup, --ema and --ema-rampup: one given explicitly
+    with another value takes over from the first resumed step, and the log says so.
+    \b
+    --transfer copies every tensor of the pickle that has the same name and shape
+    (as EDM does, e.g. all but the label embedding of a network with another
+    number of classes) and lists those left at their initial values. It restarts
+    the kimg count, the learning-rate warm-up and the optimizer, and has no EMA
+    ramp-up unless --ema-rampup is given.
     """
     tee = _LogTee() if dist.get_rank() == 0 else None
+    ctx = click.get_current_context()
+    explicit = {key for key, name in SCHEDULE_PARAMS.items()
+                if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
     try:
-        status = _train(dnnlib.EasyDict(kwargs), tee)
+        status = _train(dnnlib.EasyDict(kwargs), tee, explicit)
     except BaseException as e:
         # Errors go to log.txt too (when it exists); the terminal gets them from click or Python.
         if tee is not None and not isinstance(e, SystemExit):
@@ -248,7 +288,7 @@ def main(**kwargs: Any) -> None:
     if status == training_loop.PREEMPTED:
         sys.exit(PREEMPTED_EXIT_CODE)
 
-def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
+def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = frozenset()) -> str | None:
     # Options that can be checked before anything is loaded.
     if opts.fp16 and opts.bf16:
         raise UserError('--fp16 and --bf16 cannot be used together')
@@ -349,6 +389,10 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
         c.resume_from_run_dir = True
         resume_note = f'Resuming from the newest training state in the run directory: "{latest}".'
 
+    # A resumed run keeps the network and schedule it was trained with.
+    where = f'--resume={opts.resume}' if opts.resume is not None else f'--outdir={opts.outdir} (its newest training state)'
+    resume_notes = _check_resume(c, explicit, where) if c.get('resume_state_dump') is not None else []
+
     # Run directory name.
     cond_str = 'cond' if opts.cond else 'uncond'
     dtype_str = 'fp16' if opts.fp16 else 'bf16' if opts.bf16 else 'fp32'
@@ -390,6 +434,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
         dist.print0(f'{label + ":":<25}{value}')
     if resume_note:
         dist.print0(resume_note)
+    for note in resume_notes:
+        dist.print0(note)
     dist.print0()
     if opts.dry_run:
         dist.print0('Dry run; exiting.')

@@ -70,6 +70,20 @@ sfbd_resolve_network() {
     fi
 }
 
+# sfbd_preset VAR KIND NAME : the options of preset NAME for KIND (train or denoise) into the array
+# named VAR, from the table in sfbd/presets.py (`python -m sfbd.presets` lists it); empty for none.
+# Fails naming PRESET for an unknown NAME.
+sfbd_preset() {
+    local -n _preset_out="$1"
+    local text
+    _preset_out=()
+    [[ -z "${3:-}" || "$3" == none ]] && return 0
+    text="$(cd "$SFBD_ROOT" && "$(sfbd_python)" -m sfbd.presets "$3" --for="$2")" \
+        || sfbd_die "PRESET=$3: unknown preset (python -m sfbd.presets lists them)"
+    [[ -n "$text" ]] && mapfile -t _preset_out <<<"$text"
+    return 0
+}
+
 # sfbd_words VAR STRING NAME : split STRING at whitespace into the array named VAR (no globbing), for the
 # *_ARGS variables that carry several options (NAME is the variable, for messages). Quotes and
 # backslashes are not interpreted, so a STRING holding any is refused rather than passed on half-split.

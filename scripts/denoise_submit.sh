@@ -17,7 +17,9 @@
 #   OUTDIR          required. Where the denoised images go (one directory for all tasks).
 #   NUM_TASKS       number of array tasks (default 1).
 #   MAX_PARALLEL    optional: at most this many tasks run at once (--array=0-N-1%MAX_PARALLEL).
-#   STEPS           optional: denoise.py --steps.
+#   PRESET          optional: celeba64 | cifar10 | none, the denoise.py options of that preset
+#                   (scripts/denoise.sh; celeba64 denoises with the release's 40 steps).
+#   STEPS           optional: denoise.py --steps (after the preset's; wins).
 #   DENOISE_ARGS    optional: more denoise.py options, whitespace-separated.
 #   RECORD          optional: JSON-lines file the finalize job appends its record to (see denoise.sh).
 #   RECORD_TAG      optional: JSON object merged into that record.

@@ -11,6 +11,8 @@ neither overwrites an existing dataset. The observation format is described in d
 
 from __future__ import annotations
 
+import os
+
 import click
 import numpy as np
 import tqdm
@@ -19,7 +21,7 @@ from dnnlib.cli import FiniteFloat
 from dnnlib.outputs import check_apart
 from dnnlib.util import EasyDict, UserError, report_user_errors
 from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
-                               read_listing, write_datasets)
+                               read_listing, split_record, write_datasets)
 from training.dataset import DatasetFiles, ImageFolderDataset, file_ext
 
 #----------------------------------------------------------------------------
@@ -39,7 +41,9 @@ def noise_rng(seed: int, index: int) -> np.random.Generator:
 # Split: every source image goes to exactly one part. Clean images are
 # re-encoded as PNG; the others become observations. Both parts are numbered
 # afresh in source order and carry the source's labels. The clean originals
-# of the noisy part are not written anywhere.
+# of the noisy part are not written anywhere; each part's dataset.json records
+# only the name of every image's source file (sfbd.observations.split_record),
+# so that an experiment can put originals beside results (denoise.py --originals).
 
 def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, seed: int = 0,
                   clean_count: int | None = None, clean_fraction: float | None = None,
@@ -65,6 +69,8 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
     is_clean[choose_clean(num_images, num_clean, seed)] = True
     clean_labels: list = []  # [name, label] pairs of each part, in order.
     noisy_labels: list = []
+    clean_sources: list = []  # [name, source file name] pairs of each part.
+    noisy_sources: list = []
     with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy'), inputs=[(source, '--source')]) as (clean, noisy):
         for idx in tqdm.trange(num_images, unit='img', disable=not verbose, desc='split'):
             image, _label = dataset[idx]
@@ -73,12 +79,17 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
                 name = dataset_fname(len(clean_labels), '.png')
                 clean.add(name, encode_png(image))
                 clean_labels.append([name, label])
+                clean_sources.append([name, fnames[idx]])
             else:
                 name = dataset_fname(len(noisy_labels), '.npy')
                 noisy.add(name, encode_npy(add_noise(image, sigma, noise_rng(seed, idx))))
                 noisy_labels.append([name, label])
-        commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels),
-                                         dict(sigma=sigma, labels=None if labels is None else noisy_labels)])
+                noisy_sources.append([name, fnames[idx]])
+        source_path = os.path.abspath(source)
+        commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels,
+                                              split=split_record(source_path, seed, 'clean', clean_sources)),
+                                         dict(sigma=sigma, labels=None if labels is None else noisy_labels,
+                                              split=split_record(source_path, seed, 'noisy', noisy_sources))])
     dataset.close()
     return dict(clean=len(clean_labels), noisy=len(noisy_labels))
 

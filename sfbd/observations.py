@@ -221,6 +221,16 @@ def raw_labels(path: str, fnames: list[str], metadata: dict) -> list[Any] | None
     return [by_name[fname] for fname in fnames]
 
 #----------------------------------------------------------------------------
+# Provenance written by `dataset_tool.py split` under "split" in each part's
+# dataset.json: the source dataset, the seed, which part this is, and for every
+# file of the part the name of the source image it came from, as [name, source
+# name] pairs like EDM's labels. Names only: nothing of the source images is
+# in the part. Readers that do not know the key ignore it.
+
+def split_record(source: str, seed: int, part: str, names: list[list[str]]) -> dict:
+    return dict(source=source, seed=seed, part=part, source_names=names)
+
+#----------------------------------------------------------------------------
 # Reading an observation set: a dataset of .npy arrays whose dataset.json
 # records a positive sigma. Arrays are checked as they are read (float, [C,H,W]
 # like the first, finite) by training.dataset.
@@ -243,6 +253,7 @@ class ObservationSet:
             raise UserError(f'{option}={path}: "sigma" in {METADATA_FNAME} must be positive, got {sigma}')
         self.sigma = float(sigma)
         self.labels = raw_labels(path, self.fnames, metadata)
+        self.split = metadata.get('split') if isinstance(metadata.get('split'), dict) else None
 
     def __len__(self) -> int:
         return len(self.fnames)
@@ -254,6 +265,18 @@ class ObservationSet:
     @property
     def label_dim(self) -> int:
         return self.dataset.label_dim
+
+    def source_names(self, indices: list[int]) -> list[str]:
+        """Names of the source images of observations `indices`, as `split` recorded them."""
+        pairs = (self.split or {}).get('source_names')
+        if not isinstance(pairs, list):
+            raise UserError(f'--data={self.path}: {METADATA_FNAME} records no source images ("split"); only sets made '
+                            'by dataset_tool.py split (of this version) name their originals')
+        by_name = {str(pair[0]): str(pair[1]) for pair in pairs if isinstance(pair, list) and len(pair) == 2}
+        missing = [self.fnames[i] for i in indices if self.fnames[i] not in by_name]
+        if missing:
+            raise UserError(f'--data={self.path}: {METADATA_FNAME} records no source image for {missing[0]}')
+        return [by_name[self.fnames[i]] for i in indices]
 
     def load(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Observations [B, C, H, W] float32 and their label vectors [B, label_dim] (None without labels)."""

@@ -255,3 +255,85 @@ def test_a_forced_sigma_is_used(inputs, tmp_path):
     assert read_json(str(tmp_path / 'f' / 'denoise_options.json'))['sigma'] == 0.4
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# The comparison picture: images chosen anywhere in the set (count and seed),
+# original | observation | denoised with --originals, the originals read by
+# the names `split` recorded. An experiment of 12 source images, 10 observations.
+
+@pytest.fixture(scope='module')
+def experiment(tmp_path_factory):
+    from sfbd.dataset_commands import split_dataset
+    root = tmp_path_factory.mktemp('experiment')
+    source = make_image_dataset(str(root / 'source'), num_images=12, seed=4)
+    split_dataset(str(root / 'source'), str(root / 'clean'), str(root / 'noisy'), sigma=0.5, seed=1, clean_count=2,
+                  verbose=False)
+    return dict(root=root, source=source, noisy=str(root / 'noisy'), net=save_tiny_network(str(root / 'net.pkl')))
+
+def grid_cells(path, num_cells: int, num_columns: int, size: int = 8, per_row: int = 8) -> list[list[np.ndarray]]:
+    # The [C, H, W] images of each cell of sfbd.grids.comparison_grid's layout.
+    from sfbd.grids import load_png
+    grid = load_png(str(path))
+    cell_width = num_columns * size + num_columns - 1
+    cells = []
+    for i in range(num_cells):
+        top, left = (i // per_row) * (size + 2), (i % per_row) * (cell_width + 2)
+        cells.append([grid[:, top:top + size, left + j * (size + 1):left + j * (size + 1) + size] for j in range(num_columns)])
+    return cells
+
+def test_grid_of_chosen_images_with_their_originals(experiment, tmp_path):
+    from sfbd.dataset_commands import choose_clean
+    from sfbd.grids import choose_images, load_png
+    noisy = experiment['noisy']
+    before = {name: os.stat(os.path.join(noisy, name)).st_mtime_ns for name in os.listdir(noisy)}
+    outdir, picture = tmp_path / 'out', tmp_path / 'grid.png'
+    grid_args = ['--grid', picture, '--grid-count=4', '--grid-seed=7', '--originals', experiment['root'] / 'source']
+    chosen = choose_images(10, 4, 7)
+    assert chosen == [5, 6, 8, 9]  # All in the second of two shards: not the first images of a shard.
+
+    # The first shard cannot show them yet; the second, which denoises them, writes the picture.
+    out = run_ok('--network', experiment['net'], '--data', noisy, '--outdir', outdir, '--steps=4', '--shard=0/2', *grid_args)
+    assert 'not written yet' in out and not picture.exists()
+    out = run_ok('--network', experiment['net'], '--data', noisy, '--outdir', outdir, '--steps=4', '--shard=1/2', *grid_args)
+    assert f'Wrote {picture}: 4 images chosen with --grid-seed=7, original | observation | denoised.' in out
+
+    # Each cell: the source image of the observation (split's choice replayed: the sources of the
+    # observations are the non-clean images in order), the observation, the denoised image.
+    sources = np.setdiff1d(np.arange(12), choose_clean(12, 2, 1))
+    obs = ObservationSet(noisy)
+    observations = to_uint8(obs.load(chosen)[0]).numpy()
+    for cell, i, observation in zip(grid_cells(picture, 4, 3), chosen, observations):
+        assert np.array_equal(cell[0], experiment['source'][sources[i]])
+        assert np.array_equal(cell[1], observation)
+        assert np.array_equal(cell[2], load_png(str(outdir / f'00000/img{i:08d}.png')))
+
+    # Without --originals: observation | denoised. The observation set is as it was.
+    run_ok('--network', experiment['net'], '--data', noisy, '--outdir', outdir, '--steps=4', '--finalize',
+           '--grid', picture, '--grid-count=4', '--grid-seed=7')
+    for cell, observation in zip(grid_cells(picture, 4, 2), observations):
+        assert np.array_equal(cell[0], observation)
+    assert {name: os.stat(os.path.join(noisy, name)).st_mtime_ns for name in os.listdir(noisy)} == before
+
+@pytest.mark.parametrize('case, message', [
+    ('no-grid', '--originals adds the originals to the --grid picture'),
+    ('grid-in-data', 'the input --data='),
+    ('grid-in-outdir', 'contains the output --grid='),
+    ('grid-in-originals', 'the input --originals='),
+    ('unrecorded', 'records no source images'),
+    ('wrong-source', 'has no 00000/img'),
+])
+def test_grid_options_are_checked_before_any_work(case, message, experiment, inputs, tmp_path):
+    outdir = tmp_path / 'out'
+    data = inputs['obs'] if case == 'unrecorded' else experiment['noisy']
+    other = tmp_path / 'other'
+    make_image_dataset(str(other), num_images=3)
+    grid = {'grid-in-data': os.path.join(data, 'grid.png'), 'grid-in-outdir': outdir / 'grid.png',
+            'grid-in-originals': experiment['root'] / 'source' / 'grid.png'}.get(case, tmp_path / 'grid.png')
+    args = ['--network', experiment['net'], '--data', data, '--outdir', outdir, '--steps=4',
+            '--originals', other if case == 'wrong-source' else experiment['root'] / 'source']
+    if case != 'no-grid':
+        args += ['--grid', grid]
+    result = run(*args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert not os.path.exists(grid) and not outdir.exists()  # Refused before the output directory is claimed.

@@ -206,6 +206,13 @@ def test_image_repeats_use_disjoint_subsets(files):
     mu_a, sigma_a = stats_of(standin_features(files['a_images']))
     fids = [direct_fid(*stats_of(standin_features(files['a_images'][s])), mu_a, sigma_a) for s in subsets]
     assert last_float(result) == pytest.approx(min(fids), rel=1e-5)
+    assert 'FID over 2 disjoint image subsets of the folder: min' in result.output  # Not "seed sets".
+
+def test_help_says_what_repeats_means_for_each_input():
+    text = ' '.join(run('calc', '--help').output.split())
+    assert '--network K seed sets of --num seeds each' in text and "EDM's published protocol" in text
+    assert '--images K disjoint random subsets of --num images of the one folder' in text
+    assert "it is not EDM's protocol" in text
 
 #----------------------------------------------------------------------------
 # Bad input: one line naming the file or option, exit status 1.
@@ -412,7 +419,7 @@ def test_network_repeats(files, rundir, tmp_path):
     assert record['mean'] == pytest.approx(np.mean(fids), rel=1e-8)
     assert record['std'] == pytest.approx(np.std(fids, ddof=1), rel=1e-6)
     assert record['seeds'] == '0-11' and record['network'] == pkl and record['repeats'] == 3
-    assert 'min' in result.stdout and 'mean' in result.stdout and 'std' in result.stdout
+    assert 'FID over 3 disjoint seed sets: min' in result.stdout and 'mean' in result.stdout and 'std' in result.stdout
 
 def test_run_directory_table(files, rundir, tmp_path):
     root, nets = rundir

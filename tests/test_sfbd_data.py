@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from dnnlib.util import UserError
 from sfbd.dataset_commands import merge, merge_datasets, split, split_dataset
-from sfbd.observations import ObservationSet
+from sfbd.observations import ObservationSet, dataset_fname
 from training.dataset import ImageFolderDataset
 
 from sfbd_helpers import make_image_dataset, make_observation_set, read_json, read_png_dataset
@@ -66,6 +66,17 @@ def test_split_partitions_the_source_and_adds_noise_of_the_given_level(tmp_path,
     assert abs(residual.std() / sigma - 1) < 0.02
     assert y.max() > 1 and y.min() < -1
 
+    # Each part's dataset.json names the source file of every image (names only), matching the
+    # source images found above.
+    for part, ids in ((clean, clean_ids), (noisy, nearest.tolist())):
+        record = read_json(os.path.join(part, 'dataset.json'))['split']
+        assert record['source'] == os.path.abspath(tmp_path / 'src') and record['seed'] == 7
+        assert record['part'] == ('clean' if part == clean else 'noisy')
+        names = [name for name, _ in record['source_names']]
+        assert names == sorted(read_png_dataset(clean)) if part == clean else names == obs.fnames
+        assert [src for _, src in record['source_names']] == [dataset_fname(i, '.png') for i in ids]
+    assert obs.source_names([0, 5]) == [dataset_fname(nearest[0], '.png'), dataset_fname(nearest[5], '.png')]
+
 def test_split_is_fixed_by_the_seed(tmp_path, source):
     a_clean, a_noisy, _ = _split(tmp_path, seed=3, clean_count=30)
     b_clean, b_noisy, _ = _split(tmp_path, seed=3, clean_count=30, zip_noisy=True)
@@ -81,7 +92,8 @@ def test_split_without_labels_and_its_cli(tmp_path):
     result = CliRunner().invoke(split, ['--source', str(tmp_path / 'plain'), '--clean', str(tmp_path / 'c.zip'),
                                         '--noisy', str(tmp_path / 'n'), '--clean-count=2', '--sigma=0.5'])
     assert result.exit_code == 0, result.output
-    assert read_json(str(tmp_path / 'n' / 'dataset.json')) == dict(sigma=0.5, labels=None)
+    metadata = read_json(str(tmp_path / 'n' / 'dataset.json'))
+    assert metadata['sigma'] == 0.5 and metadata['labels'] is None and len(metadata['split']['source_names']) == 8
     assert len(ImageFolderDataset(str(tmp_path / 'c.zip'))) == 2
     assert ObservationSet(str(tmp_path / 'n')).image_shape == [1, 8, 8]
 

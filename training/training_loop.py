@@ -24,7 +24,8 @@ import torch
 
 from dnnlib.util import UserError, atomic_write, is_url
 from torch_utils import distributed as dist
-from torch_utils import misc, persistence, training_stats
+from torch_utils import edm_state, misc, persistence, training_stats
+from training import resume
 from training.dataset import images_to_float
 
 FINISHED = 'finished'    # training_loop() return value: the duration was reached.
@@ -119,24 +120,32 @@ def _shield_from_stop_signals(_worker_id: int) -> None:
 
 #----------------------------------------------------------------------------
 # Starting weights from a network pickle (--transfer): EDM's and ours, read as
-# data. The network must be built for the same image size, channels and labels.
+# data. As in EDM, every tensor the pickle has under the same name and shape is
+# copied; the others (e.g. the label embedding of a network with another label
+# dimension) keep their initial values and are listed. Only a network of
+# another resolution or channel count is refused.
 
 def _load_transfer(source: str, net: torch.nn.Module, device: torch.device) -> None:
     src = _rank0_first(lambda: persistence.load_network_pickle(source)['ema'], device)
-    have = tuple(getattr(src, k, None) for k in ('img_resolution', 'img_channels', 'label_dim'))
-    want = (net.img_resolution, net.img_channels, net.label_dim)
+    have = (getattr(src, 'img_resolution', None), getattr(src, 'img_channels', None))
+    want = (net.img_resolution, net.img_channels)
     if have != want:
-        raise UserError(f'--transfer: {source} holds a {have[0]}x{have[0]} network with {have[1]} channels and '
-                        f'{have[2]} label dimensions, but the dataset needs {want[0]}x{want[0]} with {want[1]} '
-                        f'channels and {want[2]} label dimensions')
-    try:
-        misc.copy_params_and_buffers(src_module=src, dst_module=net, require_all=False)
-    except ValueError as e:
-        raise UserError(f'--transfer: {source} does not fit the network of these options ({e})') from None
-    src_names = {name for name, _ in misc.named_params_and_buffers(src)}
-    kept = [name for name, _ in misc.named_params_and_buffers(net) if name not in src_names]
+        raise UserError(f'--transfer: {source} holds a {have[0]}x{have[0]} network with {have[1]} channels, but the '
+                        f'dataset needs {want[0]}x{want[0]} with {want[1]} channels')
+    kept = misc.copy_params_and_buffers(src_module=src, dst_module=net, require_all=False, skip_other_shapes=True)
+    dst_tensors = dict(misc.named_params_and_buffers(net))
+    src_tensors = dict(misc.named_params_and_buffers(src))
+    if len(kept) == len(dst_tensors):
+        raise UserError(f'--transfer: {source} shares no tensor with the network of these options')
+    dist.print0(f'Copied {len(dst_tensors) - len(kept)} of {len(dst_tensors)} tensors from the pickle.')
     if kept:
-        dist.print0(f'{len(kept)} tensors are not in the pickle and keep their initial values (first: {kept[0]}).')
+        dist.print0(f'{len(kept)} tensors keep their initial values (not in the pickle, or of another shape there):')
+        for name in kept:
+            there = f'{list(src_tensors[name].shape)} in the pickle' if name in src_tensors else 'not in the pickle'
+            dist.print0(f'  {name} {list(dst_tensors[name].shape)}: {there}')
+    unused = [name for name in src_tensors if name not in dst_tensors]
+    if unused:
+        dist.print0(f'Not used from the pickle ({len(unused)}): {", ".join(unused)}')
 
 #----------------------------------------------------------------------------
 # Training states: plain state dicts, written atomically by rank 0, read with
@@ -302,7 +311,20 @@ def training_loop(
     cur_nimg, cur_tick = 0, 0
     rng_to_restore = None
     transfer_id = transfer_source_id(resume_pkl)
-    if resume_state_dump is not None:
+    from_edm = resume_state_dump is not None and edm_state.is_edm_training_state(resume_state_dump)
+    if from_edm:
+        # EDM's state (read as data): weights and optimizer; the EMA from its
+        # snapshot; the progress from its name. It records neither the data order
+        # nor the random generators, which start afresh as they do in EDM.
+        dist.print0(f'Loading EDM\'s training state from "{resume_state_dump}" (read as data)...')
+        if resume_from_run_dir and resume_pkl is not None:
+            raise UserError(f'--transfer={resume_pkl}: the run directory holds EDM\'s '
+                            f'{os.path.basename(resume_state_dump)}; use a new --outdir for a new transfer')
+        cur_nimg = resume.restore_edm_state(resume_state_dump, net, ema, optimizer)
+        transfer_id = None
+        dist.print0(f'Continuing EDM\'s run at {cur_nimg // 1000} kimg, the EMA from its snapshot; data order and '
+                    'random generators start afresh.')
+    if resume_state_dump is not None and not from_edm:
         dist.print0(f'Loading training state from "{resume_state_dump}"...')
         state = _load_state(resume_state_dump)
         if resume_from_run_dir and resume_pkl is not None and state.get('transfer') != transfer_id:
@@ -364,6 +386,8 @@ def training_loop(
             batch_size=batch_size, world_size=world_size, seed=seed, transfer=transfer_id,
             net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
             sampler=dataset_sampler.state_dict(), rng=rng_states, data=data_fingerprint,
+            schedule=dict(lr=optimizer_kwargs['lr'], lr_rampup_kimg=lr_rampup_kimg,  # Restored by a resume (training/resume.py).
+                          ema_halflife_kimg=ema_halflife_kimg, ema_rampup_ratio=ema_rampup_ratio),
             options=_plain(dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs,
                                 augment_kwargs=augment_kwargs, dataset_kwargs=dataset_kwargs)))
         _save_state(os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt'), state)
