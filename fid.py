@@ -29,7 +29,7 @@ import scipy.linalg
 import torch
 import tqdm
 
-from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file
+from dnnlib.outputs import OutputClaim, any_file, append_line, check_apart, check_output_dir, check_output_file
 from dnnlib.cli import IntList
 from dnnlib.util import (UserError, atomic_write, download, file_sha256, is_url, open_url, report_user_errors,
                          save_png)
@@ -401,8 +401,7 @@ def append_json(path: str, record: dict) -> None:
         return value
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'a', encoding='utf-8') as f:
-        f.write(json.dumps(strict(record), allow_nan=False) + '\n')
+    append_line(path, json.dumps(strict(record), allow_nan=False))
 
 #----------------------------------------------------------------------------
 
