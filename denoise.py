@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import tqdm
 
+from dnnlib.cli import FiniteFloat
 from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file, is_complete_png
 from dnnlib.util import UserError, atomic_write, file_sha256, report_user_errors, save_png
 from generate import rank_batches, sampler_options
@@ -47,7 +48,7 @@ from sfbd.observations import ObservationSet, with_ext
 from torch_utils import distributed as dist
 from torch_utils.persistence import load_network
 from training.dataset import METADATA_FNAME
-from training.sampler import ABLATION_KEYS, StackedRandomGenerator, to_uint8
+from training.sampler import ABLATION_KEYS, StackedRandomGenerator, check_finite, check_sampler_options, to_uint8
 
 OPTIONS_FNAME = 'denoise_options.json'
 
@@ -200,6 +201,7 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
             level = sigma if np.ndim(sigma) == 0 else torch.as_tensor(np.asarray(sigma)[batch])
             x = backward_sample(net, y.to(device), level, None if labels is None else labels.to(device),
                                 mode=mode, randn_like=rnd.randn_like, **sampler_kwargs)
+            check_finite(x, f'{obs.path}: observations {obs.fnames[batch[0]]} to {obs.fnames[batch[-1]]}')
             images = to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
             for i, image in zip(batch, images):
                 save_png(output_path(outdir, obs.fnames[i]), image)
@@ -212,7 +214,7 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
 @click.option('--network', 'network_pkl',  help='Network pickle (this project\'s or EDM\'s)', metavar='PATH|URL',  type=str, required=True)
 @click.option('--data',                    help='Observation set (docs/observations.md)', metavar='ZIP|DIR',      type=str, required=True)
 @click.option('--outdir',                  help='Where to save the denoised images', metavar='DIR',              type=str, required=True)
-@click.option('--sigma',                   help='Noise level of all observations  [default: the set\'s own, one or per image]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
+@click.option('--sigma',                   help='Noise level of all observations  [default: the set\'s own, one or per image]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True))
 @click.option('--force-sigma',             help='Allow a --sigma that differs from the set\'s own level(s)',    is_flag=True)
 @click.option('--mode',                    help='Backward sampler: probability-flow ODE or reverse SDE',         type=click.Choice(MODES), default='ode', show_default=True)
 @click.option('--seed',                    help='Seed of the per-image noise (SDE, churn)', metavar='INT',       type=click.IntRange(min=0), default=0, show_default=True)
@@ -289,6 +291,7 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
         dist.print0(f'Loading network from "{network_pkl}"...')
         net = load_network(network_pkl).to(device)
         check_network(net, obs, network_pkl, data)
+        check_sampler_options(net, kwargs)
         highest = float(np.max(levels))
         if highest > min(kwargs.get('sigma_max', 80), net.sigma_max):
             raise UserError(f'noise level {highest:g} is above the highest noise level of the sampler')

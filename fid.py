@@ -28,14 +28,15 @@ import scipy.linalg
 import torch
 import tqdm
 
-from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file
-from dnnlib.util import UserError, atomic_write, is_url, open_url, parse_int_list, report_user_errors, save_png
+from dnnlib.cli import IntList
+from dnnlib.outputs import OutputClaim, any_file, append_line, check_apart, check_output_dir, check_output_file
+from dnnlib.util import UserError, atomic_write, is_url, open_url, report_user_errors, save_png
 from generate import image_path as generated_image_path
 from generate import rank_batches, sampler_options
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
 from torch_utils.persistence import load_network
-from training.sampler import generate_images, to_uint8
+from training.sampler import check_finite, check_sampler_options, generate_images, to_uint8
 
 #----------------------------------------------------------------------------
 # The detector (torch_utils/detector.py) defaults to the TorchScript Inception;
@@ -98,10 +99,18 @@ class FeatureStats:
 
 def calculate_fid_from_inception_stats(mu: np.ndarray, sigma: np.ndarray,
                                        mu_ref: np.ndarray, sigma_ref: np.ndarray) -> float:
+    # Never report a NaN score as if it were one.
+    if not all(np.isfinite(x).all() for x in (mu, sigma, mu_ref, sigma_ref)):
+        raise UserError('the FID came out nan: the feature statistics hold NaN or infinite values')
     mean_term = np.square(mu - mu_ref).sum()
-    root = scipy.linalg.sqrtm(np.dot(sigma, sigma_ref))
-    total = mean_term + np.trace(sigma) + np.trace(sigma_ref) - 2 * np.trace(root)
-    return float(np.real(total))
+    try:
+        root = scipy.linalg.sqrtm(np.dot(sigma, sigma_ref))
+    except (np.linalg.LinAlgError, ValueError) as e:
+        raise UserError(f'the FID cannot be computed: the matrix square root failed ({e})') from None
+    total = float(np.real(mean_term + np.trace(sigma) + np.trace(sigma_ref) - 2 * np.trace(root)))
+    if not np.isfinite(total):
+        raise UserError(f'the FID came out {total}: the product of the covariances has no usable square root')
+    return total
 
 #----------------------------------------------------------------------------
 # Reference statistics: an `.npz` with `mu` [D] and `sigma` [D, D], from a
@@ -124,6 +133,11 @@ def load_ref_stats(ref: str) -> tuple[np.ndarray, np.ndarray]:
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise UserError(f'{ref}: "mu" has shape {list(mu.shape)} and "sigma" {list(sigma.shape)}; '
                         'expected [D] and [D, D]')
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UserError(f'{ref}: "mu" or "sigma" holds NaN or infinite values')
+    tolerance = 1e-6 * max(float(np.abs(sigma).max()), 1e-300)
+    if np.abs(sigma - sigma.T).max() > tolerance or np.diag(sigma).min() < -tolerance:
+        raise UserError(f'{ref}: "sigma" is not a covariance matrix (not symmetric, or negative variances)')
     return mu, sigma
 
 def save_ref_stats(dest: str, mu: np.ndarray, sigma: np.ndarray) -> None:
@@ -138,6 +152,8 @@ def save_ref_stats(dest: str, mu: np.ndarray, sigma: np.ndarray) -> None:
 def open_image_dataset(path: str) -> Any:
     from training.dataset import ImageFolderDataset
     dataset = ImageFolderDataset(path=path)
+    if dataset.sigma_text:
+        raise UserError(f'{path}: is an observation set (noisy, sigma {dataset.sigma_text} in dataset.json), not images')
     if dataset.num_channels not in (1, 3):
         raise UserError(f'{path}: images have {dataset.num_channels} channels; FID needs 1 or 3')
     return dataset
@@ -230,7 +246,9 @@ def network_stats(net: torch.nn.Module, seeds: Sequence[int], detector: Detector
     for batch_seeds in tqdm.tqdm(batches, unit='batch', desc='Generating', disable=(dist.get_rank() != 0)):
         if not batch_seeds:
             continue
-        images = to_uint8(generate_images(net, batch_seeds, device=device, **sampler_kwargs))
+        images = generate_images(net, batch_seeds, device=device, **sampler_kwargs)
+        check_finite(images, f'seeds {batch_seeds[0]}-{batch_seeds[-1]}')
+        images = to_uint8(images)
         if outdir is not None:
             for seed, image in zip(batch_seeds, images.permute(0, 2, 3, 1).cpu().numpy()):
                 save_png(generated_image_path(outdir, seed, True), image)
@@ -292,8 +310,7 @@ def append_json(path: str, record: dict) -> None:
         return value
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'a', encoding='utf-8') as f:
-        f.write(json.dumps(strict(record), allow_nan=False) + '\n')
+    append_line(path, json.dumps(strict(record), allow_nan=False))
 
 #----------------------------------------------------------------------------
 
@@ -392,7 +409,7 @@ def print_snapshot_table(results: list[dict], repeats: int) -> None:
 @click.option('--ref', 'ref_path',        help='Reference statistics of the dataset', metavar='NPZ|URL',             type=str, required=True)
 @click.option('--num', 'num',             help=f'Number of images per score  [default: {DEFAULT_NUM_IMAGES}, or the --seeds count]', metavar='INT', type=click.IntRange(min=2))
 @click.option('--seed',                   help='First seed (--network) or seed of the image subset (--images)  [default: 0]', metavar='INT', type=click.IntRange(min=0))
-@click.option('--seeds',                  help='Seeds to generate  [default: seed to seed+num*repeats-1]', metavar='LIST', type=parse_int_list)
+@click.option('--seeds',                  help='Seeds to generate  [default: seed to seed+num*repeats-1]', metavar='LIST', type=IntList())
 @click.option('--repeats',                help='Scores to take: --network, seed sets of --num new images each (EDM\'s protocol: 3); --images, disjoint subsets of --num images of the folder; report min, mean, std', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
 @click.option('--snapshots',              help='Snapshots of a run directory to score  [default: all]', metavar='GLOB', type=str)
 @click.option('--outdir',                 help='Also save the generated images here, 1000 per subfolder', metavar='DIR', type=str)
@@ -451,7 +468,8 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
         claim = OutputClaim(outdir, '--outdir', OPTIONS_FNAME, images_record, command='fid.py calc',
                             has_outputs=lambda: any_file(outdir, ['.png']))
 
-    # Detector and reference statistics, both before the long part.
+    # The images, the detector and the reference statistics, all before the long part.
+    dataset = open_image_dataset(image_path) if image_path is not None else None
     device_obj, det = _setup(device, detector, detector_sha256)
     dist.print0(f'Reading reference statistics "{ref_path}"...')
     with rank0_first():
@@ -474,7 +492,6 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
     results: list[dict] = []
     if image_path is not None:
         # A folder or zip of images: disjoint random subsets of --num images.
-        dataset = open_image_dataset(image_path)
         check_image_count(image_path, len(dataset), num, repeats)
         dim = check_dim(dataset.image_shape)
         start, fids = time.time(), []
@@ -497,6 +514,7 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
                 if net.img_channels not in (1, 3):
                     raise UserError(f'{pkl}: the network makes {net.img_channels}-channel images; FID needs 1 or 3')
                 dim = check_dim([net.img_channels, net.img_resolution, net.img_resolution])
+                check_sampler_options(net, sampler_kwargs)
                 subdir = outdir
                 if outdir is not None and is_rundir:
                     subdir = os.path.join(outdir, os.path.splitext(os.path.basename(pkl))[0])
@@ -541,9 +559,9 @@ def ref(dataset_path: str, dest_path: str, detector: str, detector_sha256: str |
     """Reference statistics of every image of a dataset, for 'calc'."""
     check_apart([(dest_path, '--dest')], [(dataset_path, '--data'), (detector, '--detector')])
     check_output_file(dest_path, '--dest')
-    device_obj, det = _setup(device, detector, detector_sha256)
     dataset = open_image_dataset(dataset_path)
     check_image_count(dataset_path, len(dataset), len(dataset), 1)
+    device_obj, det = _setup(device, detector, detector_sha256)
     dist.print0(f'Calculating statistics of {len(dataset)} images from "{dataset_path}"...')
     mu, sigma = dataset_stats(dataset, range(len(dataset)), det, max_batch_size=max_batch_size,
                               num_workers=num_workers, device=device_obj)

@@ -21,6 +21,7 @@ import click
 import numpy as np
 import tqdm
 
+from dnnlib.cli import FiniteFloat
 from dnnlib.outputs import check_apart
 from dnnlib.util import EasyDict, UserError, report_user_errors
 from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
@@ -59,17 +60,15 @@ class SigmaType(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> float | tuple[float, float]:
         if isinstance(value, (float, tuple)):
             return value
-        try:
-            parts = [float(part) for part in str(value).split(':')]
-        except ValueError:
-            self.fail(f'{value!r} is not a number or a range LO:HI such as 0.2:0.8', param, ctx)
-        if len(parts) not in (1, 2) or not all(np.isfinite(parts)) or min(parts) <= 0:
-            self.fail(f'{value!r}: give one positive noise level or a range LO:HI of positive levels', param, ctx)
-        if len(parts) == 1:
-            return parts[0]
-        if not parts[0] < parts[1]:
+        parts = str(value).split(':')
+        if len(parts) > 2:
+            self.fail(f'{value!r}: give one noise level or a range LO:HI such as 0.2:0.8', param, ctx)
+        levels = [FiniteFloat(min=0, min_open=True).convert(part, param, ctx) for part in parts]
+        if len(levels) == 1:
+            return levels[0]
+        if not levels[0] < levels[1]:
             self.fail(f'{value!r}: the range LO:HI needs LO < HI (for one level give one number)', param, ctx)
-        return (parts[0], parts[1])
+        return (levels[0], levels[1])
 
 #----------------------------------------------------------------------------
 # Split: every source image goes to exactly one part. Clean images are
@@ -202,7 +201,7 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
 @click.option('--source',          help='Dataset to split: directory or zip of 8-bit images', metavar='PATH', type=str, required=True)
 @click.option('--clean',           help='Output for the clean part (directory, or .zip)', metavar='PATH',   type=str, required=True)
 @click.option('--noisy',           help='Output for the noisy observations (directory, or .zip)', metavar='PATH', type=str, required=True)
-@click.option('--clean-fraction',  help='Share of the images kept clean', metavar='FLOAT',                  type=click.FloatRange(min=0, max=1, min_open=True, max_open=True))
+@click.option('--clean-fraction',  help='Share of the images kept clean', metavar='FLOAT',                  type=FiniteFloat(min=0, max=1, min_open=True, max_open=True))
 @click.option('--clean-count',     help='Number of images kept clean', metavar='INT',                       type=click.IntRange(min=1))
 @click.option('--sigma',           help='Noise level of the observations in [-1, 1] pixel units, or LO:HI for a level per image drawn uniformly', metavar='FLOAT|LO:HI', type=SigmaType(), required=True)
 @click.option('--seed',            help='Seed for the choice of clean images and the noise', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)

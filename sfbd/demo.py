@@ -46,6 +46,7 @@ from sfbd.dataset_commands import choose_clean, split_dataset
 from sfbd.grids import comparison_grid, load_png
 from sfbd.memorization import sample_images
 from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_png
+from torch_utils.distributed import resolve_device
 from torch_utils.persistence import load_network
 from training.sampler import to_uint8
 
@@ -137,7 +138,7 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
     def say(text: str) -> None:
         if verbose:
             print(f'[{time.time() - start:4.0f} s] {text}', flush=True)
-    dev = torch.device(device) if device else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = resolve_device(device)
     train_args = [*TRAIN_ARGS, f'--seed={seed}', f'--device={dev}']
     total_mimg = cfg.pretrain_mimg + cfg.num_rounds * cfg.round_mimg
 
@@ -171,7 +172,7 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
             if not os.path.isfile(os.path.join(run_dir, 'finished')):
                 say(f'{name}: train.py on {" + ".join(os.path.basename(d) for d in datasets)}')
                 rounds.run_script('train.py', [f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in datasets],
-                                               f'--duration={duration:g}', *train_args], log=log)
+                                               f'--duration={duration:g}', '--allow-noisy', *train_args], log=log)
                 open(os.path.join(run_dir, 'finished'), 'w').close()
             snapshots.append((name, rounds.final_snapshot(run_dir)))
 

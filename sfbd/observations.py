@@ -35,7 +35,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from dnnlib.outputs import check_apart
+from dnnlib.outputs import check_apart, check_output_file
 from dnnlib.util import UserError, current_umask, is_environment_error
 from training.dataset import METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, is_dataset_file, load_metadata
 
@@ -87,6 +87,7 @@ class DatasetWriter:
         self.option = option
         if os.path.exists(self.dest):
             raise UserError(f'{option}={dest}: already exists; datasets are never overwritten, choose a new name or delete it')
+        check_output_file(self.dest, option)
         self.is_zip = file_ext(self.dest) == '.zip'
         self.tmp: str | None = None
         self._zip: zipfile.ZipFile | None = None

@@ -39,7 +39,7 @@ from typing import IO, Sequence
 
 import click
 
-from dnnlib.cli import ShellWords
+from dnnlib.cli import FiniteFloat, ShellWords
 from dnnlib.outputs import OutputClaim, check_apart, check_output_dir, read_record
 from dnnlib.util import UserError, atomic_write, report_user_errors
 from sfbd.presets import PRESETS, preset_args
@@ -112,7 +112,7 @@ def claim_outdir(outdir: str, options: dict) -> OutputClaim:
 # train.py and denoise.py (parsed by their own option tables, then train.py's
 # dry run, in this process, with the round's data checks what needs the data).
 
-TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'duration', 'transfer', 'resume', 'dry_run')
+TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'duration', 'transfer', 'resume', 'dry_run', 'allow_noisy')
 DENOISE_OPTIONS_SET_HERE = ('network_pkl', 'data', 'outdir', 'shard', 'finalize')
 
 def _parse_options(command: click.Command, name: str, option: str, args: Sequence[str], required: Sequence[str],
@@ -142,8 +142,8 @@ def check_inputs(outdir: str, clean: str, noisy: str, train_args: Sequence[str],
             raise UserError(f'{option}={path}: no such dataset')
     clean_set = ImageFolderDataset(clean)
     clean_set.close()
-    if clean_set.sigma:
-        raise UserError(f'--clean={clean}: is an observation set (sigma {clean_set.sigma:g} in dataset.json); '
+    if clean_set.sigma_text:
+        raise UserError(f'--clean={clean}: is an observation set (sigma {clean_set.sigma_text} in dataset.json); '
                         'give the clean images')
     obs = ObservationSet(noisy, '--noisy')
     obs.close()
@@ -165,7 +165,9 @@ def check_inputs(outdir: str, clean: str, noisy: str, train_args: Sequence[str],
     for option, run_dir, data, args in steps:
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                train.main.main([f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in data], *args, '--dry-run'],
+                # The round's second dataset is the denoised set, here stood in for by the observations.
+                train.main.main([f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in data], *args,
+                                 '--allow-noisy', '--dry-run'],
                                 prog_name='train.py', standalone_mode=False)
         except click.ClickException as e:
             raise UserError(f'{option}: train.py refuses them: {e.format_message()}') from None
@@ -263,8 +265,8 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
 @click.option('--clean',              help='Clean images (an EDM dataset)', metavar='ZIP|DIR',                    type=str, required=True)
 @click.option('--noisy',              help='Noisy observations (docs/observations.md)', metavar='ZIP|DIR',        type=str, required=True)
 @click.option('--rounds', 'num_rounds', help='Number of SFBD rounds after pretraining', metavar='INT',             type=click.IntRange(min=0), required=True)
-@click.option('--pretrain-duration',  help='Pretraining length in millions of images', metavar='MIMG',            type=click.FloatRange(min=0, min_open=True), required=True)
-@click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option('--pretrain-duration',  help='Pretraining length in millions of images', metavar='MIMG',            type=FiniteFloat(min=0, min_open=True), required=True)
+@click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=FiniteFloat(min=0, min_open=True), required=True)
 @click.option('--preset',             help='Hyperparameters of a published run for every step (python -m sfbd.presets)', type=click.Choice([*PRESETS, 'none']), default='none', show_default=True)
 @click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=ShellWords(), default='', show_default=True)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import abc
 import functools
+import hashlib
 import io
 import json
+import math
 import os
 import zipfile
 from typing import IO, Any, Sequence
@@ -102,6 +104,12 @@ class DatasetFiles:
     def read(self, name: str) -> bytes:
         with self.open(name) as f:
             return f.read()
+
+    def size(self, name: str) -> int:
+        """Size of a member in bytes, from the directory entry or the zip's central directory."""
+        if self.kind == 'dir':
+            return os.path.getsize(os.path.join(self.path, name))
+        return self._get_zipfile().getinfo(name).file_size
 
     def close(self) -> None:
         if self._zipfile is not None:
@@ -242,19 +250,26 @@ def labels_in_order(entries: list, fnames: Sequence[str], where: str) -> list:
     return [by_name[fname] for fname in fnames]
 
 # Turn the label entries into an array in image order: int64 [N] for class
-# indices (one-hot later), float32 [N, D] for vectors.
+# indices (one-hot later), float32 [N, D] for vectors. Class indices are
+# bounded so that a stray huge number cannot ask for a one-hot of that width.
+
+MAX_CLASSES = 1 << 16
 def _parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray:
     labels = labels_in_order(entries, fnames, where)
 
     def is_number(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
     if all(is_number(x) for x in labels):
-        if not all(float(x).is_integer() and x >= 0 for x in labels):
+        if not all(math.isfinite(x) and float(x).is_integer() and x >= 0 for x in labels):
             raise UserError(f'{where}: class labels must be non-negative integers')
+        if max(labels) >= MAX_CLASSES:
+            raise UserError(f'{where}: class label {int(max(labels))} is out of range; labels are class indices below {MAX_CLASSES}')
         return np.asarray(labels, dtype=np.int64)
     if all(isinstance(x, list) and all(is_number(v) for v in x) for x in labels):
         if len({len(x) for x in labels}) != 1:
             raise UserError(f'{where}: label vectors differ in length')
+        if not all(math.isfinite(v) for x in labels for v in x):
+            raise UserError(f'{where}: label vectors hold NaN or infinite values')
         return np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
     raise UserError(f'{where}: each label must be an integer class or a list of numbers, all of one kind')
 
@@ -370,6 +385,12 @@ class Dataset(torch.utils.data.Dataset, abc.ABC):
         d.raw_label = self._raw_labels[d.raw_idx].copy()
         return d
 
+    def fingerprint(self) -> list[dict]:
+        """What the data is, cheaply: per dataset its name, file count, bytes and the digest of its
+        dataset.json. Training states record it, so that a run is not continued on other data by
+        mistake. Empty when unknown."""
+        return []
+
     @property
     def name(self) -> str:
         return self._name
@@ -415,6 +436,15 @@ class Dataset(torch.utils.data.Dataset, abc.ABC):
         """Noise level of the observations, from "sigma" in dataset.json; None when not recorded or
         when it differs between images (see `sigmas`)."""
         return self._sigma
+
+    @property
+    def sigma_text(self) -> str | None:
+        """The recorded noise level for messages ('0.59', 'per image, 0.2 to 0.8'); None when the
+        dataset records none (or only zeros)."""
+        sigmas = self.sigmas
+        if sigmas is None or not np.any(sigmas > 0):
+            return None
+        return f'{self._sigma:g}' if self._sigma is not None else f'per image, {sigmas.min():g} to {sigmas.max():g}'
 
     @property
     def sigmas(self) -> np.ndarray | None:
@@ -479,6 +509,12 @@ class ImageFolderDataset(Dataset):
             name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
         super().__init__(name=name, raw_shape=[len(self._image_fnames), c0, h0, w0], **super_kwargs)
         self._metadata = None # Labels are parsed by now; keep pickles small.
+
+    def fingerprint(self) -> list[dict]:
+        metadata = self._files.read(METADATA_FNAME) if METADATA_FNAME in self._files.names else None
+        return [dict(path=os.path.abspath(self._path), name=os.path.basename(os.path.normpath(self._path)),
+                     files=len(self._image_fnames), bytes=sum(self._files.size(f) for f in self._image_fnames),
+                     metadata_sha256=None if metadata is None else hashlib.sha256(metadata).hexdigest())]
 
     def _probe(self, fname: str) -> tuple[int, int, int]:
         with self._files.open(fname) as f:
@@ -595,6 +631,10 @@ class UnionDataset(Dataset):
         d = super().get_details(idx)
         d.part, d.part_idx = self._locate(d.raw_idx)
         return d
+
+    def fingerprint(self) -> list[dict]:
+        parts = [part.fingerprint() for part in self._parts]
+        return [] if any(not part for part in parts) else [entry for part in parts for entry in part]
 
     @property
     def parts(self) -> list[Dataset]:

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from dnnlib.util import UserError
+
 #----------------------------------------------------------------------------
 # Noise levels of EDM's time discretisation (Eq. 5): N levels from sigma_max
 # down to sigma_min, evenly spaced in sigma^(1/rho), rounded to what the
@@ -313,6 +315,30 @@ def select_sampler(sampler_kwargs: dict) -> tuple[Callable, dict]:
     if any(k in kwargs for k in ABLATION_KEYS):
         return ablation_sampler, kwargs
     return edm_sampler, kwargs
+
+#----------------------------------------------------------------------------
+# Sampler options that would give wrong images without an error: a noise range
+# that is empty or upside down (as given, or against the levels the network
+# supports), churn limits the wrong way round. And images that come out
+# non-finite (a diverged network) are refused rather than saved as black.
+
+def check_sampler_options(net: torch.nn.Module, sampler_kwargs: dict) -> None:
+    kwargs = {k: v for k, v in sampler_kwargs.items() if v is not None}
+    lo, hi = kwargs.get('sigma_min'), kwargs.get('sigma_max')
+    if lo is not None and hi is not None and not lo < hi:
+        raise UserError(f'--sigma_min={lo:g} is not below --sigma_max={hi:g}')
+    net_lo, net_hi = float(net.sigma_min), float(net.sigma_max)
+    if lo is not None and not lo < net_hi:
+        raise UserError(f'--sigma_min={lo:g} is not below the highest noise level of the network ({net_hi:g})')
+    if hi is not None and not hi > net_lo:
+        raise UserError(f'--sigma_max={hi:g} is not above the lowest noise level of the network ({net_lo:g})')
+    if kwargs.get('S_churn', 0) > 0 and kwargs.get('S_min', 0) > kwargs.get('S_max', float('inf')):
+        raise UserError(f'--S_min={kwargs["S_min"]:g} is above --S_max={kwargs["S_max"]:g}: the churn would never apply')
+
+def check_finite(images: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(images).all()):
+        raise UserError(f'{what}: the sampler produced NaN or infinite values (a diverged network, '
+                        'or sampler options outside its range)')
 
 #----------------------------------------------------------------------------
 # Generate one batch of images for the given seeds with EDM's protocol:
