@@ -259,6 +259,30 @@ def test_two_denoise_tasks_with_other_options_started_together(inputs, tmp_path)
     a, b = read_png_dataset(str(outdir)), read_png_dataset(str(reference))
     assert sorted(a) == sorted(b) and all(np.abs(a[k].astype(int) - b[k].astype(int)).max() <= 1 for k in a)
 
+def test_two_training_runs_starting_in_one_outdir(inputs, tmp_path, monkeypatch):
+    # Two train.py runs that start at the same moment pick the same run directory name (or, with
+    # --nosubdir, the same directory): the one that claims it second stops with one line and
+    # leaves the winner's directory as it was. The race is staged: the other run claims the
+    # directory just before this one does.
+    common = ['--data', inputs / 'clean', '--cbase=8', '--cres=1', '--batch=2', '--duration=0.00001', '--seed=0']
+    winner = tmp_path / 'runs' / '00000-winner'
+    monkeypatch.setattr(train, 'next_run_dir', lambda outdir, desc: str(winner))
+    winner.mkdir(parents=True)
+    (winner / 'log.txt').write_text('the other run\n')
+    before = tree_digest(winner)
+    assert_one_error_line(invoke(train.main, ['--outdir', tmp_path / 'runs', *common]), 'already exists', 'another run')
+    assert tree_digest(winner) == before and os.listdir(tmp_path / 'runs') == ['00000-winner']
+
+    shared = tmp_path / 'shared'
+    real_create_exclusive = train.create_exclusive
+    def other_run_first(path, record):
+        real_create_exclusive(path, dict(record, seed=1))  # The other run's options land first.
+        return real_create_exclusive(path, record)
+    monkeypatch.setattr(train, 'create_exclusive', other_run_first)
+    assert_one_error_line(invoke(train.main, ['--outdir', shared, '--nosubdir', *common]), 'another train.py started')
+    assert read_json(str(shared / 'training_options.json'))['seed'] == 1
+    assert not [name for name in os.listdir(shared) if name.startswith(('network-snapshot', 'training-state'))]
+
 #----------------------------------------------------------------------------
 # 4. Half-written outputs.
 
