@@ -2,7 +2,8 @@
 
 Each observation y of an observation set (docs/observations.md) is taken back from its noise level
 sigma to 0 by the reverse process of the given network, starting at y itself (sfbd/backward.py), and
-saved as an 8-bit PNG under the observation's own name. The output directory is an EDM dataset,
+saved as an 8-bit PNG under the observation's own name. A set may give each observation its own
+sigma: every image then starts from its own level, on the same grid rule. The output directory is an EDM dataset,
 ready for `train.py --data`, once every image is there.
 
 Work can be split between independent tasks (`--shard=I/N`, e.g. one per SLURM array task) and,
@@ -11,8 +12,9 @@ inside a task, between processes (`torchrun`). All of them may write into one --
 - every image is written atomically, so an image file is either complete or absent;
 - a rerun denoises only the images that are missing, which also resumes interrupted tasks;
 - the options are recorded in `denoise_options.json` once the network and the data have been
-  checked; a run with other options (another network, noise level, mode, seed, grid) into the same
-  --outdir is refused, so images of different models never mix. The record is written
+  checked; a run with other options (another network, noise levels, mode, seed, grid) into the same
+  --outdir is refused, so images of different models never mix (per-image noise levels are
+  recorded by range, count and digest). The record is written
   create-exclusively, so that of several tasks starting at once with different options only one
   goes on (dnnlib/outputs.py); a run that fails before writing an image takes its record back;
 - --outdir must be new, empty or made by denoise.py, and apart from --data and --network: a
@@ -25,6 +27,7 @@ inside a task, between processes (`torchrun`). All of them may write into one --
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,16 +38,17 @@ import numpy as np
 import torch
 import tqdm
 
+from dnnlib.cli import FiniteFloat
 from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file, is_complete_png
 from dnnlib.util import UserError, atomic_write, file_sha256, report_user_errors, save_png
 from generate import rank_batches, sampler_options
-from sfbd.backward import MODES, backward_sample, image_seeds
+from sfbd.backward import GRID_KEYS, MODES, backward_sample, grid_groups, image_seeds
 from sfbd.grids import choose_images, load_png, read_originals, save_comparison_grid
 from sfbd.observations import ObservationSet, with_ext
 from torch_utils import distributed as dist
 from torch_utils.persistence import load_network
 from training.dataset import METADATA_FNAME
-from training.sampler import ABLATION_KEYS, StackedRandomGenerator, to_uint8
+from training.sampler import ABLATION_KEYS, StackedRandomGenerator, check_finite, check_sampler_options, to_uint8
 
 OPTIONS_FNAME = 'denoise_options.json'
 
@@ -75,8 +79,6 @@ def shard_indices(num_items: int, shard: tuple[int, int]) -> range:
 #----------------------------------------------------------------------------
 # Sampler options per mode. The ODE takes all of EDM's options; the SDE has
 # its own noise and takes only the grid options.
-
-GRID_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho')
 
 def mode_sampler_kwargs(mode: str, sampler_kwargs: dict) -> dict:
     kwargs = {k: v for k, v in sampler_kwargs.items() if v is not None}
@@ -115,6 +117,20 @@ def network_labels(net: torch.nn.Module, labels: torch.Tensor | None) -> torch.T
 # The claim of an output directory: the options record. Everything that
 # decides the images is compared; the network by content, so moving the file
 # is fine. The images are the outputs that depend on it.
+
+def sigma_record(sigmas: np.ndarray) -> float | dict:
+    """The noise levels of a run as recorded: the number when all are equal, else their range,
+    count and a digest of the levels in file order (so that a set with other levels is refused)."""
+    sigmas = np.asarray(sigmas, dtype='<f8')
+    if len(sigmas) and np.all(sigmas == sigmas[0]):
+        return float(sigmas[0])
+    return dict(per_image=True, count=len(sigmas), min=float(sigmas.min()), max=float(sigmas.max()),
+                sha256=hashlib.sha256(sigmas.tobytes()).hexdigest())
+
+def describe_levels(sigma: float | np.ndarray) -> str:
+    if np.ndim(sigma) == 0:
+        return f'sigma {sigma:g}'
+    return f'sigma {np.min(sigma):g} to {np.max(sigma):g} (per image)'
 
 def claim_outdir(outdir: str, record: dict, create: bool = True) -> OutputClaim:
     return OutputClaim(outdir, '--outdir', OPTIONS_FNAME, record, command='denoise.py', create=create,
@@ -162,10 +178,18 @@ def save_grid(path: str, outdir: str, obs: ObservationSet, indices: list[int], o
 # The denoising loop of one process: its share of the missing images of its
 # shard, batch by batch.
 
-def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo: list[int], *, sigma: float,
-                   mode: str, seed: int, max_batch_size: int, device: torch.device, sampler_kwargs: dict) -> int:
-    """Denoise this process's part of `todo`; returns the number of images written."""
-    batches = rank_batches(todo, max_batch_size, dist.get_rank(), dist.get_world_size()) if todo else []
+def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo: list[int], *,
+                   sigma: float | np.ndarray, mode: str, seed: int, max_batch_size: int, device: torch.device,
+                   sampler_kwargs: dict) -> int:
+    """Denoise this process's part of `todo`; returns the number of images written. `sigma` is one
+    noise level for all, or the level of every image of the set ([len(obs)])."""
+    # Per-image levels: batches never mix images whose grids start at different nodes.
+    parts = [todo]
+    if np.ndim(sigma) > 0:
+        groups = grid_groups(net, torch.as_tensor(np.asarray(sigma)[todo]), mode, **sampler_kwargs) if todo else []
+        parts = [[todo[int(k)] for k in group] for group in groups]
+    batches = [batch for part in parts if part
+               for batch in rank_batches(part, max_batch_size, dist.get_rank(), dist.get_world_size())]
     total = sum(len(b) for b in batches)
     with tqdm.tqdm(total=total, unit='img', disable=(dist.get_rank() != 0), desc='denoise') as bar:
         for batch in batches:
@@ -174,8 +198,10 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
             y, labels = obs.load(batch)
             labels = network_labels(net, labels)
             rnd = StackedRandomGenerator(device, image_seeds(seed, batch))
-            x = backward_sample(net, y.to(device), sigma, None if labels is None else labels.to(device),
+            level = sigma if np.ndim(sigma) == 0 else torch.as_tensor(np.asarray(sigma)[batch])
+            x = backward_sample(net, y.to(device), level, None if labels is None else labels.to(device),
                                 mode=mode, randn_like=rnd.randn_like, **sampler_kwargs)
+            check_finite(x, f'{obs.path}: observations {obs.fnames[batch[0]]} to {obs.fnames[batch[-1]]}')
             images = to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
             for i, image in zip(batch, images):
                 save_png(output_path(outdir, obs.fnames[i]), image)
@@ -188,8 +214,8 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
 @click.option('--network', 'network_pkl',  help='Network pickle (this project\'s or EDM\'s)', metavar='PATH|URL',  type=str, required=True)
 @click.option('--data',                    help='Observation set (docs/observations.md)', metavar='ZIP|DIR',      type=str, required=True)
 @click.option('--outdir',                  help='Where to save the denoised images', metavar='DIR',              type=str, required=True)
-@click.option('--sigma',                   help='Noise level of the observations  [default: the set\'s own]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
-@click.option('--force-sigma',             help='Allow a --sigma that differs from the set\'s own',             is_flag=True)
+@click.option('--sigma',                   help='Noise level of all observations  [default: the set\'s own, one or per image]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True))
+@click.option('--force-sigma',             help='Allow a --sigma that differs from the set\'s own level(s)',    is_flag=True)
 @click.option('--mode',                    help='Backward sampler: probability-flow ODE or reverse SDE',         type=click.Choice(MODES), default='ode', show_default=True)
 @click.option('--seed',                    help='Seed of the per-image noise (SDE, churn)', metavar='INT',       type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--shard',                   help='Denoise only part I of N (0 <= I < N)', metavar='I/N',          type=str, callback=_shard_option, default='0/1', show_default=True)
@@ -236,12 +262,18 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
     dist.init(device)
     obs = ObservationSet(data)
 
-    # Noise level: the set's own unless forced.
+    # Noise levels: the set's own (one, or one per image) unless forced.
     if sigma is None:
-        sigma = obs.sigma
-    elif not math.isclose(sigma, obs.sigma, rel_tol=1e-6) and not force_sigma:
+        levels = obs.sigma if obs.sigma is not None else obs.sigmas
+    elif obs.sigma is None and not force_sigma:
+        lo, hi = obs.sigma_range
+        raise UserError(f'--sigma={sigma}: --data={data} records a noise level per image ({lo:g} to {hi:g}); '
+                        'add --force-sigma to denoise every image from --sigma anyway')
+    elif obs.sigma is not None and not math.isclose(sigma, obs.sigma, rel_tol=1e-6) and not force_sigma:
         raise UserError(f'--sigma={sigma} differs from the noise level {obs.sigma} recorded in --data={data}; '
                         'add --force-sigma to use it anyway')
+    else:
+        levels = sigma
     kwargs = mode_sampler_kwargs(mode, sampler_kwargs)
     indices = shard_indices(len(obs), shard)
 
@@ -250,7 +282,8 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
     grid_originals = read_originals(obs, originals, grid_indices) if originals is not None else None
 
     record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), data=os.path.abspath(data),
-                  num_observations=len(obs), sigma=sigma, mode=mode, seed=seed, sampler=kwargs)
+                  num_observations=len(obs), sigma=sigma_record(np.broadcast_to(levels, [len(obs)])), mode=mode,
+                  seed=seed, sampler=kwargs)
 
     # The network must fit the data; only then is the output directory claimed.
     net = None
@@ -258,11 +291,13 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
         dist.print0(f'Loading network from "{network_pkl}"...')
         net = load_network(network_pkl).to(device)
         check_network(net, obs, network_pkl, data)
-        if sigma > min(kwargs.get('sigma_max', 80), net.sigma_max):
-            raise UserError(f'--sigma={sigma} is above the highest noise level of the sampler')
+        check_sampler_options(net, kwargs)
+        highest = float(np.max(levels))
+        if highest > min(kwargs.get('sigma_max', 80), net.sigma_max):
+            raise UserError(f'noise level {highest:g} is above the highest noise level of the sampler')
     with claim_outdir(outdir, record, create=not finalize):
         if net is not None:
-            denoise_shard(net, obs, outdir, indices, shard=shard, sigma=sigma, mode=mode, seed=seed,
+            denoise_shard(net, obs, outdir, indices, shard=shard, sigma=levels, mode=mode, seed=seed,
                           max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs)
 
         # Whoever finds the set complete writes dataset.json.
@@ -289,14 +324,14 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
 # This process's part of the shard: list what is missing (every process before
 # any of them writes), then denoise it.
 def denoise_shard(net: torch.nn.Module, obs: ObservationSet, outdir: str, indices: range, *, shard: tuple[int, int],
-                  sigma: float, mode: str, seed: int, max_batch_size: int, device: torch.device,
+                  sigma: float | np.ndarray, mode: str, seed: int, max_batch_size: int, device: torch.device,
                   sampler_kwargs: dict) -> None:
     todo = missing_outputs(outdir, obs, indices)
     dist.barrier()
     if todo and dist.get_rank() == 0 and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
         os.remove(os.path.join(outdir, METADATA_FNAME))  # The set is incomplete again.
     dist.print0(f'Denoising {len(todo)} of {len(indices)} observations (shard {shard[0]}/{shard[1]}, '
-                f'{len(obs) - len(indices)} in other shards) at sigma {sigma:g} with the {mode.upper()} '
+                f'{len(obs) - len(indices)} in other shards) at {describe_levels(sigma)} with the {mode.upper()} '
                 f'sampler to "{outdir}"...')
     start = time.time()
     count = denoise_images(net, obs, outdir, todo, sigma=sigma, mode=mode, seed=seed,

@@ -13,11 +13,13 @@ import click
 import torch
 import tqdm
 
+from dnnlib.cli import FiniteFloat, IntList
 from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir
-from dnnlib.util import UserError, file_sha256, parse_int_list, report_user_errors, save_png
+from dnnlib.util import UserError, file_sha256, report_user_errors, save_png
 from torch_utils import distributed as dist
 from torch_utils.persistence import load_network
-from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS, generate_images, to_uint8
+from training.sampler import (DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS, check_finite, check_sampler_options,
+                              generate_images, to_uint8)
 
 #----------------------------------------------------------------------------
 # Split the seeds into batches, and the batches between processes, the way
@@ -42,13 +44,13 @@ def image_path(outdir: str, seed: int, subdirs: bool) -> str:
 def sampler_options(func):
     options = [
         click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
-        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
-        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
-        click.option('--S_min', 'S_min', help='Stochasticity: lowest noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
-        click.option('--S_max', 'S_max', help='Stochasticity: highest noise level', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
-        click.option('--S_noise', 'S_noise', help='Stochasticity: noise inflation', metavar='FLOAT', type=float, default=1, show_default=True),
+        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
+        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
+        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True), default=7, show_default=True),
+        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
+        click.option('--S_min', 'S_min', help='Stochasticity: lowest noise level', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
+        click.option('--S_max', 'S_max', help='Stochasticity: highest noise level', metavar='FLOAT', type=FiniteFloat(min=0, allow_inf=True), default='inf', show_default=True),
+        click.option('--S_noise', 'S_noise', help='Stochasticity: noise inflation', metavar='FLOAT', type=FiniteFloat(), default=1, show_default=True),
         click.option('--solver', help='Ablation: ODE solver', type=click.Choice(SOLVERS)),
         click.option('--disc', 'discretization', help='Ablation: time step discretization', type=click.Choice(DISCRETIZATIONS)),
         click.option('--schedule', help='Ablation: noise schedule sigma(t)', type=click.Choice(SCHEDULES)),
@@ -63,7 +65,7 @@ def sampler_options(func):
 @click.command()
 @click.option('--network', 'network_pkl',  help='Network pickle', metavar='PATH|URL',                                   type=str, required=True)
 @click.option('--outdir',                  help='Where to save the output images', metavar='DIR',                      type=str, required=True)
-@click.option('--seeds',                   help='Random seeds (e.g. 1,2,5-10)', metavar='LIST',                        type=parse_int_list, default='0-63', show_default=True)
+@click.option('--seeds',                   help='Random seeds (e.g. 1,2,5-10)', metavar='LIST',                        type=IntList(), default='0-63', show_default=True)
 @click.option('--subdirs',                 help='Put every 1000 seeds in a subdirectory',                              is_flag=True)
 @click.option('--class', 'class_idx',      help='Class label  [default: random]', metavar='INT',                       type=click.IntRange(min=0), default=None)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',                                   type=click.IntRange(min=1), default=64, show_default=True)
@@ -102,6 +104,7 @@ def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_i
             raise UserError(f'--class={class_idx} was given, but the network is unconditional')
         if class_idx >= net.label_dim:
             raise UserError(f'--class={class_idx} is out of range: the network has {net.label_dim} classes')
+    check_sampler_options(net, sampler_kwargs)
 
     record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), class_idx=class_idx, subdirs=subdirs,
                   sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
@@ -114,6 +117,7 @@ def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_i
             if not batch_seeds:
                 continue
             images = generate_images(net, batch_seeds, class_idx=class_idx, device=device, **sampler_kwargs)
+            check_finite(images, f'--network={network_pkl}, seeds {batch_seeds[0]}-{batch_seeds[-1]}')
             images = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
             for seed, image in zip(batch_seeds, images):
                 save_png(image_path(outdir, seed, subdirs), image)

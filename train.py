@@ -26,8 +26,9 @@ import torch
 from click.core import ParameterSource
 
 import dnnlib
+from dnnlib.cli import FiniteFloat, IntList
 from dnnlib.outputs import check_apart, check_output_dir, create_exclusive, path_relation
-from dnnlib.util import UserError, atomic_write, parse_int_list, report_user_errors
+from dnnlib.util import UserError, atomic_write, report_user_errors
 from sfbd.backward import MODES
 from sfbd.online import BUFFER_DTYPES, DEFAULTS as ONLINE_DEFAULTS, REFRESH_NETS
 from torch_utils import distributed as dist
@@ -136,6 +137,26 @@ class _StopRequest:
         return self.signum is not None
 
 #----------------------------------------------------------------------------
+# The network of the options, built on the 'meta' device (no memory, no
+# arithmetic) and run once on a batch shaped like the data: options that
+# cannot make a network for these images (more --cres levels than the
+# resolution allows, channel counts the group norms cannot split) fail here,
+# as one line, before anything is written.
+
+def check_network_options(network_kwargs: dict, resolution: int, channels: int, label_dim: int, options: str) -> None:
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device('meta'), torch.no_grad():
+            net = misc.construct_class_by_name(**network_kwargs, img_resolution=resolution, img_channels=channels,
+                                               label_dim=label_dim)
+            augment_dim = network_kwargs.get('augment_dim', 0)
+            net(torch.zeros([1, channels, resolution, resolution]), torch.ones([1]), torch.zeros([1, label_dim]),
+                augment_labels=torch.zeros([1, augment_dim]) if augment_dim else None)
+    except (RuntimeError, ValueError, ZeroDivisionError, IndexError) as e:
+        what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f'{options}: no network of this shape fits {resolution}x{resolution} images with {channels} '
+                        f'channels ({type(e).__name__}: {what})') from None
+
+#----------------------------------------------------------------------------
 # Run directory: `{id:05d}-{desc}` under --outdir, the id one more than the
 # highest already there. A run directory is train.py's own when it holds one
 # of these files; --nosubdir takes only a new or empty directory or its own.
@@ -207,23 +228,23 @@ def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
 @click.option('--precond',       help='Preconditioning and loss', metavar='vp|ve|edm',                             type=click.Choice(['vp', 've', 'edm']), default='edm', show_default=True)
 
 # Hyperparameters.
-@click.option('--duration',      help='Training length in millions of images', metavar='MIMG',                    type=click.FloatRange(min=0, min_open=True), default=200, show_default=True)
+@click.option('--duration',      help='Training length in millions of images', metavar='MIMG',                    type=FiniteFloat(min=0, min_open=True), default=200, show_default=True)
 @click.option('--batch',         help='Images per optimizer step, all processes together', metavar='INT',         type=click.IntRange(min=1), default=512, show_default=True)
 @click.option('--batch-gpu',     help='Most images per pass on one device (accumulate beyond)', metavar='INT',    type=click.IntRange(min=1))
 @click.option('--cbase',         help='Base channel count  [default: varies]', metavar='INT',                      type=click.IntRange(min=1))
-@click.option('--cres',          help='Channel multiplier per resolution  [default: varies]', metavar='LIST',      type=parse_int_list)
-@click.option('--lr',            help='Adam learning rate', metavar='FLOAT',                                       type=click.FloatRange(min=0, min_open=True), default=10e-4, show_default=True)
-@click.option('--lr-rampup',     help='Learning-rate warm-up length; 0 = none', metavar='KIMG',                   type=click.FloatRange(min=0), default=10000, show_default=True)
-@click.option('--ema',           help='Half-life of the weight average', metavar='MIMG',                          type=click.FloatRange(min=0), default=0.5, show_default=True)
-@click.option('--ema-rampup',    help='Cap the EMA half-life at this fraction of the images seen; 0 = no cap  [default: 0.05, none with --transfer]', metavar='RATIO', type=click.FloatRange(min=0))
-@click.option('--dropout',       help='Dropout rate', metavar='FLOAT',                                             type=click.FloatRange(min=0, max=1), default=0.13, show_default=True)
-@click.option('--augment',       help='Augmentation probability; 0 = no augmentation', metavar='FLOAT',           type=click.FloatRange(min=0, max=1), default=0.12, show_default=True)
+@click.option('--cres',          help='Channel multiplier per resolution  [default: varies]', metavar='LIST',      type=IntList())
+@click.option('--lr',            help='Adam learning rate', metavar='FLOAT',                                       type=FiniteFloat(min=0, min_open=True), default=10e-4, show_default=True)
+@click.option('--lr-rampup',     help='Learning-rate warm-up length; 0 = none', metavar='KIMG',                   type=FiniteFloat(min=0), default=10000, show_default=True)
+@click.option('--ema',           help='Half-life of the weight average', metavar='MIMG',                          type=FiniteFloat(min=0), default=0.5, show_default=True)
+@click.option('--ema-rampup',    help='Cap the EMA half-life at this fraction of the images seen; 0 = no cap  [default: 0.05, none with --transfer]', metavar='RATIO', type=FiniteFloat(min=0))
+@click.option('--dropout',       help='Dropout rate', metavar='FLOAT',                                             type=FiniteFloat(min=0, max=1), default=0.13, show_default=True)
+@click.option('--augment',       help='Augmentation probability; 0 = no augmentation', metavar='FLOAT',           type=FiniteFloat(min=0, max=1), default=0.12, show_default=True)
 @click.option('--xflip',         help='Add mirrored copies of the images to the dataset', metavar='BOOL',         type=bool, default=False, show_default=True)
 
 # Performance-related.
 @click.option('--fp16',          help='Run the network in float16 (CUDA)', metavar='BOOL',                        type=bool, default=False, show_default=True)
 @click.option('--bf16',          help='Run the network in bfloat16', metavar='BOOL',                              type=bool, default=False, show_default=True)
-@click.option('--ls',            help='Loss scale factor', metavar='FLOAT',                                        type=click.FloatRange(min=0, min_open=True), default=1, show_default=True)
+@click.option('--ls',            help='Loss scale factor', metavar='FLOAT',                                        type=FiniteFloat(min=0, min_open=True), default=1, show_default=True)
 @click.option('--bench',         help='Let cuDNN time and pick its kernels', metavar='BOOL',                      type=bool, default=True, show_default=True)
 @click.option('--cache',         help='Keep decoded images in memory', metavar='BOOL',                            type=bool, default=True, show_default=True)
 @click.option('--workers',       help='Data-loading processes per training process', metavar='INT',               type=click.IntRange(min=1), default=1, show_default=True)
@@ -238,6 +259,8 @@ def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
 @click.option('--seed',          help='Random seed  [default: random]', metavar='INT',                            type=click.IntRange(min=0))
 @click.option('--transfer',      help='Initialise network and EMA from a network pickle (the tensors that fit)', metavar='PKL|URL', type=str)
 @click.option('--resume',        help='Continue from a training state (this project\'s or EDM\'s), or the newest one in a run directory', metavar='PT|DIR', type=str)
+@click.option('--allow-noisy',   help='Take observation sets (noisy images) as training data, as they are',        is_flag=True)
+@click.option('--allow-data-change', help='Continue a run (--resume, --nosubdir rerun) on other data than it began with', is_flag=True)
 
 # Online SFBD (docs/sfbd.md): clean --data plus noisy observations, denoised as training goes.
 @click.option('--noisy',         help='Observation set for Online SFBD; repeat for several', metavar='ZIP|DIR',  type=str, multiple=True)
@@ -313,10 +336,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         raise UserError('--transfer and --resume cannot be used together')
     if opts.batch % dist.get_world_size() != 0:
         raise UserError(f'--batch={opts.batch} does not divide evenly between {dist.get_world_size()} processes')
-    try:
-        device = dist.resolve_device(opts.device)
-    except RuntimeError as e:
-        raise UserError(f'--device: {e}') from None
+    device = dist.resolve_device(opts.device)
 
     # Configuration: plain data, written to training_options.json.
     c = dnnlib.EasyDict()
@@ -335,7 +355,14 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     # to record its name, size and resolution.
     dataset_obj = misc.construct_class_by_name(**c.dataset_kwargs)
     dataset_name = dataset_obj.name
+    parts = dataset_obj.parts if len(opts.data) > 1 else [dataset_obj]
+    for path, part in zip(opts.data, parts):
+        if part.sigma_text and not opts.allow_noisy:
+            raise UserError(f'--data={path}: is an observation set (noisy images, sigma {part.sigma_text} in dataset.json), '
+                            'not clean or denoised images; give it as --noisy for Online SFBD, or add --allow-noisy to train '
+                            'on the observations as they are')
     c.dataset_kwargs.max_size = len(dataset_obj) // (2 if opts.xflip else 1)
+    dataset_resolution, dataset_channels, dataset_label_dim = dataset_obj.resolution, dataset_obj.num_channels, dataset_obj.label_dim
     if len(opts.data) == 1:
         c.dataset_kwargs.resolution = dataset_obj.resolution
     else:
@@ -383,6 +410,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     # Transfer learning and resuming. A rerun into a run directory holding
     # training states continues from the newest.
     c.resume_pkl = opts.transfer
+    if opts.allow_data_change:
+        c.allow_data_change = True
     if opts.ema_rampup is not None:
         c.ema_rampup_ratio = opts.ema_rampup or None
     else:
@@ -394,6 +423,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
             if c.resume_state_dump is None:
                 raise UserError(f'--resume: {opts.resume} holds no training-state-*.pt')
         elif os.path.isfile(opts.resume):
+            training_loop.check_state_file(opts.resume)
             c.resume_state_dump = opts.resume
         else:
             raise UserError(f'--resume: {opts.resume}: no such file or directory')
@@ -414,6 +444,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     if opts.noisy:
         desc += '-online'
     if opts.desc is not None:
+        if not opts.desc or os.sep in opts.desc or (os.altsep and os.altsep in opts.desc) or opts.desc in ('.', '..'):
+            raise UserError(f'--desc={opts.desc}: must be a plain name (it ends the run directory\'s name)')
         desc += f'-{opts.desc}'
     if opts.nosubdir:
         c.run_dir = opts.outdir
@@ -431,6 +463,10 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         check_output_dir(opts.outdir, '--outdir', 'train.py' if opts.nosubdir else None, RUN_MARKERS)
         if not opts.nosubdir and os.path.isfile(os.path.join(opts.outdir, 'dataset.json')):
             raise UserError(f'--outdir={opts.outdir}: holds a dataset (dataset.json); run directories go elsewhere')
+
+    check_network_options(c.network_kwargs, dataset_resolution, dataset_channels, dataset_label_dim,
+                          f'--arch={opts.arch} --cbase={c.network_kwargs.model_channels} '
+                          f'--cres={",".join(map(str, c.network_kwargs.channel_mult))}')
 
     # Show the options.
     dist.print0()

@@ -84,11 +84,15 @@ sfbd_preset() {
     return 0
 }
 
-# sfbd_words VAR STRING : split STRING at whitespace into the array named VAR (no globbing), for the
-# *_ARGS variables that carry several options.
+# sfbd_words VAR STRING NAME : split STRING at whitespace into the array named VAR (no globbing), for the
+# *_ARGS variables that carry several options (NAME is the variable, for messages). Quotes and
+# backslashes are not interpreted, so a STRING holding any is refused rather than passed on half-split.
 sfbd_words() {
     local -n _out="$1"
     _out=()
+    if [[ "${2:-}" == *[\'\"\\]* ]]; then
+        sfbd_die "${3:-options}=${2}: quotes and backslashes are not interpreted here (options are split at whitespace); give each option as one word, e.g. --desc=my-run"
+    fi
     [[ -n "${2:-}" ]] && read -r -a _out <<<"$2"
     return 0
 }

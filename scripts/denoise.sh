@@ -89,7 +89,7 @@ network="$(sfbd_resolve_network "$NETWORK" NETWORK)"
 sfbd_preset preset denoise "${PRESET:-none}"
 args=(--network="$network" --data="$NOISY_DATA" --outdir="$OUTDIR" "${preset[@]}")
 [[ -n "${STEPS:-}" ]] && args+=(--steps="$STEPS")
-sfbd_words extra "${DENOISE_ARGS:-}"
+sfbd_words extra "${DENOISE_ARGS:-}" DENOISE_ARGS
 args+=("${extra[@]}")
 args+=("$@")
 

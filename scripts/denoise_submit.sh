@@ -71,6 +71,7 @@ if [[ "$NETWORK" == *.pkl && "$NETWORK" != *://* && ! -f "$NETWORK" ]]; then
 fi
 NUM_TASKS="${NUM_TASKS:-1}"
 [[ "$NUM_TASKS" =~ ^[1-9][0-9]*$ ]] || sfbd_die "NUM_TASKS=$NUM_TASKS is not a positive integer"
+sfbd_words _checked "${DENOISE_ARGS:-}" DENOISE_ARGS  # Before any task is submitted.
 array="0-$((NUM_TASKS - 1))"
 if [[ -n "${MAX_PARALLEL:-}" ]]; then
     [[ "$MAX_PARALLEL" =~ ^[1-9][0-9]*$ ]] || sfbd_die "MAX_PARALLEL=$MAX_PARALLEL is not a positive integer"

@@ -84,10 +84,14 @@ for arg in "$@"; do
         *) common_opts+=("$arg") ;;
     esac
 done
-sfbd_words extra "${TRAIN_SBATCH_ARGS:-}"
+sfbd_words extra "${TRAIN_SBATCH_ARGS:-}" TRAIN_SBATCH_ARGS
 train_opts=("${common_opts[@]}" "${extra[@]}")
-sfbd_words extra "${DENOISE_SBATCH_ARGS:-}"
+sfbd_words extra "${DENOISE_SBATCH_ARGS:-}" DENOISE_SBATCH_ARGS
 denoise_opts=("${common_opts[@]}" "${extra[@]}")
+# The options passed on to the jobs, checked before any job is submitted.
+sfbd_words extra "${PRETRAIN_ARGS:-}" PRETRAIN_ARGS
+sfbd_words extra "${UPDATE_ARGS:-}" UPDATE_ARGS
+sfbd_words extra "${DENOISE_ARGS:-}" DENOISE_ARGS
 
 command -v sbatch >/dev/null || sfbd_die "sbatch not found: run this on a SLURM login node (or scripts/local_slurm.sh start)"
 [[ -n "${CLEAN_DATA:-}" ]] || sfbd_die "set CLEAN_DATA to the clean dataset"
@@ -139,7 +143,7 @@ clear_env=(-u CLEAN_DATA -u DENOISED_DATA -u NOISY_DATA -u TRANSFER -u OUTDIR -u
 
 submit_train() {  # submit_train NAME OUTDIR DEPENDENCY_JOB TRANSFER DENOISED ARGS_STRING TAG [NOISY] -> job id
     local name="$1" outdir="$2" dep="$3" transfer="$4" denoised="$5" tag="$7" noisy="${8:-}" id train_args
-    sfbd_words train_args "$6"
+    sfbd_words train_args "$6" "train.py options"
     local vars=(CLEAN_DATA="$CLEAN_DATA" OUTDIR="$outdir" PRESET="${PRESET:-none}" RECORD="$record" RECORD_TAG="$tag")
     [[ -n "$transfer" ]] && vars+=(TRANSFER="$transfer")
     [[ -n "$denoised" ]] && vars+=(DENOISED_DATA="$denoised")

@@ -185,7 +185,7 @@ if ((NNODES > 1)); then
     srun_args=(--nodes="$NNODES" --ntasks="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0)
     [[ -n "${SLURM_CPUS_ON_NODE:-}" ]] && srun_args+=(--cpus-per-task="$SLURM_CPUS_ON_NODE")
     ((GPUS > 0)) && srun_args+=(--gres="gpu:$GPUS")
-    sfbd_words extra "${SRUN_ARGS:-}"
+    sfbd_words extra "${SRUN_ARGS:-}" SRUN_ARGS
     srun_args+=("${extra[@]}")
     # SLURM's B: signal reaches only this shell. It passes it to each node's launcher (whose pid
     # that launcher wrote to a file on its node) with a short overlapping step; the launchers pass

@@ -57,7 +57,8 @@ def ramp_weight(nimg_since_start: float, rampup_nimg: float) -> float:
 
 #----------------------------------------------------------------------------
 # Observations: one or several observation sets read as one. Observation i is
-# the i-th image of the sets in turn; each keeps the noise level of its set.
+# the i-th image of the sets in turn, with its own noise level (one per set, or
+# one per image where the set records them).
 
 class Observations:
     def __init__(self, paths: Sequence[str], option: str = '--noisy', cache: bool = False):
@@ -91,8 +92,12 @@ class Observations:
 
     def sigmas(self, indices: Sequence[int]) -> np.ndarray:
         """The noise level of each observation, [B] float64."""
-        which, _local = self._locate(indices)
-        return np.array([self.sets[k].sigma for k in which], dtype=np.float64)
+        which, local = self._locate(indices)
+        return np.array([self.sets[k].sigmas[i] for k, i in zip(which, local)], dtype=np.float64)
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        return min(obs.sigma_range[0] for obs in self.sets), max(obs.sigma_range[1] for obs in self.sets)
 
     def label_vectors(self, label_dim: int, onehot: bool, option: str = '--noisy') -> np.ndarray:
         """Every observation's label as the clean dataset gives them ([N, label_dim] float32):
@@ -112,8 +117,11 @@ class Observations:
         return np.concatenate(parts)
 
     def describe_sigmas(self) -> str:
-        values = sorted({obs.sigma for obs in self.sets})
-        return f'sigma {values[0]:g}' if len(values) == 1 else f'sigma {values[0]:g} to {values[-1]:g}'
+        low, high = self.sigma_range
+        return f'sigma {low:g}' if low == high else f'sigma {low:g} to {high:g}'
+
+    def fingerprint(self) -> list[dict]:
+        return [entry for obs in self.sets for entry in obs.dataset.fingerprint()]
 
     def close(self) -> None:
         for obs in self.sets:
@@ -176,16 +184,10 @@ class DenoisedBuffer:
         y = self.observations.load(index).to(self.device)
         labels = None if self.labels is None else self.labels[torch.from_numpy(index)].to(self.device)
         sigmas = self.observations.sigmas(index)
-        seeds = image_seeds(self.seed, positions)
-        out = torch.empty(y.shape, dtype=torch.float32, device=self.device)
-        for sigma in np.unique(sigmas):
-            rows = np.flatnonzero(sigmas == sigma)
-            part = torch.from_numpy(rows).to(self.device)
-            rnd = StackedRandomGenerator(self.device, [seeds[i] for i in rows])
-            x = backward_sample(net, y[part], float(sigma), None if labels is None else labels[part], mode=self.mode,
-                                randn_like=rnd.randn_like, num_steps=self.num_steps)
-            out[part] = (x.clip(-1, 1) if self.clip else x).to(torch.float32)
-        return out
+        level = float(sigmas[0]) if np.all(sigmas == sigmas[0]) else torch.from_numpy(sigmas)  # One, or one per image.
+        rnd = StackedRandomGenerator(self.device, image_seeds(self.seed, positions))
+        x = backward_sample(net, y, level, labels, mode=self.mode, randn_like=rnd.randn_like, num_steps=self.num_steps)
+        return (x.clip(-1, 1) if self.clip else x).to(torch.float32)
 
     def denoise(self, net: torch.nn.Module, positions: Sequence[int], progress: bool = False) -> int:
         """Denoise the observations at stream `positions` (distinct observations) and store them.
@@ -246,8 +248,9 @@ class DenoisedBuffer:
 # OnlineSFBD.compose() in the training process, where the buffer lives.
 
 class OnlineUnion(torch.utils.data.Dataset):
-    def __init__(self, clean: torch.utils.data.Dataset, labels: np.ndarray, xflip: bool):
+    def __init__(self, clean: Any, labels: np.ndarray, xflip: bool, observations_fingerprint: list[dict]):
         self.clean = clean
+        self.observations_fingerprint = observations_fingerprint
         self.labels = labels                            # [N, label_dim] float32, the observations' labels.
         self.num_clean = len(clean)
         self.num_buffer = len(labels) * (2 if xflip else 1)
@@ -275,6 +278,11 @@ class OnlineUnion(torch.utils.data.Dataset):
     @property
     def label_dim(self) -> int:
         return self.clean.label_dim
+
+    def fingerprint(self) -> list[dict]:
+        """The clean data's and the observations' (Dataset.fingerprint), so that a run is not
+        continued on other data by mistake."""
+        return self.clean.fingerprint() + self.observations_fingerprint
 
     def close(self) -> None:
         self.clean.close()
@@ -325,7 +333,7 @@ class OnlineSFBD:
         if self.observations.image_shape != list(clean.image_shape):
             raise UserError(f'--noisy: observations are {"x".join(map(str, self.observations.image_shape))}, but the '
                             f'clean data (--data) are {"x".join(map(str, clean.image_shape))}')
-        sigma_max = max(obs.sigma for obs in self.observations.sets)
+        sigma_max = self.observations.sigma_range[1]
         if sigma_max > SAMPLER_SIGMA_MAX:
             raise UserError(f'--noisy: noise level {sigma_max:g} is above the highest noise level of the sampler '
                             f'({SAMPLER_SIGMA_MAX:g})')
@@ -336,7 +344,7 @@ class OnlineSFBD:
         self.buffer = DenoisedBuffer(self.observations, torch.from_numpy(labels) if clean.label_dim else None, mode=mode,
                                      num_steps=num_steps, seed=seed, dtype=dtype, device=device,
                                      storage=buffer_storage(device, nbytes), max_batch=batch_gpu)
-        self.dataset = OnlineUnion(clean, labels, xflip)
+        self.dataset = OnlineUnion(clean, labels, xflip, self.observations.fingerprint())
         self.refresh_every = int(refresh_every)
         self.refresh_batch = min(int(refresh_batch), num)
         steps_per_pass = -(-num // self.refresh_batch) * self.refresh_every
@@ -374,15 +382,14 @@ class OnlineSFBD:
         """Before the first step: fill the buffer with the starting network unless a training
         state restored it."""
         network = self._network(net, ema)
-        sigma_max = max(obs.sigma for obs in self.observations.sets)
-        grid = denoising_sigmas(network, sigma_max, self.buffer.num_steps)
+        grid = denoising_sigmas(network, self.observations.sigma_range[1], self.buffer.num_steps)
         nfe = backward_nfe(len(grid) - 1, self.buffer.mode)
         dist.print0(f'Online SFBD: {len(self.buffer)} observations ({self.observations.describe_sigmas()}), a '
                     f'{str(self.buffer.images.dtype).removeprefix("torch.")} buffer on {self.buffer.images.device} '
                     f'({self.buffer.images.numel() * self.buffer.images.element_size() / 2**20:.1f} MiB); every '
                     f'{self.refresh_every} steps {self.refresh_batch} images denoised again with the '
-                    f'{"EMA" if self.refresh_net == "ema" else "raw"} network ({self.buffer.mode.upper()}, {nfe} network '
-                    f'evaluations each); buffer loss weight 0 -> 1 over {self.rampup_nimg / 1000:g} kimg.')
+                    f'{"EMA" if self.refresh_net == "ema" else "raw"} network ({self.buffer.mode.upper()}, up to {nfe} network '
+                    f'evaluations per image); buffer loss weight 0 -> 1 over {self.rampup_nimg / 1000:g} kimg.')
         if self._restored:
             return
         self.start_nimg = int(cur_nimg)

@@ -43,7 +43,7 @@ from typing import IO, Sequence
 
 import click
 
-from dnnlib.cli import ShellWords
+from dnnlib.cli import FiniteFloat, ShellWords
 from dnnlib.outputs import OutputClaim, check_apart, check_output_dir, read_record
 from dnnlib.util import UserError, atomic_write, report_user_errors
 from sfbd.presets import PRESETS, preset_args
@@ -120,7 +120,7 @@ def claim_outdir(outdir: str, options: dict) -> OutputClaim:
 # train.py and denoise.py (parsed by their own option tables, then train.py's
 # dry run, in this process, with the round's data checks what needs the data).
 
-TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'noisy', 'duration', 'transfer', 'resume', 'dry_run')
+TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'noisy', 'duration', 'transfer', 'resume', 'dry_run', 'allow_noisy')
 DENOISE_OPTIONS_SET_HERE = ('network_pkl', 'data', 'outdir', 'shard', 'finalize')
 
 def _parse_options(command: click.Command, name: str, option: str, args: Sequence[str], required: Sequence[str],
@@ -150,8 +150,8 @@ def _check_datasets(clean: str, noisy: str) -> None:
             raise UserError(f'{option}={path}: no such dataset')
     clean_set = ImageFolderDataset(clean)
     clean_set.close()
-    if clean_set.sigma:
-        raise UserError(f'--clean={clean}: is an observation set (sigma {clean_set.sigma:g} in dataset.json); '
+    if clean_set.sigma_text:
+        raise UserError(f'--clean={clean}: is an observation set (sigma {clean_set.sigma_text} in dataset.json); '
                         'give the clean images')
     obs = ObservationSet(noisy, '--noisy')
     obs.close()
@@ -183,8 +183,9 @@ def check_inputs(outdir: str, clean: str, noisy: str, train_args: Sequence[str],
     _parse_options(denoise.main, 'denoise.py', '--denoise-args', denoise_args, ['--network=.', '--outdir=.', '--data=.'],
                    DENOISE_OPTIONS_SET_HERE)
     _dry_run(train, '--train-args', pretrain_dir(outdir), [clean], train_args)
+    # The round's second dataset is the denoised set, here stood in for by the observations.
     _dry_run(train, '--round-args' if round_args else '--train-args (update rounds)',
-             os.path.join(round_dir(outdir, 1), 'train'), [clean, noisy], [*train_args, *round_args])
+             os.path.join(round_dir(outdir, 1), 'train'), [clean, noisy], [*train_args, *round_args, '--allow-noisy'])
 
 def _relative(outdir: str, path: str) -> str:
     return os.path.relpath(path, outdir).replace(os.sep, '/')
@@ -346,10 +347,10 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
 @click.option('--clean',              help='Clean images (an EDM dataset)', metavar='ZIP|DIR',                    type=str, required=True)
 @click.option('--noisy',              help='Noisy observations (docs/observations.md)', metavar='ZIP|DIR',        type=str, required=True)
 @click.option('--rounds', 'num_rounds', help='Number of SFBD rounds after pretraining (not with --online)', metavar='INT', type=click.IntRange(min=0))
-@click.option('--pretrain-duration',  help='Pretraining length in millions of images', metavar='MIMG',            type=click.FloatRange(min=0, min_open=True), required=True)
-@click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=click.FloatRange(min=0, min_open=True))
+@click.option('--pretrain-duration',  help='Pretraining length in millions of images', metavar='MIMG',            type=FiniteFloat(min=0, min_open=True), required=True)
+@click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=FiniteFloat(min=0, min_open=True))
 @click.option('--online',             help='Online SFBD after pretraining: one run instead of the rounds',        is_flag=True)
-@click.option('--online-duration',    help='Length of the online run in millions of images (with --online)', metavar='MIMG', type=click.FloatRange(min=0, min_open=True))
+@click.option('--online-duration',    help='Length of the online run in millions of images (with --online)', metavar='MIMG', type=FiniteFloat(min=0, min_open=True))
 @click.option('--online-args',        help='More train.py options for the online run, e.g. "--refresh-every=20"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--preset',             help='Hyperparameters of a published run for every step (python -m sfbd.presets)', type=click.Choice([*PRESETS, 'none']), default='none', show_default=True)
 @click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)

@@ -1,7 +1,9 @@
 """denoise.py and sfbd/backward.py: the release's denoising grid, sharding, resuming, the SDE's
 per-image randomness, and the refusal of bad input."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -255,6 +257,97 @@ def test_a_forced_sigma_is_used(inputs, tmp_path):
     assert read_json(str(tmp_path / 'f' / 'denoise_options.json'))['sigma'] == 0.4
 
 #----------------------------------------------------------------------------
+# Per-image noise levels. Levels 0.3 and 0.45 start at the same node of the
+# 18-step grid (0.585), 0.59 and 0.8 at the next one (1.088), 0.2 at 0.296:
+# a batch holds groups of one and of several levels.
+
+LEVELS = [0.2, 0.3, 0.45, 0.59, 0.8]
+
+@pytest.fixture(scope='module')
+def mixed(tmp_path_factory):
+    root = tmp_path_factory.mktemp('mixed')
+    levels = [LEVELS[(3 * i) % len(LEVELS)] for i in range(NUM_OBS)]
+    arrays = random_observations(NUM_OBS, sigma=0.5)
+    names = [f'00000/img{i:08d}.npy' for i in range(NUM_OBS)]
+    make_observation_set(str(root / 'obs'), arrays, metadata=dict(sigma=dict(zip(names, levels)), labels=None))
+    return dict(root=root, obs=str(root / 'obs'), levels=levels, arrays=arrays)
+
+class ExactDenoiser(torch.nn.Module):
+    """Exact denoiser of N(0, 0.25 I) data, one noise level per image: every image is computed on
+    its own, so any difference between a batch and single runs is the sampler's."""
+    img_channels, img_resolution, label_dim, sigma_min, sigma_max = 3, 8, 0, 0, float('inf')
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma)
+
+    def forward(self, x, sigma, class_labels=None):
+        t = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1, 1)
+        return x.to(torch.float64) * 0.25 / (0.25 + t ** 2)
+
+@pytest.mark.parametrize('mode, options', [('ode', {}), ('ode', dict(S_churn=4)), ('sde', {})])
+def test_mixed_levels_equal_per_level_runs_exactly(mixed, mode, options):
+    # The sampler: a batch of mixed levels against each image at its level alone, same stream.
+    net = ExactDenoiser()
+    y = torch.from_numpy(mixed['arrays'])
+    levels = torch.tensor(mixed['levels'], dtype=torch.float64)
+    rnd = StackedRandomGenerator('cpu', image_seeds(1, range(NUM_OBS)))
+    together = backward_sample(net, y, levels, mode=mode, randn_like=rnd.randn_like, **options)
+    for i in range(NUM_OBS):
+        one = StackedRandomGenerator('cpu', image_seeds(1, [i]))
+        alone = backward_sample(net, y[i:i + 1], mixed['levels'][i], mode=mode, randn_like=one.randn_like, **options)
+        assert torch.equal(together[i], alone[0]), i
+
+def test_denoise_loop_on_a_mixed_set_equals_per_level_runs(mixed, tmp_path):
+    # denoise.py's loop (grouping, sharding, batching) with the exact denoiser: the PNGs of the
+    # mixed set equal those of the whole set denoised at each level, image for image.
+    obs, net = ObservationSet(mixed['obs']), ExactDenoiser()
+    common = dict(mode='sde', seed=3, device=torch.device('cpu'), sampler_kwargs={})
+    for shard in range(2):
+        todo = list(denoise.shard_indices(NUM_OBS, (shard, 2)))
+        denoise.denoise_images(net, obs, str(tmp_path / 'mixed'), todo, sigma=obs.sigmas, max_batch_size=5, **common)
+    for level in LEVELS:
+        denoise.denoise_images(net, obs, str(tmp_path / f'{level}'), list(range(NUM_OBS)), sigma=level,
+                               max_batch_size=64, **common)
+    got = read_png_dataset(str(tmp_path / 'mixed'))
+    assert len(got) == NUM_OBS
+    for i, level in enumerate(mixed['levels']):
+        name = f'00000/img{i:08d}.png'
+        assert np.array_equal(got[name], read_png_dataset(str(tmp_path / f'{level}'))[name]), i
+
+def test_denoise_cli_on_a_mixed_set(mixed, inputs, tmp_path):
+    # The real network: each image as in the run of the whole set at its level (a network may
+    # round differently in another batch, so up to one level of 255, rarely).
+    from torch_utils.persistence import load_network
+    data = str(tmp_path / 'obs')
+    shutil.copytree(mixed['obs'], data)
+    base = ['--network', inputs['net'], '--data', data, '--outdir', tmp_path / 'mixed', '--mode=sde', '--batch=6']
+    assert 'sigma 0.2 to 0.8 (per image)' in run_ok(*base)
+    got = read_png_dataset(str(tmp_path / 'mixed'))
+    obs, net, same = ObservationSet(data), load_network(inputs['net']), 0
+    for level in LEVELS:
+        denoise.denoise_images(net, obs, str(tmp_path / f'{level}'), list(range(NUM_OBS)), sigma=level, mode='sde',
+                               seed=0, max_batch_size=64, device=torch.device('cpu'), sampler_kwargs={})
+        alone = read_png_dataset(str(tmp_path / f'{level}'))
+        for i in [i for i, l in enumerate(mixed['levels']) if l == level]:
+            name = f'00000/img{i:08d}.png'
+            assert np.abs(got[name].astype(int) - alone[name].astype(int)).max() <= 1
+            same += np.array_equal(got[name], alone[name])
+    assert same >= NUM_OBS - 2
+
+    # The options record the levels; a rerun with other levels into the same directory is refused.
+    record = read_json(str(tmp_path / 'mixed' / 'denoise_options.json'))['sigma']
+    assert record['per_image'] and record['count'] == NUM_OBS and (record['min'], record['max']) == (0.2, 0.8)
+    assert 'Denoising 0 of 23' in run_ok(*base)
+    metadata = read_json(os.path.join(data, 'dataset.json'))
+    metadata['sigma']['00000/img00000004.npy'] = 0.31
+    with open(os.path.join(data, 'dataset.json'), 'w') as f:
+        json.dump(metadata, f)
+    result = run(*base)
+    assert result.exit_code == 1 and 'other options (sigma' in result.output
+
+    # One --sigma for a set of per-image levels needs --force-sigma.
+    result = run('--network', inputs['net'], '--data', data, '--outdir', tmp_path / 'forced', '--sigma=0.5')
+    assert result.exit_code == 1 and 'per image (0.2 to 0.8)' in result.output and '--force-sigma' in result.output
 
 #----------------------------------------------------------------------------
 # The comparison picture: images chosen anywhere in the set (count and seed),

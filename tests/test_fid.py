@@ -19,7 +19,8 @@ import torch
 from click.testing import CliRunner
 
 import fid
-from dnnlib.util import cached_path_for_url
+from dnnlib.util import cached_path_for_url, file_sha256
+from torch_utils.detector import DEFAULT_DETECTOR, DEFAULT_DETECTOR_SHA256
 from training.sampler import generate_images, to_uint8
 
 FEATURES = 16  # Width of the stand-in's features: small, so that covariances of a few dozen images are full rank.
@@ -183,7 +184,7 @@ def test_calc_images_matches_direct(files, tmp_path):
     record = json.loads(log.read_text().strip())
     assert record['fid'] == pytest.approx(expected, rel=1e-8)
     assert record['images'] == files['b'] and record['num'] == 30 and record['ref'] == files['ref_a']
-    assert record['detector_sha256'] == fid.file_sha256(files['detector'])
+    assert record['detector_sha256'] == file_sha256(files['detector'])
     assert {'time', 'seconds', 'detector'} <= set(record)
 
 def test_identical_images_give_zero(files):
@@ -281,15 +282,15 @@ def test_sha256_mismatch(files, tmp_path, monkeypatch):
     assert_one_line_error(result, files['detector'], 'sha256')
     # The right digest passes.
     run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', *common(files),
-        '--detector-sha256=' + fid.file_sha256(files['detector']))
+        '--detector-sha256=' + file_sha256(files['detector']))
     # The default detector is always checked: put a wrong file where its download is cached.
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
-    cached = cached_path_for_url(fid.DEFAULT_DETECTOR)
+    cached = cached_path_for_url(DEFAULT_DETECTOR)
     os.makedirs(os.path.dirname(cached))
     shutil.copyfile(files['detector'], cached)
     result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', '--workers=0',
                  '--device=cpu', ok=False)
-    assert_one_line_error(result, fid.DEFAULT_DETECTOR, cached, fid.DEFAULT_DETECTOR_SHA256)
+    assert_one_line_error(result, DEFAULT_DETECTOR, cached, DEFAULT_DETECTOR_SHA256)
 
 def test_pickled_detector_when_named(files, tmp_path):
     # A .pkl detector is unpickled (running what it holds); anything else must be TorchScript.

@@ -232,6 +232,8 @@ def test_online_state_needs_noisy_to_continue(data, tmp_path):
     assert _online_run(run_dir, data, stop_after=1) == PREEMPTED
     args = ['--outdir', run_dir, '--nosubdir', '--data', data['clean'], *TINY, '--duration=0.00008']
     result = CliRunner().invoke(train.main, [str(a) for a in args])
+    assert result.exit_code == 1 and 'add --allow-data-change' in result.output  # The state records the observations too.
+    result = CliRunner().invoke(train.main, [str(a) for a in args + ['--allow-data-change']])
     assert result.exit_code == 1 and 'an Online SFBD run; give the same --noisy' in result.output
 
 #----------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The "network" is the exact denoiser of a Gaussian model N(mu, S), refitted after every round from
 the clean samples and the denoised observations. The true distribution is SFBD's fixed point, so
 the rounds must carry the model from the poor fit of a few clean samples toward the truth, with
-both backward samplers, while the naive fit of the noisy data stays off by sigma^2 I.
+both backward samplers, while the naive fit of the noisy data stays off by sigma^2 I. The same
+holds when every observation has its own noise level, drawn independently of the image, and
+fails when the level depends on the image (docs/sfbd.md).
 
 Online SFBD (sfbd/online.py) is run the same way: its buffer of denoised observations, refreshed
 a tenth at a time in round-robin order, and the model refitted after every refresh to the clean
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 from sfbd.backward import backward_sample, image_seeds
+from sfbd.observations import dataset_fname
 from sfbd.online import DenoisedBuffer, Observations, ramp_weight
 from training.sampler import StackedRandomGenerator
 
@@ -25,22 +28,23 @@ from sfbd_helpers import gaussian_w2, make_observation_set
 DIM, NUM_CLEAN, NUM_NOISY, SIGMA = 4, 12, 2000, 0.6
 
 class GaussianModel(torch.nn.Module):
-    """D(x; t) = E[x0 | x0 + t e = x] for x0 ~ N(mu, S); images are [N, DIM, 1, 1]."""
+    """D(x; t) = E[x0 | x0 + t e = x] for x0 ~ N(mu, S); images are [N, DIM, 1, 1], t one level or
+    one per image. In the eigenbasis of S the gain is diagonal: lambda / (lambda + t^2)."""
     img_channels, img_resolution, label_dim, sigma_min, sigma_max = DIM, 1, 0, 0, float('inf')
 
     def __init__(self, samples: np.ndarray, weights: np.ndarray | None = None):
         super().__init__()
         self.mu = torch.as_tensor(np.average(samples, axis=0, weights=weights))
         self.cov = torch.as_tensor(np.cov(samples, rowvar=False, aweights=weights))
+        self.eigenvalues, self.basis = torch.linalg.eigh(self.cov)
 
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
 
     def forward(self, x, sigma, class_labels=None):
-        t2 = float(torch.as_tensor(sigma).flatten()[0]) ** 2
-        gain = self.cov @ torch.linalg.inv(self.cov + t2 * torch.eye(DIM, dtype=torch.float64))
-        z = x.to(torch.float64).flatten(1) - self.mu
-        return (self.mu + z @ gain.T).reshape(x.shape)
+        t2 = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1) ** 2
+        z = (x.to(torch.float64).flatten(1) - self.mu) @ self.basis
+        return (self.mu + (z * self.eigenvalues / (self.eigenvalues + t2)) @ self.basis.T).reshape(x.shape)
 
 def _truth():
     rng = np.random.default_rng(0)
@@ -48,29 +52,30 @@ def _truth():
     cov = basis @ np.diag([0.5, 0.2, 0.05, 0.01]) @ basis.T
     return np.array([0.3, -0.2, 0.1, 0.0]), cov
 
-def _problem():
+def _rounds(clean, y, sigma, mode, num_rounds=5):
+    """Squared W2 distances to the truth: of the clean-only fit, then after each round."""
     mu, cov = _truth()
-    rng = np.random.default_rng(1)
-    clean = rng.multivariate_normal(mu, cov, size=NUM_CLEAN)
-    x = rng.multivariate_normal(mu, cov, size=NUM_NOISY)
-    y = torch.as_tensor(x + SIGMA * rng.standard_normal(x.shape)).reshape(NUM_NOISY, DIM, 1, 1)
-    y = y.to(torch.float32).to(torch.float64)  # As an observation set stores them.
-    return clean, y, lambda model: gaussian_w2(model.mu.numpy(), model.cov.numpy(), mu, cov)
-
-def _rounds(clean, y, distance, mode, num_rounds=5):
+    def distance(model):
+        return gaussian_w2(model.mu.numpy(), model.cov.numpy(), mu, cov)
     model = GaussianModel(clean)
     distances = [distance(model)]
     for k in range(num_rounds):
         rnd = StackedRandomGenerator('cpu', image_seeds(k, range(NUM_NOISY)))
-        denoised = backward_sample(model, y, SIGMA, mode=mode, randn_like=rnd.randn_like)
+        denoised = backward_sample(model, y, sigma, mode=mode, randn_like=rnd.randn_like)
         model = GaussianModel(np.concatenate([clean, denoised.reshape(NUM_NOISY, DIM).numpy()]))
         distances.append(distance(model))
     return distances
 
 @pytest.mark.parametrize('mode', ['ode', 'sde'])
 def test_rounds_move_the_model_to_the_truth(mode):
-    clean, y, distance = _problem()
-    distances = _rounds(clean, y, distance, mode)
+    mu, cov = _truth()
+    rng = np.random.default_rng(1)
+    clean = rng.multivariate_normal(mu, cov, size=NUM_CLEAN)
+    x = rng.multivariate_normal(mu, cov, size=NUM_NOISY)
+    y = torch.as_tensor(x + SIGMA * rng.standard_normal(x.shape)).reshape(NUM_NOISY, DIM, 1, 1)
+    distances = _rounds(clean, y, SIGMA, mode)
+    def distance(model):
+        return gaussian_w2(model.mu.numpy(), model.cov.numpy(), mu, cov)
 
     # The rounds help (up to sampling noise) and the model ends far closer to the truth than
     # both the clean-only fit and the naive fit. The ODE gets there faster: per round it shrinks
@@ -82,13 +87,68 @@ def test_rounds_move_the_model_to_the_truth(mode):
     assert distances[-1] < (0.1 if mode == 'ode' else 0.6) * distances[0]
     assert distances[-1] < 0.2 * naive
 
-def _online(tmp_path, clean, y, distance, mode, refresh_batch, passes, ramp_steps):
-    # The buffer is filled by the clean fit; then every step refits the model to clean + buffer (the
-    # buffer's weight ramped over `ramp_steps`) and refreshes the next `refresh_batch` observations.
-    # The data are not images: the buffer keeps them unclipped.
-    path = str(tmp_path / 'noisy')
+#----------------------------------------------------------------------------
+# Per-image noise levels. Drawn independently of the image (uniform on
+# [0.3, 0.9]), the truth is still the fixed point, and the rounds reach it as
+# with one level. Chosen by the image (0.9 on one side of the main axis, 0.3
+# on the other), one model's posterior is the wrong one for each half: the
+# rounds stall far from the truth (ODE) or drift away from it (SDE).
+
+def _per_image_problem(depends_on_image: bool):
+    mu, cov = _truth()
+    rng = np.random.default_rng(1)
+    clean = rng.multivariate_normal(mu, cov, size=NUM_CLEAN)
+    x = rng.multivariate_normal(mu, cov, size=NUM_NOISY)
+    if depends_on_image:
+        sigmas = np.where((x - mu) @ np.linalg.eigh(cov)[1][:, -1] > 0, 0.9, 0.3)
+    else:
+        sigmas = rng.uniform(0.3, 0.9, size=NUM_NOISY)
+    y = torch.as_tensor(x + sigmas[:, None] * rng.standard_normal(x.shape)).reshape(NUM_NOISY, DIM, 1, 1)
+    return clean, y, torch.as_tensor(sigmas)
+
+@pytest.mark.parametrize('mode', ['ode', 'sde'])
+def test_rounds_with_per_image_levels_move_the_model_to_the_truth(mode):
+    clean, y, sigmas = _per_image_problem(depends_on_image=False)
+    distances = _rounds(clean, y, sigmas, mode)
+    assert distances[1] < 0.7 * distances[0] and distances[2] < distances[1]
+    assert distances[-1] < (0.1 if mode == 'ode' else 0.6) * distances[0]
+
+    # Levels that depend on the image: the same rounds end far from the truth (measured: 7 times
+    # as far for the ODE, 2.6 times for the SDE, which moves away from it round after round).
+    clean, y, sigmas = _per_image_problem(depends_on_image=True)
+    dependent = _rounds(clean, y, sigmas, mode)
+    assert dependent[-1] > 2 * distances[-1]
+
+#----------------------------------------------------------------------------
+# Online SFBD on the same problems: the real buffer (sfbd/online.py) reads
+# the observations from an observation set on disk, and the model is refitted
+# after every refresh. Observations are stored as float32, so the rounds
+# compared with are given the same values.
+
+def _problem(per_image: bool = False):
+    if per_image:
+        clean, y, sigmas = _per_image_problem(depends_on_image=False)
+    else:
+        mu, cov = _truth()
+        rng = np.random.default_rng(1)
+        clean = rng.multivariate_normal(mu, cov, size=NUM_CLEAN)
+        x = rng.multivariate_normal(mu, cov, size=NUM_NOISY)
+        y = torch.as_tensor(x + SIGMA * rng.standard_normal(x.shape)).reshape(NUM_NOISY, DIM, 1, 1)
+        sigmas = SIGMA
+    return clean, y.to(torch.float32).to(torch.float64), sigmas
+
+def _online(path, clean, y, sigmas, mode, refresh_batch, passes, ramp_steps):
+    """Squared W2 distances to the truth: of the clean-only fit, then after each pass of refreshes.
+    The buffer is filled by the clean fit; then every step refits the model to clean + buffer (the
+    buffer's weight ramped over `ramp_steps`) and refreshes the next `refresh_batch` observations.
+    The data are not images: the buffer keeps them unclipped."""
     if not os.path.isdir(path):
-        make_observation_set(path, y.numpy().astype(np.float32), sigma=SIGMA)
+        names = [dataset_fname(i, '.npy') for i in range(NUM_NOISY)]
+        levels = sigmas if np.ndim(sigmas) == 0 else dict(zip(names, np.asarray(sigmas).tolist()))
+        make_observation_set(path, y.numpy().astype(np.float32), metadata=dict(sigma=levels, labels=None))
+    mu, cov = _truth()
+    def distance(model):
+        return gaussian_w2(model.mu.numpy(), model.cov.numpy(), mu, cov)
     buffer = DenoisedBuffer(Observations([path], cache=True), mode=mode, seed=0, dtype=torch.float32,
                             max_batch=NUM_NOISY, clip=False)
     model = GaussianModel(clean)
@@ -108,22 +168,28 @@ def _online(tmp_path, clean, y, distance, mode, refresh_batch, passes, ramp_step
 @pytest.mark.parametrize('mode', ['ode', 'sde'])
 def test_online_refreshes_move_the_model_to_the_truth(mode, tmp_path):
     # A tenth of the observations per refresh, the ramp over the first pass.
-    clean, y, distance = _problem()
-    distances = _online(tmp_path, clean, y, distance, mode, NUM_NOISY // 10, passes=5, ramp_steps=10)
+    clean, y, sigmas = _problem()
+    distances = _online(str(tmp_path / 'noisy'), clean, y, sigmas, mode, NUM_NOISY // 10, passes=5, ramp_steps=10)
 
     # Pass by pass (the denoising work of a round) the error falls at least as fast as the rounds',
     # and ends as close to the truth.
-    rounds = _rounds(clean, y, distance, mode)
+    rounds = _rounds(clean, y, sigmas, mode)
     assert distances[1] < 0.7 * distances[0] and distances[2] < distances[1]
     assert distances[1] < rounds[1]
     assert all(b < 1.25 * a for a, b in zip(distances, distances[1:3]))
     assert distances[-1] < (0.1 if mode == 'ode' else 0.6) * distances[0]
     assert distances[-1] < 1.5 * rounds[-1] + 0.02 * distances[0]
 
+def test_online_with_per_image_levels_moves_the_model_to_the_truth(tmp_path):
+    # Levels drawn independently of the image: each observation starts from its own.
+    clean, y, sigmas = _problem(per_image=True)
+    distances = _online(str(tmp_path / 'noisy'), clean, y, sigmas, 'ode', NUM_NOISY // 10, passes=3, ramp_steps=10)
+    assert distances[1] < 0.7 * distances[0] and distances[-1] < 0.1 * distances[0]
+
 def test_online_with_whole_refreshes_is_the_rounds(tmp_path):
     # Refreshing every observation after every step, without a ramp, is exactly SFBD's rounds.
-    clean, y, distance = _problem()
-    online = _online(tmp_path, clean, y, distance, 'ode', NUM_NOISY, passes=3, ramp_steps=0)
-    np.testing.assert_allclose(online, _rounds(clean, y, distance, 'ode', num_rounds=3), rtol=1e-6)
+    clean, y, sigmas = _problem()
+    online = _online(str(tmp_path / 'noisy'), clean, y, sigmas, 'ode', NUM_NOISY, passes=3, ramp_steps=0)
+    np.testing.assert_allclose(online, _rounds(clean, y, sigmas, 'ode', num_rounds=3), rtol=1e-6)
 
 #----------------------------------------------------------------------------

@@ -114,6 +114,11 @@ def _load_storage(data: bytes) -> Any:
 def _make_record(meta: Any) -> PersistentRecord:
     return PersistentRecord(meta)
 
+try:
+    from numpy._core.multiarray import scalar as _numpy_scalar  # numpy >= 1.26 (the name of numpy 2)
+except ImportError:
+    from numpy.core.multiarray import scalar as _numpy_scalar  # older numpy 1.x
+
 _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ('torch_utils.persistence', '_reconstruct_persistent_obj'): _make_record,
     ('collections', 'OrderedDict'): collections.OrderedDict,
@@ -122,8 +127,8 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
     ('torch.storage', '_load_from_bytes'): _load_storage,
     ('numpy', 'dtype'): np.dtype,
-    ('numpy.core.multiarray', 'scalar'): np._core.multiarray.scalar,
-    ('numpy._core.multiarray', 'scalar'): np._core.multiarray.scalar,
+    ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
+    ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
     ('dnnlib.util', 'EasyDict'): EasyDict,
     ('builtins', 'set'): set,
     ('builtins', 'frozenset'): frozenset,

@@ -15,6 +15,7 @@ import random
 import re
 import signal
 import time
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
@@ -150,16 +151,38 @@ def _load_transfer(source: str, net: torch.nn.Module, device: torch.device) -> N
 # Training states: plain state dicts, written atomically by rank 0, read with
 # torch.load(weights_only=True).
 
+def check_state_file(path: str) -> None:
+    """A cheap look at a --resume file before anything is loaded: a torch.save archive at least."""
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: no such file')
+    if not zipfile.is_zipfile(path):
+        hint = '; a network pickle is given to --transfer' if path.endswith('.pkl') else ''
+        raise UserError(f'{path}: not a training state of this project (not a torch.save archive{hint})')
+
 def _load_state(path: str) -> dict[str, Any]:
+    check_state_file(path)
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f'{path}: no such file') from None
     except Exception as e:  # Truncated files, EDM's whole-module states, ...
-        raise UserError(f'{path}: not a training state of this project ({type(e).__name__}: {e})') from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise UserError(f'{path}: not a training state of this project ({type(e).__name__}'
+                        + (f': {lines[0]}' if lines else '') + ')') from None
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         raise UserError(f'{path}: not a training state of this project')
     return state
+
+# A run continues on the data it started with: the state's fingerprint of the
+# data (Dataset.fingerprint; absent in older states) must match, the paths
+# aside (data copied elsewhere is the same data).
+def _check_same_data(recorded: list[dict] | None, current: list[dict], state_path: str, allow: bool) -> None:
+    def essence(fingerprint: list[dict]) -> list[tuple]:
+        return [(d.get('name'), d.get('files'), d.get('bytes'), d.get('metadata_sha256')) for d in fingerprint]
+    if not recorded or not current or allow or essence(recorded) == essence(current):
+        return
+    def describe(fingerprint: list[dict]) -> str:
+        return ' + '.join(f'{d["name"]} ({d["files"]} files, {d["bytes"]} bytes)' for d in fingerprint)
+    raise UserError(f'--data: {state_path} was written while training on {describe(recorded)}, but the data is now '
+                    f'{describe(current)}; add --allow-data-change to continue on this data')
 
 def _save_state(path: str, state: dict[str, Any]) -> None:
     with atomic_write(path, 'wb') as f:
@@ -168,6 +191,13 @@ def _save_state(path: str, state: dict[str, Any]) -> None:
 def _plain(config: Any) -> Any:
     # Options as JSON-style plain data (EasyDicts and tuples become dicts and lists).
     return json.loads(json.dumps(config))
+
+# The 2-norm of all gradients together (torch.nn.utils.get_total_norm of
+# torch >= 2.6, written out for older versions).
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros([])
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach()) for t in tensors]))
 
 def _total(stats: training_stats.Collector, name: str) -> int:
     # Sum of a 0/1 statistic over the last tick (a count).
@@ -208,6 +238,7 @@ def training_loop(
     resume_pkl:         str | None = None,  # Network pickle to start from (--transfer); None = random weights.
     resume_state_dump:  str | None = None,  # Training state to continue from; None = start afresh.
     resume_from_run_dir: bool = False,      # The state was found in run_dir: refuse it if resume_pkl is given and differs.
+    allow_data_change:  bool = False,       # Continue a training state on other data than it was written with?
     cudnn_benchmark:    bool = True,        # Let cuDNN pick kernels by timing them?
     device:             str | torch.device | None = None, # Training device; None = CUDA if available, else CPU.
     stop_requested:     Callable[[], bool] | None = None, # Polled after every step; True = save and stop.
@@ -251,6 +282,7 @@ def training_loop(
                                               batch_gpu=batch_gpu, device=device)
         dataset_obj = online.dataset
     dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=rank, num_replicas=world_size, seed=seed)
+    data_fingerprint = dataset_obj.fingerprint()
 
     # Network, with a summary table of its layers.
     dist.print0('Constructing network...')
@@ -306,6 +338,7 @@ def training_loop(
             raise UserError(f'--transfer={resume_pkl}: the run directory holds {os.path.basename(resume_state_dump)} '
                             f'of a run that started from {origin}; use a new --outdir for a new transfer')
         transfer_id = state.get('transfer')
+        _check_same_data(state.get('data'), data_fingerprint, resume_state_dump, allow_data_change)
         if (online is not None) != ('online' in state):
             raise UserError(f'{resume_state_dump}: ' + ('a run without --noisy; Online SFBD needs a new run (--transfer)'
                             if online is not None else 'an Online SFBD run; give the same --noisy to continue it'))
@@ -363,7 +396,7 @@ def training_loop(
             format=STATE_FORMAT, cur_nimg=cur_nimg, cur_tick=cur_tick + 1,  # The tick that comes next.
             batch_size=batch_size, world_size=world_size, seed=seed, transfer=transfer_id,
             net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
-            sampler=dataset_sampler.state_dict(), rng=rng_states,
+            sampler=dataset_sampler.state_dict(), rng=rng_states, data=data_fingerprint,
             schedule=dict(lr=optimizer_kwargs['lr'], lr_rampup_kimg=lr_rampup_kimg,  # Restored by a resume (training/resume.py).
                           ema_halflife_kimg=ema_halflife_kimg, ema_rampup_ratio=ema_rampup_ratio),
             options=_plain(dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs,
@@ -422,7 +455,7 @@ def training_loop(
             for group in optimizer.param_groups:
                 group['lr'] = optimizer_kwargs['lr'] * lr_ramp
             grads = [p.grad for p in net.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads)
+            grad_norm = _total_norm(grads)
             stats.report0('Loss/nonfinite_grad', (~torch.isfinite(grad_norm)).float())
             for grad in grads:
                 torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5, out=grad)
