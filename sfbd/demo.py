@@ -33,7 +33,6 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
-import scipy.linalg
 import torch
 
 from dnnlib.util import EasyDict, atomic_write, report_user_errors, save_png
@@ -41,6 +40,7 @@ from sfbd import rounds
 from sfbd.dataset_commands import choose_clean, split_dataset
 from sfbd.grids import comparison_grid, load_png
 from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_png
+from torch_utils import frechet
 from torch_utils.persistence import load_network
 from training.sampler import generate_images, to_uint8
 
@@ -111,10 +111,7 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, dtype=np.float64).reshape(len(images), -1) / 127.5 - 1
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+    return frechet.frechet_distance(a.mean(axis=0), np.cov(a, rowvar=False), b.mean(axis=0), np.cov(b, rowvar=False))
 
 def sample_model(network_pkl: str, num_samples: int, num_steps: int, device: torch.device) -> np.ndarray:
     """Images [N, C, H, W] uint8 from generate.py's sampler, seeds 0..N-1."""
