@@ -29,19 +29,21 @@ import time
 import click
 import numpy as np
 import torch
-import tqdm
 
-from dnnlib.util import UserError, atomic_write, open_url, report_user_errors, save_png
-from generate import rank_batches, sampler_options
-from sfbd.backward import MODES, backward_sample, image_seeds
+from dnnlib.util import UserError, atomic_write, open_url, report_user_errors
+from generate import sampler_options
+from sfbd.backward import MODES
+from sfbd.denoising import denoise_images, output_path
 from sfbd.grids import load_png, save_comparison_grid
 from sfbd.observations import ObservationSet, with_ext
 from torch_utils import distributed as dist
+from torch_utils import fast as fast_lib
 from torch_utils.persistence import load_network
 from training.dataset import METADATA_FNAME
-from training.sampler import ABLATION_KEYS, StackedRandomGenerator, to_uint8
+from training.sampler import ABLATION_KEYS, to_uint8
 
 OPTIONS_FNAME = 'denoise_options.json'
+DEFAULT_BATCH = 64  # --batch, unless --fast sizes it to the device.
 
 #----------------------------------------------------------------------------
 # Shards: task I of N takes the contiguous index range [I*n//N, (I+1)*n//N),
@@ -101,11 +103,6 @@ def check_network(net: torch.nn.Module, obs: ObservationSet, network_pkl: str, d
         if obs.label_dim > net.label_dim or (obs.label_dim < net.label_dim and not obs.dataset.has_onehot_labels):
             raise UserError(f'--data={data}: labels have {obs.label_dim} entries, the network expects {net.label_dim}')
 
-def network_labels(net: torch.nn.Module, labels: torch.Tensor | None) -> torch.Tensor | None:
-    if not net.label_dim or labels is None:
-        return None
-    return torch.nn.functional.pad(labels, (0, net.label_dim - labels.shape[1]))
-
 #----------------------------------------------------------------------------
 # The options record of an output directory. Everything that decides the
 # images is compared; the network by content, so moving the file is fine.
@@ -135,9 +132,6 @@ def claim_outdir(outdir: str, record: dict) -> None:
 # dataset.json of the outputs: the observation set's labels under the PNG
 # names. Written only when every image is present.
 
-def output_path(outdir: str, fname: str) -> str:
-    return os.path.join(outdir, *with_ext(fname, '.png').split('/'))
-
 def missing_outputs(outdir: str, obs: ObservationSet, indices: range | list[int]) -> list[int]:
     return [i for i in indices if not os.path.isfile(output_path(outdir, obs.fnames[i]))]
 
@@ -163,30 +157,6 @@ def save_grid(path: str, outdir: str, obs: ObservationSet, indices: range, max_i
     save_comparison_grid(path, [to_uint8(y).numpy(), denoised])
 
 #----------------------------------------------------------------------------
-# The denoising loop of one process: its share of the missing images of its
-# shard, batch by batch.
-
-def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo: list[int], *, sigma: float,
-                   mode: str, seed: int, max_batch_size: int, device: torch.device, sampler_kwargs: dict) -> int:
-    """Denoise this process's part of `todo`; returns the number of images written."""
-    batches = rank_batches(todo, max_batch_size, dist.get_rank(), dist.get_world_size()) if todo else []
-    total = sum(len(b) for b in batches)
-    with tqdm.tqdm(total=total, unit='img', disable=(dist.get_rank() != 0), desc='denoise') as bar:
-        for batch in batches:
-            if not batch:
-                continue
-            y, labels = obs.load(batch)
-            labels = network_labels(net, labels)
-            rnd = StackedRandomGenerator(device, image_seeds(seed, batch))
-            x = backward_sample(net, y.to(device), sigma, None if labels is None else labels.to(device),
-                                mode=mode, randn_like=rnd.randn_like, **sampler_kwargs)
-            images = to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
-            for i, image in zip(batch, images):
-                save_png(output_path(outdir, obs.fnames[i]), image)
-            bar.update(len(batch))
-    return total
-
-#----------------------------------------------------------------------------
 
 @click.command()
 @click.option('--network', 'network_pkl',  help='Network pickle (this project\'s or EDM\'s)', metavar='PATH|URL',  type=str, required=True)
@@ -197,15 +167,16 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
 @click.option('--mode',                    help='Backward sampler: probability-flow ODE or reverse SDE',         type=click.Choice(MODES), default='ode', show_default=True)
 @click.option('--seed',                    help='Seed of the per-image noise (SDE, churn)', metavar='INT',       type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--shard',                   help='Denoise only part I of N (0 <= I < N)', metavar='I/N',          type=str, callback=_shard_option, default='0/1', show_default=True)
-@click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',                             type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--batch', 'max_batch_size', help=f'Maximum batch size  [default: {DEFAULT_BATCH}; with --fast on a GPU, what fits]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None)
+@click.option('--fast',                    help='Fast path: the network in bf16, compiled, batches sized to the GPU, reading and writing overlapped (docs/performance.md)', is_flag=True)
 @click.option('--grid',                    help='Also save observation | denoised pairs of the shard\'s first images', metavar='PNG', type=str, default=None)
 @click.option('--finalize',                help='Denoise nothing; write dataset.json if all shards are done',    is_flag=True)
 @sampler_options
 @report_user_errors
 def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_sigma: bool, mode: str, seed: int,
-         shard: tuple[int, int], max_batch_size: int, device: str | None, grid: str | None, finalize: bool,
-         **sampler_kwargs) -> None:
+         shard: tuple[int, int], max_batch_size: int | None, device: str | None, fast: bool, grid: str | None,
+         finalize: bool, **sampler_kwargs) -> None:
     """Denoise an observation set with a trained network (SFBD's backward sampling).
 
     \b
@@ -219,6 +190,9 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
     \b
     # On 2 GPUs
     torchrun --standalone --nproc_per_node=2 denoise.py ...
+    \b
+    # The fast path: the network in bfloat16 (the sampler stays in float64)
+    python denoise.py ... --fast
     """
     device = dist.resolve_device(device)
     dist.init(device)
@@ -246,6 +220,10 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
         check_network(net, obs, network_pkl, data)
         if sigma > min(kwargs.get('sigma_max', 80), net.sigma_max):
             raise UserError(f'--sigma={sigma} is above the highest noise level of the sampler')
+        settings = fast_lib.fast_settings(device) if fast else None
+        max_batch_size = fast_lib.sampling_batch_size(net, device, settings, max_batch_size, DEFAULT_BATCH)
+        if settings is not None:
+            net = fast_lib.prepare_sampling_network(net, settings)
 
         # Every process lists the missing images before any of them writes.
         todo = missing_outputs(outdir, obs, indices)
@@ -254,10 +232,10 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
             os.remove(os.path.join(outdir, METADATA_FNAME))  # The set is incomplete again.
         dist.print0(f'Denoising {len(todo)} of {len(indices)} observations (shard {shard[0]}/{shard[1]}, '
                     f'{len(obs) - len(indices)} in other shards) at sigma {sigma:g} with the {mode.upper()} '
-                    f'sampler to "{outdir}"...')
+                    f'sampler to "{outdir}"' + (' (fast path)' if fast else '') + '...')
         start = time.time()
         count = denoise_images(net, obs, outdir, todo, sigma=sigma, mode=mode, seed=seed,
-                               max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs)
+                               max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs, fast=settings)
         elapsed = time.time() - start
         count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
         if count:

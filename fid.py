@@ -31,11 +31,12 @@ import tqdm
 
 from dnnlib.util import (UserError, atomic_write, download, is_url, open_url, parse_int_list, report_user_errors,
                          save_png)
-from generate import image_path as generated_image_path
-from generate import rank_batches, sampler_options
+from generate import sampler_options
 from torch_utils import distributed as dist
 from torch_utils.frechet import frechet_distance
 from torch_utils.persistence import load_network, load_pickle_running_code
+from training.generation import image_path as generated_image_path
+from training.generation import rank_batches
 from training.sampler import generate_images, to_uint8
 
 #----------------------------------------------------------------------------

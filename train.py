@@ -2,7 +2,7 @@
 
 The options, defaults and output files are those of EDM's train.py; see `python train.py --help`.
 Beyond EDM: `--data` may be repeated (the union of the datasets), `--device`, `--bf16`,
-`--lr-rampup`, `--ema-rampup`; runs resume from self-contained training states; and a
+`--lr-rampup`, `--ema-rampup`, `--fast`; runs resume from self-contained training states; and a
 preemption signal stops a run cleanly with exit status PREEMPTED_EXIT_CODE.
 """
 
@@ -175,6 +175,7 @@ def next_run_dir(outdir: str, desc: str) -> str:
 @click.option('--cache',         help='Keep decoded images in memory', metavar='BOOL',                            type=bool, default=True, show_default=True)
 @click.option('--workers',       help='Data-loading processes per training process', metavar='INT',               type=click.IntRange(min=1), default=1, show_default=True)
 @click.option('--device',        help='Training device  [default: cuda if available, else cpu]', metavar='STR',   type=str)
+@click.option('--fast',          help='Fast path: bf16, channels-last, torch.compile, TF32, fused Adam where they help (docs/performance.md)', is_flag=True)
 
 # I/O-related.
 @click.option('--desc',          help='Suffix of the run directory name', metavar='STR',                          type=str)
@@ -284,6 +285,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
     c.update(batch_size=opts.batch, batch_gpu=opts.batch_gpu, loss_scaling=opts.ls, cudnn_benchmark=opts.bench)
     c.update(kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
     c.device = str(device)
+    c.fast = opts.fast
 
     # Processes and seed: rank 0 draws one when --seed is not given.
     dist.init(device)
@@ -335,7 +337,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
     summary = [('Output directory', c.run_dir), ('Dataset path', ', '.join(opts.data)), ('Class-conditional', opts.cond),
                ('Network architecture', opts.arch), ('Preconditioning & loss', opts.precond),
                ('Number of processes', dist.get_world_size()), ('Device', device), ('Batch size', opts.batch),
-               ('Mixed-precision', dtype_str if dtype_str != 'fp32' else False)]
+               ('Mixed-precision', dtype_str if dtype_str != 'fp32' else False), ('Fast path', opts.fast)]
     for label, value in summary:
         dist.print0(f'{label + ":":<25}{value}')
     if resume_note:

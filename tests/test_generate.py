@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 import torch
 
-from generate import rank_batches
+from training.generation import rank_batches
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

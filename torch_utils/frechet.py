@@ -13,8 +13,10 @@ invertible, and by continuity otherwise). So
     tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i(M)),
 
 with S1^(1/2) from one symmetric eigendecomposition of S1 and the lambda_i from a second,
-eigenvalues only. Both are LAPACK's symmetric solvers, real throughout; eigenvalues that
-round-off pushes below zero are taken as zero.
+eigenvalues only. Both are LAPACK's symmetric solvers, real throughout. Eigenvalues within
+round-off of zero (below dim * eps * the largest, including negative ones) are taken as zero:
+for covariances of fewer images than features their square roots would otherwise add noise of
+order sqrt(eps) to the distance.
 """
 
 from __future__ import annotations
@@ -23,13 +25,18 @@ import numpy as np
 import scipy.linalg
 
 #----------------------------------------------------------------------------
-# The square root of a symmetric positive semi-definite matrix, by its
-# eigendecomposition S = V diag(w) V^T (negative round-off in w clipped).
+# Eigenvalues of a symmetric positive semi-definite matrix with round-off
+# about zero set to zero; the square root of such a matrix, by its
+# eigendecomposition S = V diag(w) V^T.
+
+def _clean_eigenvalues(w: np.ndarray) -> np.ndarray:
+    tolerance = len(w) * np.finfo(np.float64).eps * np.abs(w).max(initial=0)
+    return np.where(w > tolerance, w, 0)
 
 def psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     symmetric = (matrix + matrix.T) / 2
     w, v = scipy.linalg.eigh(symmetric, check_finite=False)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    return (v * np.sqrt(_clean_eigenvalues(w))) @ v.T
 
 #----------------------------------------------------------------------------
 # tr((S1 S2)^(1/2)) from the eigenvalues of S1^(1/2) S2 S1^(1/2).
@@ -38,7 +45,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     root1 = psd_sqrt(np.asarray(sigma1, dtype=np.float64))
     product = root1 @ np.asarray(sigma2, dtype=np.float64) @ root1
     eigenvalues = scipy.linalg.eigvalsh((product + product.T) / 2, check_finite=False)
-    return float(np.sqrt(np.clip(eigenvalues, 0, None)).sum())
+    return float(np.sqrt(_clean_eigenvalues(eigenvalues)).sum())
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Squared Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (covariances symmetric PSD)."""
