@@ -33,6 +33,8 @@ from dnnlib.util import (UserError, atomic_write, download, is_url, open_url, pa
                          save_png)
 from generate import sampler_options
 from torch_utils import distributed as dist
+from torch_utils import fast as fast_lib
+from torch_utils.fast import FastSettings
 from torch_utils.frechet import frechet_distance
 from torch_utils.persistence import load_network, load_pickle_running_code
 from training.generation import image_path as generated_image_path
@@ -81,12 +83,14 @@ def file_sha256(path: str) -> str:
 # resolution (the network resizes them itself) and returns [N, D] features.
 
 class Detector:
-    def __init__(self, net: Any, source: str, path: str, sha256: str, device: torch.device):
+    def __init__(self, net: Any, source: str, path: str, sha256: str, device: torch.device,
+                 fast: FastSettings | None = None):
         self.net = net              # The callable module.
         self.source = source        # Path or URL as the user gave it.
         self.path = path            # Local file it was loaded from.
         self.sha256 = sha256        # Digest of that file.
         self.device = device
+        self.fast = fast            # Fast-path settings (inference mode, non-blocking copies); None = faithful.
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -95,7 +99,11 @@ class Detector:
             raise TypeError(f'the detector takes uint8 images, not {images.dtype}')
         images = torch.cat([images] * 3, dim=1) if images.shape[1] == 1 else images  # Gray to RGB.
         try:
-            out = self.net(images.to(self.device), return_features=True)
+            if self.fast is None:
+                out = self.net(images.to(self.device), return_features=True)
+            else:
+                with torch.inference_mode():
+                    out = self.net(fast_lib.to_device(images, self.device, self.fast), return_features=True)
         except Exception as e:  # TorchScript raises its own error types.
             raise UserError(f'{self.source}: the detector failed on images of shape {list(images.shape)} '
                             f'({_last_line(e)})') from None
@@ -115,7 +123,8 @@ class Detector:
 # `.pkl` file is unpickled, which runs whatever the pickle holds.
 
 def load_detector(detector: str = DEFAULT_DETECTOR, sha256: str | None = None,
-                  device: torch.device | str = 'cpu', verbose: bool = True) -> Detector:
+                  device: torch.device | str = 'cpu', verbose: bool = True,
+                  fast: FastSettings | None = None) -> Detector:
     device = torch.device(device)
     path = download(detector, verbose=verbose) if is_url(detector) else detector
     if not os.path.isfile(path):
@@ -154,7 +163,9 @@ def load_detector(detector: str = DEFAULT_DETECTOR, sha256: str | None = None,
         raise UserError(f'{detector}: not a TorchScript archive (and not a .pkl detector)')
     if isinstance(net, torch.nn.Module):
         net.eval()
-    return Detector(net, detector, path, actual, device)
+        if fast is not None:
+            net = fast_lib.to_memory_format(net, fast)
+    return Detector(net, detector, path, actual, device, fast)
 
 #----------------------------------------------------------------------------
 # Running first and second moments of features: sum of features, sum of
@@ -277,8 +288,9 @@ def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, m
     # Forked workers would share the parent's open zip file (and its file position);
     # closed here, it is opened again by each worker on first use.
     dataset.close()
+    pin_memory = detector.fast is not None and detector.fast.pin_memory and device.type == 'cuda'
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                         prefetch_factor=(2 if num_workers > 0 else None))
+                                         prefetch_factor=(2 if num_workers > 0 else None), pin_memory=pin_memory)
     progress = tqdm.tqdm(total=len(batches), unit='batch', desc='Features', disable=(dist.get_rank() != 0))
     try:
         for images, _labels in loader:
@@ -323,10 +335,14 @@ def network_stats(net: torch.nn.Module, seeds: Sequence[int], detector: Detector
         feature_dim = detector.feature_dim(image_shape)
     stats = FeatureStats(feature_dim, device)
     batches = rank_batches(list(seeds), max_batch_size, dist.get_rank(), dist.get_world_size())
+    fast = detector.fast
+    size = len(batches[0]) if fast is not None and fast.compile else 0  # One batch size for a compiled network.
     for batch_seeds in tqdm.tqdm(batches, unit='batch', desc='Generating', disable=(dist.get_rank() != 0)):
         if not batch_seeds:
             continue
-        images = to_uint8(generate_images(net, batch_seeds, device=device, **sampler_kwargs))
+        with torch.inference_mode() if fast is not None else contextlib.nullcontext():
+            images = generate_images(net, fast_lib.pad_batch(batch_seeds, size), device=device, **sampler_kwargs)
+        images = to_uint8(images[:len(batch_seeds)])
         if outdir is not None:
             for seed, image in zip(batch_seeds, images.permute(0, 2, 3, 1).cpu().numpy()):
                 save_png(generated_image_path(outdir, seed, True), image)
@@ -436,18 +452,21 @@ def detector_options(func: Callable) -> Callable:
         click.option('--batch', 'max_batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
         click.option('--workers', 'num_workers', help='Data-loading worker processes', metavar='INT', type=click.IntRange(min=0), default=3, show_default=True),
         click.option('--device', help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None),
+        click.option('--fast', help='Fast path: inference mode, non-blocking copies, channels-last on a GPU; --network samples with generate.py --fast\'s network (docs/performance.md)', is_flag=True),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 # Join the process group and load the detector (rank 0 downloads first).
-def _setup(device_name: str | None, detector: str, detector_sha256: str | None) -> tuple[torch.device, Detector]:
+def _setup(device_name: str | None, detector: str, detector_sha256: str | None,
+           fast: bool = False) -> tuple[torch.device, Detector]:
     device = dist.resolve_device(device_name)
     dist.init(device)
     dist.print0(f'Reading detector "{detector}"...')
+    settings = fast_lib.fast_settings(device) if fast else None
     with rank0_first():
-        det = load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0))
+        det = load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0), fast=settings)
     return device, det
 
 #----------------------------------------------------------------------------
@@ -499,7 +518,7 @@ def print_snapshot_table(results: list[dict], repeats: int) -> None:
 def calc(image_path: str | None, network: str | None, ref_path: str, num: int | None, seed: int | None,
          seeds: list[int] | None, repeats: int, snapshots: str | None, outdir: str | None, json_path: str | None,
          detector: str, detector_sha256: str | None, max_batch_size: int, num_workers: int,
-         device: str | None, **sampler_kwargs: Any) -> None:
+         device: str | None, fast: bool, **sampler_kwargs: Any) -> None:
     """Calculate FID of images, or of a network's samples.
 
     The FID is the last line printed: with --repeats, the minimum over the seed sets (EDM's
@@ -524,7 +543,7 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
     seed = seed or 0
 
     # Detector and reference statistics, both before the long part.
-    device_obj, det = _setup(device, detector, detector_sha256)
+    device_obj, det = _setup(device, detector, detector_sha256, fast)
     dist.print0(f'Reading reference statistics "{ref_path}"...')
     with rank0_first():
         mu_ref, sigma_ref = load_ref_stats(ref_path)
@@ -565,6 +584,8 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
             dist.print0(f'Reading network "{pkl}"...')
             with rank0_first():
                 net = load_network(pkl).to(device_obj)
+            if det.fast is not None:
+                net = fast_lib.prepare_sampling_network(net, det.fast)
             if net.img_channels not in (1, 3):
                 raise UserError(f'{pkl}: the network makes {net.img_channels}-channel images; FID needs 1 or 3')
             dim = check_dim([net.img_channels, net.img_resolution, net.img_resolution])
@@ -607,9 +628,9 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
 @detector_options
 @report_user_errors
 def ref(dataset_path: str, dest_path: str, detector: str, detector_sha256: str | None,
-        max_batch_size: int, num_workers: int, device: str | None) -> None:
+        max_batch_size: int, num_workers: int, device: str | None, fast: bool) -> None:
     """Reference statistics of every image of a dataset, for 'calc'."""
-    device_obj, det = _setup(device, detector, detector_sha256)
+    device_obj, det = _setup(device, detector, detector_sha256, fast)
     dataset = open_image_dataset(dataset_path)
     check_image_count(dataset_path, len(dataset), len(dataset), 1)
     dist.print0(f'Calculating statistics of {len(dataset)} images from "{dataset_path}"...')

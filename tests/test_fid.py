@@ -388,6 +388,15 @@ def test_network_end_to_end(files, rundir, tmp_path):
     again = run('calc', f'--images={outdir}', f'--ref={files["ref_a"]}', '--num=6', *common(files))
     assert last_float(again) == last_float(result)
 
+# --fast on the CPU changes no arithmetic (inference mode, the same network):
+# the same scores for images and for a network's samples.
+def test_fast_path_gives_the_same_scores_on_the_cpu(files, rundir):
+    pkl = os.path.join(rundir[0], 'network-snapshot-000000.pkl')
+    for args in ([f'--images={files["b"]}', '--num=30'], [f'--network={pkl}', '--num=6', '--steps=2', '--batch=4']):
+        faithful = run('calc', *args, f'--ref={files["ref_a"]}', *common(files))
+        fast = run('calc', *args, f'--ref={files["ref_a"]}', *common(files), '--fast')
+        assert last_float(fast) == last_float(faithful)
+
 def test_generated_images_are_edms(files, fixtures_dir, tmp_path):
     # EDM's generate.py output for its tiny class-conditional snapshot: fid.py must score the same images.
     reference = torch.load(fixtures_dir / 'edm-ddpmpp-tiny-generate.pt', weights_only=True)['edm-ddpmpp-tiny']
