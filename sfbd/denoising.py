@@ -20,7 +20,7 @@ from sfbd.observations import ObservationSet, with_ext
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
-from training.generation import rank_batches, save_pngs
+from training.generation import rank_batches, save_pngs, save_pngs_later
 from training.sampler import StackedRandomGenerator, to_uint8
 
 #----------------------------------------------------------------------------
@@ -40,7 +40,7 @@ def network_labels(net: torch.nn.Module, labels: torch.Tensor | None) -> torch.T
 
 def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo: list[int], *, sigma: float,
                    mode: str, seed: int, max_batch_size: int, device: torch.device, sampler_kwargs: dict,
-                   fast: FastSettings | None = None) -> int:
+                   fast: FastSettings | None = None, progress: bool = True) -> int:
     """Denoise this process's part of `todo`; returns the number of images written."""
     batches = rank_batches(todo, max_batch_size, dist.get_rank(), dist.get_world_size()) if todo else []
     batches = [b for b in batches if b]
@@ -50,7 +50,7 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
         rnd = StackedRandomGenerator(device, image_seeds(seed, indices))
         return backward_sample(net, y, sigma, labels, mode=mode, randn_like=rnd.randn_like, **sampler_kwargs)
 
-    with tqdm.tqdm(total=total, unit='img', disable=(dist.get_rank() != 0), desc='denoise') as bar:
+    with tqdm.tqdm(total=total, unit='img', disable=(not progress or dist.get_rank() != 0), desc='denoise') as bar:
         if fast is None:
             for batch in batches:
                 y, labels = obs.load(batch)
@@ -75,8 +75,7 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
                 x = denoise(fast_lib.to_device(y, device, fast),
                             None if labels is None else fast_lib.to_device(labels, device, fast), padded)
                 host = fast_lib.host_copy(to_uint8(x[:len(batch)]).permute(0, 2, 3, 1))
-                paths = [output_path(outdir, obs.fnames[i]) for i in batch]
-                writer.submit(lambda paths=paths, host=host: save_pngs(paths, host()))
+                save_pngs_later(writer, [output_path(outdir, obs.fnames[i]) for i in batch], host)
                 bar.update(len(batch))
     return total
 

@@ -193,13 +193,15 @@ def host_copy(x: torch.Tensor) -> Callable[[], np.ndarray]:
     return wait
 
 class BackgroundWriter:
-    """Runs jobs (e.g. writing a batch of PNGs) on one thread, in order, with at most `max_pending`
-    waiting. An exception in a job is raised in the caller, by the next `submit()` or by `close()`;
-    jobs not yet started are then dropped."""
+    """Runs jobs (e.g. writing some PNGs) on `num_threads` threads, with at most `max_pending` not
+    finished; a job waits for the oldest one to finish when there are more. Several threads because
+    an atomic write ends with an fsync, which takes milliseconds that a thread spends waiting. An
+    exception in a job is raised in the caller, by a later `submit()` or by `close()`; jobs not
+    yet started are then dropped."""
 
-    def __init__(self, max_pending: int = 4):
+    def __init__(self, num_threads: int = 8, max_pending: int = 32):
         self.max_pending = max_pending
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='writer')
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix='writer')
         self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
 
     def submit(self, job: Callable[..., Any], *args: Any) -> None:

@@ -9,7 +9,7 @@ and a compiled network gets batches of one size.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,22 +34,29 @@ def image_path(outdir: str, seed: int, subdirs: bool) -> str:
     folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
     return os.path.join(folder, f'{seed:06d}.png')
 
-# PNGs of a batch: [N, H, W, C] uint8, the paths in the same order.
+# PNGs of a batch: [N, H, W, C] uint8, the paths in the same order. The fast
+# path hands them to a background writer in chunks, `images()` giving the
+# array once the copy from the device is done.
 def save_pngs(paths: Sequence[str], images: np.ndarray) -> None:
     for path, image in zip(paths, images):
         save_png(path, image)
+
+def save_pngs_later(writer: fast_lib.BackgroundWriter, paths: Sequence[str], images: Callable[[], np.ndarray],
+                    chunk: int = 16) -> None:
+    for start in range(0, len(paths), chunk):
+        writer.submit(lambda start=start: save_pngs(paths[start:start + chunk], images()[start:start + chunk]))
 
 #----------------------------------------------------------------------------
 # This process's share of the seeds, batch by batch, written as PNGs.
 
 def generate_to_dir(net: torch.nn.Module, seeds: Sequence[int], outdir: str, *, subdirs: bool = False,
                     class_idx: int | None = None, max_batch_size: int = 64, device: torch.device | str = 'cpu',
-                    sampler_kwargs: dict | None = None, fast: FastSettings | None = None) -> int:
+                    sampler_kwargs: dict | None = None, fast: FastSettings | None = None, progress: bool = True) -> int:
     """Generate and save the images of this process's seeds; returns how many it wrote."""
     device = torch.device(device)
     sampler_kwargs = dict(sampler_kwargs or {})
     batches = [b for b in rank_batches(seeds, max_batch_size, dist.get_rank(), dist.get_world_size()) if b]
-    bar = tqdm.tqdm(batches, unit='batch', disable=(dist.get_rank() != 0))
+    bar = tqdm.tqdm(batches, unit='batch', disable=(not progress or dist.get_rank() != 0))
     if fast is None:
         for batch_seeds in bar:
             images = generate_images(net, batch_seeds, class_idx=class_idx, device=device, **sampler_kwargs)
@@ -64,8 +71,7 @@ def generate_to_dir(net: torch.nn.Module, seeds: Sequence[int], outdir: str, *, 
             padded = fast_lib.pad_batch(batch_seeds, size)
             images = generate_images(net, padded, class_idx=class_idx, device=device, **sampler_kwargs)
             host = fast_lib.host_copy(to_uint8(images[:len(batch_seeds)]).permute(0, 2, 3, 1))
-            paths = [image_path(outdir, seed, subdirs) for seed in batch_seeds]
-            writer.submit(lambda paths=paths, host=host: save_pngs(paths, host()))
+            save_pngs_later(writer, [image_path(outdir, seed, subdirs) for seed in batch_seeds], host)
     return sum(len(b) for b in batches)
 
 #----------------------------------------------------------------------------
