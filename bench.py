@@ -6,6 +6,7 @@ record fields. docs/performance.md is made from the JSON lines it writes (script
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -38,9 +39,10 @@ def _stage_list(_ctx: click.Context, _param: click.Parameter, value: str) -> lis
 @click.option('--detector',     help=f'FID detector as in fid.py, or "{bench.STANDIN_DETECTOR}"  [default: Inception; the stand-in when it cannot be downloaded]', metavar='PT|PKL|URL', type=str, default=fid.DEFAULT_DETECTOR)
 @click.option('--peak-tflops',  help='Peak TFLOP/s of the device for MFU  [default: known GPUs, else MFU is null]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--json', 'json_path', help='Append one JSON record per stage and path to this file', metavar='FILE', type=str)
+@click.option('--markdown',     help='Measure nothing: print the records of this JSON-lines file as docs/performance.md\'s tables', metavar='FILE', type=click.Path(exists=True, dir_okay=False))
 @report_user_errors
 def main(what: list[str], device: str | None, config: str, batch: int | None, seconds: float, compare: bool,
-         path: str, detector: str, peak_tflops: float | None, json_path: str | None) -> None:
+         path: str, detector: str, peak_tflops: float | None, json_path: str | None, markdown: str | None) -> None:
     """Benchmark training, denoising, generation and FID on this machine.
 
     \b
@@ -54,9 +56,20 @@ def main(what: list[str], device: str | None, config: str, batch: int | None, se
     # The Frechet distance: EDM's sqrtm against the eigenvalue formula at 2048 features
     python bench.py --what=frechet
     \b
+    # The tables of docs/performance.md from the records
+    python bench.py --markdown=out.jsonl
+    \b
     Records have what, path, config, device, device_name, dtype, batch, img_per_s,
     flop_per_img, tflops, mfu, peak_mem_gb (and more); see training/bench.py.
     """
+    if markdown is not None:
+        with open(markdown, encoding='utf-8') as f:
+            try:
+                records = [json.loads(line) for line in f if line.strip()]
+            except json.JSONDecodeError as e:
+                raise UserError(f'--markdown={markdown}: not JSON lines ({e})') from None
+        print(bench.markdown_tables(records))
+        return
     if dist.get_world_size() > 1:
         raise UserError('bench.py measures one process; run it without torchrun')
     try:

@@ -10,9 +10,14 @@ inside a task, between processes (`torchrun`). All of them may write into one --
 
 - every image is written atomically, so an image file is either complete or absent;
 - a rerun denoises only the images that are missing, which also resumes interrupted tasks;
-- the options of the first run are recorded in `denoise_options.json`; a run with other options
-  (another network, noise level, mode, seed, grid) into the same --outdir is refused, so images
-  of different models never mix;
+- the options are recorded in `denoise_options.json` once the network and the data have been
+  checked; a run with other options (another network, noise level, mode, seed, grid) into the same
+  --outdir is refused, so images of different models never mix. The record is written
+  create-exclusively, so that of several tasks starting at once with different options only one
+  goes on (dnnlib/outputs.py); a run that fails before writing an image takes its record back;
+- --outdir must be new, empty or made by denoise.py, and apart from --data and --network: a
+  dataset is never written into;
+- an image that exists but is empty or cut short counts as missing;
 - `dataset.json` (labels) is built from the observation set, not from the shards: whichever task
   finishes and finds every image present writes it, and `--finalize` writes it on demand (e.g. on a
   file system where tasks may not see each other's files at once). Its presence marks a complete set.
@@ -20,7 +25,6 @@ inside a task, between processes (`torchrun`). All of them may write into one --
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,7 +34,8 @@ import click
 import numpy as np
 import torch
 
-from dnnlib.util import UserError, atomic_write, open_url, report_user_errors
+from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file, is_complete_png
+from dnnlib.util import UserError, atomic_write, file_sha256, report_user_errors
 from generate import sampler_options
 from sfbd.backward import MODES
 from sfbd.denoising import denoise_images, output_path
@@ -38,6 +43,7 @@ from sfbd.grids import load_png, save_comparison_grid
 from sfbd.observations import ObservationSet, with_ext
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
+from torch_utils.fast import FastSettings
 from torch_utils.persistence import load_network
 from training.dataset import METADATA_FNAME
 from training.sampler import ABLATION_KEYS, to_uint8
@@ -104,40 +110,27 @@ def check_network(net: torch.nn.Module, obs: ObservationSet, network_pkl: str, d
             raise UserError(f'--data={data}: labels have {obs.label_dim} entries, the network expects {net.label_dim}')
 
 #----------------------------------------------------------------------------
-# The options record of an output directory. Everything that decides the
-# images is compared; the network by content, so moving the file is fine.
+# The claim of an output directory: the options record. Everything that
+# decides the images is compared; the network by content, so moving the file
+# is fine. The images are the outputs that depend on it.
 
-def file_sha256(path_or_url: str) -> str:
-    digest = hashlib.sha256()
-    with open_url(path_or_url) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-def claim_outdir(outdir: str, record: dict) -> None:
-    """Record the options in a new --outdir, or check them against the recorded ones."""
-    path = os.path.join(outdir, OPTIONS_FNAME)
-    if os.path.isfile(path):
-        with open(path, 'r', encoding='utf-8') as f:
-            recorded = json.load(f)
-        differ = [key for key in record if key != 'network' and recorded.get(key) != record[key]]
-        if differ:
-            raise UserError(f'--outdir={outdir}: holds images denoised with other options ({", ".join(differ)} '
-                            f'differ, see {OPTIONS_FNAME}); use another --outdir or delete this one')
-        return
-    with atomic_write(path, 'w') as f:
-        json.dump(record, f, indent=2)
+def claim_outdir(outdir: str, record: dict, create: bool = True) -> OutputClaim:
+    return OutputClaim(outdir, '--outdir', OPTIONS_FNAME, record, command='denoise.py', create=create,
+                       has_outputs=lambda: any_file(outdir, ['.png']), ignore=['network'])
 
 #----------------------------------------------------------------------------
 # dataset.json of the outputs: the observation set's labels under the PNG
 # names. Written only when every image is present.
 
 def missing_outputs(outdir: str, obs: ObservationSet, indices: range | list[int]) -> list[int]:
-    return [i for i in indices if not os.path.isfile(output_path(outdir, obs.fnames[i]))]
+    """Indices whose image is absent, empty or cut short."""
+    return [i for i in indices if not is_complete_png(output_path(outdir, obs.fnames[i]))]
 
 def finalize_outdir(outdir: str, obs: ObservationSet) -> int:
-    """Write dataset.json if the set is complete; returns the number of images still missing."""
+    """Write dataset.json if the set is complete, remove it if not; returns the number of images still missing."""
     missing = missing_outputs(outdir, obs, range(len(obs)))
+    if missing and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
+        os.remove(os.path.join(outdir, METADATA_FNAME))  # An image went missing or was cut short.
     if not missing:
         labels = None if obs.labels is None else [[with_ext(f, '.png'), l] for f, l in zip(obs.fnames, obs.labels)]
         with atomic_write(os.path.join(outdir, METADATA_FNAME), 'w') as f:
@@ -149,7 +142,7 @@ def finalize_outdir(outdir: str, obs: ObservationSet) -> int:
 # that have been denoised.
 
 def save_grid(path: str, outdir: str, obs: ObservationSet, indices: range, max_images: int = 32) -> None:
-    done = [i for i in indices if os.path.isfile(output_path(outdir, obs.fnames[i]))][:max_images]
+    done = [i for i in indices if is_complete_png(output_path(outdir, obs.fnames[i]))][:max_images]
     if not done:
         return
     y, _labels = obs.load(done)
@@ -194,6 +187,11 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
     # The fast path: the network in bfloat16 (the sampler stays in float64)
     python denoise.py ... --fast
     """
+    # Where the outputs go: apart from the inputs, and writable.
+    check_apart([(outdir, '--outdir'), (grid, '--grid')], [(data, '--data'), (network_pkl, '--network')])
+    check_output_dir(outdir, '--outdir', 'denoise.py', [OPTIONS_FNAME])
+    if grid is not None:
+        check_output_file(grid, '--grid')
     device = dist.resolve_device(device)
     dist.init(device)
     obs = ObservationSet(data)
@@ -206,57 +204,62 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
                         'add --force-sigma to use it anyway')
     kwargs = mode_sampler_kwargs(mode, sampler_kwargs)
     indices = shard_indices(len(obs), shard)
-
-    # Claim the output directory.
     record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), data=os.path.abspath(data),
                   num_observations=len(obs), sigma=sigma, mode=mode, seed=seed, sampler=kwargs)
-    if dist.get_rank() == 0:
-        claim_outdir(outdir, record)
-    dist.barrier()
 
+    # The network must fit the data; only then is the output directory claimed.
+    net = None
+    settings = fast_lib.fast_settings(device) if fast else None
     if not finalize:
         dist.print0(f'Loading network from "{network_pkl}"...')
         net = load_network(network_pkl).to(device)
         check_network(net, obs, network_pkl, data)
         if sigma > min(kwargs.get('sigma_max', 80), net.sigma_max):
             raise UserError(f'--sigma={sigma} is above the highest noise level of the sampler')
-        settings = fast_lib.fast_settings(device) if fast else None
         max_batch_size = fast_lib.sampling_batch_size(net, device, settings, max_batch_size, DEFAULT_BATCH)
         if settings is not None:
             net = fast_lib.prepare_sampling_network(net, settings)
+    with claim_outdir(outdir, record, create=not finalize):
+        if net is not None:
+            denoise_shard(net, obs, outdir, indices, shard=shard, sigma=sigma, mode=mode, seed=seed,
+                          max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs, fast=settings)
 
-        # Every process lists the missing images before any of them writes.
-        todo = missing_outputs(outdir, obs, indices)
-        dist.barrier()
-        if todo and dist.get_rank() == 0 and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
-            os.remove(os.path.join(outdir, METADATA_FNAME))  # The set is incomplete again.
-        dist.print0(f'Denoising {len(todo)} of {len(indices)} observations (shard {shard[0]}/{shard[1]}, '
-                    f'{len(obs) - len(indices)} in other shards) at sigma {sigma:g} with the {mode.upper()} '
-                    f'sampler to "{outdir}"' + (' (fast path)' if fast else '') + '...')
-        start = time.time()
-        count = denoise_images(net, obs, outdir, todo, sigma=sigma, mode=mode, seed=seed,
-                               max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs, fast=settings)
-        elapsed = time.time() - start
-        count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
-        if count:
-            dist.print0(f'Denoised {count} images in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.1f} img/s).')
-        dist.barrier()
-
-    # Whoever finds the set complete writes dataset.json.
-    if dist.get_rank() == 0:
-        if grid is not None:
-            save_grid(grid, outdir, obs, indices)
-        missing = finalize_outdir(outdir, obs)
-        if missing == 0:
-            print(f'All {len(obs)} images are in "{outdir}"; wrote {METADATA_FNAME}.')
-        elif finalize:
-            raise UserError(f'--outdir={outdir}: {missing} of {len(obs)} images are still missing; '
-                            'run the remaining shards first')
-        else:
-            print(f'{missing} of {len(obs)} images are left to other shards; the task that completes the set '
-                  f'writes {METADATA_FNAME} (or run with --finalize).')
+        # Whoever finds the set complete writes dataset.json.
+        if dist.get_rank() == 0:
+            if grid is not None:
+                save_grid(grid, outdir, obs, indices)
+            missing = finalize_outdir(outdir, obs)
+            if missing == 0:
+                print(f'All {len(obs)} images are in "{outdir}"; wrote {METADATA_FNAME}.')
+            elif finalize:
+                raise UserError(f'--outdir={outdir}: {missing} of {len(obs)} images are still missing; '
+                                'run the remaining shards first')
+            else:
+                print(f'{missing} of {len(obs)} images are left to other shards; the task that completes the set '
+                      f'writes {METADATA_FNAME} (or run with --finalize).')
     obs.close()
     dist.deinit()
+
+# This process's part of the shard: list what is missing (every process before
+# any of them writes), then denoise it.
+def denoise_shard(net: torch.nn.Module, obs: ObservationSet, outdir: str, indices: range, *, shard: tuple[int, int],
+                  sigma: float, mode: str, seed: int, max_batch_size: int, device: torch.device,
+                  sampler_kwargs: dict, fast: FastSettings | None = None) -> None:
+    todo = missing_outputs(outdir, obs, indices)
+    dist.barrier()
+    if todo and dist.get_rank() == 0 and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
+        os.remove(os.path.join(outdir, METADATA_FNAME))  # The set is incomplete again.
+    dist.print0(f'Denoising {len(todo)} of {len(indices)} observations (shard {shard[0]}/{shard[1]}, '
+                f'{len(obs) - len(indices)} in other shards) at sigma {sigma:g} with the {mode.upper()} '
+                f'sampler to "{outdir}"' + (' (fast path)' if fast is not None else '') + '...')
+    start = time.time()
+    count = denoise_images(net, obs, outdir, todo, sigma=sigma, mode=mode, seed=seed,
+                           max_batch_size=max_batch_size, device=device, sampler_kwargs=sampler_kwargs, fast=fast)
+    elapsed = time.time() - start
+    count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
+    if count:
+        dist.print0(f'Denoised {count} images in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.1f} img/s).')
+    dist.barrier()
 
 #----------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -29,8 +28,9 @@ import numpy as np
 import torch
 import tqdm
 
-from dnnlib.util import (UserError, atomic_write, download, is_url, open_url, parse_int_list, report_user_errors,
-                         save_png)
+from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file
+from dnnlib.util import (UserError, atomic_write, download, file_sha256, is_url, open_url, parse_int_list,
+                         report_user_errors, save_png)
 from generate import sampler_options
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
@@ -51,6 +51,7 @@ EDM_PICKLE_DETECTOR = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/styl
 
 SNAPSHOT_PATTERN = 'network-snapshot-*.pkl'
 DEFAULT_NUM_IMAGES = 50000
+OPTIONS_FNAME = 'fid_options.json'  # Record of a calc --outdir: which network, seeds and sampler made the images.
 
 #----------------------------------------------------------------------------
 # Let rank 0 do something first (a download, say) while the other ranks wait,
@@ -68,14 +69,6 @@ def rank0_first() -> Iterator[None]:
 def _last_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return f'{type(e).__name__}: {lines[-1]}' if lines else type(e).__name__
-
-def file_sha256(path: str) -> str:
-    """Hex sha256 digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 #----------------------------------------------------------------------------
 # A feature extractor with the call contract of NVIDIA's Inception:
@@ -541,6 +534,18 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
         pkls = list_snapshots(network, snapshots) if is_rundir else [network]
     num = num or DEFAULT_NUM_IMAGES
     seed = seed or 0
+    inputs = [(image_path, '--images'), (network, '--network'), (ref_path, '--ref'), (detector, '--detector')]
+    check_apart([(outdir, '--outdir'), (json_path, '--json')], inputs)
+    if json_path is not None:
+        check_output_file(json_path, '--json')
+    claim = contextlib.nullcontext()
+    if outdir is not None:
+        check_output_dir(outdir, '--outdir', 'fid.py calc', [OPTIONS_FNAME])
+        images_record = dict(network=network if is_url(network) else os.path.abspath(network), snapshots=snapshots,
+                             seeds=format_int_list([s for ss in seed_sets for s in ss]),
+                             sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
+        claim = OutputClaim(outdir, '--outdir', OPTIONS_FNAME, images_record, command='fid.py calc',
+                            has_outputs=lambda: any_file(outdir, ['.png']))
 
     # Detector and reference statistics, both before the long part.
     device_obj, det = _setup(device, detector, detector_sha256, fast)
@@ -580,30 +585,31 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
         results.append(record(fids, start, images=image_path, seed=seed))
     else:
         # One network, or each chosen snapshot of a run directory, on every seed set.
-        for pkl in pkls:
-            dist.print0(f'Reading network "{pkl}"...')
-            with rank0_first():
-                net = load_network(pkl).to(device_obj)
-            if det.fast is not None:
-                net = fast_lib.prepare_sampling_network(net, det.fast)
-            if net.img_channels not in (1, 3):
-                raise UserError(f'{pkl}: the network makes {net.img_channels}-channel images; FID needs 1 or 3')
-            dim = check_dim([net.img_channels, net.img_resolution, net.img_resolution])
-            subdir = outdir
-            if outdir is not None and is_rundir:
-                subdir = os.path.join(outdir, os.path.splitext(os.path.basename(pkl))[0])
-            start, fids = time.time(), []
-            for set_seeds in seed_sets:
-                dist.print0(f'Generating and scoring {num} images (seeds {format_int_list(set_seeds)})...')
-                mu, sigma = network_stats(net, set_seeds, det, max_batch_size=max_batch_size, device=device_obj,
-                                          outdir=subdir, feature_dim=dim, **sampler_kwargs)
-                fids.append(calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref))
-                if repeats > 1 or is_rundir:
-                    dist.print0(f'{os.path.basename(pkl)}, seeds {format_int_list(set_seeds)}: FID {fids[-1]:g}')
-            del net
-            results.append(record(fids, start, network=pkl, kimg=snapshot_kimg(pkl),
-                                  seeds=format_int_list([s for ss in seed_sets for s in ss]),
-                                  sampler={k: v for k, v in sampler_kwargs.items() if v is not None}))
+        with claim:
+            for pkl in pkls:
+                dist.print0(f'Reading network "{pkl}"...')
+                with rank0_first():
+                    net = load_network(pkl).to(device_obj)
+                if det.fast is not None:
+                    net = fast_lib.prepare_sampling_network(net, det.fast)
+                if net.img_channels not in (1, 3):
+                    raise UserError(f'{pkl}: the network makes {net.img_channels}-channel images; FID needs 1 or 3')
+                dim = check_dim([net.img_channels, net.img_resolution, net.img_resolution])
+                subdir = outdir
+                if outdir is not None and is_rundir:
+                    subdir = os.path.join(outdir, os.path.splitext(os.path.basename(pkl))[0])
+                start, fids = time.time(), []
+                for set_seeds in seed_sets:
+                    dist.print0(f'Generating and scoring {num} images (seeds {format_int_list(set_seeds)})...')
+                    mu, sigma = network_stats(net, set_seeds, det, max_batch_size=max_batch_size, device=device_obj,
+                                              outdir=subdir, feature_dim=dim, **sampler_kwargs)
+                    fids.append(calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref))
+                    if repeats > 1 or is_rundir:
+                        dist.print0(f'{os.path.basename(pkl)}, seeds {format_int_list(set_seeds)}: FID {fids[-1]:g}')
+                del net
+                results.append(record(fids, start, network=pkl, kimg=snapshot_kimg(pkl),
+                                      seeds=format_int_list([s for ss in seed_sets for s in ss]),
+                                      sampler={k: v for k, v in sampler_kwargs.items() if v is not None}))
 
     # Report: the JSON records, a table for a run directory or the spread of
     # repeats, and the FID alone on the last line.
@@ -630,6 +636,8 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
 def ref(dataset_path: str, dest_path: str, detector: str, detector_sha256: str | None,
         max_batch_size: int, num_workers: int, device: str | None, fast: bool) -> None:
     """Reference statistics of every image of a dataset, for 'calc'."""
+    check_apart([(dest_path, '--dest')], [(dataset_path, '--data'), (detector, '--detector')])
+    check_output_file(dest_path, '--dest')
     device_obj, det = _setup(device, detector, detector_sha256, fast)
     dataset = open_image_dataset(dataset_path)
     check_image_count(dataset_path, len(dataset), len(dataset), 1)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import click
 
-from dnnlib.util import UserError, parse_int_list, report_user_errors
+from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir
+from dnnlib.util import UserError, file_sha256, parse_int_list, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.persistence import load_network
@@ -17,6 +18,10 @@ from training.generation import generate_to_dir
 from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS
 
 DEFAULT_BATCH = 64  # --batch, unless --fast sizes it to the device.
+
+# The record of an output directory: images of one network and one set of
+# sampler options only (seeds may vary between runs).
+OPTIONS_FNAME = 'generate_options.json'
 
 #----------------------------------------------------------------------------
 # Options shared with fid.py and denoise.py: EDM's sampler options.
@@ -73,6 +78,8 @@ def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_i
     """
     if not seeds:
         raise UserError('--seeds names no seeds')
+    check_apart([(outdir, '--outdir')], [(network_pkl, '--network')])
+    check_output_dir(outdir, '--outdir', 'generate.py', [OPTIONS_FNAME])
     device = dist.resolve_device(device)
     dist.init(device)
 
@@ -94,9 +101,14 @@ def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_i
     if settings is not None:
         net = fast_lib.prepare_sampling_network(net, settings)
 
+    record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), class_idx=class_idx, subdirs=subdirs,
+                  sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
+    claim = OutputClaim(outdir, '--outdir', OPTIONS_FNAME, record, command='generate.py', ignore=['network'],
+                        has_outputs=lambda: any_file(outdir, ['.png']))
     dist.print0(f'Generating {len(seeds)} images to "{outdir}"' + (' (fast path)' if fast else '') + '...')
-    generate_to_dir(net, seeds, outdir, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
-                    device=device, sampler_kwargs=sampler_kwargs, fast=settings)
+    with claim:
+        generate_to_dir(net, seeds, outdir, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
+                        device=device, sampler_kwargs=sampler_kwargs, fast=settings)
 
     dist.barrier()
     dist.print0('Done.')

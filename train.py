@@ -23,6 +23,7 @@ import click
 import torch
 
 import dnnlib
+from dnnlib.outputs import check_apart, check_output_dir, create_exclusive, path_relation
 from dnnlib.util import UserError, atomic_write, parse_int_list, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils import misc
@@ -131,7 +132,10 @@ class _StopRequest:
 
 #----------------------------------------------------------------------------
 # Run directory: `{id:05d}-{desc}` under --outdir, the id one more than the
-# highest already there.
+# highest already there. A run directory is train.py's own when it holds one
+# of these files; --nosubdir takes only a new or empty directory or its own.
+
+RUN_MARKERS = ('training_options.json', 'training-state-*.pt')
 
 def next_run_dir(outdir: str, desc: str) -> str:
     ids = []
@@ -329,6 +333,17 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
     else:
         c.run_dir = next_run_dir(opts.outdir, desc) if dist.get_rank() == 0 else None
 
+    # The run writes apart from its inputs (continuing a run in its own directory is not writing
+    # into an input), into a directory that is new, empty or train.py's own.
+    if dist.get_rank() == 0:
+        inputs = [(path, '--data') for path in opts.data] + [(opts.transfer, '--transfer')]
+        if opts.resume is not None and path_relation(opts.resume, c.run_dir) not in ('is', 'is inside'):
+            inputs.append((opts.resume, '--resume'))
+        check_apart([(c.run_dir, '--outdir')], inputs)
+        check_output_dir(opts.outdir, '--outdir', 'train.py' if opts.nosubdir else None, RUN_MARKERS)
+        if not opts.nosubdir and os.path.isfile(os.path.join(opts.outdir, 'dataset.json')):
+            raise UserError(f'--outdir={opts.outdir}: holds a dataset (dataset.json); run directories go elsewhere')
+
     # Show the options.
     dist.print0()
     dist.print0('Training options:')
@@ -353,11 +368,21 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
         if dist.get_rank() != 0:
             return
         dist.print0('Creating output directory...')
-        if not opts.nosubdir and os.path.exists(c.run_dir):
-            raise UserError(f'{c.run_dir} already exists; is another run starting in --outdir?')
-        os.makedirs(c.run_dir, exist_ok=True)
-        with atomic_write(os.path.join(c.run_dir, 'training_options.json'), 'wt') as f:
-            json.dump(c, f, indent=2)
+        options_path = os.path.join(c.run_dir, 'training_options.json')
+        if not opts.nosubdir:
+            os.makedirs(opts.outdir, exist_ok=True)
+            try:
+                os.mkdir(c.run_dir)  # Atomic: of two runs starting at once, one gets the directory.
+            except FileExistsError:
+                raise UserError(f'{c.run_dir} already exists; is another run starting in --outdir?') from None
+        else:
+            os.makedirs(c.run_dir, exist_ok=True)
+        fresh = not os.path.exists(options_path) and training_loop.find_latest_state(c.run_dir) is None
+        if fresh and not create_exclusive(options_path, c):
+            raise UserError(f'--outdir={c.run_dir}: another train.py started in this directory at the same time')
+        if not fresh:
+            with atomic_write(options_path, 'wt') as f:
+                json.dump(c, f, indent=2)
         if tee is not None:
             tee.open(os.path.join(c.run_dir, 'log.txt'))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -103,19 +104,24 @@ def open_url(url_or_path: str, *, cache: bool = True, cache_root: str | None = N
 
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = 'wb') -> Iterator[IO[Any]]:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
+    tmp = None
     try:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; follow the umask like open() does.
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        if is_environment_error(e):  # A full or read-only disk: name the file, not the temporary.
+            where = e.filename if e.filename not in (None, tmp) else path
+            raise UserError(f'{where}: cannot write ({e.strerror})') from None
         raise
 
 def current_umask() -> int:
@@ -129,8 +135,20 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 #----------------------------------------------------------------------------
-# Command-line entry points: a UserError becomes one line on stderr and exit
-# status 1 (click's own usage errors exit with 2), never a traceback.
+# Errors of the environment rather than of the program: a full or read-only
+# disk, a missing permission, a path through a file. They are reported like
+# bad input; other OSErrors keep their traceback.
+
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
+
+def is_environment_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS
+
+#----------------------------------------------------------------------------
+# Command-line entry points: a UserError (or an environment error) becomes one
+# line on stderr and exit status 1 (click's own usage errors exit with 2),
+# never a traceback.
 
 def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     import click
@@ -141,7 +159,23 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except UserError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            if not is_environment_error(e):
+                raise
+            where = f'{e.filename}: ' if e.filename is not None else ''
+            raise click.ClickException(f'{where}{e.strerror}') from None
     return wrapper
+
+#----------------------------------------------------------------------------
+# Content digest of a local file or a URL (through the download cache).
+
+def file_sha256(path_or_url: str) -> str:
+    """Hex sha256 digest, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open_url(path_or_url) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 #----------------------------------------------------------------------------
 # Parse comma-separated ranges such as '0-63' or '1,2,5-10' (EDM's --seeds).

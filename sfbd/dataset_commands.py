@@ -15,9 +15,10 @@ import click
 import numpy as np
 import tqdm
 
+from dnnlib.outputs import check_apart
 from dnnlib.util import EasyDict, UserError, report_user_errors
-from sfbd.observations import (DatasetWriter, add_noise, dataset_fname, encode_npy, encode_png, raw_labels, read_listing,
-                               write_datasets)
+from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
+                               read_listing, write_datasets)
 from training.dataset import DatasetFiles, ImageFolderDataset, file_ext
 
 #----------------------------------------------------------------------------
@@ -48,6 +49,7 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
         raise UserError('split: give exactly one of --clean-count and --clean-fraction')
     if not sigma > 0:
         raise UserError(f'split: --sigma must be positive, got {sigma}')
+    check_apart([(clean_dest, '--clean'), (noisy_dest, '--noisy')], [(source, '--source')])
     dataset = ImageFolderDataset(source)
     if dataset.is_float:
         raise UserError(f'--source={source}: holds .npy arrays; split needs a dataset of 8-bit images')
@@ -62,7 +64,7 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
     is_clean[choose_clean(num_images, num_clean, seed)] = True
     clean_labels: list = []  # [name, label] pairs of each part, in order.
     noisy_labels: list = []
-    with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy')) as (clean, noisy):
+    with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy'), inputs=[(source, '--source')]) as (clean, noisy):
         for idx in tqdm.trange(num_images, unit='img', disable=not verbose, desc='split'):
             image, _label = dataset[idx]
             label = None if labels is None else labels[idx]
@@ -74,8 +76,8 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
                 name = dataset_fname(len(noisy_labels), '.npy')
                 noisy.add(name, encode_npy(add_noise(image, sigma, noise_rng(seed, idx))))
                 noisy_labels.append([name, label])
-        clean.commit(dict(labels=None if labels is None else clean_labels))
-        noisy.commit(dict(sigma=sigma, labels=None if labels is None else noisy_labels))
+        commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels),
+                                         dict(sigma=sigma, labels=None if labels is None else noisy_labels)])
     dataset.close()
     return dict(clean=len(clean_labels), noisy=len(noisy_labels))
 
@@ -89,6 +91,7 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
     """Merge `sources` into a new dataset `dest`; returns the number of images."""
     if not sources:
         raise UserError('merge: give at least one --source')
+    check_apart([(dest, '--dest')], [(source, '--source') for source in sources])
     parts = []
     for source in sources:
         fnames, metadata = read_listing(source)
@@ -115,8 +118,7 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
             raise UserError(f'{where}: sigma {part.sigma} differs from {first.sigma} of {first.source}')
 
     merged_labels = []
-    writer = DatasetWriter(dest)
-    try:
+    with write_datasets((dest, '--dest'), inputs=[(source, '--source') for source in sources]) as (writer,):
         with tqdm.tqdm(total=sum(len(part.fnames) for part in parts), unit='img', disable=not verbose, desc='merge') as bar:
             for part in parts:
                 files = DatasetFiles(part.source)
@@ -130,9 +132,6 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
         if first.sigma is not None:
             metadata['sigma'] = first.sigma
         writer.commit(metadata)
-    except BaseException:
-        writer.abort()
-        raise
     return len(merged_labels)
 
 #----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
+from dnnlib.outputs import OutputClaim
 from dnnlib.util import EasyDict, atomic_write, report_user_errors, save_png
 from sfbd import rounds
 from sfbd.dataset_commands import choose_clean, split_dataset
@@ -138,7 +139,8 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
     # The owners' images, split into clean images and observations.
     data = os.path.join(outdir, 'data')
     source, clean, noisy = (os.path.join(data, name) for name in ('source', 'clean', 'noisy'))
-    os.makedirs(outdir, exist_ok=True)
+    OutputClaim(outdir, '--outdir', 'demo_options.json', dict(seed=seed), command='sfbd.demo',
+                has_outputs=lambda: os.path.isdir(data)).claim()
     if not os.path.isdir(noisy):
         say(f'Drawing {cfg.num_images} images; {cfg.clean_count} stay clean, the others become observations '
             f'with noise sigma={cfg.sigma}')

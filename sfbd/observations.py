@@ -26,13 +26,14 @@ import os
 import shutil
 import tempfile
 import zipfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import PIL.Image
 import torch
 
-from dnnlib.util import UserError, current_umask
+from dnnlib.outputs import check_apart
+from dnnlib.util import UserError, current_umask, is_environment_error
 from training.dataset import METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, is_dataset_file, load_metadata
 
 #----------------------------------------------------------------------------
@@ -74,63 +75,117 @@ def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.n
 #----------------------------------------------------------------------------
 # Writing a whole dataset atomically: files go to a temporary directory or zip
 # beside the destination, which is renamed into place only when everything,
-# dataset.json included, has been written. A failure leaves no destination.
+# dataset.json included, has been written. A failure (a full or read-only
+# disk included) leaves no destination and no temporary.
 
 class DatasetWriter:
     def __init__(self, dest: str, option: str = '--dest'):
         self.dest = os.path.normpath(dest)
+        self.option = option
         if os.path.exists(self.dest):
             raise UserError(f'{option}={dest}: already exists; datasets are never overwritten, choose a new name or delete it')
         self.is_zip = file_ext(self.dest) == '.zip'
-        parent = os.path.dirname(os.path.abspath(self.dest))
-        os.makedirs(parent, exist_ok=True)
-        prefix = '.' + os.path.basename(self.dest) + '.'
-        if self.is_zip:
-            fd, self.tmp = tempfile.mkstemp(prefix=prefix, suffix='.tmp', dir=parent)
-            os.close(fd)
-            self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.tmp, 'w', compression=zipfile.ZIP_STORED)
-        else:
-            self.tmp = tempfile.mkdtemp(prefix=prefix, suffix='.tmp', dir=parent)
-            self._zip = None
-        # The temporary is private to its owner; the dataset gets the usual permissions.
-        os.chmod(self.tmp, (0o777 if not self.is_zip else 0o666) & ~current_umask())
+        self.tmp: str | None = None
+        self._zip: zipfile.ZipFile | None = None
         self.names: set[str] = set()
+        with self._errors_named():
+            parent = os.path.dirname(os.path.abspath(self.dest))
+            os.makedirs(parent, exist_ok=True)
+            prefix = '.' + os.path.basename(self.dest) + '.'
+            if self.is_zip:
+                fd, self.tmp = tempfile.mkstemp(prefix=prefix, suffix='.tmp', dir=parent)
+                os.close(fd)
+                self._zip = zipfile.ZipFile(self.tmp, 'w', compression=zipfile.ZIP_STORED)
+            else:
+                self.tmp = tempfile.mkdtemp(prefix=prefix, suffix='.tmp', dir=parent)
+            # The temporary is private to its owner; the dataset gets the usual permissions.
+            os.chmod(self.tmp, (0o777 if not self.is_zip else 0o666) & ~current_umask())
+
+    @contextlib.contextmanager
+    def _errors_named(self) -> Iterator[None]:
+        # A full or read-only disk: remove the temporary, then one line naming the destination.
+        try:
+            yield
+        except OSError as e:
+            if not is_environment_error(e):
+                raise
+            self.abort()
+            raise UserError(f'{self.option}={self.dest}: cannot write ({e.strerror})') from None
 
     def add(self, name: str, data: bytes) -> None:
         if name in self.names:
             raise ValueError(f'{name} written twice')
         self.names.add(name)
-        if self._zip is not None:
-            self._zip.writestr(name, data)
-        else:
-            path = os.path.join(self.tmp, *name.split('/'))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, 'wb') as f:
-                f.write(data)
+        with self._errors_named():
+            if self._zip is not None:
+                self._zip.writestr(name, data)
+            else:
+                path = os.path.join(self.tmp, *name.split('/'))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, 'wb') as f:
+                    f.write(data)
+
+    def finish(self, metadata: dict) -> None:
+        """Write dataset.json and close the temporary; `publish` then moves it into place."""
+        self.add(METADATA_FNAME, json.dumps(metadata).encode('utf-8'))
+        with self._errors_named():
+            if self._zip is not None:
+                self._zip.close()
+                self._zip = None
+
+    def publish(self) -> None:
+        if os.path.exists(self.dest):
+            self.abort()
+            raise UserError(f'{self.option}={self.dest}: appeared while the dataset was being written; nothing was written')
+        with self._errors_named():
+            os.rename(self.tmp, self.dest)
+        self.tmp = None
 
     def commit(self, metadata: dict) -> None:
         """Write dataset.json and move the dataset to its destination."""
-        self.add(METADATA_FNAME, json.dumps(metadata).encode('utf-8'))
-        if self._zip is not None:
-            self._zip.close()
-            self._zip = None
-        if os.path.exists(self.dest):
-            raise UserError(f'{self.dest}: appeared while it was being written; left the new copy at {self.tmp}')
-        os.rename(self.tmp, self.dest)
+        self.finish(metadata)
+        self.publish()
 
     def abort(self) -> None:
         if self._zip is not None:
-            self._zip.close()
+            with contextlib.suppress(OSError):
+                self._zip.close()
             self._zip = None
-        if os.path.isdir(self.tmp):
+        if self.tmp is not None and os.path.isdir(self.tmp):
             shutil.rmtree(self.tmp, ignore_errors=True)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        elif self.tmp is not None and os.path.exists(self.tmp):
+            with contextlib.suppress(OSError):
+                os.remove(self.tmp)
+        self.tmp = None
+
+def commit_together(writers: Sequence[DatasetWriter], metadata: Sequence[dict]) -> None:
+    """Commit several datasets all or none: every one is finished before any is moved into place,
+    and one that cannot be moved takes the others back."""
+    for writer, meta in zip(writers, metadata):
+        writer.finish(meta)
+    published: list[DatasetWriter] = []
+    try:
+        for writer in writers:
+            tmp = writer.tmp
+            writer.publish()
+            writer.tmp = tmp  # Where to put it back, should a later one fail.
+            published.append(writer)
+    except BaseException:
+        for writer in published:
+            with contextlib.suppress(OSError):
+                os.rename(writer.dest, writer.tmp)
+        for writer in writers:
+            writer.abort()
+        raise
+    for writer in writers:
+        writer.tmp = None
 
 @contextlib.contextmanager
-def write_datasets(*dests: tuple[str, str]) -> Iterator[list[DatasetWriter]]:
+def write_datasets(*dests: tuple[str, str], inputs: Sequence[tuple[str, str]] = ()) -> Iterator[list[DatasetWriter]]:
     """Writers for several datasets given as (path, option name); all are removed if any write fails.
-    The body calls `commit` on each writer when its content is complete."""
+    The body calls `commit` on a single writer, or `commit_together` on several, when the content is
+    complete. Nothing is written when a destination is, holds or lies in another or in an input."""
+    check_apart(dests, inputs)
     writers: list[DatasetWriter] = []
     try:
         for dest, option in dests:

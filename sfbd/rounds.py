@@ -22,6 +22,8 @@ interrupted denoising run denoises the images it had not written. The recipe is 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -32,6 +34,8 @@ from typing import IO, Sequence
 
 import click
 
+from dnnlib.cli import ShellWords
+from dnnlib.outputs import OutputClaim, check_apart, check_output_dir, read_record
 from dnnlib.util import UserError, atomic_write, report_user_errors
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,18 +82,87 @@ def run_script(script: str, args: Sequence[str], nproc: int = 1, log: IO[str] | 
 
 #----------------------------------------------------------------------------
 # The record: the options of the run and one entry per finished step. A rerun
-# must use the same options, except that it may ask for more rounds.
+# must use the same options, except that it may ask for more rounds. It is
+# written only once every input has been checked (a mistyped option leaves
+# nothing behind), create-exclusively (dnnlib/outputs.py).
 
 def load_record(outdir: str) -> dict | None:
-    path = os.path.join(outdir, RECORD_FNAME)
-    if not os.path.isfile(path):
-        return None
-    with open(path, 'r', encoding='utf-8') as f:
-        return json.load(f)
+    return read_record(os.path.join(outdir, RECORD_FNAME))
 
 def save_record(outdir: str, record: dict) -> None:
     with atomic_write(os.path.join(outdir, RECORD_FNAME), 'w') as f:
         json.dump(record, f, indent=2)
+
+def claim_outdir(outdir: str, options: dict) -> OutputClaim:
+    # The steps' directories are the outputs that depend on the record.
+    def has_outputs() -> bool:
+        return any(name.startswith('round-') for name in os.listdir(outdir)) if os.path.isdir(outdir) else False
+    return OutputClaim(outdir, '--outdir', RECORD_FNAME, dict(options=options, rounds=[]), command='sfbd.rounds',
+                       has_outputs=has_outputs, ignore=['rounds'])
+
+#----------------------------------------------------------------------------
+# Every input is checked before the first step: the datasets (clean images;
+# an observation set of the same image size), and the options passed on to
+# train.py and denoise.py (parsed by their own option tables, then train.py's
+# dry run, in this process, with the round's data checks what needs the data).
+
+TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'duration', 'transfer', 'resume', 'dry_run')
+DENOISE_OPTIONS_SET_HERE = ('network_pkl', 'data', 'outdir', 'shard', 'finalize')
+
+def _parse_options(command: click.Command, name: str, option: str, args: Sequence[str], required: Sequence[str],
+                   set_here: Sequence[str]) -> dict:
+    try:
+        ctx = command.make_context(name, [*required, *args], resilient_parsing=False)
+    except click.ClickException as e:
+        raise UserError(f'{option}: {e.format_message()}') from None
+    given = [param for param in command.params if param.name in set_here
+             and any(arg.split('=')[0] in param.opts for arg in args)]
+    if given:
+        raise UserError(f'{option}: {given[0].opts[-1]} is set by sfbd.rounds itself; leave it out')
+    return ctx.params
+
+def check_inputs(outdir: str, clean: str, noisy: str, train_args: Sequence[str], round_args: Sequence[str],
+                 denoise_args: Sequence[str], nproc: int) -> None:
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    import denoise  # The option tables of the steps.
+    import train
+    from sfbd.observations import ObservationSet
+    from training.dataset import ImageFolderDataset
+
+    # The datasets.
+    for path, option in ((clean, '--clean'), (noisy, '--noisy')):
+        if not os.path.exists(path):
+            raise UserError(f'{option}={path}: no such dataset')
+    clean_set = ImageFolderDataset(clean)
+    clean_set.close()
+    if clean_set.sigma:
+        raise UserError(f'--clean={clean}: is an observation set (sigma {clean_set.sigma:g} in dataset.json); '
+                        'give the clean images')
+    obs = ObservationSet(noisy, '--noisy')
+    obs.close()
+    if obs.image_shape != clean_set.image_shape:
+        raise UserError(f'--noisy={noisy}: observations are {obs.image_shape} (C, H, W), but the clean images of '
+                        f'{clean} are {clean_set.image_shape}')
+
+    # The options of each step, as the step will see them.
+    required = ['--outdir=.', '--data=.']
+    for option, args in (('--train-args', train_args), ('--round-args', [*train_args, *round_args])):
+        params = _parse_options(train.main, 'train.py', option, args, required, TRAIN_OPTIONS_SET_HERE)
+        if params['batch'] % nproc != 0:
+            raise UserError(f'{option}: --batch={params["batch"]} does not divide evenly between --nproc={nproc} processes')
+    _parse_options(denoise.main, 'denoise.py', '--denoise-args', denoise_args, ['--network=.', *required],
+                   DENOISE_OPTIONS_SET_HERE)
+    steps = (('--train-args', pretrain_dir(outdir), [clean], train_args),
+             ('--round-args' if round_args else '--train-args (update rounds)', os.path.join(round_dir(outdir, 1), 'train'),
+              [clean, noisy], [*train_args, *round_args]))
+    for option, run_dir, data, args in steps:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                train.main.main([f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in data], *args, '--dry-run'],
+                                prog_name='train.py', standalone_mode=False)
+        except click.ClickException as e:
+            raise UserError(f'{option}: train.py refuses them: {e.format_message()}') from None
 
 def _relative(outdir: str, path: str) -> str:
     return os.path.relpath(path, outdir).replace(os.sep, '/')
@@ -103,22 +176,18 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
                train_args: Sequence[str] = (), round_args: Sequence[str] = (), denoise_args: Sequence[str] = (),
                nproc: int = 1, log: IO[str] | None = None) -> dict:
     """Run (or continue) pretraining and `num_rounds` SFBD rounds; returns the record."""
-    for path, option in ((clean, '--clean'), (noisy, '--noisy')):
-        if not os.path.exists(path):
-            raise UserError(f'{option}={path}: no such dataset')
+    check_apart([(outdir, '--outdir')], [(clean, '--clean'), (noisy, '--noisy')])
     outdir = os.path.abspath(outdir)
     options = dict(clean=os.path.abspath(clean), noisy=os.path.abspath(noisy), pretrain_duration=pretrain_duration,
                    round_duration=round_duration, train_args=list(train_args), round_args=list(round_args),
                    denoise_args=list(denoise_args))
-    record = load_record(outdir)
-    if record is None:
-        record = dict(options=options, rounds=[])
-    elif record.get('options') != options:
-        differ = sorted(k for k in options if record.get('options', {}).get(k) != options[k])
-        raise UserError(f'--outdir={outdir}: holds rounds run with other options ({", ".join(differ)} differ, see '
-                        f'{RECORD_FNAME}); use another --outdir')
-    os.makedirs(outdir, exist_ok=True)
-    save_record(outdir, record)
+    check_output_dir(outdir, '--outdir', 'sfbd.rounds', [RECORD_FNAME])
+    record, claim = load_record(outdir), claim_outdir(outdir, options)
+    if record is None or record.get('options') != options:  # Checked when first recorded.
+        if record is not None and claim.has_outputs():
+            claim.claim()  # Refuses the other options at once.
+        check_inputs(outdir, clean, noisy, train_args, round_args, denoise_args, nproc)
+    record = claim.claim()
     entries = record['rounds']
 
     def finished(k: int) -> str | None:
@@ -183,13 +252,13 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
 @click.option('--rounds', 'num_rounds', help='Number of SFBD rounds after pretraining', metavar='INT',             type=click.IntRange(min=0), required=True)
 @click.option('--pretrain-duration',  help='Pretraining length in millions of images', metavar='MIMG',            type=click.FloatRange(min=0, min_open=True), required=True)
 @click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=click.FloatRange(min=0, min_open=True), required=True)
-@click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=str, default='', show_default=True)
-@click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=str, default='', show_default=True)
-@click.option('--denoise-args',       help='More denoise.py options, e.g. "--steps=40 --batch=256"', metavar='STR', type=str, default='', show_default=True)
+@click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
+@click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=ShellWords(), default='', show_default=True)
+@click.option('--denoise-args',       help='More denoise.py options, e.g. "--steps=40 --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--nproc',              help='Processes per step (torchrun); 1 = plain python', metavar='INT',      type=click.IntRange(min=1), default=1, show_default=True)
 @report_user_errors
 def main(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_duration: float, round_duration: float,
-         train_args: str, round_args: str, denoise_args: str, nproc: int) -> None:
+         train_args: list[str], round_args: list[str], denoise_args: list[str], nproc: int) -> None:
     """Run SFBD: pretrain on clean images, then alternate denoising the noisy
     observations and fine-tuning on clean + denoised images.
 
@@ -203,8 +272,8 @@ def main(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_duration
     Rerunning the same command continues an interrupted run; a larger --rounds
     adds rounds to a finished one.
     """
-    run_rounds(outdir, clean, noisy, num_rounds, pretrain_duration, round_duration, shlex.split(train_args),
-               shlex.split(round_args), shlex.split(denoise_args), nproc)
+    run_rounds(outdir, clean, noisy, num_rounds, pretrain_duration, round_duration, train_args, round_args,
+               denoise_args, nproc)
 
 #----------------------------------------------------------------------------
 

@@ -77,8 +77,8 @@ def test_batches_cover_every_seed_once(num_seeds, batch, world):
 # max 8 levels.
 
 def compare_pngs(dir_a, dir_b) -> tuple[float, int]:
-    names = sorted(os.listdir(dir_a))
-    assert names and names == sorted(os.listdir(dir_b))
+    names = sorted(n for n in os.listdir(dir_a) if n.endswith('.png'))
+    assert names and names == sorted(n for n in os.listdir(dir_b) if n.endswith('.png'))
     diffs = np.stack([np.abs(read_png(os.path.join(dir_a, n)).astype(int) - read_png(os.path.join(dir_b, n)).astype(int))
                       for n in names])
     return float(diffs.mean()), int(diffs.max())

@@ -238,6 +238,35 @@ def test_preempt_and_rerun_continues_exactly(reference_run, data, tmp_path):
     again = invoke_train(args)
     assert again.exit_code == 0 and 'nothing to do' in again.output
 
+# SIGKILL cannot be caught: the run stops wherever it is (possibly while writing a state, which is
+# written atomically). The same command then resumes from the newest state on disk, or starts
+# afresh when there is none, and ends in the very state of the uninterrupted run.
+def test_sigkill_at_a_random_point_and_rerun_continues_exactly(reference_run, data, tmp_path):
+    import random
+    import time
+    outdir = tmp_path / 'run'
+    args = ['--outdir', outdir, '--nosubdir', '--data', data / 'ds8.zip', '--duration=0.001', *TINY]
+    proc = run_train(args, wait=False)
+    delay = random.uniform(0, 12)
+    try:
+        for line in proc.stdout:
+            if line.startswith('Training for'):
+                break
+        deadline = time.time() + delay
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = run_train(args)
+    assert result.returncode == 0, f'killed {delay:.1f} s into training: {result.stderr[-3000:]}'
+    resumed = load_state(outdir / 'training-state-000001.pt')
+    reference = load_state(reference_run / 'training-state-000001.pt')
+    for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
+        assert_same(resumed[key], reference[key], f'{key} (killed {delay:.1f} s into training)')
+
 def training_loop_latest(run_dir: Path) -> Path:
     from training.training_loop import find_latest_state
     path = find_latest_state(str(run_dir))

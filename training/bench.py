@@ -578,3 +578,43 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     return '\n'.join(lines)
 
 #----------------------------------------------------------------------------
+# docs/performance.md: the records of a JSON-lines file as Markdown tables,
+# one table per bench.py run (its device, date, command and machine load).
+
+def markdown_tables(records: Sequence[dict[str, Any]]) -> str:
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        runs.setdefault((record.get('command') or '?', record.get('date') or '?'), []).append(record)
+    parts = []
+    for (command, _date), rows in runs.items():
+        first = rows[0]
+        load = first.get('load')
+        parts.append(f'**{first["device_name"]}** ({first["device"]}, {first.get("threads")} threads, '
+                     f'OMP_NUM_THREADS={first.get("omp_num_threads")}), {first["date"]}, torch {first.get("torch")}'
+                     + (f', load average {load[0]:.1f}' if load else '') + f':\n`{command}`\n')
+        stage_rows = [r for r in rows if r['what'] != 'frechet']
+        if stage_rows:
+            parts.append('| stage | path | config | dtype | batch | img/s | GFLOP/img | TFLOP/s | MFU | peak GB | '
+                         'speedup | fast vs faithful (uint8 levels) | notes |')
+            parts.append('| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |')
+            for r in stage_rows:
+                diff = (f'mean {r["diff_u8_mean"]:g}, max {r["diff_u8_max"]}' if 'diff_u8_max' in r else '')
+                notes = []
+                if r['what'] == 'fid':
+                    notes.append(f'detector: {r.get("detector")}; statistics and distance {r.get("frechet_s")} s; '
+                                 f'50,000 images: {r.get("fid_50k_s")} s')
+                notes.append(f'warm-up {r["warmup_s"]:.1f} s')
+                cells = [r['what'], r['path'], r['config'], r['dtype'], str(r['batch']), f'{r["img_per_s"]:.3g}',
+                         f'{r["flop_per_img"] / 1e9:.3g}', f'{r["tflops"]:.3g}',
+                         '-' if r['mfu'] is None else f'{r["mfu"]:.1%}', f'{r["peak_mem_gb"]:.2f}',
+                         f'{r["speedup"]:.2f}x' if 'speedup' in r else '', diff, '; '.join(notes)]
+                parts.append('| ' + ' | '.join(cells) + ' |')
+        for r in rows:
+            if r['what'] == 'frechet':
+                parts.append(f'- Frechet distance, {r["dim"]} features, {r["formula"]}: {r["seconds"]:.2f} s'
+                             + (f' ({r["speedup"]:.1f}x faster, relative difference {r["rel_diff"]:.1e})'
+                                if 'speedup' in r else ''))
+        parts.append('')
+    return '\n'.join(parts)
+
+#----------------------------------------------------------------------------

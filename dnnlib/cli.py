@@ -1,0 +1,40 @@
+"""Option types shared by the command-line tools. Every bad value fails while click parses it, as a
+usage error that names the option (exit status 2), never as a traceback."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import click
+
+from dnnlib.util import UserError, parse_int_list
+
+#----------------------------------------------------------------------------
+# Comma-separated integers and ranges ('0-63', '1,2,5-10'): EDM's --seeds.
+
+class IntList(click.ParamType):
+    name = 'LIST'
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        try:
+            return parse_int_list(value)
+        except UserError as e:
+            self.fail(str(e), param, ctx)
+
+#----------------------------------------------------------------------------
+# Options of another command in one string, split as a POSIX shell would
+# ("--desc='a b' --lr=1e-4"); unbalanced quotes are refused.
+
+class ShellWords(click.ParamType):
+    name = 'STR'
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        try:
+            return shlex.split(str(value))
+        except ValueError as e:
+            self.fail(f'{value!r}: {e} (the options are split as a shell would split them)', param, ctx)
+
+#----------------------------------------------------------------------------
