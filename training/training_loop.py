@@ -8,13 +8,16 @@ written: network, EMA, optimizer, counters, the data sampler's position and ever
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import functools
 import json
 import os
 import random
 import re
 import signal
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -118,6 +121,19 @@ def _shield_from_stop_signals(_worker_id: int) -> None:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if hasattr(signal, 'alarm'):
         signal.signal(signal.SIGTERM, lambda _signum, _frame: signal.alarm(30))
+
+# A worker must not outlive a training process that dies without stopping it
+# (SIGKILL, out of memory): PyTorch's own check misses a parent that died while
+# the worker was still starting, and such an orphan keeps the run's output
+# pipes open forever. On Linux the kernel ends the worker with its parent.
+def _init_worker(worker_id: int, parent_pid: int, shield: bool) -> None:
+    if sys.platform.startswith('linux'):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(0)  # The parent is gone already.
+    if shield:
+        _shield_from_stop_signals(worker_id)
 
 #----------------------------------------------------------------------------
 # Starting weights from a network pickle (--transfer): EDM's and ours, read as
@@ -442,7 +458,7 @@ def training_loop(
     if cur_nimg >= total_kimg * 1000:
         dist.print0(f'Training already reached {cur_nimg / 1000:g} kimg of {total_kimg:g}; nothing to do.')
         return FINISHED
-    worker_init_fn = _shield_from_stop_signals if stop_requested is not None else None
+    worker_init_fn = functools.partial(_init_worker, parent_pid=os.getpid(), shield=stop_requested is not None)
     dataset_iterator = start_data_loader(dataset_obj, dataset_sampler, batch_gpu, data_loader_kwargs,
                                          worker_init_fn=worker_init_fn, fast=fast_settings)
     if rng_to_restore is not None:
