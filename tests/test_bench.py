@@ -33,7 +33,7 @@ def test_every_stage_on_both_paths(micro, tmp_path):
         torch.jit.save(torch.jit.script(bench.StandInDetector(dim=16, width=8)), detector)
     lines = []
     records = bench.run_benchmark(device='cpu', config=micro, seconds=0.01, compare=True, detector=detector, peak=1.5,
-                                  rounds=1, workdir=str(tmp_path), log=lines.append)
+                                  workdir=str(tmp_path), log=lines.append)
     assert [(r['what'], r['path']) for r in records] == [(w, p) for w in bench.STAGES for p in bench.PATHS]
     for record in records:
         assert all(key in record for key in FIELDS), record

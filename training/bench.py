@@ -14,17 +14,19 @@ frechet   (asked for by name) the Frechet distance at the detector's width: EDM'
           (path 'faithful') against the eigenvalue formula fid.py now uses (path 'fast').
 
 Paths: 'faithful' is what the tools do by default; 'fast' is their --fast (torch_utils/fast.py).
-With `compare`, both are set up side by side and measured in alternating slices, so that both
+With `compare`, both are set up side by side and measured in alternating blocks, so that both
 see the same machine load.
 
 A measurement first runs each path's warm-up (compilation, caches; timed as warmup_s), then
-`seconds` of work per path in `rounds` slices, each slice at least one unit of work (a training
-step, or a call that denoises or generates two batches). img_per_s = images / time over the
-slices; flop_per_img is counted with torch.utils.flop_counter on one forward (and backward) pass,
+`seconds` of work per path in blocks of about seconds / 8, alternating between the paths, each
+block at least one unit of work (a training step, or a call that denoises or generates two
+batches), and at least two blocks per path when comparing. img_per_s = images / time over the
+blocks; flop_per_img is counted with torch.utils.flop_counter on one forward (and backward) pass,
 or one whole sampler run, of the same code; MFU = achieved TFLOP/s / the device's peak at the
 record's dtype (a table of NVIDIA datasheet figures, dense, or `peak_tflops`; null when unknown).
-peak_mem_gb is the peak CUDA allocation during the slices, or on the CPU the peak resident set
-of the process sampled every 20 ms (which includes everything the process holds).
+peak_mem_gb is the peak CUDA allocation during the blocks, or on the CPU the peak resident set
+of the process sampled every 20 ms (which includes everything the process holds); with
+`compare` the other path's network, optimizer and data are resident as well.
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ def write_observations(path: str, num_images: int, resolution: int, sigma: float
 #----------------------------------------------------------------------------
 # One path of one stage, ready to be timed: `run()` does one unit of work and
 # returns its number of images; `numerics` are the global switches it runs
-# under (TF32, cuDNN autotuning), set before each of its slices.
+# under (TF32, cuDNN autotuning), set before each of its blocks.
 
 @dataclasses.dataclass
 class Runner:
@@ -205,7 +207,7 @@ class Runner:
     run:        Callable[[], int]
     numerics:   dict[str, bool]
     extra:      dict[str, Any] = dataclasses.field(default_factory=dict)
-    finish:     Callable[[], dict[str, Any]] | None = None  # After the slices: extra fields of the stage's records.
+    finish:     Callable[[], dict[str, Any]] | None = None  # After the blocks: extra fields of the stage's records.
     warmup_s:   float = 0
     images:     int = 0
     seconds:    float = 0
@@ -359,7 +361,7 @@ def fid_flops(config: str, device: torch.device, detector: str) -> float:
     return counter.get_total_flops() / 2
 
 #----------------------------------------------------------------------------
-# Timing. CUDA work is waited for at the end of each slice (not per unit);
+# Timing. CUDA work is waited for at the end of each block (not per unit);
 # the CPU's resident memory is sampled on a thread.
 
 @contextlib.contextmanager
@@ -391,8 +393,9 @@ def synchronize(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
-def measure(runners: Sequence[Runner], device: torch.device, seconds: float, rounds: int, warmup: int) -> None:
-    """Warm every runner up, then time them in `rounds` alternating slices of seconds / rounds each."""
+def measure(runners: Sequence[Runner], device: torch.device, seconds: float, warmup: int) -> None:
+    """Warm every runner up, then time them in alternating blocks of about seconds / 8 (at least one
+    unit each) until each has run `seconds` and, when there are several, two blocks."""
     for runner in runners:
         set_numerics(runner.numerics)
         start = time.perf_counter()
@@ -400,18 +403,20 @@ def measure(runners: Sequence[Runner], device: torch.device, seconds: float, rou
             runner.run()
         synchronize(device)
         runner.warmup_s = time.perf_counter() - start
-    for _ in range(rounds):
+    blocks = 0
+    while any(r.seconds < seconds for r in runners) or (len(runners) > 1 and blocks < 2):
         for runner in runners:
             set_numerics(runner.numerics)
             with peak_memory(device) as peak:
                 start = time.perf_counter()
                 while True:
                     runner.images += runner.run()
-                    if time.perf_counter() - start >= seconds / rounds:
+                    if time.perf_counter() - start >= seconds / 8:
                         break
                 synchronize(device)
                 runner.seconds += time.perf_counter() - start
             runner.peak_bytes = max(runner.peak_bytes, peak[0])
+        blocks += 1
 
 #----------------------------------------------------------------------------
 # Image differences between the two paths: the PNGs both wrote for the same
@@ -462,7 +467,6 @@ def run_benchmark(
     path:         str = 'fast',             # The path measured without `compare`.
     detector:     str = fid.DEFAULT_DETECTOR, # fid's detector (path, URL or STANDIN_DETECTOR).
     peak:         float | None = None,      # Peak TFLOP/s for MFU; None = from PEAK_TFLOPS.
-    rounds:       int | None = None,        # Alternating slices; None = 2 with compare, else 1.
     workdir:      str | None = None,        # Scratch folder; None = a temporary one, deleted after.
     fast_overrides: dict | None = None,     # Changes to the device's fast settings (tests, experiments).
     log:          Callable[[str], None] = print,
@@ -474,7 +478,6 @@ def run_benchmark(
     if config not in CONFIGS:
         raise UserError(f'--config: unknown configuration "{config}"; choose from {", ".join(CONFIGS)}')
     paths = PATHS if compare else (path,)
-    rounds = rounds or (2 if compare else 1)
     settings = fast_lib.fast_settings(device, **(fast_overrides or {}))
     common = dict(config=config, device=str(device), device_name=device_name(device),
                   date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
@@ -518,7 +521,7 @@ def run_benchmark(
             else:
                 flop_per_img = sampling_flops(stage, config, device, workdir)
             log(f'{stage}: measuring {seconds:g} s per path after the warm-up...')
-            measure(runners, device, seconds, rounds, warmup=2 if stage == 'train' else 1)
+            measure(runners, device, seconds, warmup=2 if stage == 'train' else 1)
             finished = runners[0].finish() if runners[0].finish is not None else {}  # The same code for both paths.
             for runner in runners:
                 img_per_s = runner.images / runner.seconds
