@@ -14,9 +14,9 @@ import sys
 import click
 import torch
 
-import fid
 from dnnlib.util import UserError, report_user_errors
 from torch_utils import distributed as dist
+from torch_utils.detector import DEFAULT_DETECTOR
 from training import bench
 
 #----------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def _stage_list(_ctx: click.Context, _param: click.Parameter, value: str) -> lis
 @click.option('--seconds',      help='Time per measurement (stage and path) after the warm-up', metavar='SEC', type=click.FloatRange(min=0, min_open=True), default=10, show_default=True)
 @click.option('--compare',      help='Measure the faithful and the fast path, interleaved; the fast record gets speedup', is_flag=True)
 @click.option('--path',         help='The path measured without --compare', type=click.Choice(bench.PATHS), default='fast', show_default=True)
-@click.option('--detector',     help=f'FID detector as in fid.py, or "{bench.STANDIN_DETECTOR}"  [default: Inception; the stand-in when it cannot be downloaded]', metavar='PT|PKL|URL', type=str, default=fid.DEFAULT_DETECTOR)
+@click.option('--detector',     help=f'FID detector as in fid.py, or "{bench.STANDIN_DETECTOR}"  [default: Inception; the stand-in when it cannot be downloaded]', metavar='PT|PKL|URL', type=str, default=DEFAULT_DETECTOR)
 @click.option('--peak-tflops',  help='Peak TFLOP/s of the device for MFU  [default: known GPUs, else MFU is null]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--json', 'json_path', help='Append one JSON record per stage and path to this file', metavar='FILE', type=str)
 @click.option('--markdown',     help='Measure nothing: print the records of this JSON-lines file as docs/performance.md\'s tables', metavar='FILE', type=click.Path(exists=True, dir_okay=False))

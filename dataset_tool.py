@@ -283,6 +283,8 @@ def describe_dataset(source: str) -> dict:
         min=float(lo),
         max=float(hi),
         sigma=dataset.sigma,
+        sigma_min=None if dataset.sigmas is None else float(dataset.sigmas.min()),
+        sigma_max=None if dataset.sigmas is None else float(dataset.sigmas.max()),
     )
 
 #----------------------------------------------------------------------------
@@ -332,7 +334,8 @@ def convert(source: str, dest: str, max_images: int | None, transform: str | Non
 @click.option('--json', 'as_json', help='Print the summary as JSON', is_flag=True)
 @report_user_errors
 def info(source: str, as_json: bool) -> None:
-    """Summarise a dataset: images, resolution, channels, labels, value range, noise level."""
+    """Summarise a dataset: images, resolution, channels, labels, value range, noise level
+    (one number, or the range of the per-image levels)."""
     summary = describe_dataset(source)
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -340,7 +343,13 @@ def info(source: str, as_json: bool) -> None:
     for key in ['path', 'images', 'resolution', 'channels', 'labels', 'type']:
         print(f'{key + ":":12s}{summary[key]}')
     print(f'{"range:":12s}[{summary["min"]:g}, {summary["max"]:g}]')
-    print(f'{"sigma:":12s}{"not recorded" if summary["sigma"] is None else summary["sigma"]}')
+    if summary['sigma'] is not None:
+        sigma = summary['sigma']
+    elif summary['sigma_min'] is not None:
+        sigma = f'per image, {summary["sigma_min"]:g} to {summary["sigma_max"]:g}'
+    else:
+        sigma = 'not recorded'
+    print(f'{"sigma:":12s}{sigma}')
 
 #----------------------------------------------------------------------------
 # SFBD's subcommands live with the rest of SFBD: `split` (clean part and noisy

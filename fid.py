@@ -7,7 +7,7 @@ of a run directory) without writing them to disk, optionally over several disjoi
 
 The detector defaults to NVIDIA's Inception-v3 in TorchScript form, the twin of the pickle EDM
 downloads and the file StyleGAN2-ADA, clean-fid and k-diffusion use. Loading it runs no Python
-code from the file, and its sha256 is checked every time it is loaded.
+code from the file, and its sha256 is checked every time it is loaded (torch_utils/detector.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import json
 import os
 import re
 import time
-import warnings
 import zipfile
 from typing import Any, Callable, Iterator, Sequence
 
@@ -28,26 +27,22 @@ import numpy as np
 import torch
 import tqdm
 
-from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file
-from dnnlib.util import (UserError, atomic_write, download, file_sha256, is_url, open_url, parse_int_list,
-                         report_user_errors, save_png)
+from dnnlib.cli import IntList
+from dnnlib.outputs import OutputClaim, any_file, append_line, check_apart, check_output_dir, check_output_file
+from dnnlib.util import UserError, atomic_write, is_url, open_url, report_user_errors, save_png
 from generate import sampler_options
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
-from torch_utils.fast import FastSettings
+from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
 from torch_utils.frechet import frechet_distance
-from torch_utils.persistence import load_network, load_pickle_running_code
+from torch_utils.persistence import load_network
 from training.generation import image_path as generated_image_path
 from training.generation import rank_batches
-from training.sampler import generate_images, to_uint8
+from training.sampler import check_finite, check_sampler_options, generate_images, to_uint8
 
 #----------------------------------------------------------------------------
-# Detector files. The TorchScript Inception is the default; EDM's own pickle
-# of the same network is accepted when named explicitly.
-
-DEFAULT_DETECTOR = 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt'
-DEFAULT_DETECTOR_SHA256 = 'f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4'
-EDM_PICKLE_DETECTOR = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
+# The detector (torch_utils/detector.py) defaults to the TorchScript Inception;
+# EDM's own pickle of the same network is accepted when named explicitly.
 
 SNAPSHOT_PATTERN = 'network-snapshot-*.pkl'
 DEFAULT_NUM_IMAGES = 50000
@@ -64,101 +59,6 @@ def rank0_first() -> Iterator[None]:
     yield
     if dist.get_rank() == 0:
         dist.barrier()
-
-# The gist of an exception in one line (TorchScript errors span many).
-def _last_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return f'{type(e).__name__}: {lines[-1]}' if lines else type(e).__name__
-
-#----------------------------------------------------------------------------
-# A feature extractor with the call contract of NVIDIA's Inception:
-# `net(images, return_features=True)` takes uint8 [N, 3, H, W] images at any
-# resolution (the network resizes them itself) and returns [N, D] features.
-
-class Detector:
-    def __init__(self, net: Any, source: str, path: str, sha256: str, device: torch.device,
-                 fast: FastSettings | None = None):
-        self.net = net              # The callable module.
-        self.source = source        # Path or URL as the user gave it.
-        self.path = path            # Local file it was loaded from.
-        self.sha256 = sha256        # Digest of that file.
-        self.device = device
-        self.fast = fast            # Fast-path settings (inference mode, non-blocking copies); None = faithful.
-
-    @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Features of a batch of uint8 [N, C, H, W] images (C = 1 or 3), as float64 [N, D]."""
-        if images.dtype != torch.uint8:
-            raise TypeError(f'the detector takes uint8 images, not {images.dtype}')
-        images = torch.cat([images] * 3, dim=1) if images.shape[1] == 1 else images  # Gray to RGB.
-        try:
-            if self.fast is None:
-                out = self.net(images.to(self.device), return_features=True)
-            else:
-                with torch.inference_mode():
-                    out = self.net(fast_lib.to_device(images, self.device, self.fast), return_features=True)
-        except Exception as e:  # TorchScript raises its own error types.
-            raise UserError(f'{self.source}: the detector failed on images of shape {list(images.shape)} '
-                            f'({_last_line(e)})') from None
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
-            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise UserError(f'{self.source}: the detector returned {shape} for {images.shape[0]} images; '
-                            'expected [N, features]')
-        return out.to(torch.float64)
-
-    def feature_dim(self, image_shape: Sequence[int]) -> int:
-        """Width of the features, found by running the detector on one blank image."""
-        return int(self.features(torch.zeros([1, *image_shape], dtype=torch.uint8)).shape[1])
-
-#----------------------------------------------------------------------------
-# Load a detector from a path or URL. TorchScript archives (zip files) are
-# loaded with torch.jit.load, which runs no Python code from the file; a
-# `.pkl` file is unpickled, which runs whatever the pickle holds.
-
-def load_detector(detector: str = DEFAULT_DETECTOR, sha256: str | None = None,
-                  device: torch.device | str = 'cpu', verbose: bool = True,
-                  fast: FastSettings | None = None) -> Detector:
-    device = torch.device(device)
-    path = download(detector, verbose=verbose) if is_url(detector) else detector
-    if not os.path.isfile(path):
-        raise UserError(f'{detector}: no such file')
-
-    # The default detector is always checked; any other one when a digest is given.
-    expected = sha256 if sha256 is not None else (DEFAULT_DETECTOR_SHA256 if detector == DEFAULT_DETECTOR else None)
-    actual = file_sha256(path)
-    if expected is not None and actual != expected.lower():
-        downloaded = detector.startswith(('http://', 'https://'))
-        where = f'{detector} (downloaded to {path}; delete it to download again)' if downloaded else detector
-        raise UserError(f'{where}: sha256 is {actual}, expected {expected.lower()}')
-
-    if zipfile.is_zipfile(path):
-        try:
-            with warnings.catch_warnings():  # TorchScript is deprecated, but it is the published format.
-                warnings.simplefilter('ignore', DeprecationWarning)
-                net = torch.jit.load(path, map_location=device)
-        except Exception as e:
-            raise UserError(f'{detector}: not a TorchScript detector ({_last_line(e)})') from None
-    elif path.endswith('.pkl') or detector.endswith('.pkl'):
-        if verbose:
-            print(f'Unpickling the detector "{detector}": this runs code stored in the file.', flush=True)
-        try:
-            with open(path, 'rb') as f:
-                net = load_pickle_running_code(f)
-        except Exception as e:
-            raise UserError(f'{detector}: cannot unpickle the detector ({_last_line(e)}); a pickled detector '
-                            'needs the modules it was pickled with; the default TorchScript '
-                            'detector is the same network and needs none') from None
-        if not callable(net):
-            raise UserError(f'{detector}: the pickle holds a {type(net).__name__}, not a detector network')
-        if isinstance(net, torch.nn.Module):
-            net = net.to(device)
-    else:
-        raise UserError(f'{detector}: not a TorchScript archive (and not a .pkl detector)')
-    if isinstance(net, torch.nn.Module):
-        net.eval()
-        if fast is not None:
-            net = fast_lib.to_memory_format(net, fast)
-    return Detector(net, detector, path, actual, device, fast)
 
 #----------------------------------------------------------------------------
 # Running first and second moments of features: sum of features, sum of
@@ -201,7 +101,16 @@ class FeatureStats:
 
 def calculate_fid_from_inception_stats(mu: np.ndarray, sigma: np.ndarray,
                                        mu_ref: np.ndarray, sigma_ref: np.ndarray) -> float:
-    return frechet_distance(mu, sigma, mu_ref, sigma_ref)
+    # Never report a NaN score as if it were one.
+    if not all(np.isfinite(x).all() for x in (mu, sigma, mu_ref, sigma_ref)):
+        raise UserError('the FID came out nan: the feature statistics hold NaN or infinite values')
+    try:
+        total = frechet_distance(mu, sigma, mu_ref, sigma_ref)
+    except (np.linalg.LinAlgError, ValueError) as e:
+        raise UserError(f'the FID cannot be computed: the eigendecomposition failed ({e})') from None
+    if not np.isfinite(total):
+        raise UserError(f'the FID came out {total}: the covariances have no usable square root')
+    return total
 
 #----------------------------------------------------------------------------
 # Reference statistics: an `.npz` with `mu` [D] and `sigma` [D, D], from a
@@ -224,6 +133,11 @@ def load_ref_stats(ref: str) -> tuple[np.ndarray, np.ndarray]:
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise UserError(f'{ref}: "mu" has shape {list(mu.shape)} and "sigma" {list(sigma.shape)}; '
                         'expected [D] and [D, D]')
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UserError(f'{ref}: "mu" or "sigma" holds NaN or infinite values')
+    tolerance = 1e-6 * max(float(np.abs(sigma).max()), 1e-300)
+    if np.abs(sigma - sigma.T).max() > tolerance or np.diag(sigma).min() < -tolerance:
+        raise UserError(f'{ref}: "sigma" is not a covariance matrix (not symmetric, or negative variances)')
     return mu, sigma
 
 def save_ref_stats(dest: str, mu: np.ndarray, sigma: np.ndarray) -> None:
@@ -238,6 +152,8 @@ def save_ref_stats(dest: str, mu: np.ndarray, sigma: np.ndarray) -> None:
 def open_image_dataset(path: str) -> Any:
     from training.dataset import ImageFolderDataset
     dataset = ImageFolderDataset(path=path)
+    if dataset.sigma_text:
+        raise UserError(f'{path}: is an observation set (noisy, sigma {dataset.sigma_text} in dataset.json), not images')
     if dataset.num_channels not in (1, 3):
         raise UserError(f'{path}: images have {dataset.num_channels} channels; FID needs 1 or 3')
     return dataset
@@ -335,7 +251,9 @@ def network_stats(net: torch.nn.Module, seeds: Sequence[int], detector: Detector
             continue
         with torch.inference_mode() if fast is not None else contextlib.nullcontext():
             images = generate_images(net, fast_lib.pad_batch(batch_seeds, size), device=device, **sampler_kwargs)
-        images = to_uint8(images[:len(batch_seeds)])
+        images = images[:len(batch_seeds)]
+        check_finite(images, f'seeds {batch_seeds[0]}-{batch_seeds[-1]}')
+        images = to_uint8(images)
         if outdir is not None:
             for seed, image in zip(batch_seeds, images.permute(0, 2, 3, 1).cpu().numpy()):
                 save_png(generated_image_path(outdir, seed, True), image)
@@ -397,8 +315,7 @@ def append_json(path: str, record: dict) -> None:
         return value
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'a', encoding='utf-8') as f:
-        f.write(json.dumps(strict(record), allow_nan=False) + '\n')
+    append_line(path, json.dumps(strict(record), allow_nan=False))
 
 #----------------------------------------------------------------------------
 
@@ -500,8 +417,8 @@ def print_snapshot_table(results: list[dict], repeats: int) -> None:
 @click.option('--ref', 'ref_path',        help='Reference statistics of the dataset', metavar='NPZ|URL',             type=str, required=True)
 @click.option('--num', 'num',             help=f'Number of images per score  [default: {DEFAULT_NUM_IMAGES}, or the --seeds count]', metavar='INT', type=click.IntRange(min=2))
 @click.option('--seed',                   help='First seed (--network) or seed of the image subset (--images)  [default: 0]', metavar='INT', type=click.IntRange(min=0))
-@click.option('--seeds',                  help='Seeds to generate  [default: seed to seed+num*repeats-1]', metavar='LIST', type=parse_int_list)
-@click.option('--repeats',                help='Score this many disjoint seed sets (or image subsets); report min, mean, std', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
+@click.option('--seeds',                  help='Seeds to generate  [default: seed to seed+num*repeats-1]', metavar='LIST', type=IntList())
+@click.option('--repeats',                help='Scores to take: --network, seed sets of --num new images each (EDM\'s protocol: 3); --images, disjoint subsets of --num images of the folder; report min, mean, std', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
 @click.option('--snapshots',              help='Snapshots of a run directory to score  [default: all]', metavar='GLOB', type=str)
 @click.option('--outdir',                 help='Also save the generated images here, 1000 per subfolder', metavar='DIR', type=str)
 @click.option('--json', 'json_path',      help='Append one JSON record per score to this file', metavar='FILE', type=str)
@@ -514,9 +431,21 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
          device: str | None, fast: bool, **sampler_kwargs: Any) -> None:
     """Calculate FID of images, or of a network's samples.
 
-    The FID is the last line printed: with --repeats, the minimum over the seed sets (EDM's
-    published protocol takes the minimum of three); for a run directory, the best snapshot.
-    The sampler options apply to --network. Network pickles are read as data only.
+    The FID is the last line printed: with --repeats, the minimum over the repeats; for a run
+    directory, the best snapshot. The sampler options apply to --network. Network pickles are
+    read as data only.
+
+    \b
+    --repeats=K means two different things:
+      --network  K seed sets of --num seeds each (seed .. seed+num-1, then the
+                 next num, ...): K fresh draws of --num images from the model.
+                 The minimum over 3 sets of 50,000 is EDM's published protocol.
+      --images   K disjoint random subsets of --num images of the one folder
+                 (chosen with --seed; the folder needs K x num images). The
+                 spread says how much the score depends on which of these images
+                 are scored; it is not EDM's protocol, and FID rises as fewer
+                 images are scored, so do not report the minimum over subsets of
+                 one folder as a 3-seed-set FID.
     """
     # Check the options before any work is done.
     if (image_path is None) == (network is None):
@@ -547,7 +476,8 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
         claim = OutputClaim(outdir, '--outdir', OPTIONS_FNAME, images_record, command='fid.py calc',
                             has_outputs=lambda: any_file(outdir, ['.png']))
 
-    # Detector and reference statistics, both before the long part.
+    # The images, the detector and the reference statistics, all before the long part.
+    dataset = open_image_dataset(image_path) if image_path is not None else None
     device_obj, det = _setup(device, detector, detector_sha256, fast)
     dist.print0(f'Reading reference statistics "{ref_path}"...')
     with rank0_first():
@@ -570,7 +500,6 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
     results: list[dict] = []
     if image_path is not None:
         # A folder or zip of images: disjoint random subsets of --num images.
-        dataset = open_image_dataset(image_path)
         check_image_count(image_path, len(dataset), num, repeats)
         dim = check_dim(dataset.image_shape)
         start, fids = time.time(), []
@@ -595,6 +524,7 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
                 if net.img_channels not in (1, 3):
                     raise UserError(f'{pkl}: the network makes {net.img_channels}-channel images; FID needs 1 or 3')
                 dim = check_dim([net.img_channels, net.img_resolution, net.img_resolution])
+                check_sampler_options(net, sampler_kwargs)
                 subdir = outdir
                 if outdir is not None and is_rundir:
                     subdir = os.path.join(outdir, os.path.splitext(os.path.basename(pkl))[0])
@@ -621,7 +551,8 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
             print_snapshot_table(results, repeats)
         elif repeats > 1:
             rec = results[0]
-            print(f'FID over {repeats} disjoint sets: min {rec["fid"]:g}, mean {rec["mean"]:g}, std {rec["std"]:g}')
+            kind = 'image subsets of the folder' if image_path is not None else 'seed sets'
+            print(f'FID over {repeats} disjoint {kind}: min {rec["fid"]:g}, mean {rec["mean"]:g}, std {rec["std"]:g}')
         print(f'{min(rec["fid"] for rec in results):g}', flush=True)
     dist.barrier()
     dist.deinit()
@@ -638,9 +569,9 @@ def ref(dataset_path: str, dest_path: str, detector: str, detector_sha256: str |
     """Reference statistics of every image of a dataset, for 'calc'."""
     check_apart([(dest_path, '--dest')], [(dataset_path, '--data'), (detector, '--detector')])
     check_output_file(dest_path, '--dest')
-    device_obj, det = _setup(device, detector, detector_sha256, fast)
     dataset = open_image_dataset(dataset_path)
     check_image_count(dataset_path, len(dataset), len(dataset), 1)
+    device_obj, det = _setup(device, detector, detector_sha256, fast)
     dist.print0(f'Calculating statistics of {len(dataset)} images from "{dataset_path}"...')
     mu, sigma = dataset_stats(dataset, range(len(dataset)), det, max_batch_size=max_batch_size,
                               num_workers=num_workers, device=device_obj)

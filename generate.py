@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import click
 
+from dnnlib.cli import FiniteFloat, IntList
 from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir
-from dnnlib.util import UserError, file_sha256, parse_int_list, report_user_errors
+from dnnlib.util import UserError, file_sha256, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.persistence import load_network
 from training.generation import generate_to_dir
-from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS
+from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS, check_sampler_options
 
 DEFAULT_BATCH = 64  # --batch, unless --fast sizes it to the device.
 
@@ -29,13 +30,13 @@ OPTIONS_FNAME = 'generate_options.json'
 def sampler_options(func):
     options = [
         click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
-        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
-        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
-        click.option('--S_min', 'S_min', help='Stochasticity: lowest noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
-        click.option('--S_max', 'S_max', help='Stochasticity: highest noise level', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
-        click.option('--S_noise', 'S_noise', help='Stochasticity: noise inflation', metavar='FLOAT', type=float, default=1, show_default=True),
+        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
+        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
+        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True), default=7, show_default=True),
+        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
+        click.option('--S_min', 'S_min', help='Stochasticity: lowest noise level', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
+        click.option('--S_max', 'S_max', help='Stochasticity: highest noise level', metavar='FLOAT', type=FiniteFloat(min=0, allow_inf=True), default='inf', show_default=True),
+        click.option('--S_noise', 'S_noise', help='Stochasticity: noise inflation', metavar='FLOAT', type=FiniteFloat(), default=1, show_default=True),
         click.option('--solver', help='Ablation: ODE solver', type=click.Choice(SOLVERS)),
         click.option('--disc', 'discretization', help='Ablation: time step discretization', type=click.Choice(DISCRETIZATIONS)),
         click.option('--schedule', help='Ablation: noise schedule sigma(t)', type=click.Choice(SCHEDULES)),
@@ -50,7 +51,7 @@ def sampler_options(func):
 @click.command()
 @click.option('--network', 'network_pkl',  help='Network pickle', metavar='PATH|URL',                                   type=str, required=True)
 @click.option('--outdir',                  help='Where to save the output images', metavar='DIR',                      type=str, required=True)
-@click.option('--seeds',                   help='Random seeds (e.g. 1,2,5-10)', metavar='LIST',                        type=parse_int_list, default='0-63', show_default=True)
+@click.option('--seeds',                   help='Random seeds (e.g. 1,2,5-10)', metavar='LIST',                        type=IntList(), default='0-63', show_default=True)
 @click.option('--subdirs',                 help='Put every 1000 seeds in a subdirectory',                              is_flag=True)
 @click.option('--class', 'class_idx',      help='Class label  [default: random]', metavar='INT',                       type=click.IntRange(min=0), default=None)
 @click.option('--batch', 'max_batch_size', help=f'Maximum batch size  [default: {DEFAULT_BATCH}; with --fast on a GPU, what fits]', metavar='INT', type=click.IntRange(min=1))
@@ -94,6 +95,7 @@ def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_i
             raise UserError(f'--class={class_idx} was given, but the network is unconditional')
         if class_idx >= net.label_dim:
             raise UserError(f'--class={class_idx} is out of range: the network has {net.label_dim} classes')
+    check_sampler_options(net, sampler_kwargs)
 
     # The fast path: batch size first (measured on the plain network), then the prepared network.
     settings = fast_lib.fast_settings(device) if fast else None
@@ -108,7 +110,7 @@ def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_i
     dist.print0(f'Generating {len(seeds)} images to "{outdir}"' + (' (fast path)' if fast else '') + '...')
     with claim:
         generate_to_dir(net, seeds, outdir, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
-                        device=device, sampler_kwargs=sampler_kwargs, fast=settings)
+                        device=device, sampler_kwargs=sampler_kwargs, fast=settings, source=f'--network={network_pkl}')
 
     dist.barrier()
     dist.print0('Done.')

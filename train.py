@@ -2,8 +2,9 @@
 
 The options, defaults and output files are those of EDM's train.py; see `python train.py --help`.
 Beyond EDM: `--data` may be repeated (the union of the datasets), `--device`, `--bf16`,
-`--lr-rampup`, `--ema-rampup`, `--fast`; runs resume from self-contained training states; and a
-preemption signal stops a run cleanly with exit status PREEMPTED_EXIT_CODE.
+`--lr-rampup`, `--ema-rampup`, `--fast`; runs resume from self-contained training states, and from
+EDM's training states read as data (training/resume.py); and a preemption signal stops a run
+cleanly with exit status PREEMPTED_EXIT_CODE.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from typing import Any, TextIO
 
 import click
 import torch
+from click.core import ParameterSource
 
 import dnnlib
+from dnnlib.cli import FiniteFloat, IntList
 from dnnlib.outputs import check_apart, check_output_dir, create_exclusive, path_relation
-from dnnlib.util import UserError, atomic_write, parse_int_list, report_user_errors
+from dnnlib.util import UserError, atomic_write, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils import misc
-from training import training_loop
+from training import resume, training_loop
 
 # Exit status after SIGTERM or SIGUSR1: the run wrote a snapshot and a training
 # state and stopped; rerunning the same command continues it (EX_TEMPFAIL of
@@ -131,6 +134,26 @@ class _StopRequest:
         return self.signum is not None
 
 #----------------------------------------------------------------------------
+# The network of the options, built on the 'meta' device (no memory, no
+# arithmetic) and run once on a batch shaped like the data: options that
+# cannot make a network for these images (more --cres levels than the
+# resolution allows, channel counts the group norms cannot split) fail here,
+# as one line, before anything is written.
+
+def check_network_options(network_kwargs: dict, resolution: int, channels: int, label_dim: int, options: str) -> None:
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device('meta'), torch.no_grad():
+            net = misc.construct_class_by_name(**network_kwargs, img_resolution=resolution, img_channels=channels,
+                                               label_dim=label_dim)
+            augment_dim = network_kwargs.get('augment_dim', 0)
+            net(torch.zeros([1, channels, resolution, resolution]), torch.ones([1]), torch.zeros([1, label_dim]),
+                augment_labels=torch.zeros([1, augment_dim]) if augment_dim else None)
+    except (RuntimeError, ValueError, ZeroDivisionError, IndexError) as e:
+        what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f'{options}: no network of this shape fits {resolution}x{resolution} images with {channels} '
+                        f'channels ({type(e).__name__}: {what})') from None
+
+#----------------------------------------------------------------------------
 # Run directory: `{id:05d}-{desc}` under --outdir, the id one more than the
 # highest already there. A run directory is train.py's own when it holds one
 # of these files; --nosubdir takes only a new or empty directory or its own.
@@ -147,6 +170,27 @@ def next_run_dir(outdir: str, desc: str) -> str:
     return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
 #----------------------------------------------------------------------------
+# Resuming: the options must fit the run that wrote the state (EDM's or ours),
+# and its learning-rate and EMA schedule carries over unless an option is given
+# explicitly (training/resume.py). Returns the lines to announce.
+
+SCHEDULE_PARAMS = dict(lr='lr', lr_rampup_kimg='lr_rampup', ema_halflife_kimg='ema', ema_rampup_ratio='ema_rampup')
+
+def _check_resume(c: dnnlib.EasyDict, explicit: set[str], where: str) -> list[str]:
+    recorded = resume.run_options_beside(c.resume_state_dump)
+    if recorded is not None:
+        notes = resume.check_run_options(recorded, c, where)
+    else:
+        notes = [f'No {resume.OPTIONS_FNAME} beside the training state: only its tensors are checked against these options.']
+    given = dict(lr=c.optimizer_kwargs.lr, lr_rampup_kimg=c.lr_rampup_kimg, ema_halflife_kimg=c.ema_halflife_kimg,
+                 ema_rampup_ratio=c.ema_rampup_ratio)
+    schedule, schedule_notes = resume.resolve_schedule(given, resume.recorded_schedule(c.resume_state_dump, recorded), explicit)
+    c.optimizer_kwargs.lr = schedule['lr']
+    c.update(lr_rampup_kimg=schedule['lr_rampup_kimg'], ema_halflife_kimg=schedule['ema_halflife_kimg'],
+             ema_rampup_ratio=schedule['ema_rampup_ratio'])
+    return notes + schedule_notes
+
+#----------------------------------------------------------------------------
 
 @click.command()
 
@@ -158,23 +202,23 @@ def next_run_dir(outdir: str, desc: str) -> str:
 @click.option('--precond',       help='Preconditioning and loss', metavar='vp|ve|edm',                             type=click.Choice(['vp', 've', 'edm']), default='edm', show_default=True)
 
 # Hyperparameters.
-@click.option('--duration',      help='Training length in millions of images', metavar='MIMG',                    type=click.FloatRange(min=0, min_open=True), default=200, show_default=True)
+@click.option('--duration',      help='Training length in millions of images', metavar='MIMG',                    type=FiniteFloat(min=0, min_open=True), default=200, show_default=True)
 @click.option('--batch',         help='Images per optimizer step, all processes together', metavar='INT',         type=click.IntRange(min=1), default=512, show_default=True)
 @click.option('--batch-gpu',     help='Most images per pass on one device (accumulate beyond)', metavar='INT',    type=click.IntRange(min=1))
 @click.option('--cbase',         help='Base channel count  [default: varies]', metavar='INT',                      type=click.IntRange(min=1))
-@click.option('--cres',          help='Channel multiplier per resolution  [default: varies]', metavar='LIST',      type=parse_int_list)
-@click.option('--lr',            help='Adam learning rate', metavar='FLOAT',                                       type=click.FloatRange(min=0, min_open=True), default=10e-4, show_default=True)
-@click.option('--lr-rampup',     help='Learning-rate warm-up length; 0 = none', metavar='KIMG',                   type=click.FloatRange(min=0), default=10000, show_default=True)
-@click.option('--ema',           help='Half-life of the weight average', metavar='MIMG',                          type=click.FloatRange(min=0), default=0.5, show_default=True)
-@click.option('--ema-rampup',    help='Cap the EMA half-life at this fraction of the images seen; 0 = no cap  [default: 0.05, none with --transfer]', metavar='RATIO', type=click.FloatRange(min=0))
-@click.option('--dropout',       help='Dropout rate', metavar='FLOAT',                                             type=click.FloatRange(min=0, max=1), default=0.13, show_default=True)
-@click.option('--augment',       help='Augmentation probability; 0 = no augmentation', metavar='FLOAT',           type=click.FloatRange(min=0, max=1), default=0.12, show_default=True)
+@click.option('--cres',          help='Channel multiplier per resolution  [default: varies]', metavar='LIST',      type=IntList())
+@click.option('--lr',            help='Adam learning rate', metavar='FLOAT',                                       type=FiniteFloat(min=0, min_open=True), default=10e-4, show_default=True)
+@click.option('--lr-rampup',     help='Learning-rate warm-up length; 0 = none', metavar='KIMG',                   type=FiniteFloat(min=0), default=10000, show_default=True)
+@click.option('--ema',           help='Half-life of the weight average', metavar='MIMG',                          type=FiniteFloat(min=0), default=0.5, show_default=True)
+@click.option('--ema-rampup',    help='Cap the EMA half-life at this fraction of the images seen; 0 = no cap  [default: 0.05, none with --transfer]', metavar='RATIO', type=FiniteFloat(min=0))
+@click.option('--dropout',       help='Dropout rate', metavar='FLOAT',                                             type=FiniteFloat(min=0, max=1), default=0.13, show_default=True)
+@click.option('--augment',       help='Augmentation probability; 0 = no augmentation', metavar='FLOAT',           type=FiniteFloat(min=0, max=1), default=0.12, show_default=True)
 @click.option('--xflip',         help='Add mirrored copies of the images to the dataset', metavar='BOOL',         type=bool, default=False, show_default=True)
 
 # Performance-related.
 @click.option('--fp16',          help='Run the network in float16 (CUDA)', metavar='BOOL',                        type=bool, default=False, show_default=True)
 @click.option('--bf16',          help='Run the network in bfloat16', metavar='BOOL',                              type=bool, default=False, show_default=True)
-@click.option('--ls',            help='Loss scale factor', metavar='FLOAT',                                        type=click.FloatRange(min=0, min_open=True), default=1, show_default=True)
+@click.option('--ls',            help='Loss scale factor', metavar='FLOAT',                                        type=FiniteFloat(min=0, min_open=True), default=1, show_default=True)
 @click.option('--bench',         help='Let cuDNN time and pick its kernels', metavar='BOOL',                      type=bool, default=True, show_default=True)
 @click.option('--cache',         help='Keep decoded images in memory', metavar='BOOL',                            type=bool, default=True, show_default=True)
 @click.option('--workers',       help='Data-loading processes per training process', metavar='INT',               type=click.IntRange(min=1), default=1, show_default=True)
@@ -188,8 +232,10 @@ def next_run_dir(outdir: str, desc: str) -> str:
 @click.option('--snap',          help='Network snapshot interval', metavar='TICKS',                               type=click.IntRange(min=1), default=50, show_default=True)
 @click.option('--dump',          help='Training state interval', metavar='TICKS',                                 type=click.IntRange(min=1), default=500, show_default=True)
 @click.option('--seed',          help='Random seed  [default: random]', metavar='INT',                            type=click.IntRange(min=0))
-@click.option('--transfer',      help='Initialise network and EMA from a network pickle', metavar='PKL|URL',      type=str)
-@click.option('--resume',        help='Continue from a training state, or the newest one in a run directory', metavar='PT|DIR', type=str)
+@click.option('--transfer',      help='Initialise network and EMA from a network pickle (the tensors that fit)', metavar='PKL|URL', type=str)
+@click.option('--resume',        help='Continue from a training state (this project\'s or EDM\'s), or the newest one in a run directory', metavar='PT|DIR', type=str)
+@click.option('--allow-noisy',   help='Take observation sets (noisy images) as training data, as they are',        is_flag=True)
+@click.option('--allow-data-change', help='Continue a run (--resume, --nosubdir rerun) on other data than it began with', is_flag=True)
 @click.option('-n', '--dry-run', help='Show the options and exit',                                                is_flag=True)
 
 @report_user_errors
@@ -205,15 +251,32 @@ def main(**kwargs: Any) -> None:
     \b
     # Fine-tune a snapshot on clean plus denoised images (an SFBD round)
     python train.py --outdir=runs/round1 --data=clean.zip --data=denoised-round1 \\
-        --transfer=runs/pretrain/network-snapshot-200000.pkl --lr-rampup=0
+        --transfer=runs/pretrain/network-snapshot-200000.pkl
     \b
     A rerun of the same command with --nosubdir continues from the newest training
     state in --outdir. On SIGTERM or SIGUSR1 the run finishes its step, writes a
     snapshot and a training state, and exits with status 75.
+    \b
+    --resume also takes EDM's training-state-NNNNNN.pt (or its run directory): the
+    weights and Adam's state come from it, the EMA from network-snapshot-NNNNNN.pkl
+    beside it, the progress from its name; nothing stored in it runs. A resumed run
+    needs the network of the run (architecture, preconditioning, sizes, labels,
+    augmentation on/off; else an error) and announces other changed options. It
+    keeps the run's --lr, --lr-rampup, --ema and --ema-rampup: one given explicitly
+    with another value takes over from the first resumed step, and the log says so.
+    \b
+    --transfer copies every tensor of the pickle that has the same name and shape
+    (as EDM does, e.g. all but the label embedding of a network with another
+    number of classes) and lists those left at their initial values. It restarts
+    the kimg count, the learning-rate warm-up and the optimizer, and has no EMA
+    ramp-up unless --ema-rampup is given.
     """
     tee = _LogTee() if dist.get_rank() == 0 else None
+    ctx = click.get_current_context()
+    explicit = {key for key, name in SCHEDULE_PARAMS.items()
+                if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
     try:
-        status = _train(dnnlib.EasyDict(kwargs), tee)
+        status = _train(dnnlib.EasyDict(kwargs), tee, explicit)
     except BaseException as e:
         # Errors go to log.txt too (when it exists); the terminal gets them from click or Python.
         if tee is not None and not isinstance(e, SystemExit):
@@ -226,7 +289,7 @@ def main(**kwargs: Any) -> None:
     if status == training_loop.PREEMPTED:
         sys.exit(PREEMPTED_EXIT_CODE)
 
-def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
+def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = frozenset()) -> str | None:
     # Options that can be checked before anything is loaded.
     if opts.fp16 and opts.bf16:
         raise UserError('--fp16 and --bf16 cannot be used together')
@@ -234,10 +297,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
         raise UserError('--transfer and --resume cannot be used together')
     if opts.batch % dist.get_world_size() != 0:
         raise UserError(f'--batch={opts.batch} does not divide evenly between {dist.get_world_size()} processes')
-    try:
-        device = dist.resolve_device(opts.device)
-    except RuntimeError as e:
-        raise UserError(f'--device: {e}') from None
+    device = dist.resolve_device(opts.device)
 
     # Configuration: plain data, written to training_options.json.
     c = dnnlib.EasyDict()
@@ -255,7 +315,13 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
     # to record its name, size and resolution.
     dataset_obj = misc.construct_class_by_name(**c.dataset_kwargs)
     dataset_name = dataset_obj.name
+    parts = dataset_obj.parts if len(opts.data) > 1 else [dataset_obj]
+    for path, part in zip(opts.data, parts):
+        if part.sigma_text and not opts.allow_noisy:
+            raise UserError(f'--data={path}: is an observation set (noisy images, sigma {part.sigma_text} in dataset.json), '
+                            'not clean or denoised images; add --allow-noisy to train on the observations as they are')
     c.dataset_kwargs.max_size = len(dataset_obj) // (2 if opts.xflip else 1)
+    dataset_resolution, dataset_channels, dataset_label_dim = dataset_obj.resolution, dataset_obj.num_channels, dataset_obj.label_dim
     if len(opts.data) == 1:
         c.dataset_kwargs.resolution = dataset_obj.resolution
     else:
@@ -302,6 +368,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
     # Transfer learning and resuming. A rerun into a run directory holding
     # training states continues from the newest.
     c.resume_pkl = opts.transfer
+    if opts.allow_data_change:
+        c.allow_data_change = True
     if opts.ema_rampup is not None:
         c.ema_rampup_ratio = opts.ema_rampup or None
     else:
@@ -313,6 +381,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
             if c.resume_state_dump is None:
                 raise UserError(f'--resume: {opts.resume} holds no training-state-*.pt')
         elif os.path.isfile(opts.resume):
+            training_loop.check_state_file(opts.resume)
             c.resume_state_dump = opts.resume
         else:
             raise UserError(f'--resume: {opts.resume}: no such file or directory')
@@ -322,11 +391,17 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
         c.resume_from_run_dir = True
         resume_note = f'Resuming from the newest training state in the run directory: "{latest}".'
 
+    # A resumed run keeps the network and schedule it was trained with.
+    where = f'--resume={opts.resume}' if opts.resume is not None else f'--outdir={opts.outdir} (its newest training state)'
+    resume_notes = _check_resume(c, explicit, where) if c.get('resume_state_dump') is not None else []
+
     # Run directory name.
     cond_str = 'cond' if opts.cond else 'uncond'
     dtype_str = 'fp16' if opts.fp16 else 'bf16' if opts.bf16 else 'fp32'
     desc = f'{dataset_name}-{cond_str}-{opts.arch}-{opts.precond}-gpus{dist.get_world_size()}-batch{opts.batch}-{dtype_str}'
     if opts.desc is not None:
+        if not opts.desc or os.sep in opts.desc or (os.altsep and os.altsep in opts.desc) or opts.desc in ('.', '..'):
+            raise UserError(f'--desc={opts.desc}: must be a plain name (it ends the run directory\'s name)')
         desc += f'-{opts.desc}'
     if opts.nosubdir:
         c.run_dir = opts.outdir
@@ -344,6 +419,10 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
         if not opts.nosubdir and os.path.isfile(os.path.join(opts.outdir, 'dataset.json')):
             raise UserError(f'--outdir={opts.outdir}: holds a dataset (dataset.json); run directories go elsewhere')
 
+    check_network_options(c.network_kwargs, dataset_resolution, dataset_channels, dataset_label_dim,
+                          f'--arch={opts.arch} --cbase={c.network_kwargs.model_channels} '
+                          f'--cres={",".join(map(str, c.network_kwargs.channel_mult))}')
+
     # Show the options.
     dist.print0()
     dist.print0('Training options:')
@@ -357,6 +436,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None) -> str | None:
         dist.print0(f'{label + ":":<25}{value}')
     if resume_note:
         dist.print0(resume_note)
+    for note in resume_notes:
+        dist.print0(note)
     dist.print0()
     if opts.dry_run:
         dist.print0('Dry run; exiting.')

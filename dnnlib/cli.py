@@ -3,6 +3,7 @@ usage error that names the option (exit status 2), never as a traceback."""
 
 from __future__ import annotations
 
+import math
 import shlex
 from typing import Any
 
@@ -36,5 +37,22 @@ class ShellWords(click.ParamType):
             return shlex.split(str(value))
         except ValueError as e:
             self.fail(f'{value!r}: {e} (the options are split as a shell would split them)', param, ctx)
+
+#----------------------------------------------------------------------------
+# A float option with a range that also refuses NaN, and infinity unless
+# allowed (click's FloatRange lets both through: every comparison with NaN is
+# false).
+
+class FiniteFloat(click.FloatRange):
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False,
+                 max_open: bool = False, allow_inf: bool = False):
+        super().__init__(min=min, max=max, min_open=min_open, max_open=max_open)
+        self.allow_inf = allow_inf
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        result = super().convert(value, param, ctx)
+        if math.isnan(result) or (math.isinf(result) and not self.allow_inf):
+            self.fail(f'{value!r} is not a finite number', param, ctx)
+        return result
 
 #----------------------------------------------------------------------------

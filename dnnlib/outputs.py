@@ -20,6 +20,7 @@ removes the record it wrote, so that the corrected command is not refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -86,6 +87,8 @@ def _check_parent(path: str, option: str) -> None:
 
 def check_output_file(path: str, option: str) -> None:
     """An output file: not a directory, in a folder that exists or can be made, and writable."""
+    if not path:
+        raise UserError(f'{option}: an empty path')
     if os.path.isdir(path):
         raise UserError(f'{option}={path}: is a directory; expected a file name')
     _check_parent(path, option)
@@ -96,6 +99,8 @@ def check_output_dir(path: str, option: str, command: str | None = None,
                      markers: Sequence[str] = ()) -> None:
     """An output folder: not a file, makeable and writable. With `command`, it must also be new,
     empty or one that the command made (it holds a file named by one of `markers`, fnmatch patterns)."""
+    if not path:
+        raise UserError(f'{option}: an empty path')
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f'{option}={path}: is a file, not a directory')
     if os.path.isdir(path):
@@ -143,6 +148,26 @@ def is_complete_png(path: str) -> bool:
         return os.read(fd, len(_PNG_END)) == _PNG_END
     except OSError:
         return False
+    finally:
+        os.close(fd)
+
+#----------------------------------------------------------------------------
+# Appending a line to a log that other runs may share (one write in append
+# mode); a write cut short by a full disk is taken back, so that the file
+# never ends in half a line.
+
+def append_line(path: str, line: str) -> None:
+    data = (line.rstrip('\n') + '\n').encode('utf-8')
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            _raise_named(e, path)
     finally:
         os.close(fd)
 
@@ -277,6 +302,7 @@ class OutputClaim:
         self.markers = (record_name, *markers)
         self.create = create
         self.created = False  # Did this run write the record?
+        self.made_dir = False  # Did this run make the folder?
 
     def __enter__(self) -> 'OutputClaim':
         self.claim()
@@ -288,6 +314,14 @@ class OutputClaim:
 
     def claim(self) -> dict:
         """Check the folder and the record, writing it if needed; returns the record now in force."""
+        try:
+            return self._claim()
+        except BaseException:
+            if self.made_dir and not self.created:
+                _remove_empty_tree(self.outdir)
+            raise
+
+    def _claim(self) -> dict:
         check_output_dir(self.outdir, self.option, self.command, self.markers)
         name = os.path.basename(self.path)
         for _attempt in range(10):
@@ -295,6 +329,7 @@ class OutputClaim:
             if recorded is None:
                 if not self.create:
                     raise UserError(f'{self.option}={self.outdir}: holds no {name}; {self.command} has not written there')
+                self.made_dir = self.made_dir or not os.path.isdir(self.outdir)
                 os.makedirs(self.outdir, exist_ok=True)
                 mine = dict(self.record, **{OWNER_KEY: _owner()})
                 if create_exclusive(self.path, mine):
@@ -322,7 +357,8 @@ class OutputClaim:
         raise UserError(f'{self.option}={self.outdir}: {name} keeps changing; is another {self.command} starting there?')
 
     def release(self) -> None:
-        """Remove the record if this run wrote it, it is still this run's, and no output exists."""
+        """Remove the record if this run wrote it, it is still this run's, and no output exists; then
+        the folder too if this run made it and it is empty."""
         if not self.created:
             return
         with contextlib.suppress(UserError, OSError):
@@ -330,5 +366,13 @@ class OutputClaim:
             if recorded is not None and recorded.get(OWNER_KEY) == self.record.get(OWNER_KEY) and not self.has_outputs():
                 os.remove(self.path)
                 self.created = False
+                if self.made_dir:
+                    _remove_empty_tree(self.outdir)
+
+# Folders only, bottom up, and only those left empty (a file stops it).
+def _remove_empty_tree(path: str) -> None:
+    for root, _dirs, _files in os.walk(path, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(root)
 
 #----------------------------------------------------------------------------

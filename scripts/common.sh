@@ -70,11 +70,29 @@ sfbd_resolve_network() {
     fi
 }
 
-# sfbd_words VAR STRING : split STRING at whitespace into the array named VAR (no globbing), for the
-# *_ARGS variables that carry several options.
+# sfbd_preset VAR KIND NAME : the options of preset NAME for KIND (train or denoise) into the array
+# named VAR, from the table in sfbd/presets.py (`python -m sfbd.presets` lists it); empty for none.
+# Fails naming PRESET for an unknown NAME.
+sfbd_preset() {
+    local -n _preset_out="$1"
+    local text
+    _preset_out=()
+    [[ -z "${3:-}" || "$3" == none ]] && return 0
+    text="$(cd "$SFBD_ROOT" && "$(sfbd_python)" -m sfbd.presets "$3" --for="$2")" \
+        || sfbd_die "PRESET=$3: unknown preset (python -m sfbd.presets lists them)"
+    [[ -n "$text" ]] && mapfile -t _preset_out <<<"$text"
+    return 0
+}
+
+# sfbd_words VAR STRING NAME : split STRING at whitespace into the array named VAR (no globbing), for the
+# *_ARGS variables that carry several options (NAME is the variable, for messages). Quotes and
+# backslashes are not interpreted, so a STRING holding any is refused rather than passed on half-split.
 sfbd_words() {
     local -n _out="$1"
     _out=()
+    if [[ "${2:-}" == *[\'\"\\]* ]]; then
+        sfbd_die "${3:-options}=${2}: quotes and backslashes are not interpreted here (options are split at whitespace); give each option as one word, e.g. --desc=my-run"
+    fi
     [[ -n "${2:-}" ]] && read -r -a _out <<<"$2"
     return 0
 }

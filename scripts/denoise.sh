@@ -24,6 +24,9 @@
 #   NUM_TASKS     number of shards N (default 1). Task I takes shard I/N (denoise.py --shard=I/N): a
 #                 fixed 1/N of the set, every image in exactly one shard whatever N is.
 #   TASK_ID       shard index I (default SLURM_ARRAY_TASK_ID, else 0).
+#   PRESET        optional: none (default) | celeba64 | cifar10, the denoise.py options of that preset
+#                 (sfbd/presets.py): celeba64 --steps=40 (the SFBD release's CelebA scripts/denoise.sh),
+#                 cifar10 --steps=18 (EDM's CIFAR-10 grid). STEPS and DENOISE_ARGS come after and win.
 #   STEPS         optional: denoise.py --steps (grid size; the release used 40 for CelebA at 1.3824).
 #   DENOISE_ARGS  optional: more denoise.py options, whitespace-separated (e.g. "--batch=256 --mode=ode").
 #                 Options given as arguments to this script are added after them.
@@ -83,9 +86,10 @@ TASK_ID="${TASK_ID:-${SLURM_ARRAY_TASK_ID:-0}}"
     || sfbd_die "task $TASK_ID is outside 0..$((NUM_TASKS - 1)) (NUM_TASKS=$NUM_TASKS): submit --array=0-$((NUM_TASKS - 1))"
 
 network="$(sfbd_resolve_network "$NETWORK" NETWORK)"
-args=(--network="$network" --data="$NOISY_DATA" --outdir="$OUTDIR")
+sfbd_preset preset denoise "${PRESET:-none}"
+args=(--network="$network" --data="$NOISY_DATA" --outdir="$OUTDIR" "${preset[@]}")
 [[ -n "${STEPS:-}" ]] && args+=(--steps="$STEPS")
-sfbd_words extra "${DENOISE_ARGS:-}"
+sfbd_words extra "${DENOISE_ARGS:-}" DENOISE_ARGS
 args+=("${extra[@]}")
 args+=("$@")
 

@@ -17,7 +17,9 @@
 #   OUTDIR          required. Where the denoised images go (one directory for all tasks).
 #   NUM_TASKS       number of array tasks (default 1).
 #   MAX_PARALLEL    optional: at most this many tasks run at once (--array=0-N-1%MAX_PARALLEL).
-#   STEPS           optional: denoise.py --steps.
+#   PRESET          optional: celeba64 | cifar10 | none, the denoise.py options of that preset
+#                   (scripts/denoise.sh; celeba64 denoises with the release's 40 steps).
+#   STEPS           optional: denoise.py --steps (after the preset's; wins).
 #   DENOISE_ARGS    optional: more denoise.py options, whitespace-separated.
 #   RECORD          optional: JSON-lines file the finalize job appends its record to (see denoise.sh).
 #   RECORD_TAG      optional: JSON object merged into that record.
@@ -69,6 +71,7 @@ if [[ "$NETWORK" == *.pkl && "$NETWORK" != *://* && ! -f "$NETWORK" ]]; then
 fi
 NUM_TASKS="${NUM_TASKS:-1}"
 [[ "$NUM_TASKS" =~ ^[1-9][0-9]*$ ]] || sfbd_die "NUM_TASKS=$NUM_TASKS is not a positive integer"
+sfbd_words _checked "${DENOISE_ARGS:-}" DENOISE_ARGS  # Before any task is submitted.
 array="0-$((NUM_TASKS - 1))"
 if [[ -n "${MAX_PARALLEL:-}" ]]; then
     [[ "$MAX_PARALLEL" =~ ^[1-9][0-9]*$ ]] || sfbd_die "MAX_PARALLEL=$MAX_PARALLEL is not a positive integer"

@@ -33,13 +33,17 @@
 #                          jobs.tsv               stage, job id and directory of every submitted job
 #                          logs/                  the jobs' output (appended across requeues)
 #   ROUNDS               number of denoise+update rounds K (default 1).
-#   PRESET               train.sh preset for every training job: celeba64 | cifar10 | none (default none).
+#   PRESET               celeba64 | cifar10 | none (default none): the preset of every training job
+#                        (train.sh) and every denoising task (denoise.sh; celeba64: the release's 40
+#                        steps). Presets and their sources: `python -m sfbd.presets`.
 #   PRETRAIN_ARGS        train.py options for pretraining, whitespace-separated (e.g. "--duration=200").
-#   UPDATE_ARGS          train.py options for every update (e.g. "--duration=20 --lr-rampup=0").
+#   UPDATE_ARGS          train.py options for every update (e.g. "--duration=20"). As in the SFBD release,
+#                        each update is a --transfer that restarts EDM's 10 Mimg learning-rate warm-up;
+#                        "--lr-rampup=0" here would deviate from it (see docs/sfbd.md).
 #   PRETRAINED           optional: skip pretraining and start round 1 from this snapshot or run directory.
 #   NUM_TASKS            denoise array size per round (default 1).
 #   MAX_PARALLEL         optional: at most this many denoise tasks at once.
-#   STEPS                optional: denoise.py --steps.
+#   STEPS                optional: denoise.py --steps (wins over the preset's).
 #   DENOISE_ARGS         optional: more denoise.py options, whitespace-separated.
 #   TRAIN_SBATCH_ARGS    optional: sbatch options for the training jobs only (GPUs, nodes, time).
 #   DENOISE_SBATCH_ARGS  optional: sbatch options for the denoise jobs only.
@@ -73,10 +77,14 @@ for arg in "$@"; do
         *) common_opts+=("$arg") ;;
     esac
 done
-sfbd_words extra "${TRAIN_SBATCH_ARGS:-}"
+sfbd_words extra "${TRAIN_SBATCH_ARGS:-}" TRAIN_SBATCH_ARGS
 train_opts=("${common_opts[@]}" "${extra[@]}")
-sfbd_words extra "${DENOISE_SBATCH_ARGS:-}"
+sfbd_words extra "${DENOISE_SBATCH_ARGS:-}" DENOISE_SBATCH_ARGS
 denoise_opts=("${common_opts[@]}" "${extra[@]}")
+# The options passed on to the jobs, checked before any job is submitted.
+sfbd_words extra "${PRETRAIN_ARGS:-}" PRETRAIN_ARGS
+sfbd_words extra "${UPDATE_ARGS:-}" UPDATE_ARGS
+sfbd_words extra "${DENOISE_ARGS:-}" DENOISE_ARGS
 
 command -v sbatch >/dev/null || sfbd_die "sbatch not found: run this on a SLURM login node (or scripts/local_slurm.sh start)"
 [[ -n "${CLEAN_DATA:-}" ]] || sfbd_die "set CLEAN_DATA to the clean dataset"
@@ -86,7 +94,7 @@ command -v sbatch >/dev/null || sfbd_die "sbatch not found: run this on a SLURM 
 [[ -e "$NOISY_DATA" ]] || sfbd_die "NOISY_DATA=$NOISY_DATA does not exist"
 ROUNDS="${ROUNDS:-1}"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || sfbd_die "ROUNDS=$ROUNDS is not a positive integer"
-case "${PRESET:-none}" in celeba64 | cifar10 | none) ;; *) sfbd_die "PRESET=$PRESET: expected celeba64, cifar10 or none" ;; esac
+sfbd_preset _preset train "${PRESET:-none}"  # Checks the name.
 if [[ -n "${PRETRAINED:-}" && "$PRETRAINED" != *://* && ! -e "$PRETRAINED" ]]; then
     sfbd_die "PRETRAINED=$PRETRAINED does not exist"
 fi
@@ -119,7 +127,7 @@ clear_env=(-u CLEAN_DATA -u DENOISED_DATA -u TRANSFER -u OUTDIR -u NETWORK -u FI
 
 submit_train() {  # submit_train NAME OUTDIR DEPENDENCY_JOB TRANSFER DENOISED ARGS_STRING TAG -> job id
     local name="$1" outdir="$2" dep="$3" transfer="$4" denoised="$5" tag="$7" id train_args
-    sfbd_words train_args "$6"
+    sfbd_words train_args "$6" "train.py options"
     local vars=(CLEAN_DATA="$CLEAN_DATA" OUTDIR="$outdir" PRESET="${PRESET:-none}" RECORD="$record" RECORD_TAG="$tag")
     [[ -n "$transfer" ]] && vars+=(TRANSFER="$transfer")
     [[ -n "$denoised" ]] && vars+=(DENOISED_DATA="$denoised")
@@ -153,7 +161,7 @@ for ((k = 1; k <= ROUNDS; k++)); do
     mkdir -p "$round_dir"
     dep_opt=()
     [[ -n "$prev_job" ]] && dep_opt=(--dependency="afterok:$prev_job")
-    ids="$(env "${clear_env[@]}" NETWORK="$prev_net" NOISY_DATA="$NOISY_DATA" OUTDIR="$round_dir/denoised" \
+    ids="$(env "${clear_env[@]}" NETWORK="$prev_net" NOISY_DATA="$NOISY_DATA" OUTDIR="$round_dir/denoised" PRESET="${PRESET:-none}" \
         NUM_TASKS="${NUM_TASKS:-1}" RECORD="$record" RECORD_TAG="$tag" LOG_DIR="$logs" \
         JOB_NAME="$prefix-r$k-denoise" \
         bash "$SFBD_ROOT/scripts/denoise_submit.sh" --ids "${denoise_opts[@]}" "${dep_opt[@]}")"

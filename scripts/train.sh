@@ -25,13 +25,14 @@
 #                  rerun or a requeued job finds its own training-state-*.pt and resumes from it. Give
 #                  every run its own OUTDIR; a new run must not reuse an old one.
 #   PRESET         none (default) | celeba64 | cifar10: hyperparameters put before your options (yours
-#                  win where both are given):
-#                    celeba64  the SFBD release's CelebA 64x64 recipe (EDM's FFHQ-64 one): --cond=0
-#                              --arch=ncsnpp --batch=256 --cres=1,2,2,2 --lr=2e-4 --dropout=0.05
-#                              --augment=0.15
-#                    cifar10   EDM's CIFAR-10 recipe (README, ddpmpp/VP), unconditional: --cond=0
-#                              --arch=ddpmpp --batch=512 --cres=2,2,2 --lr=1e-3 --dropout=0.13
-#                              --augment=0.12
+#                  win where both are given), from sfbd/presets.py (`python -m sfbd.presets` prints
+#                  them with their sources):
+#                    celeba64  the SFBD release's CelebA 64x64 recipe (its scripts/train.sh; EDM's
+#                              FFHQ-64 hyperparameters with NCSN++): --cond=0 --arch=ncsnpp --batch=256
+#                              --cres=1,2,2,2 --lr=2e-4 --dropout=0.05 --augment=0.15
+#                    cifar10   EDM's CIFAR-10 DDPM++ recipe (its README and train.py defaults), without
+#                              labels: --cond=0 --arch=ddpmpp --batch=512 --cres=2,2,2 --lr=1e-3
+#                              --dropout=0.13 --augment=0.12
 #                    none      only what you pass
 #   NGPUS          optional. GPUs per node to use. Default: SLURM_GPUS_ON_NODE, else the entries of
 #                  CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`, else 0. With 0 (no GPU) one CPU
@@ -151,13 +152,7 @@ if [[ -n "${DENOISED_DATA:-}" && ! -e "$DENOISED_DATA" ]]; then
     sfbd_die "DENOISED_DATA=$DENOISED_DATA does not exist"
 fi
 
-# shellcheck disable=SC2054 # the commas belong to the option values
-case "${PRESET:-none}" in
-    celeba64) preset=(--cond=0 --arch=ncsnpp --batch=256 --cres=1,2,2,2 --lr=2e-4 --dropout=0.05 --augment=0.15) ;;
-    cifar10) preset=(--cond=0 --arch=ddpmpp --batch=512 --cres=2,2,2 --lr=1e-3 --dropout=0.13 --augment=0.12) ;;
-    none | "") preset=() ;;
-    *) sfbd_die "PRESET=$PRESET: expected celeba64, cifar10 or none" ;;
-esac
+sfbd_preset preset train "${PRESET:-none}"
 
 args=(--outdir="$OUTDIR" --nosubdir --data="$CLEAN_DATA")
 [[ -n "${DENOISED_DATA:-}" ]] && args+=(--data="$DENOISED_DATA")
@@ -184,7 +179,7 @@ if ((NNODES > 1)); then
     srun_args=(--nodes="$NNODES" --ntasks="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0)
     [[ -n "${SLURM_CPUS_ON_NODE:-}" ]] && srun_args+=(--cpus-per-task="$SLURM_CPUS_ON_NODE")
     ((GPUS > 0)) && srun_args+=(--gres="gpu:$GPUS")
-    sfbd_words extra "${SRUN_ARGS:-}"
+    sfbd_words extra "${SRUN_ARGS:-}" SRUN_ARGS
     srun_args+=("${extra[@]}")
     # SLURM's B: signal reaches only this shell. It passes it to each node's launcher (whose pid
     # that launcher wrote to a file on its node) with a short overlapping step; the launchers pass

@@ -23,6 +23,14 @@ sde  The reverse-time SDE of Algorithm 1, dx = -2t grad log p_t(x) dt + sqrt(2t)
 Randomness (the SDE's noise, or the ODE's optional churn) comes from one generator per image,
 seeded from the run's seed and the image's index in its observation set, so an image does not
 depend on batching, sharding or the number of processes.
+
+Per-image noise levels: each observation y_i = x_i + sigma_i * e_i may have its own sigma_i. Image i
+then goes down its own cut grid, exactly as a batch of images at sigma_i alone would. Grids that
+start at the same node of the full grid share every level but the first, so such images are
+denoised together (one batch, the first level per image); a batch spanning several start nodes is
+denoised group by group, each image drawing from its own random stream. The result for each image
+equals a run at its sigma alone (see docs/sfbd.md for when posterior sampling with per-image noise
+levels is valid).
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from training.sampler import edm_sigma_steps, select_sampler, truncate_sigma_steps
+from training.sampler import (ABLATION_KEYS, StackedRandomGenerator, edm_sigma_steps, select_sampler, step_level,
+                              truncate_sigma_steps)
 
 MODES = ('ode', 'sde')
 
@@ -40,8 +49,11 @@ MODES = ('ode', 'sde')
 # The noise levels of a backward pass: EDM's grid (rounded to what the network
 # supports, then 0), from its largest node >= sigma down, that node replaced
 # by sigma. With 18 steps, sigma = 0.59 gives 8 steps and 0.5853 gives 7.
+# Per-image levels [N] that start at the same node give per-image grids [n+1, N].
 
-def denoising_sigmas(net: torch.nn.Module, sigma: float, num_steps: int = 18, sigma_min: float = 0.002,
+GRID_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho')
+
+def denoising_sigmas(net: torch.nn.Module, sigma: float | torch.Tensor, num_steps: int = 18, sigma_min: float = 0.002,
                      sigma_max: float = 80, rho: float = 7, device: torch.device | str = 'cpu') -> torch.Tensor:
     full = edm_sigma_steps(net, num_steps, sigma_min, sigma_max, rho, device=device)
     return truncate_sigma_steps(full, sigma)
@@ -49,6 +61,33 @@ def denoising_sigmas(net: torch.nn.Module, sigma: float, num_steps: int = 18, si
 def backward_nfe(num_steps: int, mode: str) -> int:
     """Network evaluations of a backward pass over `num_steps` steps (of the cut grid)."""
     return 2 * num_steps - 1 if mode == 'ode' else num_steps
+
+#----------------------------------------------------------------------------
+# Per-image noise levels: which images of a batch can be denoised together.
+# On EDM's grid, images whose grids start at the same node (the same number
+# of steps); the ablation sampler's grids differ, so there only images of
+# exactly the same sigma.
+
+def grid_groups(net: torch.nn.Module, sigmas: torch.Tensor, mode: str = 'ode', **sampler_kwargs) -> list[torch.Tensor]:
+    """Indices into `sigmas` ([N]), in groups that share one grid but for the first level."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    kwargs = {k: v for k, v in sampler_kwargs.items() if v is not None}
+    if mode == 'ode' and any(k in kwargs for k in ABLATION_KEYS):
+        keys = sigmas
+    else:
+        full = edm_sigma_steps(net, **{k: kwargs[k] for k in GRID_KEYS if k in kwargs}, device=sigmas.device)
+        keys = (full[None, :] >= sigmas[:, None]).sum(dim=1)  # Nodes at or above sigma: the start node.
+    _values, group = torch.unique(keys, return_inverse=True)
+    return [torch.nonzero(group == k).flatten() for k in range(len(_values))]
+
+# The random streams of some images of a batch: a StackedRandomGenerator is
+# narrowed to their generators; any other `randn_like` is called as it is.
+def restrict_randn_like(randn_like: Callable[[torch.Tensor], torch.Tensor],
+                        indices: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    owner = getattr(randn_like, '__self__', None)
+    if isinstance(owner, StackedRandomGenerator):
+        return owner.subset(indices.tolist()).randn_like
+    return randn_like
 
 #----------------------------------------------------------------------------
 # One random stream per image: the seed of image `index` under run seed `seed`.
@@ -63,7 +102,7 @@ def image_seeds(seed: int, indices: Sequence[int]) -> list[int]:
 def sde_backward(
     net: torch.nn.Module,
     y: torch.Tensor,                # Observations at noise level sigma, [N, C, H, W].
-    sigma: float,                   # Their noise level.
+    sigma: float | torch.Tensor,    # Their noise level, or one per image [N] (all starting at one node).
     class_labels: torch.Tensor | None = None,
     randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
     num_steps: int = 18,            # Steps of the full EDM grid that is cut at sigma.
@@ -72,11 +111,12 @@ def sde_backward(
     rho: float = 7,
 ) -> torch.Tensor:
     t_steps = denoising_sigmas(net, sigma, num_steps, sigma_min, sigma_max, rho, device=y.device)
+    n_steps = len(t_steps) - 1
     x = y.to(torch.float64)
-    for i in range(len(t_steps) - 1):
-        t_cur, t_next = t_steps[i], t_steps[i + 1]
+    for i in range(n_steps):
+        t_cur, t_next = step_level(t_steps, i), step_level(t_steps, i + 1)
         denoised = net(x, t_cur, class_labels).to(torch.float64)
-        if t_next == 0:
+        if i == n_steps - 1:  # t_next = 0: the denoiser mean.
             return denoised
         x = x - 2 * (t_cur - t_next) / t_cur * (x - denoised) + (t_cur ** 2 - t_next ** 2).sqrt() * randn_like(x)
     return x
@@ -86,13 +126,34 @@ def sde_backward(
 # (num_steps, sigma_min, sigma_max, rho; for the ODE also the churn options
 # and the ablation options); None values mean "the default".
 
-def backward_sample(net: torch.nn.Module, y: torch.Tensor, sigma: float, class_labels: torch.Tensor | None = None,
-                    mode: str = 'ode', randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
+def backward_sample(net: torch.nn.Module, y: torch.Tensor, sigma: float | torch.Tensor,
+                    class_labels: torch.Tensor | None = None, mode: str = 'ode',
+                    randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
                     **sampler_kwargs) -> torch.Tensor:
-    """Denoise observations `y` at noise level `sigma`; returns float64 images in [-1, 1] units."""
+    """Denoise observations `y` at noise level `sigma`, one for all or one per image ([N]);
+    returns float64 images in [-1, 1] units. With per-image levels a batch is denoised in groups
+    that share a grid (`grid_groups`); a StackedRandomGenerator's `randn_like` is split with it."""
     if mode not in MODES:
         raise ValueError(f'mode must be one of {"|".join(MODES)}, not {mode!r}')
     sampler_kwargs = {k: v for k, v in sampler_kwargs.items() if v is not None}
+    if torch.as_tensor(sigma).ndim == 0:
+        return _backward_one_grid(net, y, sigma, class_labels, mode, randn_like, sampler_kwargs)
+
+    sigmas = torch.as_tensor(sigma, dtype=torch.float64, device=y.device).flatten()
+    if len(sigmas) != len(y):
+        raise ValueError(f'{len(sigmas)} noise levels for {len(y)} observations')
+    out = torch.empty(y.shape, dtype=torch.float64, device=y.device)
+    for index in grid_groups(net, sigmas, mode, **sampler_kwargs):
+        levels = sigmas[index]
+        start = float(levels[0]) if bool((levels == levels[0]).all()) else levels  # One level: the plain path.
+        labels = None if class_labels is None else class_labels[index]
+        out[index] = _backward_one_grid(net, y[index], start, labels, mode, restrict_randn_like(randn_like, index),
+                                        sampler_kwargs)
+    return out
+
+def _backward_one_grid(net: torch.nn.Module, y: torch.Tensor, sigma: float | torch.Tensor,
+                       class_labels: torch.Tensor | None, mode: str,
+                       randn_like: Callable[[torch.Tensor], torch.Tensor], sampler_kwargs: dict) -> torch.Tensor:
     if mode == 'sde':
         return sde_backward(net, y, sigma, class_labels, randn_like=randn_like, **sampler_kwargs)
     sampler, kwargs = select_sampler(sampler_kwargs)

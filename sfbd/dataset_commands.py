@@ -5,20 +5,27 @@
         --clean-fraction=0.04 --sigma=0.59 --seed=0
     python dataset_tool.py merge --source=clean.zip --source=denoised --dest=merged.zip
 
+`split --sigma=LO:HI` gives every observation its own noise level, drawn uniformly from [LO, HI)
+independently of the image (recorded per file in dataset.json); `merge` keeps per-image levels.
+
 Both write their outputs under temporary names and rename them into place when complete, and
 neither overwrites an existing dataset. The observation format is described in docs/observations.md.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import click
 import numpy as np
 import tqdm
 
+from dnnlib.cli import FiniteFloat
 from dnnlib.outputs import check_apart
 from dnnlib.util import EasyDict, UserError, report_user_errors
 from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
-                               read_listing, write_datasets)
+                               read_listing, split_record, write_datasets)
 from training.dataset import DatasetFiles, ImageFolderDataset, file_ext
 
 #----------------------------------------------------------------------------
@@ -34,20 +41,55 @@ def choose_clean(num_images: int, num_clean: int, seed: int) -> np.ndarray:
 def noise_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1, index])
 
+# The noise level of image i for --sigma=LO:HI: uniform on [LO, HI), from a
+# stream of its own keyed by (seed, i), drawn without looking at the image.
+def noise_level(sigma: float | tuple[float, float], seed: int, index: int) -> float:
+    if isinstance(sigma, tuple):
+        return float(np.random.default_rng([seed, 2, index]).uniform(sigma[0], sigma[1]))
+    return sigma
+
+def describe_sigma(sigma: float | tuple[float, float]) -> str:
+    return f'sigma {sigma[0]:g} to {sigma[1]:g}, per image' if isinstance(sigma, tuple) else f'sigma {sigma:g}'
+
+#----------------------------------------------------------------------------
+# --sigma: one noise level, or a range LO:HI for per-image levels.
+
+class SigmaType(click.ParamType):
+    name = 'FLOAT|LO:HI'
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | tuple[float, float]:
+        if isinstance(value, (float, tuple)):
+            return value
+        parts = str(value).split(':')
+        if len(parts) > 2:
+            self.fail(f'{value!r}: give one noise level or a range LO:HI such as 0.2:0.8', param, ctx)
+        levels = [FiniteFloat(min=0, min_open=True).convert(part, param, ctx) for part in parts]
+        if len(levels) == 1:
+            return levels[0]
+        if not levels[0] < levels[1]:
+            self.fail(f'{value!r}: the range LO:HI needs LO < HI (for one level give one number)', param, ctx)
+        return (levels[0], levels[1])
+
 #----------------------------------------------------------------------------
 # Split: every source image goes to exactly one part. Clean images are
 # re-encoded as PNG; the others become observations. Both parts are numbered
 # afresh in source order and carry the source's labels. The clean originals
-# of the noisy part are not written anywhere.
+# of the noisy part are not written anywhere; each part's dataset.json records
+# only the name of every image's source file (sfbd.observations.split_record),
+# so that an experiment can put originals beside results (denoise.py --originals).
 
-def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, seed: int = 0,
+def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | tuple[float, float], seed: int = 0,
                   clean_count: int | None = None, clean_fraction: float | None = None,
                   verbose: bool = True) -> dict:
-    """Split `source` into an image dataset `clean_dest` and an observation set `noisy_dest`.
+    """Split `source` into an image dataset `clean_dest` and an observation set `noisy_dest`, with
+    noise level `sigma`, or per-image levels uniform on (LO, HI) when `sigma` is a pair.
     Give exactly one of `clean_count` and `clean_fraction`. Returns {'clean': M, 'noisy': N - M}."""
     if (clean_count is None) == (clean_fraction is None):
         raise UserError('split: give exactly one of --clean-count and --clean-fraction')
-    if not sigma > 0:
+    if isinstance(sigma, tuple):
+        if not (len(sigma) == 2 and 0 < sigma[0] < sigma[1] < float('inf')):
+            raise UserError(f'split: --sigma={sigma[0]}:{sigma[1]} needs 0 < LO < HI')
+    elif not 0 < sigma < float('inf'):
         raise UserError(f'split: --sigma must be positive, got {sigma}')
     check_apart([(clean_dest, '--clean'), (noisy_dest, '--noisy')], [(source, '--source')])
     dataset = ImageFolderDataset(source)
@@ -64,6 +106,9 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
     is_clean[choose_clean(num_images, num_clean, seed)] = True
     clean_labels: list = []  # [name, label] pairs of each part, in order.
     noisy_labels: list = []
+    clean_sources: list = []  # [name, source file name] pairs of each part.
+    noisy_sources: list = []
+    noisy_sigmas: dict = {}  # Name -> noise level, for per-image levels.
     with write_datasets((clean_dest, '--clean'), (noisy_dest, '--noisy'), inputs=[(source, '--source')]) as (clean, noisy):
         for idx in tqdm.trange(num_images, unit='img', disable=not verbose, desc='split'):
             image, _label = dataset[idx]
@@ -72,20 +117,30 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float, s
                 name = dataset_fname(len(clean_labels), '.png')
                 clean.add(name, encode_png(image))
                 clean_labels.append([name, label])
+                clean_sources.append([name, fnames[idx]])
             else:
                 name = dataset_fname(len(noisy_labels), '.npy')
-                noisy.add(name, encode_npy(add_noise(image, sigma, noise_rng(seed, idx))))
+                level = noise_level(sigma, seed, idx)
+                noisy.add(name, encode_npy(add_noise(image, level, noise_rng(seed, idx))))
                 noisy_labels.append([name, label])
-        commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels),
-                                         dict(sigma=sigma, labels=None if labels is None else noisy_labels)])
+                noisy_sources.append([name, fnames[idx]])
+                noisy_sigmas[name] = level
+        source_path = os.path.abspath(source)
+        commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels,
+                                              split=split_record(source_path, seed, 'clean', clean_sources)),
+                                         dict(sigma=noisy_sigmas if isinstance(sigma, tuple) else sigma,
+                                              labels=None if labels is None else noisy_labels,
+                                              split=split_record(source_path, seed, 'noisy', noisy_sources))])
     dataset.close()
     return dict(clean=len(clean_labels), noisy=len(noisy_labels))
 
 #----------------------------------------------------------------------------
 # Merge: the images of several datasets, one after another, renumbered so that
-# names are unique; files are copied byte for byte, labels travel with them.
-# The parts must agree on image shape and kind (8-bit images or .npy arrays),
-# all or none must have labels, and observation sets must share one sigma.
+# names are unique; files are copied byte for byte, labels and noise levels
+# travel with them. The parts must agree on image shape and kind (8-bit
+# images or .npy arrays), all or none must have labels, and all or none must
+# record a noise level. The merged set records one sigma when all images
+# share it, and otherwise the level of each image (a mapping).
 
 def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
     """Merge `sources` into a new dataset `dest`; returns the number of images."""
@@ -97,7 +152,7 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
         fnames, metadata = read_listing(source)
         dataset = ImageFolderDataset(source, use_labels=(metadata.get('labels') is not None))
         dataset.close()
-        parts.append(EasyDict(source=source, dataset=dataset, fnames=fnames, sigma=metadata.get('sigma'),
+        parts.append(EasyDict(source=source, dataset=dataset, fnames=fnames, sigmas=dataset.sigmas,
                               labels=raw_labels(source, fnames, metadata)))
 
     first = parts[0]
@@ -114,10 +169,12 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
         if part.labels is not None and (part.dataset.has_onehot_labels != first.dataset.has_onehot_labels or
                 (not part.dataset.has_onehot_labels and part.dataset.label_shape != first.dataset.label_shape)):
             raise UserError(f'{where}: labels of another kind than those of {first.source}')
-        if part.sigma != first.sigma:
-            raise UserError(f'{where}: sigma {part.sigma} differs from {first.sigma} of {first.source}')
+        if (part.sigmas is None) != (first.sigmas is None):
+            raise UserError(f'{where}: all parts or none must record a noise level ("sigma"), and {first.source} '
+                            f'{"records none" if first.sigmas is None else "does"}')
 
     merged_labels = []
+    merged_sigmas: dict = {}
     with write_datasets((dest, '--dest'), inputs=[(source, '--source') for source in sources]) as (writer,):
         with tqdm.tqdm(total=sum(len(part.fnames) for part in parts), unit='img', disable=not verbose, desc='merge') as bar:
             for part in parts:
@@ -126,11 +183,14 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
                     name = dataset_fname(len(merged_labels), file_ext(fname))
                     writer.add(name, files.read(fname))
                     merged_labels.append([name, None if part.labels is None else part.labels[k]])
+                    if part.sigmas is not None:
+                        merged_sigmas[name] = float(part.sigmas[k])
                     bar.update(1)
                 files.close()
         metadata = dict(labels=None if first.labels is None else merged_labels)
-        if first.sigma is not None:
-            metadata['sigma'] = first.sigma
+        if first.sigmas is not None:
+            levels = set(merged_sigmas.values())
+            metadata['sigma'] = levels.pop() if len(levels) == 1 else merged_sigmas
         writer.commit(metadata)
     return len(merged_labels)
 
@@ -141,20 +201,22 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
 @click.option('--source',          help='Dataset to split: directory or zip of 8-bit images', metavar='PATH', type=str, required=True)
 @click.option('--clean',           help='Output for the clean part (directory, or .zip)', metavar='PATH',   type=str, required=True)
 @click.option('--noisy',           help='Output for the noisy observations (directory, or .zip)', metavar='PATH', type=str, required=True)
-@click.option('--clean-fraction',  help='Share of the images kept clean', metavar='FLOAT',                  type=click.FloatRange(min=0, max=1, min_open=True, max_open=True))
+@click.option('--clean-fraction',  help='Share of the images kept clean', metavar='FLOAT',                  type=FiniteFloat(min=0, max=1, min_open=True, max_open=True))
 @click.option('--clean-count',     help='Number of images kept clean', metavar='INT',                       type=click.IntRange(min=1))
-@click.option('--sigma',           help='Noise level of the observations, in [-1, 1] pixel units', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option('--sigma',           help='Noise level of the observations in [-1, 1] pixel units, or LO:HI for a level per image drawn uniformly', metavar='FLOAT|LO:HI', type=SigmaType(), required=True)
 @click.option('--seed',            help='Seed for the choice of clean images and the noise', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @report_user_errors
 def split(source: str, clean: str, noisy: str, clean_fraction: float | None, clean_count: int | None,
-          sigma: float, seed: int) -> None:
+          sigma: float | tuple[float, float], seed: int) -> None:
     """Split a dataset into clean images and noisy observations (SFBD's setting).
 
     \b
     Every image goes to exactly one part: a chosen few stay clean (an EDM image
     dataset), the rest become observations y = x/127.5 - 1 + sigma*e stored as
     float32 .npy arrays (docs/observations.md). The seed fixes both the choice
-    and the noise. Labels travel with their images.
+    and the noise. Labels travel with their images. --sigma=LO:HI gives each
+    observation its own noise level, uniform on [LO, HI) and independent of
+    the image, recorded per file in dataset.json.
 
     \b
     Example:
@@ -162,7 +224,7 @@ def split(source: str, clean: str, noisy: str, clean_fraction: float | None, cle
         --noisy=noisy.zip --clean-fraction=0.04 --sigma=0.59 --seed=0
     """
     counts = split_dataset(source, clean, noisy, sigma, seed, clean_count=clean_count, clean_fraction=clean_fraction)
-    print(f'{counts["clean"]} clean images in {clean}, {counts["noisy"]} observations (sigma {sigma:g}) in {noisy}')
+    print(f'{counts["clean"]} clean images in {clean}, {counts["noisy"]} observations ({describe_sigma(sigma)}) in {noisy}')
 
 @click.command()
 @click.option('--source', 'sources', help='Dataset to merge (repeat for each)', metavar='PATH',  type=str, multiple=True, required=True)

@@ -12,8 +12,10 @@ observations (sigma 0.4). It then
 using the repository's own train.py and denoise.py (as subprocesses, through sfbd.rounds) and
 generate.py's sampler. Each model generates 1000 images, and a table gives their Frechet distance
 to 2000 held-out images that no model has seen, computed on the pixels: lower is better. Outputs in
---outdir: the datasets, the runs (log.txt holds their output), results.json, and demo.png: original
-| observation | denoised triplets, then samples of each model. A rerun reuses finished steps.
+--outdir: the datasets, the runs (log.txt holds their output), results.json, demo.png: original
+| observation | denoised triplets, then samples of each model, and report/report.html, the report
+of the SFBD run (sfbd.report: distance and copies of the clean and source images per round, the
+training loss, samples). A rerun reuses finished steps.
 Why these settings and this metric, and how the numbers vary with the seed: docs/sfbd.md.
 """
 
@@ -37,13 +39,16 @@ import torch
 
 from dnnlib.outputs import OutputClaim
 from dnnlib.util import EasyDict, atomic_write, report_user_errors, save_png
-from sfbd import rounds
+from fid import save_ref_stats
+from sfbd import report, rounds
 from sfbd.dataset_commands import choose_clean, split_dataset
 from sfbd.grids import comparison_grid, load_png
+from sfbd.memorization import sample_images
 from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_png
 from torch_utils import frechet
+from torch_utils.distributed import resolve_device
 from torch_utils.persistence import load_network
-from training.sampler import generate_images, to_uint8
+from training.sampler import to_uint8
 
 #----------------------------------------------------------------------------
 # Settings: small enough for two CPU cores, large enough for a clear ranking
@@ -116,10 +121,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def sample_model(network_pkl: str, num_samples: int, num_steps: int, device: torch.device) -> np.ndarray:
     """Images [N, C, H, W] uint8 from generate.py's sampler, seeds 0..N-1."""
-    net = load_network(network_pkl).to(device)
-    batches = [list(range(s, min(s + 500, num_samples))) for s in range(0, num_samples, 500)]
-    return np.concatenate([to_uint8(generate_images(net, seeds, device=device, num_steps=num_steps)).cpu().numpy()
-                           for seeds in batches])
+    return sample_images(load_network(network_pkl).to(device), list(range(num_samples)), device, 500,
+                         num_steps=num_steps)
 
 #----------------------------------------------------------------------------
 # The demo.
@@ -132,7 +135,7 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
     def say(text: str) -> None:
         if verbose:
             print(f'[{time.time() - start:4.0f} s] {text}', flush=True)
-    dev = torch.device(device) if device else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = resolve_device(device)
     train_args = [*TRAIN_ARGS, f'--seed={seed}', f'--device={dev}']
     total_mimg = cfg.pretrain_mimg + cfg.num_rounds * cfg.round_mimg
 
@@ -166,7 +169,7 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
             if not os.path.isfile(os.path.join(run_dir, 'finished')):
                 say(f'{name}: train.py on {" + ".join(os.path.basename(d) for d in datasets)}')
                 rounds.run_script('train.py', [f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in datasets],
-                                               f'--duration={duration:g}', *train_args], log=log)
+                                               f'--duration={duration:g}', '--allow-noisy', *train_args], log=log)
                 open(os.path.join(run_dir, 'finished'), 'w').close()
             snapshots.append((name, rounds.final_snapshot(run_dir)))
 
@@ -190,13 +193,24 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
     denoised = os.path.join(sfbd_dir, record['rounds'][-1]['denoised']) if cfg.num_rounds else None
     save_picture(os.path.join(outdir, 'demo.png'), source, obs, denoised, samples, seed)
 
+    # The report of the SFBD run: the same distance per round (against the held-out images'
+    # statistics), copies of the clean images and of all the owners' originals, loss, samples.
+    say('Writing the report of the SFBD run')
+    heldout_stats = os.path.join(data, 'heldout-pixels.npz')
+    save_ref_stats(heldout_stats, truth.mean(axis=0), np.cov(truth, rowvar=False))
+    report.write_report(sfbd_dir, os.path.join(outdir, 'report'), ref=heldout_stats, fid_features='pixel',
+                        train=[clean, source], features='pixel', num=cfg.num_samples, device=dev, verbose=False,
+                        samples={os.path.abspath(snapshot): images for (_name, snapshot), (_, images)
+                                 in zip(snapshots, samples)}, num_steps=cfg.sample_steps)
+
     results = dict(settings=dict(cfg, seed=seed, train_args=train_args), rows=rows, scale=scale,
                    seconds=round(time.time() - start, 1))
     with atomic_write(os.path.join(outdir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=2)
     if verbose:
         print_table(results)
-        print(f'Pictures: {os.path.join(outdir, "demo.png")}')
+        print(f'Pictures: {os.path.join(outdir, "demo.png")}; report of the SFBD run: '
+              f'{os.path.join(outdir, "report", "report.html")}')
     return results
 
 def print_table(results: dict) -> None:

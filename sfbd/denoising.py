@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import tqdm
 
-from sfbd.backward import backward_sample, image_seeds
+from sfbd.backward import backward_sample, grid_groups, image_seeds
 from sfbd.observations import ObservationSet, with_ext
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
 from training.generation import rank_batches, save_pngs, save_pngs_later
-from training.sampler import StackedRandomGenerator, to_uint8
+from training.sampler import StackedRandomGenerator, check_finite, to_uint8
 
 #----------------------------------------------------------------------------
 # Where an observation's denoised image goes, and the labels a network takes
@@ -36,19 +37,29 @@ def network_labels(net: torch.nn.Module, labels: torch.Tensor | None) -> torch.T
     return torch.nn.functional.pad(labels, (0, net.label_dim - labels.shape[1]))
 
 #----------------------------------------------------------------------------
-# The denoising loop of one process.
+# The denoising loop of one process: its share of `todo`, batch by batch.
+# With per-image noise levels, batches never mix images whose grids start at
+# different nodes.
 
-def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo: list[int], *, sigma: float,
-                   mode: str, seed: int, max_batch_size: int, device: torch.device, sampler_kwargs: dict,
-                   fast: FastSettings | None = None, progress: bool = True) -> int:
-    """Denoise this process's part of `todo`; returns the number of images written."""
-    batches = rank_batches(todo, max_batch_size, dist.get_rank(), dist.get_world_size()) if todo else []
-    batches = [b for b in batches if b]
+def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo: list[int], *,
+                   sigma: float | np.ndarray, mode: str, seed: int, max_batch_size: int, device: torch.device,
+                   sampler_kwargs: dict, fast: FastSettings | None = None, progress: bool = True) -> int:
+    """Denoise this process's part of `todo`; returns the number of images written. `sigma` is one
+    noise level for all, or the level of every image of the set ([len(obs)])."""
+    parts = [todo]
+    if np.ndim(sigma) > 0:
+        groups = grid_groups(net, torch.as_tensor(np.asarray(sigma)[todo]), mode, **sampler_kwargs) if todo else []
+        parts = [[todo[int(k)] for k in group] for group in groups]
+    batches = [batch for part in parts if part
+               for batch in rank_batches(part, max_batch_size, dist.get_rank(), dist.get_world_size()) if batch]
     total = sum(len(b) for b in batches)
 
     def denoise(y: torch.Tensor, labels: torch.Tensor | None, indices: list[int]) -> torch.Tensor:
         rnd = StackedRandomGenerator(device, image_seeds(seed, indices))
-        return backward_sample(net, y, sigma, labels, mode=mode, randn_like=rnd.randn_like, **sampler_kwargs)
+        level = sigma if np.ndim(sigma) == 0 else torch.as_tensor(np.asarray(sigma)[indices])
+        x = backward_sample(net, y, level, labels, mode=mode, randn_like=rnd.randn_like, **sampler_kwargs)
+        check_finite(x, f'{obs.path}: observations {obs.fnames[indices[0]]} to {obs.fnames[indices[-1]]}')
+        return x
 
     with tqdm.tqdm(total=total, unit='img', disable=(not progress or dist.get_rank() != 0), desc='denoise') as bar:
         if fast is None:
@@ -62,7 +73,7 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
             return total
 
         # Fast path: reading, denoising and writing overlap.
-        size = len(batches[0]) if batches and fast.compile else 0
+        size = max((len(b) for b in batches), default=0) if fast.compile else 0
         def load(batch: list[int]) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
             padded = fast_lib.pad_batch(batch, size)
             y, labels = obs.load(padded)

@@ -11,6 +11,10 @@ the noise level next to EDM's labels:
 
     {"sigma": 0.59, "labels": [["00000/img00000000.npy", 6], ...]}      ("labels": null if none)
 
+or, when every observation has its own noise level, a mapping from file name to level:
+
+    {"sigma": {"00000/img00000000.npy": 0.41, "00000/img00000001.npy": 0.77, ...}, "labels": ...}
+
 Reading goes through training.dataset, which knows `.npy` arrays; this module adds the checks that
 make a dataset an observation set, EDM's file naming, and an atomic writer for whole datasets that
 the dataset commands (`split`, `merge`) share. See docs/observations.md.
@@ -21,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -32,7 +35,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from dnnlib.outputs import check_apart
+from dnnlib.outputs import check_apart, check_output_file
 from dnnlib.util import UserError, current_umask, is_environment_error
 from training.dataset import METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, is_dataset_file, load_metadata
 
@@ -84,6 +87,7 @@ class DatasetWriter:
         self.option = option
         if os.path.exists(self.dest):
             raise UserError(f'{option}={dest}: already exists; datasets are never overwritten, choose a new name or delete it')
+        check_output_file(self.dest, option)
         self.is_zip = file_ext(self.dest) == '.zip'
         self.tmp: str | None = None
         self._zip: zipfile.ZipFile | None = None
@@ -220,9 +224,19 @@ def raw_labels(path: str, fnames: list[str], metadata: dict) -> list[Any] | None
     return [by_name[fname] for fname in fnames]
 
 #----------------------------------------------------------------------------
+# Provenance written by `dataset_tool.py split` under "split" in each part's
+# dataset.json: the source dataset, the seed, which part this is, and for every
+# file of the part the name of the source image it came from, as [name, source
+# name] pairs like EDM's labels. Names only: nothing of the source images is
+# in the part. Readers that do not know the key ignore it.
+
+def split_record(source: str, seed: int, part: str, names: list[list[str]]) -> dict:
+    return dict(source=source, seed=seed, part=part, source_names=names)
+
+#----------------------------------------------------------------------------
 # Reading an observation set: a dataset of .npy arrays whose dataset.json
-# records a positive sigma. Arrays are checked as they are read (float, [C,H,W]
-# like the first, finite) by training.dataset.
+# records a positive sigma, for all or per image. Arrays are checked as they
+# are read (float, [C,H,W] like the first, finite) by training.dataset.
 
 class ObservationSet:
     def __init__(self, path: str, option: str = '--data'):
@@ -234,17 +248,25 @@ class ObservationSet:
         if not self.dataset.is_float:
             raise UserError(f'{option}={path}: holds 8-bit images, not observations; an observation set holds '
                             f'float32 {NPY_EXT} arrays (see docs/observations.md)')
-        sigma = self.dataset.sigma
-        if sigma is None:
+        sigmas = self.dataset.sigmas
+        if sigmas is None:
             raise UserError(f'{option}={path}: {METADATA_FNAME} records no "sigma", so this is not an observation set '
                             '(see docs/observations.md)')
-        if not (math.isfinite(sigma) and sigma > 0):
-            raise UserError(f'{option}={path}: "sigma" in {METADATA_FNAME} must be positive, got {sigma}')
-        self.sigma = float(sigma)
+        bad = np.flatnonzero(~(np.isfinite(sigmas) & (sigmas > 0)))
+        if len(bad):
+            name = '' if self.dataset.sigma is not None else f' of {self.fnames[bad[0]]}'
+            raise UserError(f'{option}={path}: "sigma"{name} in {METADATA_FNAME} must be positive, got {sigmas[bad[0]]:g}')
+        self.sigmas = sigmas                # Noise level of each observation, float64 [N].
+        self.sigma = self.dataset.sigma     # The one level of all observations; None when they differ.
         self.labels = raw_labels(path, self.fnames, metadata)
+        self.split = metadata.get('split') if isinstance(metadata.get('split'), dict) else None
 
     def __len__(self) -> int:
         return len(self.fnames)
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        return float(self.sigmas.min()), float(self.sigmas.max())
 
     @property
     def image_shape(self) -> list[int]:
@@ -253,6 +275,18 @@ class ObservationSet:
     @property
     def label_dim(self) -> int:
         return self.dataset.label_dim
+
+    def source_names(self, indices: list[int]) -> list[str]:
+        """Names of the source images of observations `indices`, as `split` recorded them."""
+        pairs = (self.split or {}).get('source_names')
+        if not isinstance(pairs, list):
+            raise UserError(f'--data={self.path}: {METADATA_FNAME} records no source images ("split"); only sets made '
+                            'by dataset_tool.py split (of this version) name their originals')
+        by_name = {str(pair[0]): str(pair[1]) for pair in pairs if isinstance(pair, list) and len(pair) == 2}
+        missing = [self.fnames[i] for i in indices if self.fnames[i] not in by_name]
+        if missing:
+            raise UserError(f'--data={self.path}: {METADATA_FNAME} records no source image for {missing[0]}')
+        return [by_name[self.fnames[i]] for i in indices]
 
     def load(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Observations [B, C, H, W] float32 and their label vectors [B, label_dim] (None without labels)."""

@@ -2,7 +2,7 @@
 backward sampling (denoise.py) and denoiser update (train.py --transfer).
 
     python -m sfbd.rounds --outdir=runs/sfbd --clean=clean.zip --noisy=noisy.zip --rounds=4 \\
-        --pretrain-duration=200 --round-duration=20 --train-args="--arch=ddpmpp --batch=512"
+        --pretrain-duration=200 --round-duration=20 --preset=cifar10
 
 Every step has a directory of its own, so that no step can continue another by accident:
 
@@ -18,6 +18,11 @@ Each step is a subprocess running the repository's own train.py or denoise.py (u
 with --nproc > 1). A rerun of the same command continues where the last one stopped: finished
 steps are skipped, an interrupted training run resumes from its newest training state, an
 interrupted denoising run denoises the images it had not written. The recipe is in docs/sfbd.md.
+
+By default each round is what the SFBD release does: a `--transfer` of the previous snapshot, which
+restarts the kimg count, EDM's learning-rate warm-up and the optimizer. `--preset` adds the
+release's (or EDM's) hyperparameters by name (sfbd/presets.py); anything else, such as a shorter
+warm-up for the rounds, is an explicit option (docs/sfbd.md lists such deviations).
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from typing import IO, Sequence
 
 import click
 
-from dnnlib.cli import ShellWords
+from dnnlib.cli import FiniteFloat, ShellWords
 from dnnlib.outputs import OutputClaim, check_apart, check_output_dir, read_record
 from dnnlib.util import UserError, atomic_write, report_user_errors
+from sfbd.presets import PRESETS, preset_args
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD_FNAME = 'rounds.json'
@@ -106,7 +112,7 @@ def claim_outdir(outdir: str, options: dict) -> OutputClaim:
 # train.py and denoise.py (parsed by their own option tables, then train.py's
 # dry run, in this process, with the round's data checks what needs the data).
 
-TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'duration', 'transfer', 'resume', 'dry_run')
+TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'duration', 'transfer', 'resume', 'dry_run', 'allow_noisy')
 DENOISE_OPTIONS_SET_HERE = ('network_pkl', 'data', 'outdir', 'shard', 'finalize')
 
 def _parse_options(command: click.Command, name: str, option: str, args: Sequence[str], required: Sequence[str],
@@ -136,8 +142,8 @@ def check_inputs(outdir: str, clean: str, noisy: str, train_args: Sequence[str],
             raise UserError(f'{option}={path}: no such dataset')
     clean_set = ImageFolderDataset(clean)
     clean_set.close()
-    if clean_set.sigma:
-        raise UserError(f'--clean={clean}: is an observation set (sigma {clean_set.sigma:g} in dataset.json); '
+    if clean_set.sigma_text:
+        raise UserError(f'--clean={clean}: is an observation set (sigma {clean_set.sigma_text} in dataset.json); '
                         'give the clean images')
     obs = ObservationSet(noisy, '--noisy')
     obs.close()
@@ -159,7 +165,9 @@ def check_inputs(outdir: str, clean: str, noisy: str, train_args: Sequence[str],
     for option, run_dir, data, args in steps:
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                train.main.main([f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in data], *args, '--dry-run'],
+                # The round's second dataset is the denoised set, here stood in for by the observations.
+                train.main.main([f'--outdir={run_dir}', '--nosubdir', *[f'--data={d}' for d in data], *args,
+                                 '--allow-noisy', '--dry-run'],
                                 prog_name='train.py', standalone_mode=False)
         except click.ClickException as e:
             raise UserError(f'{option}: train.py refuses them: {e.format_message()}') from None
@@ -168,19 +176,26 @@ def _relative(outdir: str, path: str) -> str:
     return os.path.relpath(path, outdir).replace(os.sep, '/')
 
 #----------------------------------------------------------------------------
-# The rounds. `train_args` go to every train.py run, `round_args` only to the
-# update rounds (e.g. a shorter learning-rate warm-up), `denoise_args` to
-# every denoise.py run. Durations are in millions of images, as train.py's.
+# The rounds. The preset's options come first; `train_args` go to every
+# train.py run, `round_args` only to the update rounds (e.g. a shorter
+# learning-rate warm-up), `denoise_args` to every denoise.py run. Durations are
+# in millions of images, as train.py's.
 
 def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_duration: float, round_duration: float,
                train_args: Sequence[str] = (), round_args: Sequence[str] = (), denoise_args: Sequence[str] = (),
-               nproc: int = 1, log: IO[str] | None = None) -> dict:
+               nproc: int = 1, log: IO[str] | None = None, preset: str | None = None) -> dict:
     """Run (or continue) pretraining and `num_rounds` SFBD rounds; returns the record."""
+    if preset not in (None, 'none') and preset not in PRESETS:
+        raise UserError(f'--preset={preset}: unknown; known: {", ".join(PRESETS)}, none')
     check_apart([(outdir, '--outdir')], [(clean, '--clean'), (noisy, '--noisy')])
     outdir = os.path.abspath(outdir)
     options = dict(clean=os.path.abspath(clean), noisy=os.path.abspath(noisy), pretrain_duration=pretrain_duration,
                    round_duration=round_duration, train_args=list(train_args), round_args=list(round_args),
                    denoise_args=list(denoise_args))
+    if preset not in (None, 'none'):
+        options['preset'] = preset  # Recorded only when given, so that records of earlier versions still match.
+    train_args = [*preset_args(preset, 'train'), *train_args]
+    denoise_args = [*preset_args(preset, 'denoise'), *denoise_args]
     check_output_dir(outdir, '--outdir', 'sfbd.rounds', [RECORD_FNAME])
     record, claim = load_record(outdir), claim_outdir(outdir, options)
     if record is None or record.get('options') != options:  # Checked when first recorded.
@@ -250,30 +265,37 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
 @click.option('--clean',              help='Clean images (an EDM dataset)', metavar='ZIP|DIR',                    type=str, required=True)
 @click.option('--noisy',              help='Noisy observations (docs/observations.md)', metavar='ZIP|DIR',        type=str, required=True)
 @click.option('--rounds', 'num_rounds', help='Number of SFBD rounds after pretraining', metavar='INT',             type=click.IntRange(min=0), required=True)
-@click.option('--pretrain-duration',  help='Pretraining length in millions of images', metavar='MIMG',            type=click.FloatRange(min=0, min_open=True), required=True)
-@click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option('--pretrain-duration',  help='Pretraining length in millions of images', metavar='MIMG',            type=FiniteFloat(min=0, min_open=True), required=True)
+@click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=FiniteFloat(min=0, min_open=True), required=True)
+@click.option('--preset',             help='Hyperparameters of a published run for every step (python -m sfbd.presets)', type=click.Choice([*PRESETS, 'none']), default='none', show_default=True)
 @click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=ShellWords(), default='', show_default=True)
 @click.option('--denoise-args',       help='More denoise.py options, e.g. "--steps=40 --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--nproc',              help='Processes per step (torchrun); 1 = plain python', metavar='INT',      type=click.IntRange(min=1), default=1, show_default=True)
 @report_user_errors
 def main(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_duration: float, round_duration: float,
-         train_args: list[str], round_args: list[str], denoise_args: list[str], nproc: int) -> None:
+         preset: str, train_args: list[str], round_args: list[str], denoise_args: list[str], nproc: int) -> None:
     """Run SFBD: pretrain on clean images, then alternate denoising the noisy
     observations and fine-tuning on clean + denoised images.
 
     \b
     Example (CIFAR-10, 4% clean, sigma 0.59, 8 GPUs):
     python -m sfbd.rounds --outdir=runs/sfbd-cifar10 --clean=clean.zip --noisy=noisy.zip \\
-        --rounds=4 --pretrain-duration=200 --round-duration=20 --nproc=8 \\
-        --train-args="--arch=ddpmpp --batch=512" --round-args="--lr-rampup=0"
+        --rounds=4 --pretrain-duration=200 --round-duration=20 --nproc=8 --preset=cifar10
+
+    \b
+    Each round is a --transfer of the previous snapshot, as in the SFBD release:
+    the kimg count, EDM's 10 Mimg learning-rate warm-up and the optimizer start
+    afresh. Options that deviate from the release go in --round-args, e.g.
+    --round-args="--lr-rampup=0" (no warm-up; see docs/sfbd.md for why one might).
+    The --preset options come before --train-args and --denoise-args, which win.
 
     \b
     Rerunning the same command continues an interrupted run; a larger --rounds
     adds rounds to a finished one.
     """
     run_rounds(outdir, clean, noisy, num_rounds, pretrain_duration, round_duration, train_args, round_args,
-               denoise_args, nproc)
+               denoise_args, nproc, preset=preset)
 
 #----------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """denoise.py and sfbd/backward.py: the release's denoising grid, sharding, resuming, the SDE's
 per-image randomness, and the refusal of bad input."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -295,3 +297,188 @@ def test_fast_path_with_gpu_settings_stays_within_tolerance(tmp_path, fixtures_d
     obs.close()
 
 #----------------------------------------------------------------------------
+# Per-image noise levels. Levels 0.3 and 0.45 start at the same node of the
+# 18-step grid (0.585), 0.59 and 0.8 at the next one (1.088), 0.2 at 0.296:
+# a batch holds groups of one and of several levels.
+
+LEVELS = [0.2, 0.3, 0.45, 0.59, 0.8]
+
+@pytest.fixture(scope='module')
+def mixed(tmp_path_factory):
+    root = tmp_path_factory.mktemp('mixed')
+    levels = [LEVELS[(3 * i) % len(LEVELS)] for i in range(NUM_OBS)]
+    arrays = random_observations(NUM_OBS, sigma=0.5)
+    names = [f'00000/img{i:08d}.npy' for i in range(NUM_OBS)]
+    make_observation_set(str(root / 'obs'), arrays, metadata=dict(sigma=dict(zip(names, levels)), labels=None))
+    return dict(root=root, obs=str(root / 'obs'), levels=levels, arrays=arrays)
+
+class ExactDenoiser(torch.nn.Module):
+    """Exact denoiser of N(0, 0.25 I) data, one noise level per image: every image is computed on
+    its own, so any difference between a batch and single runs is the sampler's."""
+    img_channels, img_resolution, label_dim, sigma_min, sigma_max = 3, 8, 0, 0, float('inf')
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma)
+
+    def forward(self, x, sigma, class_labels=None):
+        t = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1, 1)
+        return x.to(torch.float64) * 0.25 / (0.25 + t ** 2)
+
+@pytest.mark.parametrize('mode, options', [('ode', {}), ('ode', dict(S_churn=4)), ('sde', {})])
+def test_mixed_levels_equal_per_level_runs_exactly(mixed, mode, options):
+    # The sampler: a batch of mixed levels against each image at its level alone, same stream.
+    net = ExactDenoiser()
+    y = torch.from_numpy(mixed['arrays'])
+    levels = torch.tensor(mixed['levels'], dtype=torch.float64)
+    rnd = StackedRandomGenerator('cpu', image_seeds(1, range(NUM_OBS)))
+    together = backward_sample(net, y, levels, mode=mode, randn_like=rnd.randn_like, **options)
+    for i in range(NUM_OBS):
+        one = StackedRandomGenerator('cpu', image_seeds(1, [i]))
+        alone = backward_sample(net, y[i:i + 1], mixed['levels'][i], mode=mode, randn_like=one.randn_like, **options)
+        assert torch.equal(together[i], alone[0]), i
+
+def test_denoise_loop_on_a_mixed_set_equals_per_level_runs(mixed, tmp_path):
+    # denoise.py's loop (grouping, sharding, batching) with the exact denoiser: the PNGs of the
+    # mixed set equal those of the whole set denoised at each level, image for image.
+    obs, net = ObservationSet(mixed['obs']), ExactDenoiser()
+    common = dict(mode='sde', seed=3, device=torch.device('cpu'), sampler_kwargs={})
+    for shard in range(2):
+        todo = list(denoise.shard_indices(NUM_OBS, (shard, 2)))
+        denoise.denoise_images(net, obs, str(tmp_path / 'mixed'), todo, sigma=obs.sigmas, max_batch_size=5, **common)
+    for level in LEVELS:
+        denoise.denoise_images(net, obs, str(tmp_path / f'{level}'), list(range(NUM_OBS)), sigma=level,
+                               max_batch_size=64, **common)
+    got = read_png_dataset(str(tmp_path / 'mixed'))
+    assert len(got) == NUM_OBS
+    for i, level in enumerate(mixed['levels']):
+        name = f'00000/img{i:08d}.png'
+        assert np.array_equal(got[name], read_png_dataset(str(tmp_path / f'{level}'))[name]), i
+
+def test_fast_loop_on_a_mixed_set_equals_the_faithful_one(mixed, tmp_path):
+    # The fast loop (reading and writing on threads, batches padded as for a compiled network)
+    # groups the levels as the faithful one does: the same images.
+    from torch_utils.fast import fast_settings
+    obs, net = ObservationSet(mixed['obs']), ExactDenoiser()
+    common = dict(sigma=obs.sigmas, mode='sde', seed=3, max_batch_size=5, device=torch.device('cpu'), sampler_kwargs={})
+    denoise.denoise_images(net, obs, str(tmp_path / 'faithful'), list(range(NUM_OBS)), **common)
+    denoise.denoise_images(net, obs, str(tmp_path / 'fast'), list(range(NUM_OBS)), **common,
+                           fast=fast_settings('cpu', compile=True))
+    a, b = read_png_dataset(str(tmp_path / 'faithful')), read_png_dataset(str(tmp_path / 'fast'))
+    assert len(a) == NUM_OBS and sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+def test_denoise_cli_on_a_mixed_set(mixed, inputs, tmp_path):
+    # The real network: each image as in the run of the whole set at its level (a network may
+    # round differently in another batch, so up to one level of 255, rarely).
+    from torch_utils.persistence import load_network
+    data = str(tmp_path / 'obs')
+    shutil.copytree(mixed['obs'], data)
+    base = ['--network', inputs['net'], '--data', data, '--outdir', tmp_path / 'mixed', '--mode=sde', '--batch=6']
+    assert 'sigma 0.2 to 0.8 (per image)' in run_ok(*base)
+    got = read_png_dataset(str(tmp_path / 'mixed'))
+    obs, net, same = ObservationSet(data), load_network(inputs['net']), 0
+    for level in LEVELS:
+        denoise.denoise_images(net, obs, str(tmp_path / f'{level}'), list(range(NUM_OBS)), sigma=level, mode='sde',
+                               seed=0, max_batch_size=64, device=torch.device('cpu'), sampler_kwargs={})
+        alone = read_png_dataset(str(tmp_path / f'{level}'))
+        for i in [i for i, l in enumerate(mixed['levels']) if l == level]:
+            name = f'00000/img{i:08d}.png'
+            assert np.abs(got[name].astype(int) - alone[name].astype(int)).max() <= 1
+            same += np.array_equal(got[name], alone[name])
+    assert same >= NUM_OBS - 2
+
+    # The options record the levels; a rerun with other levels into the same directory is refused.
+    record = read_json(str(tmp_path / 'mixed' / 'denoise_options.json'))['sigma']
+    assert record['per_image'] and record['count'] == NUM_OBS and (record['min'], record['max']) == (0.2, 0.8)
+    assert 'Denoising 0 of 23' in run_ok(*base)
+    metadata = read_json(os.path.join(data, 'dataset.json'))
+    metadata['sigma']['00000/img00000004.npy'] = 0.31
+    with open(os.path.join(data, 'dataset.json'), 'w') as f:
+        json.dump(metadata, f)
+    result = run(*base)
+    assert result.exit_code == 1 and 'other options (sigma' in result.output
+
+    # One --sigma for a set of per-image levels needs --force-sigma.
+    result = run('--network', inputs['net'], '--data', data, '--outdir', tmp_path / 'forced', '--sigma=0.5')
+    assert result.exit_code == 1 and 'per image (0.2 to 0.8)' in result.output and '--force-sigma' in result.output
+
+#----------------------------------------------------------------------------
+# The comparison picture: images chosen anywhere in the set (count and seed),
+# original | observation | denoised with --originals, the originals read by
+# the names `split` recorded. An experiment of 12 source images, 10 observations.
+
+@pytest.fixture(scope='module')
+def experiment(tmp_path_factory):
+    from sfbd.dataset_commands import split_dataset
+    root = tmp_path_factory.mktemp('experiment')
+    source = make_image_dataset(str(root / 'source'), num_images=12, seed=4)
+    split_dataset(str(root / 'source'), str(root / 'clean'), str(root / 'noisy'), sigma=0.5, seed=1, clean_count=2,
+                  verbose=False)
+    return dict(root=root, source=source, noisy=str(root / 'noisy'), net=save_tiny_network(str(root / 'net.pkl')))
+
+def grid_cells(path, num_cells: int, num_columns: int, size: int = 8, per_row: int = 8) -> list[list[np.ndarray]]:
+    # The [C, H, W] images of each cell of sfbd.grids.comparison_grid's layout.
+    from sfbd.grids import load_png
+    grid = load_png(str(path))
+    cell_width = num_columns * size + num_columns - 1
+    cells = []
+    for i in range(num_cells):
+        top, left = (i // per_row) * (size + 2), (i % per_row) * (cell_width + 2)
+        cells.append([grid[:, top:top + size, left + j * (size + 1):left + j * (size + 1) + size] for j in range(num_columns)])
+    return cells
+
+def test_grid_of_chosen_images_with_their_originals(experiment, tmp_path):
+    from sfbd.dataset_commands import choose_clean
+    from sfbd.grids import choose_images, load_png
+    noisy = experiment['noisy']
+    before = {name: os.stat(os.path.join(noisy, name)).st_mtime_ns for name in os.listdir(noisy)}
+    outdir, picture = tmp_path / 'out', tmp_path / 'grid.png'
+    grid_args = ['--grid', picture, '--grid-count=4', '--grid-seed=7', '--originals', experiment['root'] / 'source']
+    chosen = choose_images(10, 4, 7)
+    assert chosen == [5, 6, 8, 9]  # All in the second of two shards: not the first images of a shard.
+
+    # The first shard cannot show them yet; the second, which denoises them, writes the picture.
+    out = run_ok('--network', experiment['net'], '--data', noisy, '--outdir', outdir, '--steps=4', '--shard=0/2', *grid_args)
+    assert 'not written yet' in out and not picture.exists()
+    out = run_ok('--network', experiment['net'], '--data', noisy, '--outdir', outdir, '--steps=4', '--shard=1/2', *grid_args)
+    assert f'Wrote {picture}: 4 images chosen with --grid-seed=7, original | observation | denoised.' in out
+
+    # Each cell: the source image of the observation (split's choice replayed: the sources of the
+    # observations are the non-clean images in order), the observation, the denoised image.
+    sources = np.setdiff1d(np.arange(12), choose_clean(12, 2, 1))
+    obs = ObservationSet(noisy)
+    observations = to_uint8(obs.load(chosen)[0]).numpy()
+    for cell, i, observation in zip(grid_cells(picture, 4, 3), chosen, observations):
+        assert np.array_equal(cell[0], experiment['source'][sources[i]])
+        assert np.array_equal(cell[1], observation)
+        assert np.array_equal(cell[2], load_png(str(outdir / f'00000/img{i:08d}.png')))
+
+    # Without --originals: observation | denoised. The observation set is as it was.
+    run_ok('--network', experiment['net'], '--data', noisy, '--outdir', outdir, '--steps=4', '--finalize',
+           '--grid', picture, '--grid-count=4', '--grid-seed=7')
+    for cell, observation in zip(grid_cells(picture, 4, 2), observations):
+        assert np.array_equal(cell[0], observation)
+    assert {name: os.stat(os.path.join(noisy, name)).st_mtime_ns for name in os.listdir(noisy)} == before
+
+@pytest.mark.parametrize('case, message', [
+    ('no-grid', '--originals adds the originals to the --grid picture'),
+    ('grid-in-data', 'the input --data='),
+    ('grid-in-outdir', 'contains the output --grid='),
+    ('grid-in-originals', 'the input --originals='),
+    ('unrecorded', 'records no source images'),
+    ('wrong-source', 'has no 00000/img'),
+])
+def test_grid_options_are_checked_before_any_work(case, message, experiment, inputs, tmp_path):
+    outdir = tmp_path / 'out'
+    data = inputs['obs'] if case == 'unrecorded' else experiment['noisy']
+    other = tmp_path / 'other'
+    make_image_dataset(str(other), num_images=3)
+    grid = {'grid-in-data': os.path.join(data, 'grid.png'), 'grid-in-outdir': outdir / 'grid.png',
+            'grid-in-originals': experiment['root'] / 'source' / 'grid.png'}.get(case, tmp_path / 'grid.png')
+    args = ['--network', experiment['net'], '--data', data, '--outdir', outdir, '--steps=4',
+            '--originals', other if case == 'wrong-source' else experiment['root'] / 'source']
+    if case != 'no-grid':
+        args += ['--grid', grid]
+    result = run(*args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert not os.path.exists(grid) and not outdir.exists()  # Refused before the output directory is claimed.

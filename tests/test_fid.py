@@ -19,7 +19,8 @@ import torch
 from click.testing import CliRunner
 
 import fid
-from dnnlib.util import cached_path_for_url
+from dnnlib.util import cached_path_for_url, file_sha256
+from torch_utils.detector import DEFAULT_DETECTOR, DEFAULT_DETECTOR_SHA256
 from training.sampler import generate_images, to_uint8
 
 FEATURES = 16  # Width of the stand-in's features: small, so that covariances of a few dozen images are full rank.
@@ -198,7 +199,7 @@ def test_calc_images_matches_direct(files, tmp_path):
     record = json.loads(log.read_text().strip())
     assert record['fid'] == pytest.approx(expected, rel=1e-8)
     assert record['images'] == files['b'] and record['num'] == 30 and record['ref'] == files['ref_a']
-    assert record['detector_sha256'] == fid.file_sha256(files['detector'])
+    assert record['detector_sha256'] == file_sha256(files['detector'])
     assert {'time', 'seconds', 'detector'} <= set(record)
 
 def test_identical_images_give_zero(files):
@@ -221,6 +222,13 @@ def test_image_repeats_use_disjoint_subsets(files):
     mu_a, sigma_a = stats_of(standin_features(files['a_images']))
     fids = [direct_fid(*stats_of(standin_features(files['a_images'][s])), mu_a, sigma_a) for s in subsets]
     assert last_float(result) == pytest.approx(min(fids), rel=1e-5)
+    assert 'FID over 2 disjoint image subsets of the folder: min' in result.output  # Not "seed sets".
+
+def test_help_says_what_repeats_means_for_each_input():
+    text = ' '.join(run('calc', '--help').output.split())
+    assert '--network K seed sets of --num seeds each' in text and "EDM's published protocol" in text
+    assert '--images K disjoint random subsets of --num images of the one folder' in text
+    assert "it is not EDM's protocol" in text
 
 #----------------------------------------------------------------------------
 # Bad input: one line naming the file or option, exit status 1.
@@ -289,15 +297,15 @@ def test_sha256_mismatch(files, tmp_path, monkeypatch):
     assert_one_line_error(result, files['detector'], 'sha256')
     # The right digest passes.
     run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', *common(files),
-        '--detector-sha256=' + fid.file_sha256(files['detector']))
+        '--detector-sha256=' + file_sha256(files['detector']))
     # The default detector is always checked: put a wrong file where its download is cached.
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
-    cached = cached_path_for_url(fid.DEFAULT_DETECTOR)
+    cached = cached_path_for_url(DEFAULT_DETECTOR)
     os.makedirs(os.path.dirname(cached))
     shutil.copyfile(files['detector'], cached)
     result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', '--workers=0',
                  '--device=cpu', ok=False)
-    assert_one_line_error(result, fid.DEFAULT_DETECTOR, cached, fid.DEFAULT_DETECTOR_SHA256)
+    assert_one_line_error(result, DEFAULT_DETECTOR, cached, DEFAULT_DETECTOR_SHA256)
 
 def test_pickled_detector_when_named(files, tmp_path):
     # A .pkl detector is unpickled (running what it holds); anything else must be TorchScript.
@@ -436,7 +444,7 @@ def test_network_repeats(files, rundir, tmp_path):
     assert record['mean'] == pytest.approx(np.mean(fids), rel=1e-8)
     assert record['std'] == pytest.approx(np.std(fids, ddof=1), rel=1e-6)
     assert record['seeds'] == '0-11' and record['network'] == pkl and record['repeats'] == 3
-    assert 'min' in result.stdout and 'mean' in result.stdout and 'std' in result.stdout
+    assert 'FID over 3 disjoint seed sets: min' in result.stdout and 'mean' in result.stdout and 'std' in result.stdout
 
 def test_run_directory_table(files, rundir, tmp_path):
     root, nets = rundir

@@ -93,7 +93,7 @@ def test_written_layout_is_edms(tmp_path):
             seen.append((module, name))
             if (module, name) == ('torch_utils.persistence', '_reconstruct_persistent_obj'):
                 return lambda meta: meta
-            return persistence._DataOnlyUnpickler.find_class(self, module, name)
+            return persistence.DataOnlyUnpickler.find_class(self, module, name)
 
     with open(path, 'rb') as f:
         unpickler = Peek(f)

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -157,7 +158,7 @@ def test_denoise_that_fails_leaves_no_record(inputs, tmp_path):
                                    (inputs / 'net.pkl', tmp_path / 'nan-obs', 'NaN')]:
         result = invoke(denoise.main, ['--network', network, '--data', data, '--outdir', outdir, '--steps=2'])
         assert_one_error_line(result, message)
-        assert not os.path.exists(outdir / denoise.OPTIONS_FNAME) and not read_png_dataset(str(outdir))
+        assert not os.path.exists(outdir)
 
     # The corrected command, with other options, runs.
     result = invoke(denoise.main, ['--network', inputs / 'net.pkl', '--data', inputs / 'obs', '--outdir', outdir, '--steps=3'])
@@ -199,9 +200,10 @@ def test_rounds_with_bad_step_options_leave_nothing(inputs, tmp_path, monkeypatc
         started.append(script)
         raise KeyboardInterrupt
     monkeypatch.setattr(rounds, 'run_script', first_step)
-    result = invoke(rounds.main, common + ['--train-args=--arch=ddpmpp --batch=8'])
+    result = invoke(rounds.main, common + ['--train-args=--arch=ddpmpp --batch=8 --cbase=8 --cres=1'])
     assert started == ['train.py'] and result.exit_code == 1 and 'Aborted' in result.output
-    assert read_json(str(tmp_path / 'r' / rounds.RECORD_FNAME))['options']['train_args'] == ['--arch=ddpmpp', '--batch=8']
+    assert read_json(str(tmp_path / 'r' / rounds.RECORD_FNAME))['options']['train_args'] == \
+        ['--arch=ddpmpp', '--batch=8', '--cbase=8', '--cres=1']
 
 #----------------------------------------------------------------------------
 # 3. Concurrent claims with different options: exactly one wins, the others
@@ -257,6 +259,30 @@ def test_two_denoise_tasks_with_other_options_started_together(inputs, tmp_path)
     a, b = read_png_dataset(str(outdir)), read_png_dataset(str(reference))
     assert sorted(a) == sorted(b) and all(np.abs(a[k].astype(int) - b[k].astype(int)).max() <= 1 for k in a)
 
+def test_two_training_runs_starting_in_one_outdir(inputs, tmp_path, monkeypatch):
+    # Two train.py runs that start at the same moment pick the same run directory name (or, with
+    # --nosubdir, the same directory): the one that claims it second stops with one line and
+    # leaves the winner's directory as it was. The race is staged: the other run claims the
+    # directory just before this one does.
+    common = ['--data', inputs / 'clean', '--cbase=8', '--cres=1', '--batch=2', '--duration=0.00001', '--seed=0']
+    winner = tmp_path / 'runs' / '00000-winner'
+    monkeypatch.setattr(train, 'next_run_dir', lambda outdir, desc: str(winner))
+    winner.mkdir(parents=True)
+    (winner / 'log.txt').write_text('the other run\n')
+    before = tree_digest(winner)
+    assert_one_error_line(invoke(train.main, ['--outdir', tmp_path / 'runs', *common]), 'already exists', 'another run')
+    assert tree_digest(winner) == before and os.listdir(tmp_path / 'runs') == ['00000-winner']
+
+    shared = tmp_path / 'shared'
+    real_create_exclusive = train.create_exclusive
+    def other_run_first(path, record):
+        real_create_exclusive(path, dict(record, seed=1))  # The other run's options land first.
+        return real_create_exclusive(path, record)
+    monkeypatch.setattr(train, 'create_exclusive', other_run_first)
+    assert_one_error_line(invoke(train.main, ['--outdir', shared, '--nosubdir', *common]), 'another train.py started')
+    assert read_json(str(shared / 'training_options.json'))['seed'] == 1
+    assert not [name for name in os.listdir(shared) if name.startswith(('network-snapshot', 'training-state'))]
+
 #----------------------------------------------------------------------------
 # 4. Half-written outputs.
 
@@ -296,7 +322,7 @@ def test_a_full_disk_while_denoising(inputs, tmp_path, monkeypatch, after):
     images = read_png_dataset(str(outdir))
     assert all(outputs.is_complete_png(str(outdir / name)) for name in images)
     # The first write failed: no image depends on the record, so it went. Later: the images stay.
-    assert os.path.exists(outdir / denoise.OPTIONS_FNAME) == (after > 0) == bool(images)
+    assert os.path.exists(outdir / denoise.OPTIONS_FNAME) == (after > 0) == bool(images) == os.path.isdir(outdir)
 
     monkeypatch.undo()
     result = invoke(denoise.main, args)
@@ -352,6 +378,218 @@ def test_atomic_write_leaves_no_temporary(tmp_path, monkeypatch):
             f.write('new')
             _ = 1 / 0
     assert os.listdir(tmp_path) == ['f.json'] and target.read_text() == 'old'
+
+#----------------------------------------------------------------------------
+# 5. Silently wrong results. Numbers are finite and in range, sampler ranges
+# are not upside down, labels are finite, reference statistics are
+# statistics, a NaN score or NaN images are refused, observations are not
+# taken for images nor images for observations.
+
+NUMBERS = [
+    (generate.main, ['--seeds=0', '--sigma_min=nan'], '--sigma_min'),
+    (generate.main, ['--seeds=0', '--rho=inf'], '--rho'),
+    (generate.main, ['--seeds=0', '--S_noise=nan'], '--S_noise'),
+    (denoise.main, ['--data=x', '--sigma=nan', '--force-sigma'], '--sigma'),
+    (train.main, ['--data=x', '--lr=nan'], '--lr'),
+    (train.main, ['--data=x', '--duration=inf'], '--duration'),
+    (train.main, ['--data=x', '--dropout=nan'], '--dropout'),
+    (dataset_tool.cli, ['split', '--source=x', '--clean=a', '--noisy=b', '--sigma=inf', '--clean-count=1'], '--sigma'),
+    (dataset_tool.cli, ['split', '--source=x', '--clean=a', '--noisy=b', '--sigma=1', '--clean-fraction=nan'], '--clean-fraction'),
+    (rounds.main, ['--clean=x', '--noisy=y', '--rounds=1', '--pretrain-duration=1', '--round-duration=nan'], '--round-duration'),
+]
+
+@pytest.mark.parametrize('command, args, option', NUMBERS, ids=[f'{c.name}{o}' for c, _a, o in NUMBERS])
+def test_numbers_must_be_finite(inputs, tmp_path, command, args, option):
+    common = {generate.main: ['--network', inputs / 'net.pkl', '--outdir', tmp_path / 'o'],
+              denoise.main: ['--network', inputs / 'net.pkl', '--outdir', tmp_path / 'o'],
+              train.main: ['--outdir', tmp_path / 'o'], rounds.main: ['--outdir', tmp_path / 'o']}.get(command, [])
+    result = invoke(command, [*common, *args])
+    assert_one_error_line(result, f"Invalid value for '{option}'", 'not a finite number', exit_code=2)
+    assert os.listdir(tmp_path) == []
+
+@pytest.mark.parametrize('args, message', [
+    (['--sigma_min=5', '--sigma_max=1'], '--sigma_min=5 is not below --sigma_max=1'),
+    (['--S_churn=10', '--S_min=2', '--S_max=1'], 'the churn would never apply'),
+])
+def test_sampler_ranges_the_wrong_way_round(inputs, tmp_path, args, message):
+    for command, common in [(generate.main, ['--seeds=0-1']), (denoise.main, ['--data', inputs / 'obs'])]:
+        outdir = tmp_path / command.name
+        assert_one_error_line(invoke(command, ['--network', inputs / 'net.pkl', '--outdir', outdir, *common, *args]), message)
+        assert not os.path.exists(outdir) or os.listdir(outdir) == []
+
+def test_a_network_that_makes_nan_is_refused(inputs, tmp_path):
+    from torch_utils.persistence import save_network_pickle
+    from sfbd_helpers import tiny_network
+    net = tiny_network()
+    for p in net.parameters():
+        p.data.fill_(float('nan'))
+    pkl = str(tmp_path / 'nan.pkl')
+    save_network_pickle(pkl, dict(ema=net))
+    assert_one_error_line(invoke(generate.main, ['--network', pkl, '--outdir', tmp_path / 'g', '--seeds=0-1', '--steps=2']),
+                          'NaN or infinite values', 'seeds 0-1')
+    assert_one_error_line(invoke(denoise.main, ['--network', pkl, '--data', inputs / 'obs', '--outdir', tmp_path / 'd', '--steps=2']),
+                          'NaN or infinite values', 'img00000000.npy')
+    assert not read_png_dataset(str(tmp_path)) and not os.path.exists(tmp_path / 'd' / denoise.OPTIONS_FNAME)
+
+@pytest.mark.parametrize('labels, message', [([[0.5, float('nan')]] * 6, 'NaN or infinite'),
+                                             ([0, 1, 2, 3, 4, 10**9], 'out of range'),
+                                             ([0, 1, 2, 3, 4, -1], 'non-negative integers')])
+def test_label_values_are_checked(tmp_path, labels, message):
+    import json
+    from sfbd.observations import dataset_fname
+    make_image_dataset(str(tmp_path / 'ds'), 6)
+    names = [dataset_fname(i, '.png') for i in range(6)]
+    (tmp_path / 'ds' / 'dataset.json').write_text(json.dumps(dict(labels=[[n, l] for n, l in zip(names, labels)])))
+    result = invoke(train.main, ['--outdir', tmp_path / 'o', '--data', tmp_path / 'ds', '--cond=1', '-n'])
+    assert_one_error_line(result, 'dataset.json', message)
+
+@pytest.mark.parametrize('case', ['nan', 'asymmetric', 'negative-variance', 'shapes'])
+def test_reference_statistics_are_checked(tmp_path, case):
+    mu, sigma = np.zeros(4), np.eye(4)
+    if case == 'nan':
+        mu[1] = np.nan
+    elif case == 'asymmetric':
+        sigma[0, 1] = 0.5
+    elif case == 'negative-variance':
+        sigma[2, 2] = -1
+    elif case == 'shapes':
+        sigma = np.eye(3)
+    np.savez(str(tmp_path / 'ref.npz'), mu=mu, sigma=sigma)
+    message = {'nan': 'NaN', 'asymmetric': 'not a covariance', 'negative-variance': 'not a covariance', 'shapes': 'expected [D]'}[case]
+    with pytest.raises(UserError, match=re.escape(message)):
+        fid.load_ref_stats(str(tmp_path / 'ref.npz'))
+
+def test_a_nan_score_is_an_error():
+    mu, sigma = np.zeros(3), np.eye(3)
+    assert fid.calculate_fid_from_inception_stats(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-9)
+    with pytest.raises(UserError, match='the FID came out nan'):
+        fid.calculate_fid_from_inception_stats(mu, sigma * np.nan, mu, sigma)
+
+def test_observations_are_not_images_and_images_not_observations(inputs, tmp_path):
+    obs, clean = inputs / 'obs', inputs / 'clean'
+    assert_one_error_line(invoke(train.main, ['--outdir', tmp_path / 't', '--data', clean, '--data', obs, '-n']),
+                          f'--data={obs}: is an observation set', '--allow-noisy')
+    assert invoke(train.main, ['--outdir', tmp_path / 't', '--data', clean, '--data', obs, '--allow-noisy', '-n']).exit_code == 0
+    assert_one_error_line(invoke(fid.ref, ['--data', obs, '--dest', tmp_path / 'r.npz']), 'is an observation set')
+    assert_one_error_line(invoke(fid.calc, ['--images', obs, '--ref', tmp_path / 'r.npz']), 'is an observation set')
+    assert_one_error_line(invoke(denoise.main, ['--network', inputs / 'net.pkl', '--data', clean, '--outdir', tmp_path / 'd']),
+                          'not observations')
+    for swapped in (['--clean', obs, '--noisy', clean], ['--clean', clean, '--noisy', clean]):
+        result = invoke(rounds.main, ['--outdir', tmp_path / 'r', *swapped, '--rounds=1', '--pretrain-duration=1', '--round-duration=1'])
+        assert_one_error_line(result, 'observation')
+    assert os.listdir(tmp_path) == []
+
+#----------------------------------------------------------------------------
+# 6. No tracebacks for bad input: each is one line naming the option or the
+# file, with a non-zero exit, before any work. A bug still shows its traceback.
+
+def test_bad_values_inside_option_parsing(inputs, tmp_path):
+    for command, args, option in [(generate.main, ['--network', inputs / 'net.pkl', '--outdir', tmp_path / 'o', '--seeds=abc'], '--seeds'),
+                                  (generate.main, ['--network', inputs / 'net.pkl', '--outdir', tmp_path / 'o', '--seeds=5-2'], '--seeds'),
+                                  (train.main, ['--outdir', tmp_path / 'o', '--data', inputs / 'clean', '--cres=a,b'], '--cres'),
+                                  (fid.calc, ['--network', inputs / 'net.pkl', '--ref=r.npz', '--seeds=1-x'], '--seeds')]:
+        assert_one_error_line(invoke(command, args), f"Invalid value for '{option}'", exit_code=2)
+    assert os.listdir(tmp_path) == []
+
+def test_an_output_of_the_wrong_kind(inputs, tmp_path):
+    a_file = tmp_path / 'file'
+    a_file.write_text('x')
+    a_dir = tmp_path / 'dir'
+    a_dir.mkdir()
+    net, obs, clean = inputs / 'net.pkl', inputs / 'obs', inputs / 'clean'
+    cases = [
+        (generate.main, ['--network', net, '--outdir', a_file, '--seeds=0'], 'is a file, not a directory'),
+        (denoise.main, ['--network', net, '--data', obs, '--outdir', a_file], 'is a file, not a directory'),
+        (train.main, ['--outdir', a_file, '--nosubdir', '--data', clean, '-n'], 'is a file, not a directory'),
+        (train.main, ['--outdir', a_file / 'sub', '--data', clean, '-n'], 'is a file, not a directory'),
+        (rounds.main, ['--outdir', a_file, '--clean', clean, '--noisy', obs, '--rounds=1', '--pretrain-duration=1',
+                       '--round-duration=1'], 'is a file, not a directory'),
+        (fid.calc, ['--network', net, '--ref=r.npz', '--outdir', a_file, '--num=2'], 'is a file, not a directory'),
+        (dataset_tool.cli, ['convert', '--source', clean, '--dest', a_file / 'x.zip'], 'is a file, not a directory'),
+        (denoise.main, ['--network', net, '--data', obs, '--outdir', tmp_path / 'd', '--grid', a_dir], 'is a directory'),
+        (fid.calc, ['--network', net, '--ref=r.npz', '--json', a_dir], 'is a directory'),
+        (fid.ref, ['--data', clean, '--dest', a_dir], 'is a directory'),
+        (fid.ref, ['--data', clean, '--dest', a_file / 'r.npz'], 'is a file, not a directory'),
+        (train.main, ['--outdir', tmp_path / 'o', '--data', clean, '--desc=a/b', '-n'], '--desc=a/b'),
+        (generate.main, ['--network', net, '--outdir', '', '--seeds=0'], '--outdir: an empty path'),
+    ]
+    for command, args, message in cases:
+        assert_one_error_line(invoke(command, args), message)
+    assert sorted(os.listdir(tmp_path)) == ['dir', 'file'] and os.listdir(a_dir) == []
+
+@pytest.mark.parametrize('device, message', [('bogus', 'not a device'), ('cuda:99', 'cuda'), ('xla', 'not supported')])
+def test_an_unknown_or_absent_device(inputs, tmp_path, device, message):
+    net, obs, clean = inputs / 'net.pkl', inputs / 'obs', inputs / 'clean'
+    for command, args in [(generate.main, ['--network', net, '--outdir', tmp_path / 'g', '--seeds=0']),
+                          (denoise.main, ['--network', net, '--data', obs, '--outdir', tmp_path / 'd']),
+                          (train.main, ['--outdir', tmp_path / 't', '--data', clean, '-n']),
+                          (fid.ref, ['--data', clean, '--dest', tmp_path / 'r.npz']),
+                          (demo.main, ['--outdir', tmp_path / 'demo'])]:
+        assert_one_error_line(invoke(command, [*args, f'--device={device}']), f'--device={device}', message)
+    assert os.listdir(tmp_path) == []
+
+def test_cuda_without_a_gpu(inputs, tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    result = invoke(generate.main, ['--network', inputs / 'net.pkl', '--outdir', tmp_path / 'g', '--seeds=0', '--device=cuda'])
+    assert_one_error_line(result, '--device=cuda: CUDA is not available')
+
+def test_resume_or_transfer_from_the_wrong_file(inputs, tmp_path):
+    garbage = tmp_path / 'garbage.pt'
+    garbage.write_bytes(b'not a state')
+    for args, message in [(['--resume', inputs / 'net.pkl'], 'a network pickle is given to --transfer'),
+                          (['--resume', garbage], 'not a training state'),
+                          (['--resume', tmp_path / 'missing.pt'], 'no such file')]:
+        assert_one_error_line(invoke(train.main, ['--outdir', tmp_path / 'o', '--data', inputs / 'clean', '-n', *args]), message)
+    result = invoke(train.main, ['--outdir', tmp_path / 'o', '--data', inputs / 'clean', '--cbase=8', '--cres=1', '--batch=4',
+                                 '--duration=0.00001', '--transfer', garbage])
+    assert_one_error_line(result, 'garbage.pt: not a readable network pickle')
+    assert sorted(os.listdir(tmp_path)) == ['garbage.pt']
+
+def test_network_options_that_fit_no_network(inputs, tmp_path):
+    for extra in (['--cres=1,1,1,1,1,1'], ['--cbase=3', '--cres=1']):
+        result = invoke(train.main, ['--outdir', tmp_path / 'o', '--data', inputs / 'clean', *extra, '-n'])
+        assert_one_error_line(result, 'no network of this shape fits 8x8 images')
+
+def test_unbalanced_quotes_in_passed_on_options(tmp_path):
+    script = f'source {REPO_ROOT}/scripts/common.sh; sfbd_words words "$1" TRAIN_ARGS; echo "${{#words[@]}}"'
+    good = subprocess.run(['bash', '-c', script, '_', '--lr=1e-4  --desc=run'], capture_output=True, text=True)
+    assert good.returncode == 0 and good.stdout.strip() == '2'
+    bad = subprocess.run(['bash', '-c', script, '_', "--desc='my run"], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stdout == '' and bad.stderr.count('\n') == 1
+    assert 'TRAIN_ARGS' in bad.stderr and 'quotes' in bad.stderr
+    result = invoke(rounds.main, ['--outdir', tmp_path / 'r', '--clean=c', '--noisy=n', '--rounds=1', '--pretrain-duration=1',
+                                  '--round-duration=1', '--denoise-args=--steps="4'])
+    assert_one_error_line(result, "Invalid value for '--denoise-args'", 'No closing quotation', exit_code=2)
+
+def test_a_bug_still_shows_its_traceback(inputs, tmp_path, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise KeyError('a bug')
+    monkeypatch.setattr(denoise, 'check_network', broken)
+    result = invoke(denoise.main, ['--network', inputs / 'net.pkl', '--data', inputs / 'obs', '--outdir', tmp_path / 'o'])
+    assert isinstance(result.exception, KeyError) and 'Error:' not in result.output
+    def missing(*_args, **_kwargs):
+        raise FileNotFoundError(errno.ENOENT, 'No such file or directory', 'x')  # Not an environment error.
+    monkeypatch.setattr(denoise, 'check_network', missing)
+    result = invoke(denoise.main, ['--network', inputs / 'net.pkl', '--data', inputs / 'obs', '--outdir', tmp_path / 'o'])
+    assert isinstance(result.exception, FileNotFoundError)
+
+def test_an_appended_line_is_whole_or_absent(tmp_path, monkeypatch):
+    # fid.py calc --json appends one line per score; a full disk halfway through a line takes it back.
+    path = tmp_path / 'scores.jsonl'
+    outputs.append_line(str(path), '{"fid": 1}')
+    real_write, inode = os.write, os.stat(path).st_ino
+    def half_then_full(fd, data):
+        if os.fstat(fd).st_ino == inode:
+            real_write(fd, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+    monkeypatch.setattr(os, 'write', half_then_full)
+    with pytest.raises(UserError, match=r'scores\.jsonl: cannot write \(No space left on device\)'):
+        outputs.append_line(str(path), '{"fid": 2}')
+    monkeypatch.undo()
+    assert path.read_text() == '{"fid": 1}\n'
 
 #----------------------------------------------------------------------------
 # Kill and rerun: denoise.py killed with SIGKILL at a random point, then run

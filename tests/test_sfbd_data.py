@@ -1,5 +1,6 @@
 """SFBD's data: the observation format, `split` and `merge`."""
 
+import json
 import os
 
 import numpy as np
@@ -9,7 +10,7 @@ from click.testing import CliRunner
 
 from dnnlib.util import UserError
 from sfbd.dataset_commands import merge, merge_datasets, split, split_dataset
-from sfbd.observations import ObservationSet
+from sfbd.observations import ObservationSet, dataset_fname
 from training.dataset import ImageFolderDataset
 
 from sfbd_helpers import make_image_dataset, make_observation_set, read_json, read_png_dataset
@@ -66,6 +67,17 @@ def test_split_partitions_the_source_and_adds_noise_of_the_given_level(tmp_path,
     assert abs(residual.std() / sigma - 1) < 0.02
     assert y.max() > 1 and y.min() < -1
 
+    # Each part's dataset.json names the source file of every image (names only), matching the
+    # source images found above.
+    for part, ids in ((clean, clean_ids), (noisy, nearest.tolist())):
+        record = read_json(os.path.join(part, 'dataset.json'))['split']
+        assert record['source'] == os.path.abspath(tmp_path / 'src') and record['seed'] == 7
+        assert record['part'] == ('clean' if part == clean else 'noisy')
+        names = [name for name, _ in record['source_names']]
+        assert names == sorted(read_png_dataset(clean)) if part == clean else names == obs.fnames
+        assert [src for _, src in record['source_names']] == [dataset_fname(i, '.png') for i in ids]
+    assert obs.source_names([0, 5]) == [dataset_fname(nearest[0], '.png'), dataset_fname(nearest[5], '.png')]
+
 def test_split_is_fixed_by_the_seed(tmp_path, source):
     a_clean, a_noisy, _ = _split(tmp_path, seed=3, clean_count=30)
     b_clean, b_noisy, _ = _split(tmp_path, seed=3, clean_count=30, zip_noisy=True)
@@ -81,9 +93,77 @@ def test_split_without_labels_and_its_cli(tmp_path):
     result = CliRunner().invoke(split, ['--source', str(tmp_path / 'plain'), '--clean', str(tmp_path / 'c.zip'),
                                         '--noisy', str(tmp_path / 'n'), '--clean-count=2', '--sigma=0.5'])
     assert result.exit_code == 0, result.output
-    assert read_json(str(tmp_path / 'n' / 'dataset.json')) == dict(sigma=0.5, labels=None)
+    metadata = read_json(str(tmp_path / 'n' / 'dataset.json'))
+    assert metadata['sigma'] == 0.5 and metadata['labels'] is None and len(metadata['split']['source_names']) == 8
     assert len(ImageFolderDataset(str(tmp_path / 'c.zip'))) == 2
     assert ObservationSet(str(tmp_path / 'n')).image_shape == [1, 8, 8]
+
+#----------------------------------------------------------------------------
+# Per-image noise levels: --sigma=LO:HI draws each observation's level
+# uniformly and independently of the image; the noise draw is the same as
+# with one level, only scaled.
+
+def test_split_with_a_range_gives_each_observation_its_own_level(tmp_path, source):
+    _clean, fixed, _ = _split(tmp_path, seed=5, sigma=0.5, clean_count=20)
+    _clean, ranged, _ = _split(tmp_path, seed=5, sigma=(0.2, 0.8), clean_count=20)
+    _clean, again, _ = _split(tmp_path, seed=5, sigma=(0.2, 0.8), clean_count=40, zip_noisy=True)
+    a, b, c = ObservationSet(fixed), ObservationSet(ranged), ObservationSet(again)
+    assert b.sigma is None and len(b.sigmas) == 180
+    assert 0.2 <= b.sigmas.min() and b.sigmas.max() < 0.8 and b.sigmas.std() > 0.1
+    levels = read_json(os.path.join(ranged, 'dataset.json'))['sigma']
+    assert list(levels) == b.fnames and np.array_equal(np.array(list(levels.values())), b.sigmas)
+
+    # The same source image gets the same level and the same noise draw, whatever the clean count.
+    x = source.reshape(200, -1) / 127.5 - 1
+    def noise(obs):
+        y = obs.load(list(range(len(obs))))[0].numpy().reshape(len(obs), -1).astype(np.float64)
+        index = ((y[:, None, :] - x[None, :, :]) ** 2).sum(-1).argmin(axis=1)
+        return dict(zip(index.tolist(), y - x[index])), dict(zip(index.tolist(), obs.sigmas))
+    (ea, _), (eb, sb), (ec, sc) = noise(a), noise(b), noise(c)
+    for i in eb:
+        assert np.allclose(eb[i] / sb[i], ea[i] / 0.5, atol=1e-5)
+        if i in ec:
+            assert sc[i] == sb[i] and np.array_equal(ec[i], eb[i])
+
+    # The levels carry no information about the image: here, none about its brightness.
+    brightness = np.array([x[i].mean() for i in sorted(eb)])
+    assert abs(np.corrcoef(brightness, [sb[i] for i in sorted(eb)])[0, 1]) < 0.25
+
+def test_split_range_on_the_command_line(tmp_path, source):
+    result = CliRunner().invoke(split, ['--source', str(tmp_path / 'src'), '--clean', str(tmp_path / 'c'),
+                                        '--noisy', str(tmp_path / 'n'), '--clean-count=10', '--sigma=0.3:0.6'])
+    assert result.exit_code == 0, result.output
+    assert 'sigma 0.3 to 0.6, per image' in result.output
+    assert ObservationSet(str(tmp_path / 'n')).sigma_range[0] >= 0.3
+    for bad in ['0.6:0.3', '0.3:0.3', 'a:b', '0', '-1:2', '0.1:0.2:0.3', 'nan']:
+        result = CliRunner().invoke(split, ['--source', str(tmp_path / 'src'), '--clean', str(tmp_path / 'c2'),
+                                            '--noisy', str(tmp_path / 'n2'), '--clean-count=10', f'--sigma={bad}'])
+        assert result.exit_code == 2 and '--sigma' in result.output, (bad, result.output)
+    assert not os.path.exists(tmp_path / 'c2') and not os.path.exists(tmp_path / 'n2')
+
+    # info reports the range of the levels.
+    import dataset_tool
+    result = CliRunner().invoke(dataset_tool.cli, ['info', '--source', str(tmp_path / 'n')])
+    lo, hi = ObservationSet(str(tmp_path / 'n')).sigma_range
+    assert result.exit_code == 0 and f'per image, {lo:g} to {hi:g}' in result.output, result.output
+    result = CliRunner().invoke(dataset_tool.cli, ['info', '--source', str(tmp_path / 'n'), '--json'])
+    summary = json.loads(result.stdout)
+    assert summary['sigma'] is None and (summary['sigma_min'], summary['sigma_max']) == (lo, hi)
+
+@pytest.mark.parametrize('sigma, message', [
+    (lambda names: {n: 0.3 for n in names[:-1]}, 'no noise level for 00000/img00000002.npy'),
+    (lambda names: {**{n: 0.3 for n in names}, 'extra.npy': 0.3}, 'names extra.npy'),
+    (lambda names: {**{n: 0.3 for n in names}, names[1]: -1}, 'of 00000/img00000001.npy must be'),
+    (lambda names: {**{n: 0.3 for n in names}, names[1]: 'x'}, 'of 00000/img00000001.npy must be'),
+    (lambda names: {**{n: 0.3 for n in names}, names[1]: 0}, 'of 00000/img00000001.npy'),
+    (lambda names: [0.3, 0.3, 0.3], 'mapping from file names'),
+])
+def test_bad_per_image_levels_name_the_file(tmp_path, sigma, message):
+    names = [f'00000/img{i:08d}.npy' for i in range(3)]
+    make_observation_set(str(tmp_path / 'o'), np.zeros([3, 1, 4, 4], np.float32),
+                         metadata=dict(sigma=sigma(names), labels=None))
+    with pytest.raises(UserError, match=message):
+        ObservationSet(str(tmp_path / 'o'))
 
 @pytest.mark.parametrize('args, message', [
     (['--clean-count=5', '--clean-fraction=0.1'], 'exactly one'),
@@ -130,8 +210,22 @@ def test_merge_keeps_the_noise_level_of_observation_sets(tmp_path):
     make_observation_set(str(tmp_path / 'o3'), arrays, sigma=0.3)
     assert merge_datasets([str(tmp_path / 'o1'), str(tmp_path / 'o2')], str(tmp_path / 'm.zip'), verbose=False) == 6
     assert ObservationSet(str(tmp_path / 'm.zip')).sigma == 0.2
-    with pytest.raises(UserError, match='sigma'):
-        merge_datasets([str(tmp_path / 'o1'), str(tmp_path / 'o3')], str(tmp_path / 'x'), verbose=False)
+
+    # Sets of different levels merge into one with a level per image, under the new names.
+    merge_datasets([str(tmp_path / 'o1'), str(tmp_path / 'o3'), str(tmp_path / 'm.zip')], str(tmp_path / 'x'), verbose=False)
+    merged = ObservationSet(str(tmp_path / 'x'))
+    assert merged.sigma is None and merged.sigmas.tolist() == [0.2] * 3 + [0.3] * 3 + [0.2] * 6
+    assert sorted(read_json(str(tmp_path / 'x' / 'dataset.json'))['sigma']) == merged.fnames
+
+    # ... and a merge of per-image sets keeps each image's level.
+    merge_datasets([str(tmp_path / 'x'), str(tmp_path / 'o3')], str(tmp_path / 'y'), verbose=False)
+    assert ObservationSet(str(tmp_path / 'y')).sigmas.tolist() == merged.sigmas.tolist() + [0.3] * 3
+
+    # A float set without a noise level does not mix with observation sets.
+    make_observation_set(str(tmp_path / 'plain'), arrays, sigma=None)
+    with pytest.raises(UserError, match='noise level'):
+        merge_datasets([str(tmp_path / 'o1'), str(tmp_path / 'plain')], str(tmp_path / 'z'), verbose=False)
+    assert not os.path.exists(tmp_path / 'z')
 
 @pytest.mark.parametrize('second, message', [
     (dict(resolution=16), 'images are'),
@@ -145,3 +239,13 @@ def test_merge_rejects_mismatched_parts(tmp_path, second, message):
     assert not os.path.exists(tmp_path / 'm')
 
 #----------------------------------------------------------------------------
+
+def test_a_set_of_per_image_levels_is_no_image_dataset(tmp_path):
+    # The checks that keep observations out of FID and out of the clean data see per-image levels too.
+    import fid
+    names = [f'00000/img{i:08d}.npy' for i in range(3)]
+    make_observation_set(str(tmp_path / 'o'), np.zeros([3, 3, 4, 4], np.float32),
+                         metadata=dict(sigma=dict(zip(names, [0.2, 0.5, 0.3])), labels=None))
+    assert ImageFolderDataset(str(tmp_path / 'o')).sigma_text == 'per image, 0.2 to 0.5'
+    with pytest.raises(UserError, match='is an observation set .noisy, sigma per image, 0.2 to 0.5'):
+        fid.open_image_dataset(str(tmp_path / 'o'))

@@ -1,13 +1,15 @@
 """The demo's pieces, and the whole demo shrunk to seconds (the real one takes minutes)."""
 
+import json
 import math
 import os
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from dnnlib.util import EasyDict
-from sfbd import demo, rounds
+from sfbd import demo, report, rounds
 
 def test_blobs_are_deterministic_images():
     a, b = demo.draw_blobs(20, 8, seed=3), demo.draw_blobs(20, 8, seed=3)
@@ -36,10 +38,29 @@ def test_tiny_demo_end_to_end(tmp_path, monkeypatch):
     for name in ('demo.png', 'results.json', 'log.txt', 'sfbd/rounds.json', 'data/noisy/dataset.json'):
         assert os.path.isfile(tmp_path / name)
 
+    # The demo's report of the SFBD run: its distances are the table's.
+    report_files = ['report.html', 'fid.png', 'copies.png', 'loss.png', 'scores.json', 'samples-round-000.png',
+                    'samples-round-001.png', 'pairs-round-000.png', 'pairs-round-001.png']
+    assert all(os.path.isfile(tmp_path / 'report' / name) for name in report_files)
+    scores = list(json.loads((tmp_path / 'report' / 'scores.json').read_text()).values())
+    assert [s['fid'] for s in scores] == pytest.approx([row['fd'] for row in results['rows'][:2]], rel=1e-6)
+    assert [[m['images'] for m in s['memorization']] for s in scores] == [[40, 40], [40, 40]]
+
     # A rerun trains nothing and measures the same models.
     calls = []
     monkeypatch.setattr(rounds, 'run_script', lambda *args, **kwargs: calls.append(args))
     again = demo.run_demo(str(tmp_path), device='cpu', verbose=False)
     assert calls == [] and [r['snapshot'] for r in again['rows']] == [r['snapshot'] for r in results['rows']]
 
-#----------------------------------------------------------------------------
+    # python -m sfbd.report on the demo's output, as its help says: it writes the page and the
+    # plots again and reuses every score (a new --outdir would score anew: tests/test_sfbd_report.py).
+    for name in ('report.html', 'fid.png', 'copies.png', 'loss.png'):
+        os.remove(tmp_path / 'report' / name)
+    cli = ['--rounds', tmp_path / 'sfbd', '--ref', tmp_path / 'data' / 'heldout-pixels.npz', '--fid-features=pixel',
+           '--train', tmp_path / 'data' / 'clean', '--train', tmp_path / 'data' / 'source', '--num=40', '--steps=3',
+           '--device=cpu', '--outdir', tmp_path / 'report']
+    result = CliRunner().invoke(report.main, [str(a) for a in cli])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count('reused') == 2 and 'scoring' not in result.stdout
+    assert sorted(os.listdir(tmp_path / 'report')) == sorted(report_files)
+    assert list(json.loads((tmp_path / 'report' / 'scores.json').read_text()).values()) == scores

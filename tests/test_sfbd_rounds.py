@@ -89,3 +89,40 @@ def test_missing_inputs_are_refused(data, tmp_path):
     assert not os.path.exists(tmp_path / 'x')
 
 #----------------------------------------------------------------------------
+# The commands the rounds run: by default the release's recipe (each round a
+# --transfer of the previous snapshot, EDM's warm-up untouched); a preset's
+# options come first, the user's after them. The scripts are replaced by
+# stand-ins that leave the files a finished step leaves.
+
+def test_default_rounds_are_the_release_recipe_and_presets_come_first(data, tmp_path, monkeypatch):
+    commands = []
+
+    def fake_run_script(script, args, nproc=1, log=None):
+        commands.append((script, list(args)))
+        outdir = next(a.split('=', 1)[1] for a in args if a.startswith('--outdir='))
+        os.makedirs(outdir, exist_ok=True)
+        name = 'network-snapshot-000000.pkl' if script == 'train.py' else 'dataset.json'
+        open(os.path.join(outdir, name), 'w').close()
+
+    monkeypatch.setattr(rounds, 'run_script', fake_run_script)
+    outdir = tmp_path / 'sfbd'
+    record = rounds.run_rounds(str(outdir), str(data / 'clean'), str(data / 'noisy'), 2, 200, 20, preset='celeba64',
+                               train_args=['--batch=64'], denoise_args=['--batch=8'])
+    assert [script for script, _ in commands] == ['train.py', 'denoise.py', 'train.py', 'denoise.py', 'train.py']
+    preset_train = ['--cond=0', '--arch=ncsnpp', '--batch=256', '--cres=1,2,2,2', '--lr=2e-4', '--dropout=0.05', '--augment=0.15']
+    for script, args in commands:
+        if script == 'train.py':
+            tail = args[args.index(preset_train[0]):]
+            assert tail == [*preset_train, '--batch=64']  # The user's --batch comes last and wins.
+            assert not any(a.startswith('--lr-rampup') or a.startswith('--ema-rampup') for a in args)
+        else:
+            assert args[-2:] == ['--steps=40', '--batch=8']  # The release's 40 denoising steps for CelebA.
+    pretrain, round1, round2 = (args for script, args in commands if script == 'train.py')
+    assert not any(a.startswith('--transfer') for a in pretrain)
+    assert f'--transfer={outdir / record["rounds"][0]["snapshot"]}' in round1
+    assert f'--transfer={outdir / record["rounds"][1]["snapshot"]}' in round2
+    assert record['options']['preset'] == 'celeba64'
+    with pytest.raises(UserError, match='--preset=imagenet'):
+        rounds.run_rounds(str(tmp_path / 'other'), str(data / 'clean'), str(data / 'noisy'), 1, 1, 1, preset='imagenet')
+
+#----------------------------------------------------------------------------

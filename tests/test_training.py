@@ -358,6 +358,33 @@ def test_resume_from_a_run_directory_picks_the_newest_state(reference_run, data,
     assert result.exit_code == 0, result.output
     assert f'Resuming from "{reference_run / "training-state-000001.pt"}"' in result.output
 
+# A run continues on the data it began with: a training state records what the data was (names,
+# file counts, bytes, dataset.json), and another dataset is refused unless --allow-data-change.
+# States written before the record existed still load.
+def test_resume_on_other_data_is_refused_unless_asked(reference_run, data, tmp_path):
+    make_zip(tmp_path / 'ds8.zip', 40, seed=5)  # Same name, other content.
+    state = reference_run / 'training-state-000001.pt'
+    assert load_state(state)['data'][0]['files'] == 32
+    args = ['--outdir', tmp_path / 'out', '--data', tmp_path / 'ds8.zip', *TINY, '--duration=0.001', '--resume', state]
+    result = invoke_train(args)
+    assert result.exit_code == 1, result.output
+    (line,) = error_lines(result)
+    assert re.search(r'^Error: --data: .*ds8\.zip \(32 files, .*ds8\.zip \(40 files.*--allow-data-change', line), line
+    assert not (tmp_path / 'out').exists()
+    result = invoke_train(args + ['--allow-data-change'])
+    assert result.exit_code == 0 and 'nothing to do' in result.output, result.output
+
+    # The same data elsewhere is the same data; a state without the record loads.
+    copy = tmp_path / 'moved' / 'ds8.zip'
+    copy.parent.mkdir()
+    copy.write_bytes((data / 'ds8.zip').read_bytes())
+    old = load_state(state)
+    del old['data']
+    torch.save(old, tmp_path / 'old-state.pt')
+    for resume in (state, tmp_path / 'old-state.pt'):
+        result = invoke_train(['--outdir', tmp_path / 'out2', '--data', copy, *TINY, '--duration=0.001', '--resume', resume])
+        assert result.exit_code == 0 and 'nothing to do' in result.output, result.output
+
 #----------------------------------------------------------------------------
 # Non-finite losses are counted, not hidden: half of this union of datasets
 # holds values whose squares overflow float32.

@@ -14,6 +14,8 @@ import sys
 import torch
 import torch.distributed as torch_dist
 
+from dnnlib.util import UserError
+
 #----------------------------------------------------------------------------
 # Joining the process group.
 
@@ -21,15 +23,30 @@ def default_device() -> torch.device:
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 def resolve_device(name: str | None) -> torch.device:
-    """The device named by --device ('cuda', 'cpu', 'cuda:1', None for the default); under torchrun
-    each process takes the CUDA device of its local rank."""
-    device = default_device() if name in (None, '', 'auto') else torch.device(name)
+    """The device named by --device ('cuda', 'cpu', 'cuda:1', 'mps', None for the default); under
+    torchrun each process takes the CUDA device of its local rank. A device that is unknown or not
+    present is a UserError naming the option."""
+    if name in (None, '', 'auto'):
+        device = default_device()
+    else:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise UserError(f'--device={name}: not a device; expected cpu, cuda, cuda:N or mps') from None
     if device.type == 'cuda':
         if not torch.cuda.is_available():
-            raise RuntimeError('--device=cuda was requested, but CUDA is not available')
+            raise UserError(f'--device={name}: CUDA is not available on this machine')
         if device.index is None:
             device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
+        if device.index >= torch.cuda.device_count():
+            raise UserError(f'--device={name}: this machine has {torch.cuda.device_count()} CUDA device(s); '
+                            f'cuda:{device.index} is not one of them')
         torch.cuda.set_device(device)
+    elif device.type == 'mps':
+        if not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+            raise UserError(f'--device={name}: MPS is not available on this machine')
+    elif device.type != 'cpu':
+        raise UserError(f'--device={name}: {device.type} devices are not supported; expected cpu, cuda or mps')
     return device
 
 def init(device: torch.device | None = None, timeout_minutes: float = 30) -> None:

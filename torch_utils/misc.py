@@ -135,18 +135,26 @@ def named_params_and_buffers(module: torch.nn.Module) -> list[tuple[str, torch.T
 
 @torch.no_grad()
 def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Module,
-                            require_all: bool = False) -> None:
-    """Copy every tensor of `dst_module` that `src_module` has under the same name (and shape)."""
+                            require_all: bool = False, skip_other_shapes: bool = False) -> list[str]:
+    """Copy every tensor of `dst_module` that `src_module` has under the same name and shape.
+    Returns the names of the tensors left as they were. A tensor of another shape in the source
+    is an error, unless `skip_other_shapes` (then it is left too)."""
     source = dict(named_params_and_buffers(src_module))
+    left = []
     for name, tensor in named_params_and_buffers(dst_module):
         if name not in source:
             if require_all:
                 raise KeyError(f'copy_params_and_buffers: source has no tensor "{name}"')
+            left.append(name)
             continue
         if source[name].shape != tensor.shape:
-            raise ValueError(f'copy_params_and_buffers: "{name}" has shape {tuple(source[name].shape)} '
-                             f'in the source and {tuple(tensor.shape)} in the destination')
+            if not skip_other_shapes:
+                raise ValueError(f'copy_params_and_buffers: "{name}" has shape {tuple(source[name].shape)} '
+                                 f'in the source and {tuple(tensor.shape)} in the destination')
+            left.append(name)
+            continue
         tensor.copy_(source[name])
+    return left
 
 #----------------------------------------------------------------------------
 # Gradient synchronisation only on the last accumulation round.

@@ -114,6 +114,11 @@ def _load_storage(data: bytes) -> Any:
 def _make_record(meta: Any) -> PersistentRecord:
     return PersistentRecord(meta)
 
+try:
+    from numpy._core.multiarray import scalar as _numpy_scalar  # numpy >= 1.26 (the name of numpy 2)
+except ImportError:
+    from numpy.core.multiarray import scalar as _numpy_scalar  # older numpy 1.x
+
 _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ('torch_utils.persistence', '_reconstruct_persistent_obj'): _make_record,
     ('collections', 'OrderedDict'): collections.OrderedDict,
@@ -122,20 +127,26 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
     ('torch.storage', '_load_from_bytes'): _load_storage,
     ('numpy', 'dtype'): np.dtype,
-    ('numpy.core.multiarray', 'scalar'): np._core.multiarray.scalar,
-    ('numpy._core.multiarray', 'scalar'): np._core.multiarray.scalar,
+    ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
+    ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
     ('dnnlib.util', 'EasyDict'): EasyDict,
     ('builtins', 'set'): set,
     ('builtins', 'frozenset'): frozenset,
     ('builtins', 'complex'): complex,
 }
 
-class _DataOnlyUnpickler(pickle.Unpickler):
-    def __init__(self, file: BinaryIO, source_name: str):
-        super().__init__(file)
+class DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals of `_ALLOWED` (and torch dtypes); persistent objects
+    become `PersistentRecord`s and plain torch.nn containers `ModuleRecord`s. Extra keywords go to
+    `pickle.Unpickler` (torch.load passes `encoding`)."""
+
+    def __init__(self, file: BinaryIO, source_name: str, **kwargs: Any):
+        super().__init__(file, **kwargs)
         self.source_name = source_name
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == '__builtin__':
+            module = 'builtins'  # Protocol 2 pickles (torch.save's) name Python 2's module.
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype):
@@ -147,6 +158,25 @@ class _DataOnlyUnpickler(pickle.Unpickler):
 
 #----------------------------------------------------------------------------
 # Rebuilding objects from records.
+
+def record_tensors(record: PersistentRecord) -> dict[str, torch.Tensor]:
+    """The recorded parameters and buffers of a module, by state-dict name, in state-dict order."""
+    out: dict[str, torch.Tensor] = {}
+    _tensors_of(record.state, '', out)
+    return out
+
+def record_parameter_names(record: PersistentRecord) -> list[str]:
+    """Names of the recorded parameters in the order of the module's `parameters()`, which is the
+    order of an optimizer's parameter indices."""
+    names: list[str] = []
+
+    def walk(state: dict, prefix: str) -> None:
+        names.extend(prefix + name for name, value in (state.get('_parameters') or {}).items() if value is not None)
+        for name, child in (state.get('_modules') or {}).items():
+            if isinstance(child, (PersistentRecord, ModuleRecord)):
+                walk(child.state, prefix + name + '.')
+    walk(record.state, '')
+    return names
 
 def _tensors_of(state: dict, prefix: str, out: dict[str, torch.Tensor]) -> None:
     # Walk a recorded nn.Module state the way Module.state_dict() would.
@@ -192,8 +222,7 @@ def build_object(record: PersistentRecord, source_name: str = 'network pickle') 
     except TypeError as e:
         raise UserError(f'{source_name}: cannot construct {record.class_name}: {e}') from None
     if isinstance(obj, torch.nn.Module):
-        recorded: dict[str, torch.Tensor] = {}
-        _tensors_of(record.state, '', recorded)
+        recorded = record_tensors(record)
         expected = obj.state_dict()
         missing = [k for k in expected if k not in recorded]
         extra = [k for k in recorded if k not in expected]
@@ -249,7 +278,7 @@ def load_network_pickle(path_or_url: str, *, cache: bool = True) -> dict:
 
 def load_network_pickle_bytes(data: bytes, *, source_name: str = 'network pickle') -> dict:
     try:
-        obj = _DataOnlyUnpickler(io.BytesIO(data), source_name).load()
+        obj = DataOnlyUnpickler(io.BytesIO(data), source_name).load()
     except UserError:
         raise
     except (EOFError, pickle.UnpicklingError, ValueError, RuntimeError, IndexError, KeyError,

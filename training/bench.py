@@ -8,7 +8,7 @@ denoise   sfbd.denoising.denoise_images(): denoise.py's backward sampling of an 
           (sigma 0.59 on EDM's 18-step grid: 8 steps, 15 network evaluations), PNGs written.
 generate  training.generation.generate_to_dir(): generate.py's EDM sampler (18 steps, 35
           evaluations), PNGs written.
-fid       fid.py's detector features of uint8 images in memory (fid.Detector.features) accumulated
+fid       fid.py's detector features of uint8 images in memory (torch_utils.detector) accumulated
           in fid.FeatureStats; the final statistics and Frechet distance are timed once (frechet_s).
 frechet   (asked for by name) the Frechet distance at the detector's width: EDM's sqrtm formula
           (path 'faithful') against the eigenvalue formula fid.py now uses (path 'fast').
@@ -60,6 +60,7 @@ from sfbd.denoising import denoise_images
 from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_npy
 from torch_utils import fast as fast_lib
 from torch_utils import frechet, misc, training_stats
+from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
 from torch_utils.fast import FastSettings
 from training import training_loop
 from training.generation import generate_to_dir
@@ -157,8 +158,8 @@ STANDIN_NAME = 'stand-in (random 4-layer CNN, 2048 features; not Inception)'
 
 # The detector of --detector, as fid.py loads it. The default Inception falls
 # back to the stand-in when it is neither cached nor downloadable.
-def open_detector(detector: str, device: torch.device, fast: FastSettings | None) -> tuple[fid.Detector, str]:
-    if detector == fid.DEFAULT_DETECTOR and not os.path.isfile(cached_path_for_url(detector)):
+def open_detector(detector: str, device: torch.device, fast: FastSettings | None) -> tuple[Detector, str]:
+    if detector == DEFAULT_DETECTOR and not os.path.isfile(cached_path_for_url(detector)):
         try:
             download(detector, timeout=10, num_attempts=1)
         except UserError:
@@ -167,8 +168,8 @@ def open_detector(detector: str, device: torch.device, fast: FastSettings | None
         net = StandInDetector().to(device).eval()
         if fast is not None:
             net = fast_lib.to_memory_format(net, fast)
-        return fid.Detector(net, STANDIN_DETECTOR, '', '', device, fast), STANDIN_NAME
-    return fid.load_detector(detector, device=device, verbose=False, fast=fast), detector
+        return Detector(net, STANDIN_DETECTOR, '', '', device, fast), STANDIN_NAME
+    return load_detector(detector, device=device, verbose=False, fast=fast), detector
 
 #----------------------------------------------------------------------------
 # Inputs written once per benchmark: a zip of random PNGs (training data) and
@@ -465,7 +466,7 @@ def run_benchmark(
     seconds:      float = 10,               # Time per path and stage after the warm-up.
     compare:      bool = False,             # Measure both paths, interleaved (otherwise `path` only).
     path:         str = 'fast',             # The path measured without `compare`.
-    detector:     str = fid.DEFAULT_DETECTOR, # fid's detector (path, URL or STANDIN_DETECTOR).
+    detector:     str = DEFAULT_DETECTOR,   # fid's detector (path, URL or STANDIN_DETECTOR).
     peak:         float | None = None,      # Peak TFLOP/s for MFU; None = from PEAK_TFLOPS.
     workdir:      str | None = None,        # Scratch folder; None = a temporary one, deleted after.
     fast_overrides: dict | None = None,     # Changes to the device's fast settings (tests, experiments).

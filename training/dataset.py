@@ -4,7 +4,8 @@ A dataset is a directory or a zip holding image files (any depth, read in the or
 relative paths) and an optional `dataset.json` with labels. Besides 8-bit images (PNG, JPEG, ...)
 a dataset may hold float arrays saved as `.npy` files of shape [C, H, W], already in the
 network's [-1, 1] units: noisy observations y = x/127.5 - 1 + sigma*e, or denoised outputs kept
-at full precision. `dataset.json` may then record the noise level under `"sigma"`.
+at full precision. `dataset.json` may then record the noise level under `"sigma"`: one number,
+or a mapping from file name to number when each observation has its own.
 
 Every item is `(image, label)`: the image a [C, H, W] numpy array, uint8 for image files and
 float32 for `.npy` files; the label a float32 vector (one-hot for integer class labels).
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import abc
 import functools
+import hashlib
 import io
 import json
+import math
 import os
 import zipfile
 from typing import IO, Any, Sequence
@@ -101,6 +104,12 @@ class DatasetFiles:
     def read(self, name: str) -> bytes:
         with self.open(name) as f:
             return f.read()
+
+    def size(self, name: str) -> int:
+        """Size of a member in bytes, from the directory entry or the zip's central directory."""
+        if self.kind == 'dir':
+            return os.path.getsize(os.path.join(self.path, name))
+        return self._get_zipfile().getinfo(name).file_size
 
     def close(self) -> None:
         if self._zipfile is not None:
@@ -190,7 +199,11 @@ def read_npy(f: IO[bytes], where: str) -> np.ndarray:
 
 #----------------------------------------------------------------------------
 # dataset.json: an object with optional "labels" (a list of [file name, label]
-# pairs, or null) and optional "sigma" (the noise level of the observations).
+# pairs, or null) and optional "sigma" (the noise level of the observations:
+# a number, a {file name: number} mapping, or null).
+
+def _is_level(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 def load_metadata(files: DatasetFiles) -> dict:
     """The checked contents of `dataset.json`, or {} when the dataset has none."""
@@ -204,12 +217,29 @@ def load_metadata(files: DatasetFiles) -> dict:
     if not isinstance(metadata, dict):
         raise UserError(f'{where}: expected a JSON object')
     sigma = metadata.get('sigma')
-    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0):
-        raise UserError(f'{where}: "sigma" must be a non-negative number or null, got {sigma!r}')
+    if isinstance(sigma, dict):
+        bad = next((name for name, value in sigma.items() if not _is_level(value)), None)
+        if bad is not None:
+            raise UserError(f'{where}: "sigma" of {bad} must be a non-negative number, got {sigma[bad]!r}')
+    elif sigma is not None and not _is_level(sigma):
+        raise UserError(f'{where}: "sigma" must be a non-negative number, a mapping from file names to numbers, '
+                        f'or null, got {sigma!r}')
     labels = metadata.get('labels')
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, list) and len(x) == 2 for x in labels)):
         raise UserError(f'{where}: "labels" must be a list of [file name, label] pairs or null')
     return metadata
+
+def sigmas_in_order(mapping: dict, fnames: Sequence[str], where: str) -> np.ndarray:
+    """Per-image noise levels of a "sigma" mapping (from `where`) in the order of `fnames`, float64 [N].
+    Every file needs a level, and every level a file."""
+    by_name = {str(name).replace('\\', '/'): float(value) for name, value in mapping.items()}
+    missing = [fname for fname in fnames if fname not in by_name]
+    if missing:
+        raise UserError(f'{where}: "sigma" gives no noise level for {missing[0]} ({len(missing)} images have none)')
+    if len(by_name) > len(fnames):
+        extra = sorted(set(by_name) - set(fnames))
+        raise UserError(f'{where}: "sigma" names {extra[0]}, which is not in the dataset ({len(extra)} such names)')
+    return np.array([by_name[fname] for fname in fnames], dtype=np.float64)
 
 def labels_in_order(entries: list, fnames: Sequence[str], where: str) -> list:
     """The labels of `entries` ([file name, label] pairs from `where`) in the order of `fnames`; each file must have one."""
@@ -220,19 +250,26 @@ def labels_in_order(entries: list, fnames: Sequence[str], where: str) -> list:
     return [by_name[fname] for fname in fnames]
 
 # Turn the label entries into an array in image order: int64 [N] for class
-# indices (one-hot later), float32 [N, D] for vectors.
+# indices (one-hot later), float32 [N, D] for vectors. Class indices are
+# bounded so that a stray huge number cannot ask for a one-hot of that width.
+
+MAX_CLASSES = 1 << 16
 def _parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray:
     labels = labels_in_order(entries, fnames, where)
 
     def is_number(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
     if all(is_number(x) for x in labels):
-        if not all(float(x).is_integer() and x >= 0 for x in labels):
+        if not all(math.isfinite(x) and float(x).is_integer() and x >= 0 for x in labels):
             raise UserError(f'{where}: class labels must be non-negative integers')
+        if max(labels) >= MAX_CLASSES:
+            raise UserError(f'{where}: class label {int(max(labels))} is out of range; labels are class indices below {MAX_CLASSES}')
         return np.asarray(labels, dtype=np.int64)
     if all(isinstance(x, list) and all(is_number(v) for v in x) for x in labels):
         if len({len(x) for x in labels}) != 1:
             raise UserError(f'{where}: label vectors differ in length')
+        if not all(math.isfinite(v) for x in labels for v in x):
+            raise UserError(f'{where}: label vectors hold NaN or infinite values')
         return np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
     raise UserError(f'{where}: each label must be an integer class or a list of numbers, all of one kind')
 
@@ -242,7 +279,8 @@ def _parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarra
 
 class Dataset(torch.utils.data.Dataset, abc.ABC):
     _is_float = False   # Subclasses holding float images set this to True.
-    _sigma = None       # Noise level of the observations, when the dataset records one.
+    _sigma = None       # Noise level of the observations, when the dataset records one for all.
+    _sigmas = None      # Per-image noise levels [raw N], when the dataset records a mapping.
 
     def __init__(self,
         name:           str,                # Name of the dataset.
@@ -347,6 +385,12 @@ class Dataset(torch.utils.data.Dataset, abc.ABC):
         d.raw_label = self._raw_labels[d.raw_idx].copy()
         return d
 
+    def fingerprint(self) -> list[dict]:
+        """What the data is, cheaply: per dataset its name, file count, bytes and the digest of its
+        dataset.json. Training states record it, so that a run is not continued on other data by
+        mistake. Empty when unknown."""
+        return []
+
     @property
     def name(self) -> str:
         return self._name
@@ -389,8 +433,25 @@ class Dataset(torch.utils.data.Dataset, abc.ABC):
 
     @property
     def sigma(self) -> float | None:
-        """Noise level of the observations, from "sigma" in dataset.json; None when not recorded."""
+        """Noise level of the observations, from "sigma" in dataset.json; None when not recorded or
+        when it differs between images (see `sigmas`)."""
         return self._sigma
+
+    @property
+    def sigma_text(self) -> str | None:
+        """The recorded noise level for messages ('0.59', 'per image, 0.2 to 0.8'); None when the
+        dataset records none (or only zeros)."""
+        sigmas = self.sigmas
+        if sigmas is None or not np.any(sigmas > 0):
+            return None
+        return f'{self._sigma:g}' if self._sigma is not None else f'per image, {sigmas.min():g} to {sigmas.max():g}'
+
+    @property
+    def sigmas(self) -> np.ndarray | None:
+        """Noise level of every raw image, in file order (float64 [raw N]); None when not recorded."""
+        if self._sigmas is not None:
+            return self._sigmas
+        return None if self._sigma is None else np.full(self._raw_shape[0], self._sigma)
 
 #----------------------------------------------------------------------------
 # A directory or zip of image files, or of .npy arrays (one kind only), in the
@@ -422,7 +483,12 @@ class ImageFolderDataset(Dataset):
 
         # Metadata: noise level now, labels when the base class asks for them.
         self._metadata = load_metadata(self._files)
-        self._sigma = None if self._metadata.get('sigma') is None else float(self._metadata['sigma'])
+        sigma = self._metadata.get('sigma')
+        if isinstance(sigma, dict):
+            self._sigmas = sigmas_in_order(sigma, self._image_fnames, self._files.where(METADATA_FNAME))
+            self._sigma = float(self._sigmas[0]) if len(set(self._sigmas.tolist())) == 1 else None
+        else:
+            self._sigma = None if sigma is None else float(sigma)
 
         # Every image must have the shape of the first: square, same size, same channels.
         shapes = [self._probe(fname) for fname in self._image_fnames]
@@ -443,6 +509,12 @@ class ImageFolderDataset(Dataset):
             name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
         super().__init__(name=name, raw_shape=[len(self._image_fnames), c0, h0, w0], **super_kwargs)
         self._metadata = None # Labels are parsed by now; keep pickles small.
+
+    def fingerprint(self) -> list[dict]:
+        metadata = self._files.read(METADATA_FNAME) if METADATA_FNAME in self._files.names else None
+        return [dict(path=os.path.abspath(self._path), name=os.path.basename(os.path.normpath(self._path)),
+                     files=len(self._image_fnames), bytes=sum(self._files.size(f) for f in self._image_fnames),
+                     metadata_sha256=None if metadata is None else hashlib.sha256(metadata).hexdigest())]
 
     def _probe(self, fname: str) -> tuple[int, int, int]:
         with self._files.open(fname) as f:
@@ -559,6 +631,10 @@ class UnionDataset(Dataset):
         d = super().get_details(idx)
         d.part, d.part_idx = self._locate(d.raw_idx)
         return d
+
+    def fingerprint(self) -> list[dict]:
+        parts = [part.fingerprint() for part in self._parts]
+        return [] if any(not part for part in parts) else [entry for part in parts for entry in part]
 
     @property
     def parts(self) -> list[Dataset]:

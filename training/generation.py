@@ -19,7 +19,7 @@ from dnnlib.util import save_png
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
-from training.sampler import generate_images, to_uint8
+from training.sampler import check_finite, generate_images, to_uint8
 
 #----------------------------------------------------------------------------
 # Split the seeds into batches, and the batches between processes, the way
@@ -51,8 +51,10 @@ def save_pngs_later(writer: fast_lib.BackgroundWriter, paths: Sequence[str], ima
 
 def generate_to_dir(net: torch.nn.Module, seeds: Sequence[int], outdir: str, *, subdirs: bool = False,
                     class_idx: int | None = None, max_batch_size: int = 64, device: torch.device | str = 'cpu',
-                    sampler_kwargs: dict | None = None, fast: FastSettings | None = None, progress: bool = True) -> int:
-    """Generate and save the images of this process's seeds; returns how many it wrote."""
+                    sampler_kwargs: dict | None = None, fast: FastSettings | None = None, progress: bool = True,
+                    source: str = 'the network') -> int:
+    """Generate and save the images of this process's seeds; returns how many it wrote. A batch with
+    NaN or infinite values is an error that names `source` and the batch's seeds."""
     device = torch.device(device)
     sampler_kwargs = dict(sampler_kwargs or {})
     batches = [b for b in rank_batches(seeds, max_batch_size, dist.get_rank(), dist.get_world_size()) if b]
@@ -60,6 +62,7 @@ def generate_to_dir(net: torch.nn.Module, seeds: Sequence[int], outdir: str, *, 
     if fast is None:
         for batch_seeds in bar:
             images = generate_images(net, batch_seeds, class_idx=class_idx, device=device, **sampler_kwargs)
+            check_finite(images, f'{source}, seeds {batch_seeds[0]}-{batch_seeds[-1]}')
             save_pngs([image_path(outdir, seed, subdirs) for seed in batch_seeds],
                       to_uint8(images).permute(0, 2, 3, 1).cpu().numpy())
         return sum(len(b) for b in batches)
@@ -69,8 +72,9 @@ def generate_to_dir(net: torch.nn.Module, seeds: Sequence[int], outdir: str, *, 
     with fast_lib.BackgroundWriter() as writer, torch.inference_mode():
         for batch_seeds in bar:
             padded = fast_lib.pad_batch(batch_seeds, size)
-            images = generate_images(net, padded, class_idx=class_idx, device=device, **sampler_kwargs)
-            host = fast_lib.host_copy(to_uint8(images[:len(batch_seeds)]).permute(0, 2, 3, 1))
+            images = generate_images(net, padded, class_idx=class_idx, device=device, **sampler_kwargs)[:len(batch_seeds)]
+            check_finite(images, f'{source}, seeds {batch_seeds[0]}-{batch_seeds[-1]}')
+            host = fast_lib.host_copy(to_uint8(images).permute(0, 2, 3, 1))
             save_pngs_later(writer, [image_path(outdir, seed, subdirs) for seed in batch_seeds], host)
     return sum(len(b) for b in batches)
 

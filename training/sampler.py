@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from dnnlib.util import UserError
+
 #----------------------------------------------------------------------------
 # Noise levels of EDM's time discretisation (Eq. 5): N levels from sigma_max
 # down to sigma_min, evenly spaced in sigma^(1/rho), rounded to what the
@@ -35,14 +37,37 @@ def edm_sigma_steps(net: torch.nn.Module, num_steps: int = 18, sigma_min: float 
 # at or above `sigma_start` and every node below it, and replace that node by
 # sigma_start itself, so that the first step leaves exactly from sigma_start
 # (SFBD's release builds its backward-sampling grid this way).
+#
+# `sigma_start` may also be one level per image ([N]), as long as every level
+# cuts the grid at the same node: the result is then [n+1, N], column i the
+# grid of image i (only row 0 differs between images).
 
-def truncate_sigma_steps(t_steps: torch.Tensor, sigma_start: float) -> torch.Tensor:
-    if not 0 < sigma_start <= float(t_steps[0]):
-        raise ValueError(f'sigma_start={sigma_start} is outside the discretisation (0, {float(t_steps[0]):g}]')
-    first = int(torch.nonzero(t_steps >= sigma_start).max())
-    steps = t_steps[first:].clone()
-    steps[0] = sigma_start
+def truncate_sigma_steps(t_steps: torch.Tensor, sigma_start: float | torch.Tensor) -> torch.Tensor:
+    starts = torch.as_tensor(sigma_start, dtype=t_steps.dtype, device=t_steps.device)
+    lo, hi = float(starts.min()), float(starts.max())
+    if not 0 < lo <= hi <= float(t_steps[0]):
+        raise ValueError(f'sigma_start={lo if lo <= 0 else hi:g} is outside the discretisation (0, {float(t_steps[0]):g}]')
+    first = int(torch.nonzero(t_steps >= hi).max())
+    if starts.ndim == 0:
+        steps = t_steps[first:].clone()
+        steps[0] = starts
+        return steps
+    if int(torch.nonzero(t_steps >= lo).max()) != first:
+        raise ValueError('per-image sigma_start levels cut the discretisation at different nodes; '
+                         'denoise each group of equal step count separately')
+    steps = t_steps[first:, None].repeat(1, starts.numel())
+    steps[0] = starts.flatten()
     return steps
+
+# The noise level of step i in a form that broadcasts against a batch
+# [N, C, H, W]: a scalar for a shared grid, [N, 1, 1, 1] for per-image grids.
+def step_level(t_steps: torch.Tensor, i: int) -> torch.Tensor:
+    level = t_steps[i]
+    return level.reshape(-1, 1, 1, 1) if level.ndim else level
+
+# Churn factor gamma_i of each image: gamma_max where S_min <= t <= S_max, else 0.
+def churn_gamma(t: torch.Tensor, gamma_max: float, S_min: float, S_max: float) -> torch.Tensor:
+    return ((S_min <= t) & (t <= S_max)).to(t.dtype) * gamma_max
 
 #----------------------------------------------------------------------------
 # Algorithm 2: deterministic Heun steps, with optional stochastic churn
@@ -64,7 +89,7 @@ def edm_sampler(
     S_min: float = 0,               # Churn only at noise levels in [S_min, S_max].
     S_max: float = float('inf'),
     S_noise: float = 1,             # Scale of the noise added by churn.
-    sigma_start: float | None = None,  # Start from `latents` at this noise level instead of from pure noise.
+    sigma_start: float | torch.Tensor | None = None,  # Start from `latents` at this noise level (or one per image, [N]) instead of from pure noise.
 ) -> torch.Tensor:
     t_steps = edm_sigma_steps(net, num_steps, sigma_min, sigma_max, rho, device=latents.device)
     if sigma_start is None:
@@ -76,11 +101,11 @@ def edm_sampler(
     gamma_max = min(S_churn / n_steps, np.sqrt(2) - 1)
 
     for i in range(n_steps):
-        t_cur, t_next = t_steps[i], t_steps[i + 1]
+        t_cur, t_next = step_level(t_steps, i), step_level(t_steps, i + 1)
         x_cur = x_next
 
         # Churn: raise the noise level from t_cur to t_hat by adding fresh noise.
-        gamma = gamma_max if S_min <= t_cur <= S_max else 0
+        gamma = churn_gamma(t_cur, gamma_max, S_min, S_max)
         t_hat = net.round_sigma(t_cur + gamma * t_cur)
         x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
 
@@ -272,6 +297,13 @@ class StackedRandomGenerator:
             raise ValueError(f'batch of {size[0]} for {len(self.generators)} generators')
         return torch.stack([torch.randint(*args, size=size[1:], generator=g, **kwargs) for g in self.generators])
 
+    def subset(self, indices: Sequence[int]) -> StackedRandomGenerator:
+        """The generators of some images of the batch, in the given order: drawing from the
+        subset advances the same streams, so each image keeps its own sequence."""
+        sub = StackedRandomGenerator.__new__(StackedRandomGenerator)
+        sub.generators = [self.generators[int(i)] for i in indices]
+        return sub
+
 #----------------------------------------------------------------------------
 # Sampler options: EDM's generate.py uses the ablation sampler as soon as any
 # ablation option is given, and the plain EDM sampler otherwise.
@@ -283,6 +315,30 @@ def select_sampler(sampler_kwargs: dict) -> tuple[Callable, dict]:
     if any(k in kwargs for k in ABLATION_KEYS):
         return ablation_sampler, kwargs
     return edm_sampler, kwargs
+
+#----------------------------------------------------------------------------
+# Sampler options that would give wrong images without an error: a noise range
+# that is empty or upside down (as given, or against the levels the network
+# supports), churn limits the wrong way round. And images that come out
+# non-finite (a diverged network) are refused rather than saved as black.
+
+def check_sampler_options(net: torch.nn.Module, sampler_kwargs: dict) -> None:
+    kwargs = {k: v for k, v in sampler_kwargs.items() if v is not None}
+    lo, hi = kwargs.get('sigma_min'), kwargs.get('sigma_max')
+    if lo is not None and hi is not None and not lo < hi:
+        raise UserError(f'--sigma_min={lo:g} is not below --sigma_max={hi:g}')
+    net_lo, net_hi = float(net.sigma_min), float(net.sigma_max)
+    if lo is not None and not lo < net_hi:
+        raise UserError(f'--sigma_min={lo:g} is not below the highest noise level of the network ({net_hi:g})')
+    if hi is not None and not hi > net_lo:
+        raise UserError(f'--sigma_max={hi:g} is not above the lowest noise level of the network ({net_lo:g})')
+    if kwargs.get('S_churn', 0) > 0 and kwargs.get('S_min', 0) > kwargs.get('S_max', float('inf')):
+        raise UserError(f'--S_min={kwargs["S_min"]:g} is above --S_max={kwargs["S_max"]:g}: the churn would never apply')
+
+def check_finite(images: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(images).all()):
+        raise UserError(f'{what}: the sampler produced NaN or infinite values (a diverged network, '
+                        'or sampler options outside its range)')
 
 #----------------------------------------------------------------------------
 # Generate one batch of images for the given seeds with EDM's protocol:

@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import time
+import zipfile
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -27,9 +28,10 @@ import torch
 
 from dnnlib.util import UserError, atomic_write, is_url
 from torch_utils import distributed as dist
+from torch_utils import edm_state, misc, persistence, training_stats
 from torch_utils import fast as fast_lib
-from torch_utils import misc, persistence, training_stats
 from torch_utils.fast import FastSettings
+from training import resume
 from training.dataset import images_to_float
 
 FINISHED = 'finished'    # training_loop() return value: the duration was reached.
@@ -137,39 +139,69 @@ def _init_worker(worker_id: int, parent_pid: int, shield: bool) -> None:
 
 #----------------------------------------------------------------------------
 # Starting weights from a network pickle (--transfer): EDM's and ours, read as
-# data. The network must be built for the same image size, channels and labels.
+# data. As in EDM, every tensor the pickle has under the same name and shape is
+# copied; the others (e.g. the label embedding of a network with another label
+# dimension) keep their initial values and are listed. Only a network of
+# another resolution or channel count is refused.
 
 def _load_transfer(source: str, net: torch.nn.Module, device: torch.device) -> None:
     src = _rank0_first(lambda: persistence.load_network_pickle(source)['ema'], device)
-    have = tuple(getattr(src, k, None) for k in ('img_resolution', 'img_channels', 'label_dim'))
-    want = (net.img_resolution, net.img_channels, net.label_dim)
+    have = (getattr(src, 'img_resolution', None), getattr(src, 'img_channels', None))
+    want = (net.img_resolution, net.img_channels)
     if have != want:
-        raise UserError(f'--transfer: {source} holds a {have[0]}x{have[0]} network with {have[1]} channels and '
-                        f'{have[2]} label dimensions, but the dataset needs {want[0]}x{want[0]} with {want[1]} '
-                        f'channels and {want[2]} label dimensions')
-    try:
-        misc.copy_params_and_buffers(src_module=src, dst_module=net, require_all=False)
-    except ValueError as e:
-        raise UserError(f'--transfer: {source} does not fit the network of these options ({e})') from None
-    src_names = {name for name, _ in misc.named_params_and_buffers(src)}
-    kept = [name for name, _ in misc.named_params_and_buffers(net) if name not in src_names]
+        raise UserError(f'--transfer: {source} holds a {have[0]}x{have[0]} network with {have[1]} channels, but the '
+                        f'dataset needs {want[0]}x{want[0]} with {want[1]} channels')
+    kept = misc.copy_params_and_buffers(src_module=src, dst_module=net, require_all=False, skip_other_shapes=True)
+    dst_tensors = dict(misc.named_params_and_buffers(net))
+    src_tensors = dict(misc.named_params_and_buffers(src))
+    if len(kept) == len(dst_tensors):
+        raise UserError(f'--transfer: {source} shares no tensor with the network of these options')
+    dist.print0(f'Copied {len(dst_tensors) - len(kept)} of {len(dst_tensors)} tensors from the pickle.')
     if kept:
-        dist.print0(f'{len(kept)} tensors are not in the pickle and keep their initial values (first: {kept[0]}).')
+        dist.print0(f'{len(kept)} tensors keep their initial values (not in the pickle, or of another shape there):')
+        for name in kept:
+            there = f'{list(src_tensors[name].shape)} in the pickle' if name in src_tensors else 'not in the pickle'
+            dist.print0(f'  {name} {list(dst_tensors[name].shape)}: {there}')
+    unused = [name for name in src_tensors if name not in dst_tensors]
+    if unused:
+        dist.print0(f'Not used from the pickle ({len(unused)}): {", ".join(unused)}')
 
 #----------------------------------------------------------------------------
 # Training states: plain state dicts, written atomically by rank 0, read with
 # torch.load(weights_only=True).
 
+def check_state_file(path: str) -> None:
+    """A cheap look at a --resume file before anything is loaded: a torch.save archive at least."""
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: no such file')
+    if not zipfile.is_zipfile(path):
+        hint = '; a network pickle is given to --transfer' if path.endswith('.pkl') else ''
+        raise UserError(f'{path}: not a training state of this project (not a torch.save archive{hint})')
+
 def _load_state(path: str) -> dict[str, Any]:
+    check_state_file(path)
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f'{path}: no such file') from None
     except Exception as e:  # Truncated files, EDM's whole-module states, ...
-        raise UserError(f'{path}: not a training state of this project ({type(e).__name__}: {e})') from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise UserError(f'{path}: not a training state of this project ({type(e).__name__}'
+                        + (f': {lines[0]}' if lines else '') + ')') from None
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         raise UserError(f'{path}: not a training state of this project')
     return state
+
+# A run continues on the data it started with: the state's fingerprint of the
+# data (Dataset.fingerprint; absent in older states) must match, the paths
+# aside (data copied elsewhere is the same data).
+def _check_same_data(recorded: list[dict] | None, current: list[dict], state_path: str, allow: bool) -> None:
+    def essence(fingerprint: list[dict]) -> list[tuple]:
+        return [(d.get('name'), d.get('files'), d.get('bytes'), d.get('metadata_sha256')) for d in fingerprint]
+    if not recorded or not current or allow or essence(recorded) == essence(current):
+        return
+    def describe(fingerprint: list[dict]) -> str:
+        return ' + '.join(f'{d["name"]} ({d["files"]} files, {d["bytes"]} bytes)' for d in fingerprint)
+    raise UserError(f'--data: {state_path} was written while training on {describe(recorded)}, but the data is now '
+                    f'{describe(current)}; add --allow-data-change to continue on this data')
 
 def _save_state(path: str, state: dict[str, Any]) -> None:
     with atomic_write(path, 'wb') as f:
@@ -178,6 +210,13 @@ def _save_state(path: str, state: dict[str, Any]) -> None:
 def _plain(config: Any) -> Any:
     # Options as JSON-style plain data (EasyDicts and tuples become dicts and lists).
     return json.loads(json.dumps(config))
+
+# The 2-norm of all gradients together (torch.nn.utils.get_total_norm of
+# torch >= 2.6, written out for older versions).
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros([])
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach()) for t in tensors]))
 
 def _total(stats: training_stats.Collector, name: str) -> int:
     # Sum of a 0/1 statistic over the last tick (a count).
@@ -245,7 +284,7 @@ def training_step(
     for group in optimizer.param_groups:
         group['lr'] = lr * lr_ramp
     grads = [p.grad for p in net.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm(grads)
+    grad_norm = _total_norm(grads)
     stats.report0('Loss/nonfinite_grad', (~torch.isfinite(grad_norm)).float())
     for grad in grads:
         torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5, out=grad)
@@ -306,6 +345,7 @@ def training_loop(
     resume_pkl:         str | None = None,  # Network pickle to start from (--transfer); None = random weights.
     resume_state_dump:  str | None = None,  # Training state to continue from; None = start afresh.
     resume_from_run_dir: bool = False,      # The state was found in run_dir: refuse it if resume_pkl is given and differs.
+    allow_data_change:  bool = False,       # Continue a training state on other data than it was written with?
     cudnn_benchmark:    bool = True,        # Let cuDNN pick kernels by timing them?
     device:             str | torch.device | None = None, # Training device; None = CUDA if available, else CPU.
     stop_requested:     Callable[[], bool] | None = None, # Polled after every step (see poll_interval); True = save and stop.
@@ -345,6 +385,7 @@ def training_loop(
     dist.print0('Loading dataset...')
     dataset_obj = misc.construct_class_by_name(**dataset_kwargs)
     dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=rank, num_replicas=world_size, seed=seed)
+    data_fingerprint = dataset_obj.fingerprint()
 
     # Network, with a summary table of its layers.
     dist.print0('Constructing network...')
@@ -382,7 +423,20 @@ def training_loop(
     cur_nimg, cur_tick = 0, 0
     rng_to_restore = None
     transfer_id = transfer_source_id(resume_pkl)
-    if resume_state_dump is not None:
+    from_edm = resume_state_dump is not None and edm_state.is_edm_training_state(resume_state_dump)
+    if from_edm:
+        # EDM's state (read as data): weights and optimizer; the EMA from its
+        # snapshot; the progress from its name. It records neither the data order
+        # nor the random generators, which start afresh as they do in EDM.
+        dist.print0(f'Loading EDM\'s training state from "{resume_state_dump}" (read as data)...')
+        if resume_from_run_dir and resume_pkl is not None:
+            raise UserError(f'--transfer={resume_pkl}: the run directory holds EDM\'s '
+                            f'{os.path.basename(resume_state_dump)}; use a new --outdir for a new transfer')
+        cur_nimg = resume.restore_edm_state(resume_state_dump, net, ema, optimizer)
+        transfer_id = None
+        dist.print0(f'Continuing EDM\'s run at {cur_nimg // 1000} kimg, the EMA from its snapshot; data order and '
+                    'random generators start afresh.')
+    if resume_state_dump is not None and not from_edm:
         dist.print0(f'Loading training state from "{resume_state_dump}"...')
         state = _load_state(resume_state_dump)
         if resume_from_run_dir and resume_pkl is not None and state.get('transfer') != transfer_id:
@@ -390,6 +444,7 @@ def training_loop(
             raise UserError(f'--transfer={resume_pkl}: the run directory holds {os.path.basename(resume_state_dump)} '
                             f'of a run that started from {origin}; use a new --outdir for a new transfer')
         transfer_id = state.get('transfer')
+        _check_same_data(state.get('data'), data_fingerprint, resume_state_dump, allow_data_change)
         try:
             net.load_state_dict(state['net'])
             ema.load_state_dict(state['ema'])
@@ -445,7 +500,9 @@ def training_loop(
             format=STATE_FORMAT, cur_nimg=cur_nimg, cur_tick=cur_tick + 1,  # The tick that comes next.
             batch_size=batch_size, world_size=world_size, seed=seed, transfer=transfer_id,
             net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
-            sampler=dataset_sampler.state_dict(), rng=rng_states,
+            sampler=dataset_sampler.state_dict(), rng=rng_states, data=data_fingerprint,
+            schedule=dict(lr=optimizer_kwargs['lr'], lr_rampup_kimg=lr_rampup_kimg,  # Restored by a resume (training/resume.py).
+                          ema_halflife_kimg=ema_halflife_kimg, ema_rampup_ratio=ema_rampup_ratio),
             options=_plain(dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs,
                                 augment_kwargs=augment_kwargs, dataset_kwargs=dataset_kwargs)))
         _save_state(os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt'), state)

@@ -1,0 +1,116 @@
+"""Does a model copy its training images? The memorisation check of SFBD's premise.
+
+Finds, for every generated image, its nearest and second-nearest image in each reference set,
+exactly, in pixel space or in the Inception features FID uses, and counts the image as a copy
+when the nearest distance is below --threshold (1/3) times the second-nearest: the
+relative-distance criterion of Gu et al., "On Memorization in Diffusion Models" (TMLR 2025).
+The library is sfbd/memorization.py; docs/sfbd.md explains how to read the results.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from dnnlib.outputs import check_apart, check_output_dir, check_output_file
+from dnnlib.util import UserError, parse_int_list, report_user_errors
+from generate import sampler_options
+from sfbd import memorization as mem
+from torch_utils import distributed as dist
+from torch_utils.detector import DEFAULT_DETECTOR
+from torch_utils.persistence import load_network
+
+FIGURES = ['pairs.png', 'distances.png']  # What --outdir receives.
+
+#----------------------------------------------------------------------------
+
+@click.command()
+@click.option('--images', 'image_path',    help='Generated images to check: directory or zip', metavar='DIR|ZIP', type=str)
+@click.option('--network', 'network_pkl',  help='Or generate them from this network pickle', metavar='PKL|URL', type=str)
+@click.option('--seeds',                   help='Seeds of the generated images (with --network)  [default: 0-9999]', metavar='LIST', type=parse_int_list)
+@click.option('--train', 'train_paths',    help='Reference set: a dataset of 8-bit images (repeat for several)', metavar='ZIP|DIR', type=str, multiple=True, required=True)
+@click.option('--features',                help='Feature space of the distances', type=click.Choice(mem.FEATURES), default='pixel', show_default=True)
+@click.option('--threshold',               help='A copy: nearest < threshold x second-nearest distance  [default: 1/3]', metavar='FLOAT', type=mem.ThresholdType(), default='1/3')
+@click.option('--outdir',                  help='Write pairs.png (closest pairs) and distances.png (histograms) here', metavar='DIR', type=str)
+@click.option('--json', 'json_path',       help='Write every image\'s nearest reference, distances and verdict here', metavar='FILE', type=str)
+@click.option('--batch', 'max_batch_size', help='Maximum batch size for generating and for features', metavar='INT', type=click.IntRange(min=1), default=256, show_default=True)
+@click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None)
+@click.option('--detector',                help='Feature detector for --features=inception  [default: NVIDIA\'s Inception-v3, TorchScript]', metavar='PT|PKL|URL', type=str)
+@click.option('--detector-sha256',         help='Expected sha256 of the detector file', metavar='HEX', type=str)
+@sampler_options
+@report_user_errors
+def main(image_path: str | None, network_pkl: str | None, seeds: list[int] | None, train_paths: tuple[str, ...],
+         features: str, threshold: float, outdir: str | None, json_path: str | None, max_batch_size: int,
+         device: str | None, detector: str | None, detector_sha256: str | None, **sampler_kwargs: Any) -> None:
+    """Check generated images for copies of reference images.
+
+    An image counts as a copy of a reference set when its distance to the
+    nearest image of the set is below --threshold times the distance to the
+    second-nearest (Gu et al., "On Memorization in Diffusion Models", TMLR 2025,
+    with 1/3 on pixels). The search is exact. Distances are RMS differences per
+    feature (for pixels in [-1, 1] units). The table gives, per reference set,
+    the images checked, the copies, their fraction and the median nearest
+    distance; --json gives every image's nearest reference (file names relative
+    to their sets), both distances, the ratio and the verdict.
+
+    \b
+    Examples:
+    # 10,000 samples of a snapshot against the clean set and the split's source
+    python memorization.py --network=runs/sfbd/round-004/train/network-snapshot-020000.pkl \\
+        --seeds=0-9999 --train=datasets/clean.zip --train=datasets/cifar10-32x32.zip \\
+        --outdir=memorization --json=memorization/images.json
+    \b
+    # Images already generated, in Inception features
+    python memorization.py --images=out --train=datasets/clean.zip --features=inception
+    """
+    if (image_path is None) == (network_pkl is None):
+        raise UserError('give exactly one of --images and --network')
+    if image_path is not None and seeds is not None:
+        raise UserError('--seeds needs --network; it does not apply to --images')
+    if features != 'inception' and (detector is not None or detector_sha256 is not None):
+        raise UserError('--detector and --detector-sha256 apply to --features=inception only')
+    inputs = [(image_path, '--images'), (network_pkl, '--network'), (detector, '--detector'),
+              *[(path, '--train') for path in train_paths]]
+    check_apart([(json_path, '--json')], inputs)  # The JSON may go into --outdir.
+    check_apart([(outdir, '--outdir')], inputs)
+    if json_path is not None:
+        check_output_file(json_path, '--json')
+    if outdir is not None:
+        check_output_dir(outdir, '--outdir', 'memorization.py', FIGURES + [os.path.basename(json_path or FIGURES[0])])
+    device_obj = dist.resolve_device(device)
+
+    # Inputs first, so that bad ones fail before the long part.
+    references = mem.open_references(train_paths)
+    space = mem.load_feature_space(features, device_obj, detector or DEFAULT_DETECTOR, detector_sha256)
+    if image_path is not None:
+        samples = mem.ImageSet(image_path, '--images')
+    else:
+        seeds = list(range(10000)) if seeds is None else seeds
+        if not seeds:
+            raise UserError('--seeds names no seeds')
+        print(f'Loading network from "{network_pkl}"...')
+        net = load_network(network_pkl).to(device_obj)
+        print(f'Generating {len(seeds)} images...')
+        samples = mem.generated_image_set(net, network_pkl, seeds, device=device_obj, max_batch_size=max_batch_size,
+                                          verbose=True, **sampler_kwargs)
+        del net
+
+    matches = mem.check_memorization(samples, references, space, threshold, max_batch_size, device_obj, verbose=True)
+    if json_path is not None:
+        mem.save_json(json_path, mem.result_record(samples, matches, features, threshold))
+    if outdir is not None:
+        mem.save_pairs_figure(os.path.join(outdir, FIGURES[0]), samples, matches)
+        mem.save_distance_histograms(os.path.join(outdir, FIGURES[1]), matches, threshold)
+    print(mem.format_table(matches))
+    wrote = ([json_path] if json_path else []) + ([os.path.join(outdir, name) for name in FIGURES] if outdir else [])
+    if wrote:
+        print('Wrote ' + ', '.join(wrote))
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    main()
+
+#----------------------------------------------------------------------------
