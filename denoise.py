@@ -36,21 +36,24 @@ import time
 import click
 import numpy as np
 import torch
-import tqdm
 
 from dnnlib.cli import FiniteFloat
 from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file, is_complete_png
-from dnnlib.util import UserError, atomic_write, file_sha256, report_user_errors, save_png
-from generate import rank_batches, sampler_options
-from sfbd.backward import GRID_KEYS, MODES, backward_sample, grid_groups, image_seeds
+from dnnlib.util import UserError, atomic_write, file_sha256, report_user_errors
+from generate import sampler_options
+from sfbd.backward import GRID_KEYS, MODES
+from sfbd.denoising import denoise_images, output_path
 from sfbd.grids import choose_images, load_png, read_originals, save_comparison_grid
 from sfbd.observations import ObservationSet, with_ext
 from torch_utils import distributed as dist
+from torch_utils import fast as fast_lib
+from torch_utils.fast import FastSettings
 from torch_utils.persistence import load_network
 from training.dataset import METADATA_FNAME
-from training.sampler import ABLATION_KEYS, StackedRandomGenerator, check_finite, check_sampler_options, to_uint8
+from training.sampler import ABLATION_KEYS, check_sampler_options, to_uint8
 
 OPTIONS_FNAME = 'denoise_options.json'
+DEFAULT_BATCH = 64  # --batch, unless --fast sizes it to the device.
 
 #----------------------------------------------------------------------------
 # Shards: task I of N takes the contiguous index range [I*n//N, (I+1)*n//N),
@@ -108,11 +111,6 @@ def check_network(net: torch.nn.Module, obs: ObservationSet, network_pkl: str, d
         if obs.label_dim > net.label_dim or (obs.label_dim < net.label_dim and not obs.dataset.has_onehot_labels):
             raise UserError(f'--data={data}: labels have {obs.label_dim} entries, the network expects {net.label_dim}')
 
-def network_labels(net: torch.nn.Module, labels: torch.Tensor | None) -> torch.Tensor | None:
-    if not net.label_dim or labels is None:
-        return None
-    return torch.nn.functional.pad(labels, (0, net.label_dim - labels.shape[1]))
-
 #----------------------------------------------------------------------------
 # The claim of an output directory: the options record. Everything that
 # decides the images is compared; the network by content, so moving the file
@@ -139,9 +137,6 @@ def claim_outdir(outdir: str, record: dict, create: bool = True) -> OutputClaim:
 #----------------------------------------------------------------------------
 # dataset.json of the outputs: the observation set's labels under the PNG
 # names. Written only when every image is present.
-
-def output_path(outdir: str, fname: str) -> str:
-    return os.path.join(outdir, *with_ext(fname, '.png').split('/'))
 
 def missing_outputs(outdir: str, obs: ObservationSet, indices: range | list[int]) -> list[int]:
     """Indices whose image is absent, empty or cut short."""
@@ -175,40 +170,6 @@ def save_grid(path: str, outdir: str, obs: ObservationSet, indices: list[int], o
     return True
 
 #----------------------------------------------------------------------------
-# The denoising loop of one process: its share of the missing images of its
-# shard, batch by batch.
-
-def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo: list[int], *,
-                   sigma: float | np.ndarray, mode: str, seed: int, max_batch_size: int, device: torch.device,
-                   sampler_kwargs: dict) -> int:
-    """Denoise this process's part of `todo`; returns the number of images written. `sigma` is one
-    noise level for all, or the level of every image of the set ([len(obs)])."""
-    # Per-image levels: batches never mix images whose grids start at different nodes.
-    parts = [todo]
-    if np.ndim(sigma) > 0:
-        groups = grid_groups(net, torch.as_tensor(np.asarray(sigma)[todo]), mode, **sampler_kwargs) if todo else []
-        parts = [[todo[int(k)] for k in group] for group in groups]
-    batches = [batch for part in parts if part
-               for batch in rank_batches(part, max_batch_size, dist.get_rank(), dist.get_world_size())]
-    total = sum(len(b) for b in batches)
-    with tqdm.tqdm(total=total, unit='img', disable=(dist.get_rank() != 0), desc='denoise') as bar:
-        for batch in batches:
-            if not batch:
-                continue
-            y, labels = obs.load(batch)
-            labels = network_labels(net, labels)
-            rnd = StackedRandomGenerator(device, image_seeds(seed, batch))
-            level = sigma if np.ndim(sigma) == 0 else torch.as_tensor(np.asarray(sigma)[batch])
-            x = backward_sample(net, y.to(device), level, None if labels is None else labels.to(device),
-                                mode=mode, randn_like=rnd.randn_like, **sampler_kwargs)
-            check_finite(x, f'{obs.path}: observations {obs.fnames[batch[0]]} to {obs.fnames[batch[-1]]}')
-            images = to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
-            for i, image in zip(batch, images):
-                save_png(output_path(outdir, obs.fnames[i]), image)
-            bar.update(len(batch))
-    return total
-
-#----------------------------------------------------------------------------
 
 @click.command()
 @click.option('--network', 'network_pkl',  help='Network pickle (this project\'s or EDM\'s)', metavar='PATH|URL',  type=str, required=True)
@@ -219,8 +180,9 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
 @click.option('--mode',                    help='Backward sampler: probability-flow ODE or reverse SDE',         type=click.Choice(MODES), default='ode', show_default=True)
 @click.option('--seed',                    help='Seed of the per-image noise (SDE, churn)', metavar='INT',       type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--shard',                   help='Denoise only part I of N (0 <= I < N)', metavar='I/N',          type=str, callback=_shard_option, default='0/1', show_default=True)
-@click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',                             type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--batch', 'max_batch_size', help=f'Maximum batch size  [default: {DEFAULT_BATCH}; with --fast on a GPU, what fits]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None)
+@click.option('--fast',                    help='Fast path: the network in bf16, compiled, batches sized to the GPU, reading and writing overlapped (docs/performance.md)', is_flag=True)
 @click.option('--grid',                    help='Also save a picture of [original |] observation | denoised for chosen images', metavar='PNG', type=str, default=None)
 @click.option('--grid-count',              help='Images in the --grid picture, chosen anywhere in the set', metavar='INT', type=click.IntRange(min=1), default=32, show_default=True)
 @click.option('--grid-seed',               help='Seed of the choice of --grid images', metavar='INT',            type=click.IntRange(min=0), default=0, show_default=True)
@@ -229,8 +191,8 @@ def denoise_images(net: torch.nn.Module, obs: ObservationSet, outdir: str, todo:
 @sampler_options
 @report_user_errors
 def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_sigma: bool, mode: str, seed: int,
-         shard: tuple[int, int], max_batch_size: int, device: str | None, grid: str | None, grid_count: int,
-         grid_seed: int, originals: str | None, finalize: bool, **sampler_kwargs) -> None:
+         shard: tuple[int, int], max_batch_size: int | None, device: str | None, fast: bool, grid: str | None,
+         grid_count: int, grid_seed: int, originals: str | None, finalize: bool, **sampler_kwargs) -> None:
     """Denoise an observation set with a trained network (SFBD's backward sampling).
 
     \b
@@ -249,6 +211,9 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
     # (--originals: the source dataset of `dataset_tool.py split`, read by name)
     python denoise.py ... --finalize --grid=grid.png --grid-count=16 --grid-seed=3 \\
         --originals=datasets/cifar10-32x32.zip
+    \b
+    # The fast path: the network in bfloat16 (the sampler stays in float64)
+    python denoise.py ... --fast
     """
     # Where the outputs go: apart from the inputs, and writable.
     if originals is not None and grid is None:
@@ -287,6 +252,7 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
 
     # The network must fit the data; only then is the output directory claimed.
     net = None
+    settings = fast_lib.fast_settings(device) if fast else None
     if not finalize:
         dist.print0(f'Loading network from "{network_pkl}"...')
         net = load_network(network_pkl).to(device)
@@ -295,10 +261,13 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
         highest = float(np.max(levels))
         if highest > min(kwargs.get('sigma_max', 80), net.sigma_max):
             raise UserError(f'noise level {highest:g} is above the highest noise level of the sampler')
+        max_batch_size = fast_lib.sampling_batch_size(net, device, settings, max_batch_size, DEFAULT_BATCH)
+        if settings is not None:
+            net = fast_lib.prepare_sampling_network(net, settings)
     with claim_outdir(outdir, record, create=not finalize):
         if net is not None:
             denoise_shard(net, obs, outdir, indices, shard=shard, sigma=levels, mode=mode, seed=seed,
-                          max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs)
+                          max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs, fast=settings)
 
         # Whoever finds the set complete writes dataset.json.
         if dist.get_rank() == 0:
@@ -325,17 +294,17 @@ def main(network_pkl: str, data: str, outdir: str, sigma: float | None, force_si
 # any of them writes), then denoise it.
 def denoise_shard(net: torch.nn.Module, obs: ObservationSet, outdir: str, indices: range, *, shard: tuple[int, int],
                   sigma: float | np.ndarray, mode: str, seed: int, max_batch_size: int, device: torch.device,
-                  sampler_kwargs: dict) -> None:
+                  sampler_kwargs: dict, fast: FastSettings | None = None) -> None:
     todo = missing_outputs(outdir, obs, indices)
     dist.barrier()
     if todo and dist.get_rank() == 0 and os.path.isfile(os.path.join(outdir, METADATA_FNAME)):
         os.remove(os.path.join(outdir, METADATA_FNAME))  # The set is incomplete again.
     dist.print0(f'Denoising {len(todo)} of {len(indices)} observations (shard {shard[0]}/{shard[1]}, '
                 f'{len(obs) - len(indices)} in other shards) at {describe_levels(sigma)} with the {mode.upper()} '
-                f'sampler to "{outdir}"...')
+                f'sampler to "{outdir}"' + (' (fast path)' if fast is not None else '') + '...')
     start = time.time()
     count = denoise_images(net, obs, outdir, todo, sigma=sigma, mode=mode, seed=seed,
-                           max_batch_size=max_batch_size, device=device, sampler_kwargs=sampler_kwargs)
+                           max_batch_size=max_batch_size, device=device, sampler_kwargs=sampler_kwargs, fast=fast)
     elapsed = time.time() - start
     count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
     if count:

@@ -24,18 +24,20 @@ from typing import Any, Callable, Iterator, Sequence
 
 import click
 import numpy as np
-import scipy.linalg
 import torch
 import tqdm
 
 from dnnlib.cli import IntList
 from dnnlib.outputs import OutputClaim, any_file, append_line, check_apart, check_output_dir, check_output_file
 from dnnlib.util import UserError, atomic_write, is_url, open_url, report_user_errors, save_png
-from generate import image_path as generated_image_path
-from generate import rank_batches, sampler_options
+from generate import sampler_options
 from torch_utils import distributed as dist
+from torch_utils import fast as fast_lib
 from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
+from torch_utils.frechet import frechet_distance
 from torch_utils.persistence import load_network
+from training.generation import image_path as generated_image_path
+from training.generation import rank_batches
 from training.sampler import check_finite, check_sampler_options, generate_images, to_uint8
 
 #----------------------------------------------------------------------------
@@ -92,24 +94,22 @@ class FeatureStats:
         return mu.cpu().numpy(), sigma.cpu().numpy()
 
 #----------------------------------------------------------------------------
-# The Frechet distance between two Gaussians:
-#   |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
-# The matrix square root may come back complex from round-off; the real part
-# of the total is the distance.
+# The Frechet distance between the two Gaussians (EDM's name and arguments),
+# from the eigenvalues of the symmetric S1^(1/2) S2 S1^(1/2) rather than the
+# matrix square root of S1 S2: the same value, several times faster (see
+# torch_utils/frechet.py).
 
 def calculate_fid_from_inception_stats(mu: np.ndarray, sigma: np.ndarray,
                                        mu_ref: np.ndarray, sigma_ref: np.ndarray) -> float:
     # Never report a NaN score as if it were one.
     if not all(np.isfinite(x).all() for x in (mu, sigma, mu_ref, sigma_ref)):
         raise UserError('the FID came out nan: the feature statistics hold NaN or infinite values')
-    mean_term = np.square(mu - mu_ref).sum()
     try:
-        root = scipy.linalg.sqrtm(np.dot(sigma, sigma_ref))
+        total = frechet_distance(mu, sigma, mu_ref, sigma_ref)
     except (np.linalg.LinAlgError, ValueError) as e:
-        raise UserError(f'the FID cannot be computed: the matrix square root failed ({e})') from None
-    total = float(np.real(mean_term + np.trace(sigma) + np.trace(sigma_ref) - 2 * np.trace(root)))
+        raise UserError(f'the FID cannot be computed: the eigendecomposition failed ({e})') from None
     if not np.isfinite(total):
-        raise UserError(f'the FID came out {total}: the product of the covariances has no usable square root')
+        raise UserError(f'the FID came out {total}: the covariances have no usable square root')
     return total
 
 #----------------------------------------------------------------------------
@@ -197,8 +197,9 @@ def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, m
     # Forked workers would share the parent's open zip file (and its file position);
     # closed here, it is opened again by each worker on first use.
     dataset.close()
+    pin_memory = detector.fast is not None and detector.fast.pin_memory and device.type == 'cuda'
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                         prefetch_factor=(2 if num_workers > 0 else None))
+                                         prefetch_factor=(2 if num_workers > 0 else None), pin_memory=pin_memory)
     progress = tqdm.tqdm(total=len(batches), unit='batch', desc='Features', disable=(dist.get_rank() != 0))
     try:
         for images, _labels in loader:
@@ -243,10 +244,14 @@ def network_stats(net: torch.nn.Module, seeds: Sequence[int], detector: Detector
         feature_dim = detector.feature_dim(image_shape)
     stats = FeatureStats(feature_dim, device)
     batches = rank_batches(list(seeds), max_batch_size, dist.get_rank(), dist.get_world_size())
+    fast = detector.fast
+    size = len(batches[0]) if fast is not None and fast.compile else 0  # One batch size for a compiled network.
     for batch_seeds in tqdm.tqdm(batches, unit='batch', desc='Generating', disable=(dist.get_rank() != 0)):
         if not batch_seeds:
             continue
-        images = generate_images(net, batch_seeds, device=device, **sampler_kwargs)
+        with torch.inference_mode() if fast is not None else contextlib.nullcontext():
+            images = generate_images(net, fast_lib.pad_batch(batch_seeds, size), device=device, **sampler_kwargs)
+        images = images[:len(batch_seeds)]
         check_finite(images, f'seeds {batch_seeds[0]}-{batch_seeds[-1]}')
         images = to_uint8(images)
         if outdir is not None:
@@ -357,18 +362,21 @@ def detector_options(func: Callable) -> Callable:
         click.option('--batch', 'max_batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
         click.option('--workers', 'num_workers', help='Data-loading worker processes', metavar='INT', type=click.IntRange(min=0), default=3, show_default=True),
         click.option('--device', help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None),
+        click.option('--fast', help='Fast path: inference mode, non-blocking copies, channels-last on a GPU; --network samples with generate.py --fast\'s network (docs/performance.md)', is_flag=True),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 # Join the process group and load the detector (rank 0 downloads first).
-def _setup(device_name: str | None, detector: str, detector_sha256: str | None) -> tuple[torch.device, Detector]:
+def _setup(device_name: str | None, detector: str, detector_sha256: str | None,
+           fast: bool = False) -> tuple[torch.device, Detector]:
     device = dist.resolve_device(device_name)
     dist.init(device)
     dist.print0(f'Reading detector "{detector}"...')
+    settings = fast_lib.fast_settings(device) if fast else None
     with rank0_first():
-        det = load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0))
+        det = load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0), fast=settings)
     return device, det
 
 #----------------------------------------------------------------------------
@@ -420,7 +428,7 @@ def print_snapshot_table(results: list[dict], repeats: int) -> None:
 def calc(image_path: str | None, network: str | None, ref_path: str, num: int | None, seed: int | None,
          seeds: list[int] | None, repeats: int, snapshots: str | None, outdir: str | None, json_path: str | None,
          detector: str, detector_sha256: str | None, max_batch_size: int, num_workers: int,
-         device: str | None, **sampler_kwargs: Any) -> None:
+         device: str | None, fast: bool, **sampler_kwargs: Any) -> None:
     """Calculate FID of images, or of a network's samples.
 
     The FID is the last line printed: with --repeats, the minimum over the repeats; for a run
@@ -470,7 +478,7 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
 
     # The images, the detector and the reference statistics, all before the long part.
     dataset = open_image_dataset(image_path) if image_path is not None else None
-    device_obj, det = _setup(device, detector, detector_sha256)
+    device_obj, det = _setup(device, detector, detector_sha256, fast)
     dist.print0(f'Reading reference statistics "{ref_path}"...')
     with rank0_first():
         mu_ref, sigma_ref = load_ref_stats(ref_path)
@@ -511,6 +519,8 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
                 dist.print0(f'Reading network "{pkl}"...')
                 with rank0_first():
                     net = load_network(pkl).to(device_obj)
+                if det.fast is not None:
+                    net = fast_lib.prepare_sampling_network(net, det.fast)
                 if net.img_channels not in (1, 3):
                     raise UserError(f'{pkl}: the network makes {net.img_channels}-channel images; FID needs 1 or 3')
                 dim = check_dim([net.img_channels, net.img_resolution, net.img_resolution])
@@ -555,13 +565,13 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
 @detector_options
 @report_user_errors
 def ref(dataset_path: str, dest_path: str, detector: str, detector_sha256: str | None,
-        max_batch_size: int, num_workers: int, device: str | None) -> None:
+        max_batch_size: int, num_workers: int, device: str | None, fast: bool) -> None:
     """Reference statistics of every image of a dataset, for 'calc'."""
     check_apart([(dest_path, '--dest')], [(dataset_path, '--data'), (detector, '--detector')])
     check_output_file(dest_path, '--dest')
     dataset = open_image_dataset(dataset_path)
     check_image_count(dataset_path, len(dataset), len(dataset), 1)
-    device_obj, det = _setup(device, detector, detector_sha256)
+    device_obj, det = _setup(device, detector, detector_sha256, fast)
     dist.print0(f'Calculating statistics of {len(dataset)} images from "{dataset_path}"...')
     mu, sigma = dataset_stats(dataset, range(len(dataset)), det, max_batch_size=max_batch_size,
                               num_workers=num_workers, device=device_obj)

@@ -7,36 +7,22 @@ first and then the class label.
 
 from __future__ import annotations
 
-import os
-
 import click
-import torch
-import tqdm
 
 from dnnlib.cli import FiniteFloat, IntList
 from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir
-from dnnlib.util import UserError, file_sha256, report_user_errors, save_png
+from dnnlib.util import UserError, file_sha256, report_user_errors
 from torch_utils import distributed as dist
+from torch_utils import fast as fast_lib
 from torch_utils.persistence import load_network
-from training.sampler import (DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS, check_finite, check_sampler_options,
-                              generate_images, to_uint8)
+from training.generation import generate_to_dir
+from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS, check_sampler_options
 
-#----------------------------------------------------------------------------
-# Split the seeds into batches, and the batches between processes, the way
-# EDM does (every process gets the same number of batches, some may be empty).
-
-def rank_batches(seeds: list[int], max_batch_size: int, rank: int, world_size: int) -> list[list[int]]:
-    num_batches = ((len(seeds) - 1) // (max_batch_size * world_size) + 1) * world_size
-    batches = torch.as_tensor(seeds).tensor_split(num_batches)
-    return [b.tolist() for b in batches[rank::world_size]]
+DEFAULT_BATCH = 64  # --batch, unless --fast sizes it to the device.
 
 # The record of an output directory: images of one network and one set of
 # sampler options only (seeds may vary between runs).
 OPTIONS_FNAME = 'generate_options.json'
-
-def image_path(outdir: str, seed: int, subdirs: bool) -> str:
-    folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
-    return os.path.join(folder, f'{seed:06d}.png')
 
 #----------------------------------------------------------------------------
 # Options shared with fid.py and denoise.py: EDM's sampler options.
@@ -68,12 +54,13 @@ def sampler_options(func):
 @click.option('--seeds',                   help='Random seeds (e.g. 1,2,5-10)', metavar='LIST',                        type=IntList(), default='0-63', show_default=True)
 @click.option('--subdirs',                 help='Put every 1000 seeds in a subdirectory',                              is_flag=True)
 @click.option('--class', 'class_idx',      help='Class label  [default: random]', metavar='INT',                       type=click.IntRange(min=0), default=None)
-@click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',                                   type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--batch', 'max_batch_size', help=f'Maximum batch size  [default: {DEFAULT_BATCH}; with --fast on a GPU, what fits]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR',      type=str, default=None)
+@click.option('--fast',                    help='Fast path: the network in bf16, compiled, batches sized to the GPU, PNGs written meanwhile (docs/performance.md)', is_flag=True)
 @sampler_options
 @report_user_errors
 def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_idx: int | None,
-         max_batch_size: int, device: str | None, **sampler_kwargs) -> None:
+         max_batch_size: int | None, device: str | None, fast: bool, **sampler_kwargs) -> None:
     """Generate random images with the EDM sampler.
 
     \b
@@ -84,7 +71,11 @@ def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_i
     # 1024 images on 2 GPUs
     torchrun --standalone --nproc_per_node=2 generate.py --outdir=out --seeds=0-1023 --network=...
     \b
-    Network pickles are read as data: nothing stored in them is run.
+    # The fast path: the network in bfloat16 (the sampler stays in float64)
+    python generate.py --outdir=out --seeds=0-49999 --network=... --fast
+    \b
+    Network pickles are read as data: nothing stored in them is run. Without
+    --fast the images are EDM's for the same pickle, seeds and options.
     """
     if not seeds:
         raise UserError('--seeds names no seeds')
@@ -106,21 +97,20 @@ def main(network_pkl: str, outdir: str, seeds: list[int], subdirs: bool, class_i
             raise UserError(f'--class={class_idx} is out of range: the network has {net.label_dim} classes')
     check_sampler_options(net, sampler_kwargs)
 
+    # The fast path: batch size first (measured on the plain network), then the prepared network.
+    settings = fast_lib.fast_settings(device) if fast else None
+    max_batch_size = fast_lib.sampling_batch_size(net, device, settings, max_batch_size, DEFAULT_BATCH)
+    if settings is not None:
+        net = fast_lib.prepare_sampling_network(net, settings)
+
     record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), class_idx=class_idx, subdirs=subdirs,
                   sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
     claim = OutputClaim(outdir, '--outdir', OPTIONS_FNAME, record, command='generate.py', ignore=['network'],
                         has_outputs=lambda: any_file(outdir, ['.png']))
-    batches = rank_batches(seeds, max_batch_size, dist.get_rank(), dist.get_world_size())
-    dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}"' + (' (fast path)' if fast else '') + '...')
     with claim:
-        for batch_seeds in tqdm.tqdm(batches, unit='batch', disable=(dist.get_rank() != 0)):
-            if not batch_seeds:
-                continue
-            images = generate_images(net, batch_seeds, class_idx=class_idx, device=device, **sampler_kwargs)
-            check_finite(images, f'--network={network_pkl}, seeds {batch_seeds[0]}-{batch_seeds[-1]}')
-            images = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
-            for seed, image in zip(batch_seeds, images):
-                save_png(image_path(outdir, seed, subdirs), image)
+        generate_to_dir(net, seeds, outdir, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
+                        device=device, sampler_kwargs=sampler_kwargs, fast=settings, source=f'--network={network_pkl}')
 
     dist.barrier()
     dist.print0('Done.')

@@ -2,10 +2,10 @@
 
 The options, defaults and output files are those of EDM's train.py; see `python train.py --help`.
 Beyond EDM: `--data` may be repeated (the union of the datasets), `--device`, `--bf16`,
-`--lr-rampup`, `--ema-rampup`; `--noisy` and its options train Online SFBD (sfbd/online.py);
-runs resume from self-contained training states, and from EDM's training states read as data
-(training/resume.py); and a preemption signal stops a run cleanly
-with exit status PREEMPTED_EXIT_CODE.
+`--lr-rampup`, `--ema-rampup`, `--fast`; `--noisy` and its options train Online SFBD
+(sfbd/online.py); runs resume from self-contained training states, and from EDM's training states
+read as data (training/resume.py); and a preemption signal stops a run cleanly with exit status
+PREEMPTED_EXIT_CODE.
 """
 
 from __future__ import annotations
@@ -249,6 +249,7 @@ def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
 @click.option('--cache',         help='Keep decoded images in memory', metavar='BOOL',                            type=bool, default=True, show_default=True)
 @click.option('--workers',       help='Data-loading processes per training process', metavar='INT',               type=click.IntRange(min=1), default=1, show_default=True)
 @click.option('--device',        help='Training device  [default: cuda if available, else cpu]', metavar='STR',   type=str)
+@click.option('--fast',          help='Fast path: bf16, channels-last, torch.compile, TF32, fused Adam where they help (docs/performance.md)', is_flag=True)
 
 # I/O-related.
 @click.option('--desc',          help='Suffix of the run directory name', metavar='STR',                          type=str)
@@ -396,6 +397,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     c.update(batch_size=opts.batch, batch_gpu=opts.batch_gpu, loss_scaling=opts.ls, cudnn_benchmark=opts.bench)
     c.update(kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
     c.device = str(device)
+    c.fast = opts.fast
 
     # Processes and seed: rank 0 draws one when --seed is not given.
     dist.init(device)
@@ -479,7 +481,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     summary += [('Class-conditional', opts.cond),
                ('Network architecture', opts.arch), ('Preconditioning & loss', opts.precond),
                ('Number of processes', dist.get_world_size()), ('Device', device), ('Batch size', opts.batch),
-               ('Mixed-precision', dtype_str if dtype_str != 'fp32' else False)]
+               ('Mixed-precision', dtype_str if dtype_str != 'fp32' else False), ('Fast path', opts.fast)]
     for label, value in summary:
         dist.print0(f'{label + ":":<25}{value}')
     if resume_note:

@@ -38,7 +38,6 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
-import scipy.linalg
 import torch
 
 from dnnlib.outputs import OutputClaim
@@ -49,6 +48,7 @@ from sfbd.dataset_commands import choose_clean, split_dataset
 from sfbd.grids import comparison_grid, load_png
 from sfbd.memorization import sample_images
 from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_png
+from torch_utils import frechet
 from torch_utils.distributed import resolve_device
 from torch_utils.persistence import load_network
 from training.sampler import to_uint8
@@ -125,10 +125,7 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, dtype=np.float64).reshape(len(images), -1) / 127.5 - 1
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+    return frechet.frechet_distance(a.mean(axis=0), np.cov(a, rowvar=False), b.mean(axis=0), np.cov(b, rowvar=False))
 
 def sample_model(network_pkl: str, num_samples: int, num_steps: int, device: torch.device) -> np.ndarray:
     """Images [N, C, H, W] uint8 from generate.py's sampler, seeds 0..N-1."""

@@ -257,6 +257,46 @@ def test_a_forced_sigma_is_used(inputs, tmp_path):
     assert read_json(str(tmp_path / 'f' / 'denoise_options.json'))['sigma'] == 0.4
 
 #----------------------------------------------------------------------------
+# --fast. On the CPU its settings change no arithmetic: the same images, ODE
+# and SDE, with reading and writing on threads. With the GPU's settings (the
+# network in bfloat16, channels-last; batches padded as for a compiled
+# network, which is not compiled here), measured on the CPU for EDM's fixture
+# network: mean 0.22, max 2 levels from the faithful images. The tolerance is
+# mean 1, max 8 levels.
+
+def test_fast_path_gives_the_same_images_on_the_cpu(inputs, tmp_path):
+    for mode in ('ode', 'sde'):
+        outdirs = [tmp_path / f'{mode}-{name}' for name in ('faithful', 'fast')]
+        for outdir, extra in zip(outdirs, ([], ['--fast'])):
+            run_ok('--network', inputs['cond'], '--data', inputs['obs'], '--outdir', outdir, f'--mode={mode}',
+                   '--batch=5', *extra)
+        a, b = (read_png_dataset(str(outdir)) for outdir in outdirs)
+        assert len(a) == NUM_OBS and sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+        assert read_json(str(outdirs[0] / 'dataset.json')) == read_json(str(outdirs[1] / 'dataset.json'))
+
+def test_fast_path_with_gpu_settings_stays_within_tolerance(tmp_path, fixtures_dir):
+    import dataclasses
+    from sfbd.denoising import denoise_images
+    from torch_utils import fast as fast_lib
+    from torch_utils.persistence import load_network
+    torch.set_num_threads(1)
+    pkl = str(fixtures_dir / 'edm-ddpmpp-tiny-snapshot.pkl')  # EDM's DDPM++, 16x16, 10 classes.
+    count = 11  # Batches of 4, 4 and 3: the last is padded to 4.
+    make_observation_set(str(tmp_path / 'obs'), random_observations(count, resolution=16, sigma=SIGMA),
+                         sigma=SIGMA, labels=[i % 10 for i in range(count)])
+    obs = ObservationSet(str(tmp_path / 'obs'))
+    common = dict(sigma=SIGMA, mode='ode', seed=0, max_batch_size=4, device=torch.device('cpu'), sampler_kwargs={})
+    assert denoise_images(load_network(pkl), obs, str(tmp_path / 'faithful'), list(range(count)), **common) == count
+    settings = fast_lib.fast_settings('cpu', dtype='bfloat16', channels_last=True, compile=True)
+    net = fast_lib.prepare_sampling_network(load_network(pkl), dataclasses.replace(settings, compile=False))
+    assert denoise_images(net, obs, str(tmp_path / 'fast'), list(range(count)), **common, fast=settings) == count
+    a, b = read_png_dataset(str(tmp_path / 'faithful')), read_png_dataset(str(tmp_path / 'fast'))
+    diffs = np.stack([np.abs(a[k].astype(int) - b[k].astype(int)) for k in sorted(a)])
+    print(f'bfloat16 network: mean {diffs.mean():.3f}, max {diffs.max()} levels')
+    assert sorted(a) == sorted(b) and 0 < diffs.mean() <= 1 and diffs.max() <= 8
+    obs.close()
+
+#----------------------------------------------------------------------------
 # Per-image noise levels. Levels 0.3 and 0.45 start at the same node of the
 # 18-step grid (0.585), 0.59 and 0.8 at the next one (1.088), 0.2 at 0.296:
 # a batch holds groups of one and of several levels.
@@ -313,6 +353,18 @@ def test_denoise_loop_on_a_mixed_set_equals_per_level_runs(mixed, tmp_path):
     for i, level in enumerate(mixed['levels']):
         name = f'00000/img{i:08d}.png'
         assert np.array_equal(got[name], read_png_dataset(str(tmp_path / f'{level}'))[name]), i
+
+def test_fast_loop_on_a_mixed_set_equals_the_faithful_one(mixed, tmp_path):
+    # The fast loop (reading and writing on threads, batches padded as for a compiled network)
+    # groups the levels as the faithful one does: the same images.
+    from torch_utils.fast import fast_settings
+    obs, net = ObservationSet(mixed['obs']), ExactDenoiser()
+    common = dict(sigma=obs.sigmas, mode='sde', seed=3, max_batch_size=5, device=torch.device('cpu'), sampler_kwargs={})
+    denoise.denoise_images(net, obs, str(tmp_path / 'faithful'), list(range(NUM_OBS)), **common)
+    denoise.denoise_images(net, obs, str(tmp_path / 'fast'), list(range(NUM_OBS)), **common,
+                           fast=fast_settings('cpu', compile=True))
+    a, b = read_png_dataset(str(tmp_path / 'faithful')), read_png_dataset(str(tmp_path / 'fast'))
+    assert len(a) == NUM_OBS and sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 def test_denoise_cli_on_a_mixed_set(mixed, inputs, tmp_path):
     # The real network: each image as in the run of the whole set at its level (a network may

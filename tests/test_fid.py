@@ -136,6 +136,21 @@ def test_fid_formula_closed_form():
     got = fid.calculate_fid_from_inception_stats(mu1, np.diag(a), mu2, np.diag(b))
     assert got == pytest.approx(expected, rel=1e-10)
 
+# EDM's formula (scipy.linalg.sqrtm of the non-symmetric product) and the
+# symmetric eigenvalue route agree to 1e-6 relative, also for covariances of
+# fewer samples than features (singular) and with a tiny ridge (near-singular).
+@pytest.mark.parametrize('dim, samples, ridge', [(48, 200, 0), (48, 20, 0), (48, 47, 1e-10), (160, 90, 1e-12), (160, 400, 0)])
+def test_fid_formula_equals_edms_sqrtm(dim, samples, ridge):
+    from torch_utils.frechet import frechet_distance_sqrtm
+    rnd = np.random.RandomState(dim + samples)
+    def covariance():
+        x = rnd.randn(samples, dim) * rnd.rand(dim) * 3
+        return np.cov(x, rowvar=False) + ridge * np.eye(dim)
+    mu1, mu2, s1, s2 = rnd.randn(dim) * 0.1, rnd.randn(dim) * 0.1, covariance(), covariance()
+    expected = frechet_distance_sqrtm(mu1, s1, mu2, s2)
+    assert fid.calculate_fid_from_inception_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+    assert fid.calculate_fid_from_inception_stats(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-6 * np.trace(s1))
+
 def test_feature_stats_are_unbiased():
     x = torch.randn(50, 6, dtype=torch.float64)
     stats = fid.FeatureStats(6)
@@ -380,6 +395,15 @@ def test_network_end_to_end(files, rundir, tmp_path):
     assert sorted(os.listdir(outdir / '000000')) == [f'{s:06d}.png' for s in range(6)]
     again = run('calc', f'--images={outdir}', f'--ref={files["ref_a"]}', '--num=6', *common(files))
     assert last_float(again) == last_float(result)
+
+# --fast on the CPU changes no arithmetic (inference mode, the same network):
+# the same scores for images and for a network's samples.
+def test_fast_path_gives_the_same_scores_on_the_cpu(files, rundir):
+    pkl = os.path.join(rundir[0], 'network-snapshot-000000.pkl')
+    for args in ([f'--images={files["b"]}', '--num=30'], [f'--network={pkl}', '--num=6', '--steps=2', '--batch=4']):
+        faithful = run('calc', *args, f'--ref={files["ref_a"]}', *common(files))
+        fast = run('calc', *args, f'--ref={files["ref_a"]}', *common(files), '--fast')
+        assert last_float(fast) == last_float(faithful)
 
 def test_generated_images_are_edms(files, fixtures_dir, tmp_path):
     # EDM's generate.py output for its tiny class-conditional snapshot: fid.py must score the same images.

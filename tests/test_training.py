@@ -449,3 +449,76 @@ def test_dry_run_prints_and_exits(data, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 #----------------------------------------------------------------------------
+# The fast path (--fast). A run resumes bit-exactly from its own training
+# states; on the CPU the fast path's settings change no arithmetic, so its
+# losses are the faithful path's; and the GPU's settings (bfloat16,
+# channels-last, fused Adam; torch.compile aside) run on the CPU too, with
+# snapshots that record the network as built.
+
+GPU_LIKE = dict(dtype='bfloat16', channels_last=True, optimizer='fused')
+
+def short_run(data: Path, run_dir: Path, fast, total_kimg: float, resume: Path | None = None,
+              stop_at_poll: int | None = None) -> str:
+    from training.training_loop import training_loop
+    from torch_utils.fast import fast_settings
+    if isinstance(fast, dict):
+        fast = fast_settings('cpu', **fast)
+    polls = []
+    def stop_requested() -> bool:
+        polls.append(1)
+        return stop_at_poll is not None and len(polls) >= stop_at_poll
+    return training_loop(
+        run_dir=str(run_dir), seed=3, batch_size=16, batch_gpu=8, total_kimg=total_kimg, kimg_per_tick=0.032,
+        lr_rampup_kimg=0.05, device='cpu', fast=fast, stop_requested=stop_requested,
+        resume_state_dump=None if resume is None else str(resume),
+        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=str(data / 'ds8.zip')),
+        data_loader_kwargs=dict(num_workers=1),
+        network_kwargs=dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=16,
+                            channel_mult=[1], num_blocks=1, dropout=0.13),
+        loss_kwargs=dict(class_name='training.loss.EDMLoss'),
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8))
+
+@pytest.mark.parametrize('fast', [True, GPU_LIKE], ids=['cpu-settings', 'gpu-settings'])
+def test_fast_path_resumes_exactly(fast, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, 'get_num_threads', torch.get_num_threads)
+    torch.set_num_threads(1)
+    assert short_run(data, tmp_path / 'ref', fast, 0.096) == 'finished'
+    assert short_run(data, tmp_path / 'run', fast, 0.096, stop_at_poll=2) == 'preempted'
+    stopped = load_state(tmp_path / 'run' / 'training-state-000000.pt')
+    assert stopped['cur_nimg'] == 32
+    assert short_run(data, tmp_path / 'run', fast, 0.096, resume=tmp_path / 'run' / 'training-state-000000.pt') == 'finished'
+    resumed, reference = (load_state(tmp_path / d / 'training-state-000000.pt') for d in ('run', 'ref'))
+    assert resumed['cur_nimg'] == reference['cur_nimg'] == 96
+    for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
+        assert_same(resumed[key], reference[key], key)
+    ema = persistence.load_network(str(tmp_path / 'ref' / 'network-snapshot-000000.pkl'))
+    assert not ema.use_bf16 and all(torch.isfinite(p).all() for p in ema.parameters())
+
+def test_fast_path_on_the_cpu_computes_the_faithful_losses(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, 'get_num_threads', torch.get_num_threads)
+    torch.set_num_threads(1)
+    for name, fast in (('faithful', False), ('fast', True)):
+        assert short_run(data, tmp_path / name, fast, 0.096) == 'finished'
+    faithful, fast = read_stats(tmp_path / 'faithful'), read_stats(tmp_path / 'fast')
+    assert len(faithful) == len(fast) == 4
+    for a, b in zip(faithful, fast):
+        assert b['Loss/loss']['mean'] == pytest.approx(a['Loss/loss']['mean'], rel=1e-5)
+    # A faithful run's state continues on the fast path (one more tick).
+    assert short_run(data, tmp_path / 'faithful', True, 0.128,
+                     resume=tmp_path / 'faithful' / 'training-state-000000.pt') == 'finished'
+    assert load_state(tmp_path / 'faithful' / 'training-state-000000.pt')['optimizer_state']['param_groups'][0]['foreach']
+
+def test_two_processes_on_the_fast_path_with_a_union(data, tmp_path):
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+    result = run_train(['--outdir', tmp_path, '--data', data / 'ds8.zip', '--data', data / 'ds8.zip', '--duration=0.0001',
+                        *TINY, '--fast'], launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    assert '-ds8+ds8-uncond-ddpmpp-edm-gpus2-batch32-fp32' in run_dir.name
+    assert json.loads((run_dir / 'training_options.json').read_text())['fast'] is True
+    state = load_state(run_dir / 'training-state-000000.pt')
+    assert state['format'] == 'sfbd-training-state-v1' and state['world_size'] == 2 and len(state['rng']) == 2
+    assert read_stats(run_dir)[-1]['Loss/loss']['num'] == (128 - 32) * 3 * 8 * 8
+    assert 'replicas differ' not in result.stderr
+
+#----------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import torch
 
 from dnnlib.util import UserError, download, file_sha256, is_url
+from torch_utils import fast as fast_lib
+from torch_utils.fast import FastSettings
 from torch_utils.persistence import load_pickle_running_code
 
 #----------------------------------------------------------------------------
@@ -35,12 +37,14 @@ def _last_line(e: BaseException) -> str:
 # resolution (the network resizes them itself) and returns [N, D] features.
 
 class Detector:
-    def __init__(self, net: Any, source: str, path: str, sha256: str, device: torch.device):
+    def __init__(self, net: Any, source: str, path: str, sha256: str, device: torch.device,
+                 fast: FastSettings | None = None):
         self.net = net              # The callable module.
         self.source = source        # Path or URL as the user gave it.
         self.path = path            # Local file it was loaded from.
         self.sha256 = sha256        # Digest of that file.
         self.device = device
+        self.fast = fast            # Fast-path settings (inference mode, non-blocking copies); None = faithful.
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -49,7 +53,11 @@ class Detector:
             raise TypeError(f'the detector takes uint8 images, not {images.dtype}')
         images = torch.cat([images] * 3, dim=1) if images.shape[1] == 1 else images  # Gray to RGB.
         try:
-            out = self.net(images.to(self.device), return_features=True)
+            if self.fast is None:
+                out = self.net(images.to(self.device), return_features=True)
+            else:
+                with torch.inference_mode():
+                    out = self.net(fast_lib.to_device(images, self.device, self.fast), return_features=True)
         except Exception as e:  # TorchScript raises its own error types.
             raise UserError(f'{self.source}: the detector failed on images of shape {list(images.shape)} '
                             f'({_last_line(e)})') from None
@@ -69,7 +77,8 @@ class Detector:
 # `.pkl` file is unpickled, which runs whatever the pickle holds.
 
 def load_detector(detector: str = DEFAULT_DETECTOR, sha256: str | None = None,
-                  device: torch.device | str = 'cpu', verbose: bool = True) -> Detector:
+                  device: torch.device | str = 'cpu', verbose: bool = True,
+                  fast: FastSettings | None = None) -> Detector:
     device = torch.device(device)
     path = download(detector, verbose=verbose) if is_url(detector) else detector
     if not os.path.isfile(path):
@@ -108,6 +117,8 @@ def load_detector(detector: str = DEFAULT_DETECTOR, sha256: str | None = None,
         raise UserError(f'{detector}: not a TorchScript archive (and not a .pkl detector)')
     if isinstance(net, torch.nn.Module):
         net.eval()
-    return Detector(net, detector, path, actual, device)
+        if fast is not None:
+            net = fast_lib.to_memory_format(net, fast)
+    return Detector(net, detector, path, actual, device, fast)
 
 #----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def _moments_of(value: Any) -> torch.Tensor | None:
     if values.numel() == 0:
         return None
     values = values.flatten().to(_DTYPE)
-    return torch.stack([values.new_tensor(float(values.numel())), values.sum(), values.square().sum()])
+    return torch.stack([values.new_full((), float(values.numel())), values.sum(), values.square().sum()])
 
 #----------------------------------------------------------------------------
 # The collector.

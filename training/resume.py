@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 from dnnlib.util import UserError
-from torch_utils import edm_state, persistence
+from torch_utils import edm_state, fast, persistence
 
 OPTIONS_FNAME = 'training_options.json'
 
@@ -196,7 +196,7 @@ def restore_edm_state(path: str, net: torch.nn.Module, ema: torch.nn.Module,
                         'beside it; copy it there')
     _copy_exactly(state.tensors, net, path)
     try:
-        optimizer.load_state_dict(edm_state.optimizer_state_for(state, net))
+        fast.load_optimizer_state(optimizer, edm_state.optimizer_state_for(state, net))  # Keeps this run's Adam.
     except (ValueError, KeyError) as e:
         raise UserError(f'{path}: the optimizer state does not fit ({e})') from None
     source = persistence.load_network_pickle(snapshot)['ema']

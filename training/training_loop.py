@@ -8,15 +8,19 @@ written: network, EMA, optimizer, counters, the data sampler's position and ever
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
+import functools
 import json
 import os
 import random
 import re
 import signal
+import sys
 import time
 import zipfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import psutil
@@ -25,6 +29,8 @@ import torch
 from dnnlib.util import UserError, atomic_write, is_url
 from torch_utils import distributed as dist
 from torch_utils import edm_state, misc, persistence, training_stats
+from torch_utils import fast as fast_lib
+from torch_utils.fast import FastSettings
 from training import resume
 from training.dataset import images_to_float
 
@@ -117,6 +123,19 @@ def _shield_from_stop_signals(_worker_id: int) -> None:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if hasattr(signal, 'alarm'):
         signal.signal(signal.SIGTERM, lambda _signum, _frame: signal.alarm(30))
+
+# A worker must not outlive a training process that dies without stopping it
+# (SIGKILL, out of memory): PyTorch's own check misses a parent that died while
+# the worker was still starting, and such an orphan keeps the run's output
+# pipes open forever. On Linux the kernel ends the worker with its parent.
+def _init_worker(worker_id: int, parent_pid: int, shield: bool) -> None:
+    if sys.platform.startswith('linux'):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(0)  # The parent is gone already.
+    if shield:
+        _shield_from_stop_signals(worker_id)
 
 #----------------------------------------------------------------------------
 # Starting weights from a network pickle (--transfer): EDM's and ours, read as
@@ -214,6 +233,102 @@ def _format_time(seconds: float) -> str:
     return f'{s // 86400}d {s // 3600 % 24:02d}h {s // 60 % 60:02d}m'
 
 #----------------------------------------------------------------------------
+# One optimizer step, the body of the training loop (bench.py times this very
+# function): the gradients of one batch, accumulated over rounds of at most
+# batch_gpu images; the learning-rate warm-up; non-finite gradients counted,
+# then clamped as EDM does so that one bad batch does not ruin the weights;
+# Adam; and the weight average, whose half-life in images is capped while
+# training is young at a fraction of the images seen so far. In Online SFBD
+# the buffer's denoised images take their slots in each batch, their loss
+# weighted by the ramp. Nothing here waits for the device (Online SFBD's
+# slots aside): statistics stay on it until the end of the tick.
+
+def training_step(
+    cur_nimg:           int,                # Images seen before this step, all processes together.
+    *,
+    ddp:                torch.nn.Module,    # The network as trained: DistributedDataParallel, or the network itself.
+    net:                torch.nn.Module,    # The network itself (the parameters the optimizer updates).
+    ema:                torch.nn.Module,    # The weight average.
+    compute_loss:       Callable[[torch.Tensor, torch.Tensor], torch.Tensor], # (images, labels) -> loss [N, C, H, W].
+    optimizer:          torch.optim.Optimizer,
+    batches:            Iterator,           # The data loader's iterator: (images, labels) of batch_gpu items.
+    sampler:            misc.InfiniteSampler, # The loader's sampler, advanced as batches are consumed.
+    stats:              training_stats.Collector,
+    device:             torch.device,
+    batch_size:         int,                # Images per step over all processes.
+    batch_gpu:          int,                # Images per accumulation round on this process.
+    num_accumulation_rounds: int,           # Rounds per step on this process.
+    loss_scaling:       float,              # Loss scale factor.
+    lr:                 float,              # Learning rate after the warm-up.
+    lr_rampup_kimg:     float,              # Linear warm-up length; 0 = none.
+    ema_halflife_kimg:  float,              # Half-life of the weight average.
+    ema_rampup_ratio:   float | None,       # Cap of the half-life as a fraction of the images seen; None = no cap.
+    fast:               FastSettings | None = None, # Fast-path settings; None = the faithful path.
+    online:             Any = None,         # Online SFBD (sfbd.online.OnlineSFBD): buffer images and their loss weights; None = off.
+) -> None:
+    batch_gpu_total = batch_gpu * num_accumulation_rounds
+    optimizer.zero_grad(set_to_none=True)
+    for round_idx in range(num_accumulation_rounds):
+        with misc.ddp_sync(ddp, sync=(round_idx == num_accumulation_rounds - 1)):
+            images, labels, *indices = next(batches)  # Online SFBD's data also gives each item's index.
+            if fast is None:
+                images, labels = images.to(device), labels.to(device)
+            else:
+                images, labels = fast_lib.to_device(images, device, fast), fast_lib.to_device(labels, device, fast)
+            images = images_to_float(images)  # uint8 -> x/127.5 - 1; float data as it is.
+            if online is not None:  # Buffer images in their slots, and their loss weights.
+                images, loss_weights = online.compose(images, indices[0], cur_nimg)
+            loss = compute_loss(images, labels)
+            if online is not None:
+                loss = loss * loss_weights
+            stats.report('Loss/loss', loss)
+            stats.report('Loss/nonfinite', (~torch.isfinite(loss.flatten(1).sum(dim=1))).float())
+            loss.sum().mul(loss_scaling / batch_gpu_total).backward()
+        sampler.advance(batch_gpu)
+
+    # Learning rate, non-finite gradients, Adam.
+    lr_ramp = min(cur_nimg / (lr_rampup_kimg * 1000), 1) if lr_rampup_kimg > 0 else 1
+    for group in optimizer.param_groups:
+        group['lr'] = lr * lr_ramp
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    grad_norm = _total_norm(grads)
+    stats.report0('Loss/nonfinite_grad', (~torch.isfinite(grad_norm)).float())
+    for grad in grads:
+        torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5, out=grad)
+    optimizer.step()
+
+    # Weight average.
+    halflife_nimg = ema_halflife_kimg * 1000
+    if ema_rampup_ratio is not None:
+        halflife_nimg = min(halflife_nimg, ema_rampup_ratio * cur_nimg)
+    decay = 0.5 ** (batch_size / max(halflife_nimg, 1e-8))
+    with torch.no_grad():
+        if fast is None:
+            for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+                p_ema.lerp_(p_net, 1 - decay)
+        else:
+            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+
+# The loss of a batch as training_step() wants it; compiled on the fast path
+# where the settings say so.
+def loss_function(loss_fn: Callable, ddp: torch.nn.Module, augment_pipe: Any,
+                  fast: FastSettings | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def compute_loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return loss_fn(net=ddp, images=images, labels=labels, augment_pipe=augment_pipe)
+    return torch.compile(compute_loss) if fast is not None and fast.compile else compute_loss
+
+# The training data as an endless iterator of batches. The fast path keeps
+# the workers alive and pins their batches for non-blocking copies.
+def start_data_loader(dataset_obj: Any, sampler: misc.InfiniteSampler, batch_gpu: int, data_loader_kwargs: dict,
+                      worker_init_fn: Callable[[int], None] | None = None,
+                      fast: FastSettings | None = None) -> Iterator:
+    kwargs = dict(data_loader_kwargs)
+    if fast is not None:
+        kwargs.update(persistent_workers=kwargs.get('num_workers', 0) > 0, pin_memory=fast.pin_memory)
+    return iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu,
+                                            worker_init_fn=worker_init_fn, **kwargs))
+
+#----------------------------------------------------------------------------
 
 def training_loop(
     run_dir:            str | None = '.',   # Output directory; only rank 0 writes to it.
@@ -241,8 +356,9 @@ def training_loop(
     allow_data_change:  bool = False,       # Continue a training state on other data than it was written with?
     cudnn_benchmark:    bool = True,        # Let cuDNN pick kernels by timing them?
     device:             str | torch.device | None = None, # Training device; None = CUDA if available, else CPU.
-    stop_requested:     Callable[[], bool] | None = None, # Polled after every step; True = save and stop.
+    stop_requested:     Callable[[], bool] | None = None, # Polled after every step (see poll_interval); True = save and stop.
     start_run:          Callable[[], None] | None = None, # Called once all inputs are validated, before training.
+    fast:               bool | FastSettings = False, # Fast path: True = the device's settings (torch_utils/fast.py).
 ) -> str:
     """Train until `total_kimg` (returns FINISHED) or until `stop_requested()` (returns PREEMPTED,
     after writing a network snapshot and a training state)."""
@@ -253,14 +369,14 @@ def training_loop(
     optimizer_kwargs = dict(optimizer_kwargs or {})
     device = torch.device(device) if device is not None else dist.default_device()
     rank, world_size = dist.get_rank(), dist.get_world_size()
+    fast_settings = fast if isinstance(fast, FastSettings) else fast_lib.fast_settings(device) if fast else None
 
     # Seeds and numerics: every process gets its own stream (different noise
     # and augmentations); the initial weights come from rank 0 through DDP.
     start_time = time.time()
     _seed_process(seed, rank)
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    fast_lib.set_tf32(fast_settings is not None and fast_settings.tf32)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
     # Batch split: batch_size = batch_gpu * rounds of accumulation * processes.
@@ -292,6 +408,8 @@ def training_loop(
         torch.manual_seed(seed)
         net = misc.construct_class_by_name(**network_kwargs, **interface_kwargs)
     net.to(device).train().requires_grad_(True)
+    if fast_settings is not None:
+        net = fast_lib.to_memory_format(net, fast_settings)
     if rank == 0:
         shape = [batch_gpu, net.img_channels, net.img_resolution, net.img_resolution]
         example = [torch.zeros(shape, device=device), torch.ones(shape[:1], device=device),
@@ -303,7 +421,8 @@ def training_loop(
     dist.print0('Setting up optimizer...')
     loss_fn = misc.construct_class_by_name(**loss_kwargs)
     augment_pipe = misc.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
-    optimizer = misc.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
+    optimizer = misc.construct_class_by_name(params=net.parameters(), **optimizer_kwargs,
+                                             **fast_lib.optimizer_flags(fast_settings))
 
     # Starting weights (--transfer; a training state to resume from supersedes
     # them), then the weight average.
@@ -347,7 +466,7 @@ def training_loop(
         try:
             net.load_state_dict(state['net'])
             ema.load_state_dict(state['ema'])
-            optimizer.load_state_dict(state['optimizer_state'])
+            fast_lib.load_optimizer_state(optimizer, state['optimizer_state'])
         except (RuntimeError, ValueError, KeyError) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f'{resume_state_dump}: the training state does not fit the network of these options '
@@ -365,7 +484,10 @@ def training_loop(
                         'random generators are seeded afresh.')
         del state
 
-    # Gradient averaging between processes.
+    # Gradient averaging between processes. On the fast path the network
+    # (not its weight average) computes at the fast path's precision.
+    if fast_settings is not None:
+        fast_lib.set_compute_dtype(net, fast_settings.dtype)
     ddp = net
     if torch.distributed.is_initialized() and world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
@@ -413,14 +535,26 @@ def training_loop(
     if cur_nimg >= total_kimg * 1000:
         dist.print0(f'Training already reached {cur_nimg / 1000:g} kimg of {total_kimg:g}; nothing to do.')
         return FINISHED
-    worker_init_fn = _shield_from_stop_signals if stop_requested is not None else None
-    dataset_iterator = iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=dataset_sampler, batch_size=batch_gpu,
-                                                        worker_init_fn=worker_init_fn, **data_loader_kwargs))
+    worker_init_fn = functools.partial(_init_worker, parent_pid=os.getpid(), shield=stop_requested is not None)
+    dataset_iterator = start_data_loader(dataset_obj, dataset_sampler, batch_gpu, data_loader_kwargs,
+                                         worker_init_fn=worker_init_fn, fast=fast_settings)
     if online is not None:
         online.begin(net=net, ema=ema, cur_nimg=cur_nimg)  # Fills the buffer unless a state restored it.
     if rng_to_restore is not None:
         _set_rng_state(rng_to_restore, device)
     stats = training_stats.Collector()
+    step = functools.partial(
+        training_step, ddp=ddp, net=net, ema=ema, optimizer=optimizer, batches=dataset_iterator,
+        compute_loss=loss_function(loss_fn, ddp, augment_pipe, fast_settings), sampler=dataset_sampler,
+        stats=stats, device=device, batch_size=batch_size, batch_gpu=batch_gpu,
+        num_accumulation_rounds=num_accumulation_rounds, loss_scaling=loss_scaling, lr=optimizer_kwargs['lr'],
+        lr_rampup_kimg=lr_rampup_kimg, ema_halflife_kimg=ema_halflife_kimg, ema_rampup_ratio=ema_rampup_ratio,
+        fast=fast_settings, online=online)
+
+    # The stop flag is read after every step; with several processes that is
+    # a collective, which the fast path makes only every few steps (and at
+    # the end of every tick).
+    poll_interval = fast_settings.stop_poll_steps if fast_settings is not None and world_size > 1 else 1
 
     # Train.
     dist.print0(f'Training for {total_kimg:g} kimg' + (f', from {cur_nimg / 1000:g} kimg' if cur_nimg else '') + '...')
@@ -428,58 +562,22 @@ def training_loop(
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
     maintenance_time = tick_start_time - start_time
     stats_jsonl = None
+    num_steps = 0
     try:
         while True:
 
-            # Accumulate the gradients of one batch.
-            optimizer.zero_grad(set_to_none=True)
-            for round_idx in range(num_accumulation_rounds):
-                with misc.ddp_sync(ddp, sync=(round_idx == num_accumulation_rounds - 1)):
-                    images, labels, *online_indices = next(dataset_iterator)  # Online SFBD's data also gives indices.
-                    images = images_to_float(images.to(device))  # uint8 -> x/127.5 - 1; float data as it is.
-                    labels = labels.to(device)
-                    if online is not None:  # Buffer images in their slots, and their loss weights.
-                        images, loss_weights = online.compose(images, online_indices[0], cur_nimg)
-                    loss = loss_fn(net=ddp, images=images, labels=labels, augment_pipe=augment_pipe)
-                    if online is not None:
-                        loss = loss * loss_weights
-                    stats.report('Loss/loss', loss)
-                    stats.report('Loss/nonfinite', (~torch.isfinite(loss.flatten(1).sum(dim=1))).float())
-                    loss.sum().mul(loss_scaling / batch_gpu_total).backward()
-                dataset_sampler.advance(batch_gpu)
-
-            # Update the weights: warm the learning rate up, count non-finite
-            # gradients, then clamp them as EDM does so that one bad batch does not
-            # ruin the weights.
-            lr_ramp = min(cur_nimg / (lr_rampup_kimg * 1000), 1) if lr_rampup_kimg > 0 else 1
-            for group in optimizer.param_groups:
-                group['lr'] = optimizer_kwargs['lr'] * lr_ramp
-            grads = [p.grad for p in net.parameters() if p.grad is not None]
-            grad_norm = _total_norm(grads)
-            stats.report0('Loss/nonfinite_grad', (~torch.isfinite(grad_norm)).float())
-            for grad in grads:
-                torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5, out=grad)
-            optimizer.step()
-
-            # Update the weight average: a half-life in images, capped while
-            # training is young at a fraction of the images seen so far.
-            halflife_nimg = ema_halflife_kimg * 1000
-            if ema_rampup_ratio is not None:
-                halflife_nimg = min(halflife_nimg, ema_rampup_ratio * cur_nimg)
-            decay = 0.5 ** (batch_size / max(halflife_nimg, 1e-8))
-            with torch.no_grad():
-                for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-                    p_ema.lerp_(p_net, 1 - decay)
-
-            # Online SFBD: every few steps, denoise the next observations again.
-            if online is not None:
+            # One optimizer step; then, is this the end of a tick? The first tick
+            # ends after one step.
+            step(cur_nimg)
+            if online is not None:  # Online SFBD: every few steps, denoise the next observations again.
                 online.after_step(net=net, ema=ema)
-
-            # End of a tick? The first tick ends after one step.
             cur_nimg += batch_size
+            num_steps += 1
             done = cur_nimg >= total_kimg * 1000
-            preempted = (not done) and stop_requested is not None and _any_rank(stop_requested(), device)
-            if not (done or preempted or cur_tick == 0 or cur_nimg >= tick_start_nimg + kimg_per_tick * 1000):
+            tick_due = cur_tick == 0 or cur_nimg >= tick_start_nimg + kimg_per_tick * 1000
+            poll = stop_requested is not None and not done and (tick_due or num_steps % poll_interval == 0)
+            preempted = poll and _any_rank(stop_requested(), device)
+            if not (done or preempted or tick_due):
                 continue
 
             # Tick statistics, summed over processes.

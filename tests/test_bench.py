@@ -1,0 +1,82 @@
+"""bench.py and training/bench.py: every stage on both paths with a micro configuration, the
+record fields, the table and the JSON lines, on the CPU."""
+
+import json
+import warnings
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import bench as bench_cli
+from training import bench
+
+FIELDS = ('what', 'path', 'config', 'device', 'device_name', 'dtype', 'batch', 'img_per_s', 'flop_per_img', 'tflops',
+          'mfu', 'peak_mem_gb')
+
+@pytest.fixture
+def micro(monkeypatch):
+    # An 8x8 DDPM++ with one block per resolution: seconds for all four stages.
+    network = dict(bench.CONFIGS['tiny']['network'], model_channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[])
+    config = dict(resolution=8, network=network, lr=1e-3, batch=dict(cpu=dict(train=4, denoise=2, generate=2, fid=8),
+                                                                       cuda=dict(train=4, denoise=2, generate=2, fid=8)))
+    monkeypatch.setitem(bench.CONFIGS, 'micro', config)
+    monkeypatch.setattr(torch, 'get_num_threads', torch.get_num_threads)
+    torch.set_num_threads(1)
+    return 'micro'
+
+def test_every_stage_on_both_paths(micro, tmp_path):
+    # fid's detector as a file, as fid.py loads it: the stand-in with 16 features (cheap statistics).
+    detector = str(tmp_path / 'detector.pt')
+    with warnings.catch_warnings():  # TorchScript is deprecated, but the published detector is in that format.
+        warnings.simplefilter('ignore', DeprecationWarning)
+        torch.jit.save(torch.jit.script(bench.StandInDetector(dim=16, width=8)), detector)
+    lines = []
+    records = bench.run_benchmark(device='cpu', config=micro, seconds=0.01, compare=True, detector=detector, peak=1.5,
+                                  workdir=str(tmp_path), log=lines.append)
+    assert [(r['what'], r['path']) for r in records] == [(w, p) for w in bench.STAGES for p in bench.PATHS]
+    for record in records:
+        assert all(key in record for key in FIELDS), record
+        assert record['config'] == 'micro' and record['device'] == 'cpu' and record['dtype'] == 'float32'
+        assert record['img_per_s'] > 0 and record['flop_per_img'] > 0 and record['peak_mem_gb'] > 0
+        assert record['tflops'] == pytest.approx(record['img_per_s'] * record['flop_per_img'] / 1e12, rel=1e-2, abs=1e-4)
+        assert record['mfu'] == pytest.approx(record['tflops'] / 1.5, abs=1e-4)
+        assert record['images'] >= record['batch'] and record['warmup_s'] > 0
+        assert ('speedup' in record) == (record['path'] == 'fast')
+    by_key = {(r['what'], r['path']): r for r in records}
+    assert by_key['train', 'fast']['batch'] == 4 and by_key['generate', 'fast']['batch'] == 2
+    # A training step's FLOPs (forward and backward) exceed one forward; a sampler run is 35 or 15 evaluations.
+    assert by_key['generate', 'fast']['flop_per_img'] / by_key['denoise', 'fast']['flop_per_img'] == pytest.approx(35 / 15, rel=0.01)
+    for what in ('denoise', 'generate'):  # The CPU's fast path computes the same images.
+        assert by_key[what, 'fast']['diff_u8_max'] == 0 and by_key[what, 'fast']['diff_images'] > 0
+    assert by_key['fid', 'faithful']['detector'] == detector and by_key['fid', 'fast']['frechet_s'] >= 0
+    assert lines[0] == 'train: setting up faithful and fast...'
+    assert by_key['train', 'fast']['settings']['optimizer'] == 'foreach'
+
+    table = bench.format_table(records).splitlines()
+    assert table[0].split()[:3] == ['what', 'path', 'config'] and len(table) == 1 + len(records)
+    bench.append_records(str(tmp_path / 'out.jsonl'), records, command='python bench.py ...')
+    written = [json.loads(line) for line in (tmp_path / 'out.jsonl').read_text().splitlines()]
+    assert len(written) == len(records) and written[0]['command'] == 'python bench.py ...'
+
+def test_one_path_unknown_peak_and_the_standin(micro, tmp_path):
+    records = bench.run_benchmark(what=['generate'], device='cpu', config=micro, seconds=0.01, path='faithful',
+                                  workdir=str(tmp_path), log=lambda _line: None)
+    (record,) = records
+    assert record['path'] == 'faithful' and record['mfu'] is None and 'speedup' not in record
+    detector, name = bench.open_detector(bench.STANDIN_DETECTOR, torch.device('cpu'), None)
+    assert name == bench.STANDIN_NAME and detector.features(torch.zeros([2, 3, 8, 8], dtype=torch.uint8)).shape == (2, 2048)
+
+def test_frechet_formulas():
+    faithful, fast = bench.frechet_records(dim=64, samples=256)
+    assert faithful['formula'].startswith('scipy') and fast['formula'] == 'eigh'
+    assert fast['rel_diff'] < 1e-6 and fast['speedup'] > 0
+
+def test_peaks_and_cli_errors():
+    assert bench.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16', False) == 989
+    assert bench.peak_tflops('NVIDIA H100 PCIe', 'float32', True) == 378
+    assert bench.peak_tflops('AMD EPYC, 2 cores', 'float32', False) is None
+    result = CliRunner().invoke(bench_cli.main, ['--what=train,sample'])
+    assert result.exit_code == 2 and 'choose from' in result.output
+    result = CliRunner().invoke(bench_cli.main, ['--help'])
+    assert result.exit_code == 0 and '--compare' in result.output and '--peak-tflops' in result.output

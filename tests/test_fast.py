@@ -1,0 +1,134 @@
+"""torch_utils/fast.py: the fast path's settings, background I/O, batch padding and optimizer
+states, on the CPU."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from torch_utils import fast as fast_lib
+
+#----------------------------------------------------------------------------
+# Settings: chosen per device type, plain data, overridable.
+
+def test_cpu_settings_and_overrides():
+    cpu = fast_lib.fast_settings('cpu')
+    assert cpu.dtype is None and not cpu.compile and not cpu.channels_last and cpu.optimizer == 'foreach'
+    forced = fast_lib.fast_settings(torch.device('cpu'), dtype='bfloat16', compile=True)
+    assert forced.dtype == 'bfloat16' and forced.compile and forced.optimizer == 'foreach'
+    with pytest.raises(TypeError):
+        fast_lib.fast_settings('cpu', no_such_field=1)
+
+def test_compute_dtype_is_set_on_the_live_network_only(tmp_path):
+    from torch_utils import persistence
+    from training.networks import EDMPrecond
+    net = EDMPrecond(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=16, channel_mult=[1],
+                     num_blocks=1, attn_resolutions=[])
+    fast_lib.set_compute_dtype(net, 'bfloat16')
+    assert net.use_bf16 and not net.use_fp16
+    assert net(torch.zeros(2, 3, 8, 8), torch.ones(2)).dtype == torch.float32  # The output stays float32.
+    persistence.save_network_pickle(str(tmp_path / 'net.pkl'), dict(ema=net))
+    assert not persistence.load_network(str(tmp_path / 'net.pkl')).use_bf16  # Pickles keep the constructor's.
+    fp16 = EDMPrecond(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=16, channel_mult=[1],
+                      num_blocks=1, attn_resolutions=[], use_fp16=True)
+    fast_lib.set_compute_dtype(fp16, 'bfloat16')
+    assert fp16.use_fp16 and not fp16.use_bf16  # A float16 network keeps float16.
+
+#----------------------------------------------------------------------------
+# Background writing and reading ahead.
+
+def test_background_writer_runs_every_job_and_bounds_the_queue():
+    done, lock = [], threading.Lock()
+    def job(i):
+        time.sleep(0.01)
+        with lock:
+            done.append(i)
+    with fast_lib.BackgroundWriter(num_threads=3, max_pending=2) as writer:
+        for i in range(9):
+            writer.submit(job, i)
+            assert len(writer._pending) <= 2
+    assert sorted(done) == list(range(9))
+
+def test_background_writer_errors_surface_in_the_caller():
+    def fail():
+        raise OSError('disk full')
+    writer = fast_lib.BackgroundWriter(num_threads=1, max_pending=1)
+    writer.submit(fail)
+    with pytest.raises(OSError, match='disk full'):
+        writer.submit(lambda: None)  # Waits for the failed job, which raises here.
+    writer.close()
+
+    with pytest.raises(OSError, match='disk full'):
+        with fast_lib.BackgroundWriter() as writer:
+            writer.submit(fail)  # Raised by close() at the end of the block.
+
+    # An error in the caller's block wins; pending jobs are dropped.
+    ran = []
+    with pytest.raises(KeyError):
+        with fast_lib.BackgroundWriter(num_threads=1, max_pending=8) as writer:
+            writer.submit(time.sleep, 0.05)
+            writer.submit(ran.append, 1)
+            raise KeyError('caller')
+    assert len(ran) <= 1
+
+def test_prefetch_keeps_order_and_surfaces_errors():
+    assert list(fast_lib.prefetch(lambda x: x * x, range(7), depth=2)) == [x * x for x in range(7)]
+    assert list(fast_lib.prefetch(lambda x: x, [])) == []
+    def load(x):
+        if x == 3:
+            raise ValueError('broken item 3')
+        return x
+    got = []
+    with pytest.raises(ValueError, match='broken item 3'):
+        for x in fast_lib.prefetch(load, range(6)):
+            got.append(x)
+    assert got == [0, 1, 2]
+
+def test_pad_batch():
+    assert fast_lib.pad_batch([4, 5], 4) == [4, 5, 5, 5]
+    assert fast_lib.pad_batch([4, 5], 0) == [4, 5]
+    assert fast_lib.pad_batch([4, 5, 6], 2) == [4, 5, 6]
+    assert fast_lib.pad_batch([], 3) == []
+
+def test_host_copy_and_batch_size_on_the_cpu():
+    x = torch.arange(6, dtype=torch.uint8).reshape(2, 3)
+    assert fast_lib.host_copy(x)().tolist() == x.tolist()
+    settings = fast_lib.fast_settings('cpu')
+    net = torch.nn.Identity()
+    assert fast_lib.sampling_batch_size(net, torch.device('cpu'), settings, None, 64) == 64
+    assert fast_lib.sampling_batch_size(net, torch.device('cpu'), settings, 7, 64) == 7
+    assert fast_lib.sampling_batch_size(net, torch.device('cpu'), None, None, 64) == 64
+
+#----------------------------------------------------------------------------
+# Optimizer states: a state keeps loading into either implementation, and
+# the loading optimizer keeps its own.
+
+@pytest.mark.parametrize('writer, reader', [({}, dict(foreach=True)), (dict(foreach=True), {}),
+                                            (dict(fused=True), {}), ({}, dict(fused=True))])
+def test_optimizer_states_cross_implementations(writer, reader):
+    def make(flags):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+        return params, torch.optim.Adam(params, lr=1e-2, **flags)
+    def steps(params, opt, ks):
+        for k in ks:
+            opt.zero_grad()
+            sum((p * (k + 1)).square().sum() for p in params).backward()
+            opt.step()
+    ref_params, ref_opt = make(writer)
+    steps(ref_params, ref_opt, range(3))
+    params, opt = make(writer)
+    steps(params, opt, range(2))
+    new_params, new_opt = make(reader)
+    with torch.no_grad():
+        for p, q in zip(new_params, params):
+            p.copy_(q)
+    fast_lib.load_optimizer_state(new_opt, opt.state_dict())
+    group = new_opt.param_groups[0]
+    assert group['foreach'] == reader.get('foreach') and group['fused'] == reader.get('fused')
+    steps(new_params, new_opt, [2])
+    for p, q in zip(new_params, ref_params):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,624 @@
+"""Benchmarks of the stages of an SFBD run, timed on the code the tools run (bench.py is the CLI).
+
+Stages (`what`):
+
+train     training_loop.training_step(): batches of a zip dataset of PNGs through the data loader
+          (train.py's loader options; augmentation off), EDM's loss, backward, Adam, weight average.
+denoise   sfbd.denoising.denoise_images(): denoise.py's backward sampling of an observation set
+          (sigma 0.59 on EDM's 18-step grid: 8 steps, 15 network evaluations), PNGs written.
+generate  training.generation.generate_to_dir(): generate.py's EDM sampler (18 steps, 35
+          evaluations), PNGs written.
+fid       fid.py's detector features of uint8 images in memory (torch_utils.detector) accumulated
+          in fid.FeatureStats; the final statistics and Frechet distance are timed once (frechet_s).
+frechet   (asked for by name) the Frechet distance at the detector's width: EDM's sqrtm formula
+          (path 'faithful') against the eigenvalue formula fid.py now uses (path 'fast').
+
+Paths: 'faithful' is what the tools do by default; 'fast' is their --fast (torch_utils/fast.py).
+With `compare`, both are set up side by side and measured in alternating blocks, so that both
+see the same machine load.
+
+A measurement first runs each path's warm-up (compilation, caches; timed as warmup_s), then
+`seconds` of work per path in blocks of about seconds / 8, alternating between the paths, each
+block at least one unit of work (a training step, or a call that denoises or generates two
+batches), and at least two blocks per path when comparing. img_per_s = images / time over the
+blocks; flop_per_img is counted with torch.utils.flop_counter on one forward (and backward) pass,
+or one whole sampler run, of the same code; MFU = achieved TFLOP/s / the device's peak at the
+record's dtype (a table of NVIDIA datasheet figures, dense, or `peak_tflops`; null when unknown).
+peak_mem_gb is the peak CUDA allocation during the blocks, or on the CPU the peak resident set
+of the process sampled every 20 ms (which includes everything the process holds); with
+`compare` the other path's network, optimizer and data are resident as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import functools
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import PIL.Image
+import psutil
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import fid
+from dnnlib.util import UserError, cached_path_for_url, download
+from sfbd.backward import backward_sample
+from sfbd.denoising import denoise_images
+from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_npy
+from torch_utils import fast as fast_lib
+from torch_utils import frechet, misc, training_stats
+from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
+from torch_utils.fast import FastSettings
+from training import training_loop
+from training.generation import generate_to_dir
+from training.loss import EDMLoss
+from training.networks import EDMPrecond
+from training.sampler import generate_images
+
+STAGES = ('train', 'denoise', 'generate', 'fid')   # The default list.
+EXTRA_STAGES = ('frechet',)                       # Measured only when named.
+PATHS = ('faithful', 'fast')
+STANDIN_DETECTOR = 'standin'
+
+DENOISE_SIGMA = 0.59        # CIFAR-10 observations of the paper.
+NUM_STEPS = 18              # EDM's grid (generate.py's and denoise.py's default).
+BATCHES_PER_CALL = 2        # A denoise or generate unit: one call over this many batches.
+
+#----------------------------------------------------------------------------
+# Configurations: EDM's networks, and the batch per stage on each device type.
+#   tiny     DDPM++ 32x32 with 16 base channels, multipliers 1,1 and 2 blocks per resolution
+#            (train.py's --cbase=16 --cres=1,1 has 4), small enough for CPUs.
+#   cifar10  DDPM++ 32x32 with EDM's defaults (--arch=ddpmpp), 55.7 M parameters.
+#   ffhq64   DDPM++ 64x64 with EDM's FFHQ recipe (--arch=ddpmpp --cres=1,2,2,2 --dropout=0.05).
+
+_DDPMPP = dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
+               channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2])
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    'tiny':    dict(resolution=32, network=dict(_DDPMPP, model_channels=16, channel_mult=[1, 1], num_blocks=2, dropout=0.13),
+                    lr=1e-3, batch=dict(cpu=dict(train=16, denoise=4, generate=2, fid=64),
+                               cuda=dict(train=512, denoise=256, generate=256, fid=500))),
+    'cifar10': dict(resolution=32, network=dict(_DDPMPP, dropout=0.13), lr=1e-3,
+                    batch=dict(cpu=dict(train=4, denoise=2, generate=2, fid=64),
+                               cuda=dict(train=256, denoise=256, generate=256, fid=500))),
+    'ffhq64':  dict(resolution=64, network=dict(_DDPMPP, channel_mult=[1, 2, 2, 2], dropout=0.05), lr=2e-4,
+                    batch=dict(cpu=dict(train=2, denoise=1, generate=1, fid=32),
+                               cuda=dict(train=128, denoise=128, generate=128, fid=250))),
+}
+
+def default_batch(config: str, what: str, device: torch.device) -> int:
+    table = CONFIGS[config]['batch']['cuda' if device.type == 'cuda' else 'cpu']
+    return table.get(what, table['fid'])
+
+#----------------------------------------------------------------------------
+# Peak throughput for MFU: dense TFLOP/s from NVIDIA's datasheets (H100 SXM and
+# H200: 989 bf16/fp16, 495 TF32, 67 fp32; H100 PCIe: 756, 378, 51; A100: 312,
+# 156, 19.5). The first entry whose name is part of the device name is used.
+
+PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ('H100 PCIe', dict(bfloat16=756, float16=756, tf32=378, float32=51)),
+    ('H100',      dict(bfloat16=989, float16=989, tf32=495, float32=67)),
+    ('H200',      dict(bfloat16=989, float16=989, tf32=495, float32=67)),
+    ('A100',      dict(bfloat16=312, float16=312, tf32=156, float32=19.5)),
+]
+
+def peak_tflops(device_name: str, dtype: str, tf32: bool) -> float | None:
+    key = 'tf32' if dtype == 'float32' and tf32 else dtype
+    for name, peaks in PEAK_TFLOPS:
+        if name in device_name:
+            return peaks.get(key)
+    return None
+
+def device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            model = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), model)
+    return f'{model}, {os.cpu_count()} cores'
+
+#----------------------------------------------------------------------------
+# A stand-in for the FID detector where NVIDIA's Inception cannot be had
+# (offline): Inception's call contract (uint8 [N, 3, H, W] in, [N, 2048]
+# features out with return_features=True), a fixed random 4-layer CNN at the
+# input resolution. Its FLOPs are not Inception's; records name it.
+
+class StandInDetector(torch.nn.Module):
+    def __init__(self, dim: int = 2048, width: int = 64, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.convs = torch.nn.ModuleList([torch.nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+                                              for c_in, c_out in ((3, width), (width, width * 2), (width * 2, width * 4),
+                                                                  (width * 4, width * 4))])
+            self.head = torch.nn.Linear(width * 4, dim)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = x.to(torch.float32) / 127.5 - 1
+        for conv in self.convs:
+            x = torch.nn.functional.relu(conv(x))
+        features = torch.tanh(self.head(x.mean(dim=[2, 3])))
+        return features if return_features else features.softmax(dim=1)
+
+STANDIN_NAME = 'stand-in (random 4-layer CNN, 2048 features; not Inception)'
+
+# The detector of --detector, as fid.py loads it. The default Inception falls
+# back to the stand-in when it is neither cached nor downloadable.
+def open_detector(detector: str, device: torch.device, fast: FastSettings | None) -> tuple[Detector, str]:
+    if detector == DEFAULT_DETECTOR and not os.path.isfile(cached_path_for_url(detector)):
+        try:
+            download(detector, timeout=10, num_attempts=1)
+        except UserError:
+            detector = STANDIN_DETECTOR
+    if detector == STANDIN_DETECTOR:
+        net = StandInDetector().to(device).eval()
+        if fast is not None:
+            net = fast_lib.to_memory_format(net, fast)
+        return Detector(net, STANDIN_DETECTOR, '', '', device, fast), STANDIN_NAME
+    return load_detector(detector, device=device, verbose=False, fast=fast), detector
+
+#----------------------------------------------------------------------------
+# Inputs written once per benchmark: a zip of random PNGs (training data) and
+# an observation set of random images at sigma 0.59 (denoising).
+
+def write_image_zip(path: str, num_images: int, resolution: int, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
+        for i in range(num_images):
+            buffer = io.BytesIO()
+            PIL.Image.fromarray(rng.integers(0, 256, [resolution, resolution, 3], dtype=np.uint8)).save(buffer, format='png')
+            z.writestr(dataset_fname(i, '.png'), buffer.getvalue())
+        z.writestr('dataset.json', json.dumps(dict(labels=None)))
+    return path
+
+def write_observations(path: str, num_images: int, resolution: int, sigma: float, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    writer = DatasetWriter(path)
+    for i in range(num_images):
+        x = rng.integers(0, 256, [3, resolution, resolution]) / 127.5 - 1
+        writer.add(dataset_fname(i, '.npy'), encode_npy((x + sigma * rng.standard_normal(x.shape)).astype(np.float32)))
+    writer.commit(dict(labels=None, sigma=sigma))
+    return path
+
+#----------------------------------------------------------------------------
+# One path of one stage, ready to be timed: `run()` does one unit of work and
+# returns its number of images; `numerics` are the global switches it runs
+# under (TF32, cuDNN autotuning), set before each of its blocks.
+
+@dataclasses.dataclass
+class Runner:
+    what:       str
+    path:       str
+    batch:      int
+    dtype:      str
+    run:        Callable[[], int]
+    numerics:   dict[str, bool]
+    extra:      dict[str, Any] = dataclasses.field(default_factory=dict)
+    finish:     Callable[[], dict[str, Any]] | None = None  # After the blocks: extra fields of the stage's records.
+    warmup_s:   float = 0
+    images:     int = 0
+    seconds:    float = 0
+    peak_bytes: int = 0
+
+def set_numerics(numerics: dict[str, bool]) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = numerics['matmul_tf32']
+    torch.backends.cudnn.allow_tf32 = numerics['cudnn_tf32']
+    torch.backends.cudnn.benchmark = numerics['cudnn_benchmark']
+
+# The faithful tools' switches: training turns TF32 off (EDM), sampling and FID
+# keep PyTorch's defaults; the fast path allows TF32 where its settings say.
+def numerics_for(what: str, fast: FastSettings | None) -> dict[str, bool]:
+    if fast is not None:
+        return dict(matmul_tf32=fast.tf32, cudnn_tf32=fast.tf32, cudnn_benchmark=True)
+    if what == 'train':
+        return dict(matmul_tf32=False, cudnn_tf32=False, cudnn_benchmark=True)
+    return dict(matmul_tf32=False, cudnn_tf32=True, cudnn_benchmark=False)
+
+def uses_tf32(runner: Runner) -> bool:
+    return runner.numerics['matmul_tf32'] or runner.numerics['cudnn_tf32']
+
+def _network(config: str, device: torch.device, use_fp16: bool = False, seed: int = 0) -> EDMPrecond:
+    cfg = CONFIGS[config]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = EDMPrecond(img_resolution=cfg['resolution'], img_channels=3, use_fp16=use_fp16, **cfg['network'])
+    return net.to(device)
+
+def _compute_dtype(net: torch.nn.Module, device: torch.device) -> str:
+    if net.use_fp16 and device.type == 'cuda':
+        return 'float16'
+    return 'bfloat16' if net.use_bf16 else 'float32'
+
+#----------------------------------------------------------------------------
+# train: the objects of training_loop() for one process, built the way it
+# builds them, and its step. The faithful path on CUDA uses EDM's float16
+# (--fp16=1), the reference the fast path is compared with.
+
+def train_runner(config: str, path: str, device: torch.device, batch: int, data_zip: str,
+                 fast: FastSettings | None) -> Runner:
+    dataset_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data_zip, use_labels=False,
+                          xflip=False, cache=True)
+    data_loader_kwargs = dict(pin_memory=(device.type == 'cuda'), num_workers=1, prefetch_factor=2,
+                              multiprocessing_context='spawn')
+    dataset_obj = misc.construct_class_by_name(**dataset_kwargs)
+    sampler = misc.InfiniteSampler(dataset=dataset_obj, seed=0)
+    net = _network(config, device, use_fp16=(fast is None and device.type == 'cuda')).train().requires_grad_(True)
+    if fast is not None:
+        net = fast_lib.to_memory_format(net, fast)
+    optimizer = torch.optim.Adam(net.parameters(), lr=CONFIGS[config]['lr'], betas=[0.9, 0.999], eps=1e-8,
+                                 **fast_lib.optimizer_flags(fast))
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    if fast is not None:
+        fast_lib.set_compute_dtype(net, fast.dtype)
+    batches = training_loop.start_data_loader(dataset_obj, sampler, batch, data_loader_kwargs, fast=fast)
+    step = functools.partial(
+        training_loop.training_step, ddp=net, net=net, ema=ema, optimizer=optimizer, batches=batches,
+        compute_loss=training_loop.loss_function(EDMLoss(), net, None, fast), sampler=sampler,
+        stats=training_stats.Collector(), device=device, batch_size=batch, batch_gpu=batch, num_accumulation_rounds=1,
+        loss_scaling=1, lr=CONFIGS[config]['lr'], lr_rampup_kimg=10000, ema_halflife_kimg=500, ema_rampup_ratio=0.05,
+        fast=fast)
+    seen = [0]
+    def run() -> int:
+        step(seen[0])
+        seen[0] += batch
+        return batch
+    return Runner('train', path, batch, _compute_dtype(net, device), run, numerics_for('train', fast))
+
+def train_flops(config: str, device: torch.device) -> float:
+    """FLOPs per image of a training step: the loss's forward and backward pass."""
+    net = _network(config, device).train().requires_grad_(True)
+    images = torch.zeros([2, 3, net.img_resolution, net.img_resolution], device=device)
+    with FlopCounterMode(display=False) as counter:
+        EDMLoss()(net, images).sum().backward()
+    return counter.get_total_flops() / 2
+
+#----------------------------------------------------------------------------
+# denoise and generate: denoise.py's and generate.py's loops, each call over
+# two batches of the path's batch size, writing into the path's own folder.
+
+def sampling_runner(what: str, config: str, path: str, device: torch.device, batch: int | None, workdir: str,
+                    fast: FastSettings | None) -> Runner:
+    net = _network(config, device)
+    batch = fast_lib.sampling_batch_size(net, device, fast, batch, default_batch(config, what, device))
+    if fast is not None:
+        net = fast_lib.prepare_sampling_network(net, fast)
+    outdir = os.path.join(workdir, f'{what}-{path}')
+    count = BATCHES_PER_CALL * batch
+    if what == 'denoise':
+        opened: list[ObservationSet] = []  # Written once the batches of both paths are known.
+        def run() -> int:
+            if not opened:
+                opened.append(ObservationSet(observations_path(workdir)))
+            return denoise_images(net, opened[0], outdir, list(range(count)), sigma=DENOISE_SIGMA, mode='ode',
+                                  seed=0, max_batch_size=batch, device=device,
+                                  sampler_kwargs=dict(num_steps=NUM_STEPS), fast=fast, progress=False)
+    else:
+        def run() -> int:
+            return generate_to_dir(net, list(range(count)), outdir, max_batch_size=batch, device=device,
+                                   sampler_kwargs=dict(num_steps=NUM_STEPS), fast=fast, progress=False)
+    dtype = _compute_dtype(getattr(net, '_orig_mod', net), device)
+    return Runner(what, path, batch, dtype, run, numerics_for(what, fast), extra=dict(outdir=outdir))
+
+def observations_path(workdir: str) -> str:
+    return os.path.join(workdir, 'observations')
+
+def sampling_flops(what: str, config: str, device: torch.device, workdir: str) -> float:
+    """FLOPs per image of one whole sampler run (every network evaluation), for one image."""
+    net = _network(config, device).eval().requires_grad_(False)
+    with FlopCounterMode(display=False) as counter:
+        if what == 'denoise':
+            y, _labels = ObservationSet(observations_path(workdir)).load([0])
+            backward_sample(net, y.to(device), DENOISE_SIGMA, None, mode='ode', num_steps=NUM_STEPS)
+        else:
+            generate_images(net, [0], device=device, num_steps=NUM_STEPS)
+    return counter.get_total_flops()
+
+#----------------------------------------------------------------------------
+# fid: features of a batch of uint8 images held in host memory, accumulated
+# as fid.py accumulates them; then once the statistics and the distance to a
+# reference, and the time that 50,000 images would take.
+
+def fid_runner(config: str, path: str, device: torch.device, batch: int, detector: str,
+               fast: FastSettings | None) -> Runner:
+    det, name = open_detector(detector, device, fast)
+    resolution = CONFIGS[config]['resolution']
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, [batch, 3, resolution, resolution], dtype=np.uint8))
+    if fast is not None and fast.pin_memory and device.type == 'cuda':
+        images = images.pin_memory()
+    dim = det.feature_dim([3, resolution, resolution])
+    stats = fid.FeatureStats(dim, device)
+    def run() -> int:
+        stats.append(det.features(images))
+        return batch
+    def finish() -> dict[str, Any]:
+        start = time.perf_counter()
+        mu, sigma = stats.mean_cov()
+        fid.calculate_fid_from_inception_stats(mu, sigma, np.zeros(dim), np.eye(dim))
+        return dict(frechet_s=round(time.perf_counter() - start, 3))
+    return Runner('fid', path, batch, 'float32', run, numerics_for('fid', fast), extra=dict(detector=name),
+                  finish=finish)
+
+def fid_flops(config: str, device: torch.device, detector: str) -> float:
+    det, _name = open_detector(detector, device, None)
+    resolution = CONFIGS[config]['resolution']
+    images = torch.zeros([2, 3, resolution, resolution], dtype=torch.uint8)
+    stats = fid.FeatureStats(det.feature_dim([3, resolution, resolution]), device)
+    with FlopCounterMode(display=False) as counter:
+        stats.append(det.features(images))
+    return counter.get_total_flops() / 2
+
+#----------------------------------------------------------------------------
+# Timing. CUDA work is waited for at the end of each block (not per unit);
+# the CPU's resident memory is sampled on a thread.
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[list[int]]:
+    """Yields a one-element list that holds the peak (bytes) once the block is left."""
+    result = [0]
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result[0] = torch.cuda.max_memory_allocated(device)
+        return
+    process, stop = psutil.Process(), threading.Event()
+    def sample() -> None:
+        while True:
+            result[0] = max(result[0], process.memory_info().rss)
+            if stop.wait(0.02):
+                return
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+def measure(runners: Sequence[Runner], device: torch.device, seconds: float, warmup: int) -> None:
+    """Warm every runner up, then time them in alternating blocks of about seconds / 8 (at least one
+    unit each) until each has run `seconds` and, when there are several, two blocks."""
+    for runner in runners:
+        set_numerics(runner.numerics)
+        start = time.perf_counter()
+        for _ in range(warmup):
+            runner.run()
+        synchronize(device)
+        runner.warmup_s = time.perf_counter() - start
+    blocks = 0
+    while any(r.seconds < seconds for r in runners) or (len(runners) > 1 and blocks < 2):
+        for runner in runners:
+            set_numerics(runner.numerics)
+            with peak_memory(device) as peak:
+                start = time.perf_counter()
+                while True:
+                    runner.images += runner.run()
+                    if time.perf_counter() - start >= seconds / 8:
+                        break
+                synchronize(device)
+                runner.seconds += time.perf_counter() - start
+            runner.peak_bytes = max(runner.peak_bytes, peak[0])
+        blocks += 1
+
+#----------------------------------------------------------------------------
+# Image differences between the two paths: the PNGs both wrote for the same
+# seeds or observations, in uint8 levels.
+
+def png_difference(dir_a: str, dir_b: str) -> dict[str, float] | None:
+    def pngs(root: str) -> dict[str, str]:
+        return {os.path.relpath(os.path.join(d, f), root): os.path.join(d, f)
+                for d, _dirs, files in os.walk(root) for f in files if f.endswith('.png')}
+    a, b = pngs(dir_a), pngs(dir_b)
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    diffs = np.stack([np.abs(np.asarray(PIL.Image.open(a[k]), dtype=np.int16) - np.asarray(PIL.Image.open(b[k]), dtype=np.int16))
+                      for k in common])
+    return dict(diff_u8_mean=round(float(diffs.mean()), 4), diff_u8_max=int(diffs.max()), diff_images=len(common))
+
+#----------------------------------------------------------------------------
+# The Frechet distance alone: EDM's sqrtm formula against the eigenvalue
+# formula, on covariances of random features of the detector's width.
+
+def frechet_records(dim: int = 2048, samples: int = 4096) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    def covariance() -> np.ndarray:
+        return np.cov(rng.standard_normal([samples, dim]) * rng.random(dim), rowvar=False)
+    mu1, mu2, s1, s2 = rng.standard_normal(dim), rng.standard_normal(dim), covariance(), covariance()
+    records = []
+    for path, formula in (('faithful', frechet.frechet_distance_sqrtm), ('fast', frechet.frechet_distance)):
+        start = time.perf_counter()
+        value = formula(mu1, s1, mu2, s2)
+        records.append(dict(what='frechet', path=path, dim=dim, seconds=round(time.perf_counter() - start, 3),
+                            value=value, formula='scipy.linalg.sqrtm(S1 S2)' if path == 'faithful' else 'eigh'))
+    records[1]['speedup'] = round(records[0]['seconds'] / records[1]['seconds'], 2)
+    records[1]['rel_diff'] = abs(records[1]['value'] - records[0]['value']) / abs(records[0]['value'])
+    return records
+
+#----------------------------------------------------------------------------
+# The benchmark: every requested stage, on one or both paths; one record per
+# stage and path.
+
+def run_benchmark(
+    what:         Sequence[str] = STAGES,   # Stages to measure (STAGES and EXTRA_STAGES).
+    device:       str | torch.device | None = None, # None = CUDA if available, else CPU.
+    config:       str = 'tiny',             # A key of CONFIGS.
+    batch:        int | None = None,        # Images per batch; None = the configuration's, or what fits (fast, GPU).
+    seconds:      float = 10,               # Time per path and stage after the warm-up.
+    compare:      bool = False,             # Measure both paths, interleaved (otherwise `path` only).
+    path:         str = 'fast',             # The path measured without `compare`.
+    detector:     str = DEFAULT_DETECTOR,   # fid's detector (path, URL or STANDIN_DETECTOR).
+    peak:         float | None = None,      # Peak TFLOP/s for MFU; None = from PEAK_TFLOPS.
+    workdir:      str | None = None,        # Scratch folder; None = a temporary one, deleted after.
+    fast_overrides: dict | None = None,     # Changes to the device's fast settings (tests, experiments).
+    log:          Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    unknown = [w for w in what if w not in STAGES + EXTRA_STAGES]
+    if unknown:
+        raise UserError(f'--what: unknown stage "{unknown[0]}"; choose from {", ".join(STAGES + EXTRA_STAGES)}')
+    if config not in CONFIGS:
+        raise UserError(f'--config: unknown configuration "{config}"; choose from {", ".join(CONFIGS)}')
+    paths = PATHS if compare else (path,)
+    settings = fast_lib.fast_settings(device, **(fast_overrides or {}))
+    common = dict(config=config, device=str(device), device_name=device_name(device),
+                  date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+                  torch=torch.__version__, threads=torch.get_num_threads(),
+                  omp_num_threads=os.environ.get('OMP_NUM_THREADS'))
+    records: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix='bench-'))
+        resolution = CONFIGS[config]['resolution']
+        for stage in what:
+            if stage == 'frechet':
+                log('frechet: timing both formulas once at 2048 features...')
+                records += [dict(common, **r, load=list(os.getloadavg())) for r in frechet_records()]
+                continue
+            log(f'{stage}: setting up {" and ".join(paths)}...')
+            load_before = os.getloadavg()
+            runners = []
+            for p in paths:
+                fast = settings if p == 'fast' else None
+                if stage == 'train':
+                    data_zip = os.path.join(workdir, 'train.zip')
+                    if not os.path.isfile(data_zip):
+                        write_image_zip(data_zip, 256, resolution)
+                    runners.append(train_runner(config, p, device, batch or default_batch(config, 'train', device),
+                                                data_zip, fast))
+                elif stage in ('denoise', 'generate'):
+                    runners.append(sampling_runner(stage, config, p, device, batch, workdir, fast))
+                else:
+                    runners.append(fid_runner(config, p, device, batch or default_batch(config, 'fid', device),
+                                              detector, fast))
+            if stage == 'denoise':
+                obs_path = observations_path(workdir)
+                shutil.rmtree(obs_path, ignore_errors=True)
+                write_observations(obs_path, BATCHES_PER_CALL * max(r.batch for r in runners), resolution, DENOISE_SIGMA)
+            log(f'{stage}: counting FLOPs...')
+            if stage == 'train':
+                flop_per_img = train_flops(config, device)
+            elif stage == 'fid':
+                flop_per_img = fid_flops(config, device, detector)
+            else:
+                flop_per_img = sampling_flops(stage, config, device, workdir)
+            log(f'{stage}: measuring {seconds:g} s per path after the warm-up...')
+            measure(runners, device, seconds, warmup=2 if stage == 'train' else 1)
+            finished = runners[0].finish() if runners[0].finish is not None else {}  # The same code for both paths.
+            for runner in runners:
+                img_per_s = runner.images / runner.seconds
+                tflops = flop_per_img * img_per_s / 1e12
+                peak_value = peak if peak is not None else peak_tflops(common['device_name'], runner.dtype, uses_tf32(runner))
+                record = dict(what=stage, path=runner.path, **common, dtype=runner.dtype, batch=runner.batch,
+                              img_per_s=round(img_per_s, 3), flop_per_img=flop_per_img, tflops=round(tflops, 4),
+                              mfu=None if not peak_value else round(tflops / peak_value, 4),
+                              peak_tflops=peak_value, peak_mem_gb=round(runner.peak_bytes / 2**30, 3),
+                              images=runner.images, seconds=round(runner.seconds, 3),
+                              warmup_s=round(runner.warmup_s, 3), load=[round(x, 2) for x in load_before])
+                record.update({k: v for k, v in runner.extra.items() if k != 'outdir'})
+                if finished:
+                    record.update(finished, fid_50k_s=round(50000 / img_per_s + finished['frechet_s'], 1))
+                if runner.path == 'fast':
+                    record['settings'] = dataclasses.asdict(settings)
+                records.append(record)
+            if compare:
+                faithful, fast_record = records[-2], records[-1]
+                fast_record['speedup'] = round(fast_record['img_per_s'] / faithful['img_per_s'], 3)
+                if stage in ('denoise', 'generate'):
+                    fast_record.update(png_difference(runners[0].extra['outdir'], runners[1].extra['outdir']) or {})
+            del runners
+    return records
+
+#----------------------------------------------------------------------------
+# Output: records as JSON lines (appended), and a table.
+
+def append_records(path: str, records: Sequence[dict[str, Any]], command: str | None = None) -> None:
+    for record in records:
+        fid.append_json(path, dict(record, command=command) if command else record)
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    columns = [('what', 'what', '{}'), ('path', 'path', '{}'), ('config', 'config', '{}'), ('device', 'device', '{}'),
+               ('dtype', 'dtype', '{}'), ('batch', 'batch', '{}'), ('img/s', 'img_per_s', '{:.2f}'),
+               ('GFLOP/img', 'flop_per_img', '{:.3g}'), ('TFLOP/s', 'tflops', '{:.3g}'), ('MFU', 'mfu', '{:.1%}'),
+               ('peak GB', 'peak_mem_gb', '{:.2f}'), ('speedup', 'speedup', '{:.2f}x')]
+    rows = [[label for label, _key, _fmt in columns]]
+    for record in records:
+        if record['what'] == 'frechet':
+            continue
+        row = []
+        for _label, key, fmt in columns:
+            value = record.get(key)
+            if key == 'flop_per_img' and value is not None:
+                value = value / 1e9
+            row.append('-' if value is None else fmt.format(value))
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = ['  '.join(cell.rjust(w) if i >= 5 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    for record in records:
+        if record['what'] == 'frechet':
+            lines.append(f'frechet ({record["dim"]} features, {record["formula"]}): {record["seconds"]:.2f} s'
+                         + (f', {record["speedup"]:.1f}x faster, relative difference {record["rel_diff"]:.1e}'
+                            if 'speedup' in record else ''))
+    return '\n'.join(lines)
+
+#----------------------------------------------------------------------------
+# docs/performance.md: the records of a JSON-lines file as Markdown tables,
+# one table per bench.py run (its device, date, command and machine load).
+
+def markdown_tables(records: Sequence[dict[str, Any]]) -> str:
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        runs.setdefault((record.get('command') or '?', record.get('date') or '?'), []).append(record)
+    parts = []
+    for (command, _date), rows in runs.items():
+        first = rows[0]
+        load = first.get('load')
+        parts.append(f'**{first["device_name"]}** ({first["device"]}, {first.get("threads")} threads, '
+                     f'OMP_NUM_THREADS={first.get("omp_num_threads")}), {first["date"]}, torch {first.get("torch")}'
+                     + (f', load average {load[0]:.1f}' if load else '') + f':\n`{command}`\n')
+        stage_rows = [r for r in rows if r['what'] != 'frechet']
+        if stage_rows:
+            parts.append('| stage | path | config | dtype | batch | img/s | GFLOP/img | TFLOP/s | MFU | peak GB | '
+                         'speedup | fast vs faithful (uint8 levels) | notes |')
+            parts.append('| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |')
+            for r in stage_rows:
+                diff = (f'mean {r["diff_u8_mean"]:g}, max {r["diff_u8_max"]}' if 'diff_u8_max' in r else '')
+                notes = []
+                if r['what'] == 'fid':
+                    notes.append(f'detector: {r.get("detector")}; statistics and distance {r.get("frechet_s")} s; '
+                                 f'50,000 images: {r.get("fid_50k_s")} s')
+                notes.append(f'warm-up {r["warmup_s"]:.1f} s')
+                cells = [r['what'], r['path'], r['config'], r['dtype'], str(r['batch']), f'{r["img_per_s"]:.3g}',
+                         f'{r["flop_per_img"] / 1e9:.3g}', f'{r["tflops"]:.3g}',
+                         '-' if r['mfu'] is None else f'{r["mfu"]:.1%}', f'{r["peak_mem_gb"]:.2f}',
+                         f'{r["speedup"]:.2f}x' if 'speedup' in r else '', diff, '; '.join(notes)]
+                parts.append('| ' + ' | '.join(cells) + ' |')
+        for r in rows:
+            if r['what'] == 'frechet':
+                parts.append(f'- Frechet distance, {r["dim"]} features, {r["formula"]}: {r["seconds"]:.2f} s'
+                             + (f' ({r["speedup"]:.1f}x faster, relative difference {r["rel_diff"]:.1e})'
+                                if 'speedup' in r else ''))
+        parts.append('')
+    return '\n'.join(parts)
+
+#----------------------------------------------------------------------------
