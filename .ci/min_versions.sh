@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # CI: the oldest torch and numpy that requirements.txt declares, checked on the tests that exercise
-# torch's API (networks, persistence, samplers, a training run stopped and resumed).
+# torch's API (networks, persistence, samplers, the fast path's pieces, training runs stopped and
+# resumed on both paths).
 #
 #   bash .ci/min_versions.sh prepare DIR   # a venv in DIR with torch==<min>.* and numpy==<min>.*
 #   bash .ci/min_versions.sh test DIR      # the subset of the tests in that venv
 #
-# .ci/run prepares while the main tests run (the download and install are mostly network and disk
-# time), then tests. PyPI's Linux torch wheels are CUDA builds, so the venv also gets the nvidia-*
+# .ci/run prepares and tests while the main tests run (the download and install are mostly network
+# and disk time); the test step has its own pytest base directory, so that the two runs never clean up
+# each other's temporary files. PyPI's Linux torch wheels are CUDA builds, so the venv also gets the nvidia-*
 # libraries torch links against (about 2.5 GB); the other packages come from the system
 # (--system-site-packages). Nothing here needs a GPU.
 set -euo pipefail
@@ -29,8 +31,9 @@ case "$mode" in
         ;;
     test)
         echo "Tests with the oldest declared versions: $("$dir/bin/python" -c 'import numpy, torch; print(f"torch {torch.__version__}, numpy {numpy.__version__}")')"
-        "$dir/bin/python" -m pytest -q tests/test_networks.py tests/test_persistence.py tests/test_sampler.py \
-            'tests/test_training.py::test_preempt_and_rerun_continues_exactly'
+        "$dir/bin/python" -m pytest -q --basetemp="$dir/pytest-tmp" tests/test_networks.py tests/test_persistence.py \
+            tests/test_sampler.py tests/test_fast.py 'tests/test_training.py::test_preempt_and_rerun_continues_exactly' \
+            'tests/test_training.py::test_fast_path_resumes_exactly'
         ;;
     *)
         echo "min_versions.sh: unknown mode $mode (prepare or test)" >&2
