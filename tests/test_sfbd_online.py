@@ -144,7 +144,8 @@ def test_auto_rampup_is_one_refresh_pass(data):
 # Stopping an online run in the middle and continuing it ends in the very
 # state of an uninterrupted run: weights, EMA, optimizer, buffer, position.
 
-def _online_run(run_dir: Path, data: dict, stop_after: int | None = None, resume: str | None = None) -> str:
+def _online_run(run_dir: Path, data: dict, stop_after: int | None = None, resume: str | None = None,
+                fast: bool = False) -> str:
     polls = []
     def stop_requested() -> bool:
         polls.append(1)
@@ -160,7 +161,7 @@ def _online_run(run_dir: Path, data: dict, stop_after: int | None = None, resume
         optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
         online_kwargs=dict(class_name='sfbd.online.OnlineSFBD', noisy=[data['noisy']], refresh_every=2, refresh_batch=5,
                            rampup_kimg=0.04, mode='sde', num_steps=5, refresh_net='raw', seed=0),
-        resume_state_dump=resume, stop_requested=stop_requested)
+        resume_state_dump=resume, stop_requested=stop_requested, fast=fast)
 
 def test_stopped_online_run_continues_exactly(data, tmp_path):
     torch.set_num_threads(1)
@@ -177,6 +178,14 @@ def test_stopped_online_run_continues_exactly(data, tmp_path):
     resumed = load_state(find_latest_state(str(tmp_path / 'part')))
     for key in ('net', 'ema', 'optimizer_state', 'online'):
         assert_same(resumed[key], reference[key], key)
+
+    # The fast path (train.py --fast; on the CPU it changes no arithmetic) puts the buffer's images in the
+    # same slots with the same weights: the same run, continued from the stopped state of the faithful one.
+    assert _online_run(tmp_path / 'fast', data, stop_after=3, fast=True) == PREEMPTED
+    assert _online_run(tmp_path / 'fast', data, resume=find_latest_state(str(tmp_path / 'fast')), fast=True) == FINISHED
+    fast = load_state(find_latest_state(str(tmp_path / 'fast')))
+    for key in ('net', 'ema', 'online'):
+        assert_same(fast[key], reference[key], key)
 
 #----------------------------------------------------------------------------
 # train.py: the options, the log's cost line, and two processes that denoise

@@ -23,6 +23,7 @@ import torch
 from click.testing import CliRunner, Result
 
 import train
+from test_fast import fused_adam_on_cpu
 from torch_utils import misc, persistence, training_stats
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -455,7 +456,8 @@ def test_dry_run_prints_and_exits(data, tmp_path):
 # channels-last, fused Adam; torch.compile aside) run on the CPU too, with
 # snapshots that record the network as built.
 
-GPU_LIKE = dict(dtype='bfloat16', channels_last=True, optimizer='fused')
+# The CUDA choices that the CPU can run (fused Adam where this torch has it on the CPU).
+GPU_LIKE = dict(dtype='bfloat16', channels_last=True, optimizer='fused' if fused_adam_on_cpu() else 'foreach')
 
 def short_run(data: Path, run_dir: Path, fast, total_kimg: float, resume: Path | None = None,
               stop_at_poll: int | None = None) -> str:
