@@ -1,7 +1,7 @@
 """Measure the speed of every stage of an SFBD run, on the faithful and the fast path.
 
 A thin command line over training/bench.py, which describes the stages, the measurement and the
-record fields. docs/performance.md is made from the JSON lines it writes (scripts/perf_tables.py).
+record fields. docs/performance.md's tables are made from the JSON lines it writes (`--markdown`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import sys
 import click
 import torch
 
-from dnnlib.util import UserError, report_user_errors
+from dnnlib.cli import FiniteFloat
+from dnnlib.outputs import check_output_file
+from dnnlib.util import UserError, is_url, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 from training import bench
@@ -33,11 +35,11 @@ def _stage_list(_ctx: click.Context, _param: click.Parameter, value: str) -> lis
 @click.option('--device',       help='Device  [default: cuda if available, else cpu]', metavar='STR',           type=str)
 @click.option('--config',       help='tiny: small DDPM++ for CPUs; cifar10: DDPM++ 32x32; ffhq64: DDPM++ 64x64 (EDM recipes)', type=click.Choice(list(bench.CONFIGS)), default='tiny', show_default=True)
 @click.option('--batch',        help='Batch size of every stage  [default: per configuration and device; with the fast path on a GPU, what fits for sampling]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--seconds',      help='Time per measurement (stage and path) after the warm-up', metavar='SEC', type=click.FloatRange(min=0, min_open=True), default=10, show_default=True)
+@click.option('--seconds',      help='Time per measurement (stage and path) after the warm-up', metavar='SEC', type=FiniteFloat(min=0, min_open=True), default=10, show_default=True)
 @click.option('--compare',      help='Measure the faithful and the fast path, interleaved; the fast record gets speedup', is_flag=True)
 @click.option('--path',         help='The path measured without --compare', type=click.Choice(bench.PATHS), default='fast', show_default=True)
 @click.option('--detector',     help=f'FID detector as in fid.py, or "{bench.STANDIN_DETECTOR}"  [default: Inception; the stand-in when it cannot be downloaded]', metavar='PT|PKL|URL', type=str, default=DEFAULT_DETECTOR)
-@click.option('--peak-tflops',  help='Peak TFLOP/s of the device for MFU  [default: known GPUs, else MFU is null]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
+@click.option('--peak-tflops',  help='Peak TFLOP/s of the device for MFU  [default: known GPUs, else MFU is null]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True))
 @click.option('--json', 'json_path', help='Append one JSON record per stage and path to this file', metavar='FILE', type=str)
 @click.option('--markdown',     help='Measure nothing: print the records of this JSON-lines file as docs/performance.md\'s tables', metavar='FILE', type=click.Path(exists=True, dir_okay=False))
 @report_user_errors
@@ -47,7 +49,7 @@ def main(what: list[str], device: str | None, config: str, batch: int | None, se
 
     \b
     Examples:
-    # Every stage of the tiny configuration on the CPU, both paths (about 2 minutes on 2 cores)
+    # Every stage of the tiny configuration on the CPU, both paths (about a minute on 2 idle cores)
     OMP_NUM_THREADS=1 python bench.py --device=cpu --config=tiny --seconds=3 --compare --json=out.jsonl
     \b
     # DDPM++ CIFAR-10 training on a GPU, fast path against EDM's --fp16
@@ -72,10 +74,16 @@ def main(what: list[str], device: str | None, config: str, batch: int | None, se
         return
     if dist.get_world_size() > 1:
         raise UserError('bench.py measures one process; run it without torchrun')
+    # Every input is checked before minutes of measuring.
     try:
         device_obj = dist.resolve_device(device)
     except RuntimeError as e:
-        raise UserError(f'--device: {e}') from None
+        raise UserError(str(e) if str(e).startswith('--device') else f'--device={device}: {e}') from None
+    if json_path is not None:
+        check_output_file(json_path, '--json')
+    if 'fid' in what and detector not in (DEFAULT_DETECTOR, bench.STANDIN_DETECTOR) and not is_url(detector) \
+            and not os.path.isfile(detector):
+        raise UserError(f'--detector={detector}: no such file')
     command = 'python bench.py ' + shlex.join(sys.argv[1:])
     threads = os.environ.get('OMP_NUM_THREADS')
     print(f'Benchmarking {",".join(what)} ({config}) on {bench.device_name(device_obj)}, '

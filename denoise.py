@@ -40,7 +40,6 @@ import torch
 from dnnlib.cli import FiniteFloat
 from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file, is_complete_png
 from dnnlib.util import UserError, atomic_write, file_sha256, report_user_errors
-from generate import sampler_options
 from sfbd.backward import GRID_KEYS, MODES
 from sfbd.denoising import denoise_images, output_path
 from sfbd.grids import choose_images, load_png, read_originals, save_comparison_grid
@@ -50,6 +49,7 @@ from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
 from torch_utils.persistence import load_network
 from training.dataset import METADATA_FNAME
+from training.generation import sampler_options
 from training.sampler import ABLATION_KEYS, check_sampler_options, to_uint8
 
 OPTIONS_FNAME = 'denoise_options.json'

@@ -14,308 +14,37 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fnmatch
-import json
 import os
 import re
 import time
-import zipfile
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import click
-import numpy as np
 import torch
-import tqdm
 
 from dnnlib.cli import IntList
-from dnnlib.outputs import OutputClaim, any_file, append_line, check_apart, check_output_dir, check_output_file
-from dnnlib.util import UserError, atomic_write, is_url, open_url, report_user_errors, save_png
-from generate import sampler_options
+from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file
+from dnnlib.util import UserError, is_url, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
-from torch_utils.frechet import frechet_distance
 from torch_utils.persistence import load_network
-from training.generation import image_path as generated_image_path
-from training.generation import rank_batches
-from training.sampler import check_finite, check_sampler_options, generate_images, to_uint8
+from training.fid_stats import (append_json, calculate_fid_from_inception_stats, calculate_inception_stats,
+                                check_image_count, dataset_stats, format_int_list, image_subsets, list_snapshots,
+                                load_ref_stats, network_stats, open_image_dataset, rank0_first, save_ref_stats,
+                                snapshot_kimg, summarize)
+from training.generation import sampler_options
+from training.sampler import check_sampler_options
+
+# EDM's entry points keep their names here (`fid.calculate_inception_stats`, ...); they live in training/fid_stats.py.
+__all__ = ['calculate_fid_from_inception_stats', 'calculate_inception_stats', 'calc', 'ref', 'main']
 
 #----------------------------------------------------------------------------
 # The detector (torch_utils/detector.py) defaults to the TorchScript Inception;
 # EDM's own pickle of the same network is accepted when named explicitly.
 
-SNAPSHOT_PATTERN = 'network-snapshot-*.pkl'
 DEFAULT_NUM_IMAGES = 50000
 OPTIONS_FNAME = 'fid_options.json'  # Record of a calc --outdir: which network, seeds and sampler made the images.
-
-#----------------------------------------------------------------------------
-# Let rank 0 do something first (a download, say) while the other ranks wait,
-# then let them follow and find the file in the cache.
-
-@contextlib.contextmanager
-def rank0_first() -> Iterator[None]:
-    if dist.get_rank() != 0:
-        dist.barrier()
-    yield
-    if dist.get_rank() == 0:
-        dist.barrier()
-
-#----------------------------------------------------------------------------
-# Running first and second moments of features: sum of features, sum of
-# outer products and count, in float64, summed over processes at the end.
-
-class FeatureStats:
-    def __init__(self, dim: int, device: torch.device | str = 'cpu'):
-        self.dim = dim
-        self.count = torch.zeros([], dtype=torch.float64, device=device)
-        self.sum = torch.zeros([dim], dtype=torch.float64, device=device)
-        self.outer = torch.zeros([dim, dim], dtype=torch.float64, device=device)
-
-    def append(self, features: torch.Tensor) -> None:
-        features = features.to(device=self.sum.device, dtype=torch.float64)
-        if features.ndim != 2 or features.shape[1] != self.dim:
-            raise ValueError(f'expected features of shape [N, {self.dim}], got {list(features.shape)}')
-        self.count += features.shape[0]
-        self.sum += features.sum(0)
-        self.outer += features.T @ features
-
-    def all_reduce(self) -> None:
-        """Sum the statistics of all processes (every process must call it)."""
-        for tensor in (self.count, self.sum, self.outer):
-            dist.all_reduce_sum(tensor)
-
-    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and unbiased covariance (divided by N-1) as float64 numpy arrays."""
-        n = float(self.count)
-        if n < 2:
-            raise ValueError(f'statistics need at least 2 images, got {int(n)}')
-        mu = self.sum / n
-        sigma = (self.outer - n * torch.outer(mu, mu)) / (n - 1)
-        return mu.cpu().numpy(), sigma.cpu().numpy()
-
-#----------------------------------------------------------------------------
-# The Frechet distance between the two Gaussians (EDM's name and arguments),
-# from the eigenvalues of the symmetric S1^(1/2) S2 S1^(1/2) rather than the
-# matrix square root of S1 S2: the same value, several times faster (see
-# torch_utils/frechet.py).
-
-def calculate_fid_from_inception_stats(mu: np.ndarray, sigma: np.ndarray,
-                                       mu_ref: np.ndarray, sigma_ref: np.ndarray) -> float:
-    # Never report a NaN score as if it were one.
-    if not all(np.isfinite(x).all() for x in (mu, sigma, mu_ref, sigma_ref)):
-        raise UserError('the FID came out nan: the feature statistics hold NaN or infinite values')
-    try:
-        total = frechet_distance(mu, sigma, mu_ref, sigma_ref)
-    except (np.linalg.LinAlgError, ValueError) as e:
-        raise UserError(f'the FID cannot be computed: the eigendecomposition failed ({e})') from None
-    if not np.isfinite(total):
-        raise UserError(f'the FID came out {total}: the covariances have no usable square root')
-    return total
-
-#----------------------------------------------------------------------------
-# Reference statistics: an `.npz` with `mu` [D] and `sigma` [D, D], from a
-# path or URL (EDM's published files load unchanged).
-
-def load_ref_stats(ref: str) -> tuple[np.ndarray, np.ndarray]:
-    with open_url(ref) as f:
-        if not zipfile.is_zipfile(f):
-            raise UserError(f'{ref}: not an .npz file (FID reference statistics are an .npz with "mu" and "sigma")')
-        f.seek(0)
-        try:
-            with np.load(f, allow_pickle=False) as data:
-                missing = [key for key in ('mu', 'sigma') if key not in data.files]
-                if missing:
-                    raise UserError(f'{ref}: no "{missing[0]}" array; not FID reference statistics '
-                                    f'(it holds {", ".join(data.files) or "nothing"})')
-                mu, sigma = np.asarray(data['mu'], np.float64), np.asarray(data['sigma'], np.float64)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise UserError(f'{ref}: not a readable .npz file ({e})') from None
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise UserError(f'{ref}: "mu" has shape {list(mu.shape)} and "sigma" {list(sigma.shape)}; '
-                        'expected [D] and [D, D]')
-    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise UserError(f'{ref}: "mu" or "sigma" holds NaN or infinite values')
-    tolerance = 1e-6 * max(float(np.abs(sigma).max()), 1e-300)
-    if np.abs(sigma - sigma.T).max() > tolerance or np.diag(sigma).min() < -tolerance:
-        raise UserError(f'{ref}: "sigma" is not a covariance matrix (not symmetric, or negative variances)')
-    return mu, sigma
-
-def save_ref_stats(dest: str, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Write `mu` and `sigma` as EDM's reference `.npz`, atomically."""
-    with atomic_write(dest, 'wb') as f:
-        np.savez(f, mu=mu, sigma=sigma)
-
-#----------------------------------------------------------------------------
-# Images from a dataset (a directory or zip, as training reads them). Float
-# `.npy` datasets are quantised the way generated images are saved.
-
-def open_image_dataset(path: str) -> Any:
-    from training.dataset import ImageFolderDataset
-    dataset = ImageFolderDataset(path=path)
-    if dataset.sigma_text:
-        raise UserError(f'{path}: is an observation set (noisy, sigma {dataset.sigma_text} in dataset.json), not images')
-    if dataset.num_channels not in (1, 3):
-        raise UserError(f'{path}: images have {dataset.num_channels} channels; FID needs 1 or 3')
-    return dataset
-
-# Disjoint subsets of `num` images each: shuffle all indices with the seed and
-# cut consecutive slices, each sorted. The first slice is the subset EDM's
-# dataset picks with max_size=num and the same seed; all images when num = N.
-def image_subsets(num_images: int, num: int, repeats: int, seed: int) -> list[np.ndarray]:
-    order = np.arange(num_images, dtype=np.int64)
-    if num * repeats < num_images:
-        np.random.RandomState(seed % (1 << 31)).shuffle(order)
-    return [np.sort(order[k * num:(k + 1) * num]) for k in range(repeats)]
-
-# Enough images for `repeats` disjoint subsets of `num`, and at least 2 each.
-def check_image_count(path: str, found: int, num: int, repeats: int) -> None:
-    if num < 2:
-        raise UserError(f'{path}: statistics need at least 2 images, got {num}')
-    if found < num * repeats:
-        wanted = f'--num={num}' + (f' x --repeats={repeats}' if repeats > 1 else '')
-        raise UserError(f'{path}: found {found} images, but {wanted} asks for {num * repeats}')
-
-# A data-loading worker re-raises its error with a traceback in the message;
-# the original message is on the last line, after the exception's name.
-def _worker_message(e: UserError) -> str:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith('Caught '):
-        return lines[-1].split(': ', 1)[-1]
-    return str(e)
-
-def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, max_batch_size: int = 64,
-                  num_workers: int = 3, device: torch.device | str = 'cpu',
-                  feature_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Feature mean and covariance of the dataset items `indices`, shared among all processes."""
-    device = torch.device(device)
-    indices = [int(i) for i in indices]
-    if feature_dim is None:
-        feature_dim = detector.feature_dim(dataset.image_shape)
-    stats = FeatureStats(feature_dim, device)
-    batches = [b for b in rank_batches(indices, max_batch_size, dist.get_rank(), dist.get_world_size()) if b]
-
-    # Forked workers would share the parent's open zip file (and its file position);
-    # closed here, it is opened again by each worker on first use.
-    dataset.close()
-    pin_memory = detector.fast is not None and detector.fast.pin_memory and device.type == 'cuda'
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                         prefetch_factor=(2 if num_workers > 0 else None), pin_memory=pin_memory)
-    progress = tqdm.tqdm(total=len(batches), unit='batch', desc='Features', disable=(dist.get_rank() != 0))
-    try:
-        for images, _labels in loader:
-            if images.dtype != torch.uint8:
-                images = to_uint8(images)
-            stats.append(detector.features(images))
-            progress.update(1)
-    except UserError as e:
-        raise UserError(_worker_message(e)) from None
-    finally:
-        progress.close()
-    stats.all_reduce()
-    return stats.mean_cov()
-
-# EDM's entry point: statistics of a folder or zip, loading the default detector.
-def calculate_inception_stats(image_path: str, num_expected: int | None = None, seed: int = 0,
-                              max_batch_size: int = 64, num_workers: int = 3,
-                              device: torch.device | str = 'cpu',
-                              detector: Detector | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Statistics of `num_expected` images of a dataset (all when None), the subset chosen by `seed`."""
-    if detector is None:
-        with rank0_first():
-            detector = load_detector(device=device, verbose=(dist.get_rank() == 0))
-    dataset = open_image_dataset(image_path)
-    num = len(dataset) if num_expected is None else num_expected
-    check_image_count(image_path, len(dataset), num, 1)
-    indices = image_subsets(len(dataset), num, 1, seed)[0]
-    return dataset_stats(dataset, indices, detector, max_batch_size=max_batch_size,
-                         num_workers=num_workers, device=device)
-
-#----------------------------------------------------------------------------
-# Images generated by a network with EDM's sampler and per-seed protocol,
-# scored as they come; written as PNGs only when `outdir` is given.
-
-def network_stats(net: torch.nn.Module, seeds: Sequence[int], detector: Detector, *, max_batch_size: int = 64,
-                  device: torch.device | str = 'cpu', outdir: str | None = None,
-                  feature_dim: int | None = None, **sampler_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Feature mean and covariance of the images of `seeds`, generated and shared by all processes."""
-    device = torch.device(device)
-    image_shape = [net.img_channels, net.img_resolution, net.img_resolution]
-    if feature_dim is None:
-        feature_dim = detector.feature_dim(image_shape)
-    stats = FeatureStats(feature_dim, device)
-    batches = rank_batches(list(seeds), max_batch_size, dist.get_rank(), dist.get_world_size())
-    fast = detector.fast
-    size = len(batches[0]) if fast is not None and fast.compile else 0  # One batch size for a compiled network.
-    for batch_seeds in tqdm.tqdm(batches, unit='batch', desc='Generating', disable=(dist.get_rank() != 0)):
-        if not batch_seeds:
-            continue
-        with torch.inference_mode() if fast is not None else contextlib.nullcontext():
-            images = generate_images(net, fast_lib.pad_batch(batch_seeds, size), device=device, **sampler_kwargs)
-        images = images[:len(batch_seeds)]
-        check_finite(images, f'seeds {batch_seeds[0]}-{batch_seeds[-1]}')
-        images = to_uint8(images)
-        if outdir is not None:
-            for seed, image in zip(batch_seeds, images.permute(0, 2, 3, 1).cpu().numpy()):
-                save_png(generated_image_path(outdir, seed, True), image)
-        stats.append(detector.features(images))
-    stats.all_reduce()
-    return stats.mean_cov()
-
-#----------------------------------------------------------------------------
-# Run directories: every snapshot, or those whose file name matches a glob,
-# in the order of their names (which is the order of kimg).
-
-def list_snapshots(rundir: str, pattern: str | None = None) -> list[str]:
-    names = sorted(name for name in os.listdir(rundir) if fnmatch.fnmatch(name, SNAPSHOT_PATTERN))
-    if not names:
-        raise UserError(f'{rundir}: no {SNAPSHOT_PATTERN} in this directory')
-    if pattern is not None:
-        names = [name for name in names if fnmatch.fnmatch(name, pattern)]
-        if not names:
-            raise UserError(f'{rundir}: no snapshot matches --snapshots={pattern}')
-    return [os.path.join(rundir, name) for name in names]
-
-def snapshot_kimg(path: str) -> int | None:
-    m = re.fullmatch(r'network-snapshot-(\d+)\.pkl', os.path.basename(path))
-    return int(m.group(1)) if m else None
-
-#----------------------------------------------------------------------------
-# Small helpers for reports: seed lists as ranges, and the spread of scores.
-
-def format_int_list(values: Sequence[int]) -> str:
-    parts: list[str] = []
-    start = prev = None
-    for v in values:
-        if start is not None and v == prev + 1:
-            prev = v
-            continue
-        if start is not None:
-            parts.append(f'{start}' if start == prev else f'{start}-{prev}')
-        start = prev = v
-    if start is not None:
-        parts.append(f'{start}' if start == prev else f'{start}-{prev}')
-    return ','.join(parts)
-
-def summarize(fids: Sequence[float]) -> dict:
-    """Minimum, mean and sample standard deviation (0 for a single score)."""
-    values = np.asarray(fids, dtype=np.float64)
-    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return dict(fid=float(values.min()), mean=float(values.mean()), std=std, fids=[float(x) for x in values])
-
-# Records are appended one JSON object per line. Strict JSON has no infinity
-# (S_max defaults to it), so non-finite numbers are written as strings.
-def append_json(path: str, record: dict) -> None:
-    def strict(value: Any) -> Any:
-        if isinstance(value, float) and not np.isfinite(value):
-            return str(value)
-        if isinstance(value, dict):
-            return {k: strict(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [strict(v) for v in value]
-        return value
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    append_line(path, json.dumps(strict(record), allow_nan=False))
 
 #----------------------------------------------------------------------------
 

@@ -9,42 +9,20 @@ from __future__ import annotations
 
 import click
 
-from dnnlib.cli import FiniteFloat, IntList
+from dnnlib.cli import IntList
 from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir
 from dnnlib.util import UserError, file_sha256, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.persistence import load_network
-from training.generation import generate_to_dir
-from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS, check_sampler_options
+from training.generation import generate_to_dir, sampler_options
+from training.sampler import check_sampler_options
 
 DEFAULT_BATCH = 64  # --batch, unless --fast sizes it to the device.
 
 # The record of an output directory: images of one network and one set of
 # sampler options only (seeds may vary between runs).
 OPTIONS_FNAME = 'generate_options.json'
-
-#----------------------------------------------------------------------------
-# Options shared with fid.py and denoise.py: EDM's sampler options.
-
-def sampler_options(func):
-    options = [
-        click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
-        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
-        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
-        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True), default=7, show_default=True),
-        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
-        click.option('--S_min', 'S_min', help='Stochasticity: lowest noise level', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
-        click.option('--S_max', 'S_max', help='Stochasticity: highest noise level', metavar='FLOAT', type=FiniteFloat(min=0, allow_inf=True), default='inf', show_default=True),
-        click.option('--S_noise', 'S_noise', help='Stochasticity: noise inflation', metavar='FLOAT', type=FiniteFloat(), default=1, show_default=True),
-        click.option('--solver', help='Ablation: ODE solver', type=click.Choice(SOLVERS)),
-        click.option('--disc', 'discretization', help='Ablation: time step discretization', type=click.Choice(DISCRETIZATIONS)),
-        click.option('--schedule', help='Ablation: noise schedule sigma(t)', type=click.Choice(SCHEDULES)),
-        click.option('--scaling', help='Ablation: signal scaling s(t)', type=click.Choice(SCALINGS)),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
 
 #----------------------------------------------------------------------------
 

@@ -16,11 +16,11 @@ import click
 
 from dnnlib.outputs import check_apart, check_output_dir, check_output_file
 from dnnlib.util import UserError, parse_int_list, report_user_errors
-from generate import sampler_options
 from sfbd import memorization as mem
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 from torch_utils.persistence import load_network
+from training.generation import sampler_options
 
 FIGURES = ['pairs.png', 'distances.png']  # What --outdir receives.
 

@@ -42,7 +42,6 @@ import torch
 
 from dnnlib.outputs import OutputClaim
 from dnnlib.util import EasyDict, atomic_write, report_user_errors, save_png
-from fid import save_ref_stats
 from sfbd import report, rounds
 from sfbd.dataset_commands import choose_clean, split_dataset
 from sfbd.grids import comparison_grid, load_png
@@ -51,6 +50,7 @@ from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, enco
 from torch_utils import frechet
 from torch_utils.distributed import resolve_device
 from torch_utils.persistence import load_network
+from training.fid_stats import save_ref_stats
 from training.sampler import to_uint8
 
 #----------------------------------------------------------------------------

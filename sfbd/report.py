@@ -38,8 +38,6 @@ import torch
 
 from dnnlib.outputs import check_apart, check_output_dir
 from dnnlib.util import EasyDict, UserError, atomic_write, file_sha256, report_user_errors, save_png
-from fid import FeatureStats, calculate_fid_from_inception_stats, load_ref_stats, snapshot_kimg
-from generate import sampler_options
 from sfbd import memorization as mem
 from sfbd.grids import comparison_grid
 from sfbd.plots import new_figure, save_figure
@@ -47,6 +45,8 @@ from sfbd.rounds import RECORD_FNAME, load_record
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 from torch_utils.persistence import load_network
+from training.fid_stats import FeatureStats, calculate_fid_from_inception_stats, load_ref_stats, snapshot_kimg
+from training.generation import sampler_options
 
 SCORES_FNAME = 'scores.json'
 GRID_SAMPLES = 64

@@ -72,11 +72,16 @@ def test_frechet_formulas():
     assert faithful['formula'].startswith('scipy') and fast['formula'] == 'eigh'
     assert fast['rel_diff'] < 1e-6 and fast['speedup'] > 0
 
-def test_peaks_and_cli_errors():
+def test_peaks_and_cli_errors(tmp_path):
     assert bench.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16', False) == 989
     assert bench.peak_tflops('NVIDIA H100 PCIe', 'float32', True) == 378
     assert bench.peak_tflops('AMD EPYC, 2 cores', 'float32', False) is None
     result = CliRunner().invoke(bench_cli.main, ['--what=train,sample'])
     assert result.exit_code == 2 and 'choose from' in result.output
+    # Bad inputs are one line each, before any measuring.
+    for args, message in ([f'--json={tmp_path}'], 'is a directory'), (['--device=bogus'], '--device=bogus: not a device'), \
+                         (['--seconds=nan'], 'not a finite number'), (['--what=fid', '--detector=/no/such.pt'], 'no such file'):
+        result = CliRunner().invoke(bench_cli.main, args)
+        assert result.exit_code in (1, 2) and message in result.output and 'Benchmarking' not in result.output, result.output
     result = CliRunner().invoke(bench_cli.main, ['--help'])
     assert result.exit_code == 0 and '--compare' in result.output and '--peak-tflops' in result.output

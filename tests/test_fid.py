@@ -21,6 +21,7 @@ from click.testing import CliRunner
 import fid
 from dnnlib.util import cached_path_for_url, file_sha256
 from torch_utils.detector import DEFAULT_DETECTOR, DEFAULT_DETECTOR_SHA256
+from training import fid_stats
 from training.sampler import generate_images, to_uint8
 
 FEATURES = 16  # Width of the stand-in's features: small, so that covariances of a few dozen images are full rank.
@@ -153,7 +154,7 @@ def test_fid_formula_equals_edms_sqrtm(dim, samples, ridge):
 
 def test_feature_stats_are_unbiased():
     x = torch.randn(50, 6, dtype=torch.float64)
-    stats = fid.FeatureStats(6)
+    stats = fid_stats.FeatureStats(6)
     stats.append(x[:17])
     stats.append(x[17:])
     mu, sigma = stats.mean_cov()
@@ -217,7 +218,7 @@ def test_subset_is_edms_random_subset(files):
 
 def test_image_repeats_use_disjoint_subsets(files):
     result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=20', '--repeats=2', *common(files))
-    subsets = fid.image_subsets(40, 20, 2, 0)
+    subsets = fid_stats.image_subsets(40, 20, 2, 0)
     assert not set(subsets[0]) & set(subsets[1])
     mu_a, sigma_a = stats_of(standin_features(files['a_images']))
     fids = [direct_fid(*stats_of(standin_features(files['a_images'][s])), mu_a, sigma_a) for s in subsets]
@@ -411,7 +412,7 @@ def test_generated_images_are_edms(files, fixtures_dir, tmp_path):
     outdir = tmp_path / 'images'
     log = tmp_path / 'log.jsonl'
     result = run('calc', f'--network={fixtures_dir / "edm-ddpmpp-tiny-snapshot.pkl"}', f'--ref={files["ref_a"]}',
-                 f'--seeds={fid.format_int_list(reference["seeds"])}', f'--steps={reference["steps"]}',
+                 f'--seeds={fid_stats.format_int_list(reference["seeds"])}', f'--steps={reference["steps"]}',
                  f'--outdir={outdir}', f'--json={log}', *common(files))
     ours = np.stack([np.asarray(PIL.Image.open(outdir / '000000' / f'{s:06d}.png')) for s in reference['seeds']])
     np.testing.assert_array_equal(ours.transpose(0, 3, 1, 2), reference['images_u8'].numpy())

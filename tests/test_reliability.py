@@ -38,6 +38,7 @@ import train
 from dnnlib import outputs
 from dnnlib.util import UserError
 from sfbd import demo, rounds
+from training import fid_stats
 
 from sfbd_helpers import (make_image_dataset, make_observation_set, random_observations, read_json, read_png_dataset,
                           save_tiny_network)
@@ -457,7 +458,7 @@ def test_reference_statistics_are_checked(tmp_path, case):
     np.savez(str(tmp_path / 'ref.npz'), mu=mu, sigma=sigma)
     message = {'nan': 'NaN', 'asymmetric': 'not a covariance', 'negative-variance': 'not a covariance', 'shapes': 'expected [D]'}[case]
     with pytest.raises(UserError, match=re.escape(message)):
-        fid.load_ref_stats(str(tmp_path / 'ref.npz'))
+        fid_stats.load_ref_stats(str(tmp_path / 'ref.npz'))
 
 def test_a_nan_score_is_an_error():
     mu, sigma = np.zeros(3), np.eye(3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fid import save_ref_stats
+from training.fid_stats import save_ref_stats
 from sfbd import report
 from sfbd.memorization import sample_images
 from torch_utils.persistence import load_network

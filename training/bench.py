@@ -9,7 +9,7 @@ denoise   sfbd.denoising.denoise_images(): denoise.py's backward sampling of an 
 generate  training.generation.generate_to_dir(): generate.py's EDM sampler (18 steps, 35
           evaluations), PNGs written.
 fid       fid.py's detector features of uint8 images in memory (torch_utils.detector) accumulated
-          in fid.FeatureStats; the final statistics and Frechet distance are timed once (frechet_s).
+          in FeatureStats; the final statistics and Frechet distance are timed once (frechet_s).
 frechet   (asked for by name) the Frechet distance at the detector's width: EDM's sqrtm formula
           (path 'faithful') against the eigenvalue formula fid.py now uses (path 'fast').
 
@@ -53,7 +53,6 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import fid
 from dnnlib.util import UserError, cached_path_for_url, download
 from sfbd.backward import backward_sample
 from sfbd.denoising import denoise_images
@@ -63,6 +62,7 @@ from torch_utils import frechet, misc, training_stats
 from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
 from torch_utils.fast import FastSettings
 from training import training_loop
+from training.fid_stats import FeatureStats, append_json, calculate_fid_from_inception_stats
 from training.generation import generate_to_dir
 from training.loss import EDMLoss
 from training.networks import EDMPrecond
@@ -340,14 +340,14 @@ def fid_runner(config: str, path: str, device: torch.device, batch: int, detecto
     if fast is not None and fast.pin_memory and device.type == 'cuda':
         images = images.pin_memory()
     dim = det.feature_dim([3, resolution, resolution])
-    stats = fid.FeatureStats(dim, device)
+    stats = FeatureStats(dim, device)
     def run() -> int:
         stats.append(det.features(images))
         return batch
     def finish() -> dict[str, Any]:
         start = time.perf_counter()
         mu, sigma = stats.mean_cov()
-        fid.calculate_fid_from_inception_stats(mu, sigma, np.zeros(dim), np.eye(dim))
+        calculate_fid_from_inception_stats(mu, sigma, np.zeros(dim), np.eye(dim))
         return dict(frechet_s=round(time.perf_counter() - start, 3))
     return Runner('fid', path, batch, 'float32', run, numerics_for('fid', fast), extra=dict(detector=name),
                   finish=finish)
@@ -356,7 +356,7 @@ def fid_flops(config: str, device: torch.device, detector: str) -> float:
     det, _name = open_detector(detector, device, None)
     resolution = CONFIGS[config]['resolution']
     images = torch.zeros([2, 3, resolution, resolution], dtype=torch.uint8)
-    stats = fid.FeatureStats(det.feature_dim([3, resolution, resolution]), device)
+    stats = FeatureStats(det.feature_dim([3, resolution, resolution]), device)
     with FlopCounterMode(display=False) as counter:
         stats.append(det.features(images))
     return counter.get_total_flops() / 2
@@ -552,8 +552,11 @@ def run_benchmark(
 # Output: records as JSON lines (appended), and a table.
 
 def append_records(path: str, records: Sequence[dict[str, Any]], command: str | None = None) -> None:
-    for record in records:
-        fid.append_json(path, dict(record, command=command) if command else record)
+    try:
+        for record in records:
+            append_json(path, dict(record, command=command) if command else record)
+    except OSError as e:
+        raise UserError(f'--json={path}: cannot write ({e.strerror or e})') from None
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
     columns = [('what', 'what', '{}'), ('path', 'path', '{}'), ('config', 'config', '{}'), ('device', 'device', '{}'),
