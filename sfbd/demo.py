@@ -1,4 +1,4 @@
-"""SFBD end to end in a few minutes on a CPU: `python -m sfbd.demo`.
+"""SFBD end to end in about a quarter of an hour on a CPU: `python -m sfbd.demo`.
 
 The demo makes its own data (no download): 8x8 RGB pictures of one or two soft coloured blobs at
 random places. Of 2048 such images, 32 are released clean and the others only as noisy
@@ -315,7 +315,7 @@ def save_picture(path: str, source: str, obs: ObservationSet, denoised: str | No
 @click.option('--long-baseline', help='Also train a clean-only model as long as SFBD in total (slower)',         is_flag=True)
 @report_user_errors
 def main(outdir: str, device: str | None, seed: int, long_baseline: bool) -> None:
-    """SFBD end to end on a toy dataset, in a few minutes on a CPU.
+    """SFBD end to end on a toy dataset, in about a quarter of an hour on two CPU cores.
 
     \b
     python -m sfbd.demo                 # results in demo-out/
