@@ -34,6 +34,7 @@ from sfbd.online import BUFFER_DTYPES, DEFAULTS as ONLINE_DEFAULTS, REFRESH_NETS
 from torch_utils import distributed as dist
 from torch_utils import misc
 from training import resume, training_loop
+from training.augment import AUGMENT_DIM, AUGMENTATIONS
 
 # Exit status after SIGTERM or SIGUSR1: the run wrote a snapshot and a training
 # state and stopped; rerunning the same command continues it (EX_TEMPFAIL of
@@ -43,8 +44,8 @@ PREEMPTED_EXIT_CODE = 75
 warnings.filterwarnings('ignore', 'Grad strides do not match bucket view strides')  # Harmless DDP notice.
 
 #----------------------------------------------------------------------------
-# Network configurations of --arch (EDM's), the classes of --precond, and the
-# augmentations enabled by --augment (each with probability p = --augment).
+# Network configurations of --arch (EDM's) and the classes of --precond. The
+# augmentations that --augment enables are training/augment.py's AUGMENTATIONS.
 
 ARCHITECTURES = {
     'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
@@ -54,7 +55,6 @@ ARCHITECTURES = {
     'adm':    dict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1, 2, 3, 4]),
 }
 PRECONDITIONINGS = {'vp': ('VPPrecond', 'VPLoss'), 've': ('VEPrecond', 'VELoss'), 'edm': ('EDMPrecond', 'EDMLoss')}
-AUGMENTATIONS = dict(xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
 
 #----------------------------------------------------------------------------
 # log.txt: a copy of stdout and stderr. Until the run directory exists the copy
@@ -381,7 +381,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     c.network_kwargs.update({key: value for key, value in sizes.items() if value is not None})
     if opts.augment > 0:
         c.augment_kwargs = dnnlib.EasyDict(class_name='training.augment.AugmentPipe', p=opts.augment, **AUGMENTATIONS)
-        c.network_kwargs.update(augment_dim=9)  # The nine augmentation labels the pipe emits.
+        c.network_kwargs.update(augment_dim=AUGMENT_DIM)  # The labels the pipe emits.
     c.network_kwargs.update(dropout=opts.dropout, use_fp16=opts.fp16)
     if opts.bf16:
         c.network_kwargs.use_bf16 = True

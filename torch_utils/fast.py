@@ -9,8 +9,16 @@ another. The choices below were measured with bench.py (docs/performance.md):
                               has no bfloat16, or where the        an AVX2 CPU (no AMX)
                               network was trained in float16)
     memory format             channels-last                        unchanged: no gain measured
-    torch.compile             training: network + loss;            no: compiling a small DDPM++ step
-                              sampling: the network                took 250 s and ran no faster
+    torch.compile             the network (training: forward and   no: compiling a small DDPM++ step
+                              backward; sampling: forward); the    took 250 s and ran no faster
+                              loss's random draws and the
+                              augmentation stay eager
+    [1, 1] resampling         average pooling and nearest-         the same
+                              neighbour upsampling instead of
+                              depthwise (transposed) convolutions
+    gradient clean-up         one foreach norm; non-finite values  the same
+                              replaced only when the norm says
+                              there are any
     TF32 matmuls/convolutions allowed                              -
     Adam                      fused kernel                         foreach kernels
     weight average (EMA)      one foreach lerp                     one foreach lerp
@@ -45,7 +53,10 @@ import torch
 class FastSettings:
     dtype:            str | None    # Network compute dtype: 'bfloat16', 'float16', or None for float32.
     channels_last:    bool          # Networks and their image inputs in channels-last memory format?
-    compile:          bool          # torch.compile the network (sampling) or network + loss (training)?
+    compile:          bool          # torch.compile the network (sampling and training)?
+    compile_backend:  str           # torch.compile backend: 'inductor'; 'aot_eager' needs no C compiler (tests).
+    compile_mode:     str | None    # torch.compile mode, e.g. 'max-autotune-no-cudagraphs'; None = the default.
+    pool_resample:    bool          # [1, 1] resampling filters as average pooling and nearest upsampling?
     tf32:             bool          # Allow TF32 in float32 matmuls and convolutions?
     optimizer:        str           # Adam implementation: 'fused' or 'foreach'.
     pin_memory:       bool          # Pinned host buffers and non-blocking copies?
@@ -58,11 +69,13 @@ def fast_settings(device: torch.device | str, **overrides: Any) -> FastSettings:
     device = torch.device(device)
     if device.type == 'cuda':
         bf16 = torch.cuda.is_bf16_supported()
-        settings = FastSettings(dtype='bfloat16' if bf16 else 'float16', channels_last=True, compile=True, tf32=True,
+        settings = FastSettings(dtype='bfloat16' if bf16 else 'float16', channels_last=True, compile=True,
+                                compile_backend='inductor', compile_mode=None, pool_resample=True, tf32=True,
                                 optimizer='fused', pin_memory=True, background_io=True, device_batch=True,
                                 stop_poll_steps=16)
     else:
-        settings = FastSettings(dtype=None, channels_last=False, compile=False, tf32=False, optimizer='foreach',
+        settings = FastSettings(dtype=None, channels_last=False, compile=False, compile_backend='inductor',
+                                compile_mode=None, pool_resample=True, tf32=False, optimizer='foreach',
                                 pin_memory=False, background_io=True, device_batch=False, stop_poll_steps=16)
     return dataclasses.replace(settings, **overrides)
 
@@ -88,6 +101,22 @@ def set_compute_dtype(net: torch.nn.Module, dtype: str | None) -> None:
     net.use_fp16 = dtype == 'float16'
     net.use_bf16 = dtype == 'bfloat16'
 
+# Resampling with EDM's [1, 1] filter (DDPM++) averages each 2x2 block when
+# downsampling and repeats each pixel 2x2 when upsampling: average pooling and
+# nearest-neighbour upsampling compute the same, without the grouped
+# (transposed) convolutions that cuDNN runs slowly. Set on the live network
+# like the compute dtype (training/networks.py, Conv2d.pool_resample).
+def set_pool_resample(net: torch.nn.Module, enabled: bool) -> None:
+    for module in net.modules():
+        fir = getattr(module, 'resample_filter', None)
+        if hasattr(module, 'pool_resample') and isinstance(fir, torch.Tensor):
+            module.pool_resample = enabled and fir.shape[-2:] == (2, 2) and bool((fir == 0.25).all())
+
+def compile_module(module: torch.nn.Module, settings: FastSettings, fullgraph: bool = True) -> torch.nn.Module:
+    """torch.compile(module) with the settings' backend and mode. `fullgraph` makes a graph break an
+    error rather than a silent fall-back to eager for part of the network."""
+    return torch.compile(module, backend=settings.compile_backend, mode=settings.compile_mode, fullgraph=fullgraph)
+
 def to_memory_format(module: torch.nn.Module, settings: FastSettings) -> torch.nn.Module:
     return module.to(memory_format=torch.channels_last) if settings.channels_last else module
 
@@ -108,9 +137,10 @@ def prepare_sampling_network(net: torch.nn.Module, settings: FastSettings) -> to
     if settings.tf32:
         set_tf32(True)
     set_compute_dtype(net, settings.dtype)
+    set_pool_resample(net, settings.pool_resample)
     net = to_memory_format(net, settings)
     if settings.compile:
-        net = torch.compile(net)
+        net = compile_module(net, settings)
     return net
 
 # Batches of a compiled network are padded to one size (repeating the last

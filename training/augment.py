@@ -106,8 +106,11 @@ def _downsample2x(images: torch.Tensor, taps: torch.Tensor, axis: int) -> torch.
 #----------------------------------------------------------------------------
 # The augmentation pipeline. Every augmentation is off by default; a positive
 # multiplier enables it, applied with probability multiplier * p per image.
-# EDM's train.py uses xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1,
-# translate_frac=1, which gives 9 labels per image.
+# EDM's train.py uses the multipliers of AUGMENTATIONS (train.py's --augment
+# sets p), which give AUGMENT_DIM labels per image.
+
+AUGMENTATIONS = dict(xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
+AUGMENT_DIM = 9
 
 @persistence.persistent_class
 class AugmentPipe:

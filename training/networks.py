@@ -73,6 +73,8 @@ class Linear(torch.nn.Module):
 
 @persistence.persistent_class
 class Conv2d(torch.nn.Module):
+    pool_resample = False  # Set on live networks by the fast path (torch_utils/fast.py); not a constructor option.
+
     def __init__(self,
         in_channels,                        # Channels of the input.
         out_channels,                       # Channels of the output.
@@ -110,7 +112,12 @@ class Conv2d(torch.nn.Module):
         pad_f = 0 if fir is None else (fir.shape[-1] - 1) // 2
         fused = self.fused_resample and w is not None
 
-        if self.up:
+        if self.up and self.pool_resample and not fused:
+            # The [1, 1] filter on the fast path: each pixel repeated 2x2 (the same numbers).
+            x = F.interpolate(x, scale_factor=2, mode='nearest')
+            if w is not None:
+                x = F.conv2d(x, w, padding=pad_w)
+        elif self.up:
             # Zero-stuff and filter each channel, then convolve. The fused variant
             # moves the convolution's padding into the transposed step, as EDM
             # does; that yields 2H-4 pixels for a 3x3 kernel, so no EDM network uses it.
@@ -124,7 +131,9 @@ class Conv2d(torch.nn.Module):
             x = F.conv2d(x, w, padding=pad_w + pad_f)
             x = F.conv2d(x, fir.tile([self.out_channels, 1, 1, 1]), groups=self.out_channels, stride=2)
         else:
-            if self.down:
+            if self.down and self.pool_resample:
+                x = F.avg_pool2d(x, 2)  # The [1, 1] filter on the fast path: the mean of each 2x2 block.
+            elif self.down:
                 x = F.conv2d(x, fir.tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=pad_f)
             if w is not None:
                 x = F.conv2d(x, w, padding=pad_w)

@@ -212,11 +212,12 @@ def _plain(config: Any) -> Any:
     return json.loads(json.dumps(config))
 
 # The 2-norm of all gradients together (torch.nn.utils.get_total_norm of
-# torch >= 2.6, written out for older versions).
+# torch >= 2.6, written out for older versions): the norms of all tensors in
+# one multi-tensor kernel, then the norm of those.
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.zeros([])
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach()) for t in tensors]))
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([t.detach() for t in tensors])))
 
 def _total(stats: training_stats.Collector, name: str) -> int:
     # Sum of a 0/1 statistic over the last tick (a count).
@@ -292,9 +293,14 @@ def training_step(
         group['lr'] = lr * lr_ramp
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     grad_norm = _total_norm(grads)
-    stats.report0('Loss/nonfinite_grad', (~torch.isfinite(grad_norm)).float())
-    for grad in grads:
-        torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5, out=grad)
+    nonfinite = ~torch.isfinite(grad_norm)
+    stats.report0('Loss/nonfinite_grad', nonfinite.float())
+    # EDM cleans every gradient; the fast path only when the norm shows a
+    # non-finite value (the same numbers: finite values pass unchanged), which
+    # costs one wait for the device instead of a kernel per parameter.
+    if fast is None or bool(nonfinite):
+        for grad in grads:
+            torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5, out=grad)
     optimizer.step()
 
     # Weight average.
@@ -309,13 +315,22 @@ def training_step(
         else:
             torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
 
-# The loss of a batch as training_step() wants it; compiled on the fast path
-# where the settings say so.
+# The loss of a batch as training_step() wants it. Where the fast path
+# compiles, it compiles the network (its forward and backward, 99% of the
+# step's arithmetic) and leaves the loss's random draws and the augmentation
+# eager: the augmentation's padding depends on the values drawn, which would
+# break the graph and recompile it at every step; eager, the random numbers
+# are also the faithful path's. One graph is compiled per run, with every
+# graph break an error (DDP's own bucket split aside).
 def loss_function(loss_fn: Callable, ddp: torch.nn.Module, augment_pipe: Any,
                   fast: FastSettings | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    net = ddp
+    if fast is not None and fast.compile:
+        is_ddp = isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+        net = fast_lib.compile_module(ddp, fast, fullgraph=not is_ddp)
     def compute_loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return loss_fn(net=ddp, images=images, labels=labels, augment_pipe=augment_pipe)
-    return torch.compile(compute_loss) if fast is not None and fast.compile else compute_loss
+        return loss_fn(net=net, images=images, labels=labels, augment_pipe=augment_pipe)
+    return compute_loss
 
 # The training data as an endless iterator of batches. The fast path keeps
 # the workers alive and pins their batches for non-blocking copies.
@@ -488,6 +503,7 @@ def training_loop(
     # (not its weight average) computes at the fast path's precision.
     if fast_settings is not None:
         fast_lib.set_compute_dtype(net, fast_settings.dtype)
+        fast_lib.set_pool_resample(net, fast_settings.pool_resample)
     ddp = net
     if torch.distributed.is_initialized() and world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
@@ -558,6 +574,10 @@ def training_loop(
 
     # Train.
     dist.print0(f'Training for {total_kimg:g} kimg' + (f', from {cur_nimg / 1000:g} kimg' if cur_nimg else '') + '...')
+    compiling = fast_settings is not None and fast_settings.compile
+    if compiling:
+        dist.print0(f'Compiling the network (torch.compile, {fast_settings.compile_backend}) at the first step: '
+                    'on a GPU this takes about a minute, once per run.')
     dist.print0()
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
     maintenance_time = tick_start_time - start_time
@@ -569,6 +589,8 @@ def training_loop(
             # One optimizer step; then, is this the end of a tick? The first tick
             # ends after one step.
             step(cur_nimg)
+            if compiling and num_steps == 0:  # The first step compiles.
+                dist.print0(f'The first step, with compiling, took {time.time() - tick_start_time:.1f} s.')
             if online is not None:  # Online SFBD: every few steps, denoise the next observations again.
                 online.after_step(net=net, ema=ema)
             cur_nimg += batch_size
