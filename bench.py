@@ -40,11 +40,16 @@ def _stage_list(_ctx: click.Context, _param: click.Parameter, value: str) -> lis
 @click.option('--path',         help='The path measured without --compare', type=click.Choice(bench.PATHS), default='fast', show_default=True)
 @click.option('--detector',     help=f'FID detector as in fid.py, or "{bench.STANDIN_DETECTOR}"  [default: Inception; the stand-in when it cannot be downloaded]', metavar='PT|PKL|URL', type=str, default=DEFAULT_DETECTOR)
 @click.option('--peak-tflops',  help='Peak TFLOP/s of the device for MFU  [default: known GPUs, else MFU is null]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True))
+@click.option('--augment',      help='Augmentation probability of the train stage, as train.py\'s --augment; 0 = none', metavar='FLOAT', type=FiniteFloat(min=0, max=1), default=0.12, show_default=True)
+@click.option('--set', 'overrides', help='Change one fast-path setting for an experiment, e.g. --set=pool_resample=false (torch_utils/fast.py FastSettings; repeatable)', metavar='KEY=VALUE', type=str, multiple=True)
+@click.option('--profile',      help='Add a torch.profiler breakdown of each path\'s training step (device time per kind of work) to its record', is_flag=True)
+@click.option('--timeout',      help='Longest warm-up of one stage and path (compiling included); past it, or past twice the timed blocks\' plan, bench stops with one line and writes every thread\'s stack to a file', metavar='SEC', type=FiniteFloat(min=0, min_open=True), default=900, show_default=True)
 @click.option('--json', 'json_path', help='Append one JSON record per stage and path to this file', metavar='FILE', type=str)
 @click.option('--markdown',     help='Measure nothing: print the records of this JSON-lines file as docs/performance.md\'s tables', metavar='FILE', type=click.Path(exists=True, dir_okay=False))
 @report_user_errors
 def main(what: list[str], device: str | None, config: str, batch: int | None, seconds: float, compare: bool,
-         path: str, detector: str, peak_tflops: float | None, json_path: str | None, markdown: str | None) -> None:
+         path: str, detector: str, peak_tflops: float | None, augment: float, overrides: tuple[str, ...],
+         profile: bool, timeout: float, json_path: str | None, markdown: str | None) -> None:
     """Benchmark training, denoising, generation and FID on this machine.
 
     \b
@@ -81,6 +86,7 @@ def main(what: list[str], device: str | None, config: str, batch: int | None, se
         raise UserError(str(e) if str(e).startswith('--device') else f'--device={device}: {e}') from None
     if json_path is not None:
         check_output_file(json_path, '--json')
+    fast_overrides = bench.parse_overrides(overrides)
     if 'fid' in what and detector not in (DEFAULT_DETECTOR, bench.STANDIN_DETECTOR) and not is_url(detector) \
             and not os.path.isfile(detector):
         raise UserError(f'--detector={detector}: no such file')
@@ -90,6 +96,8 @@ def main(what: list[str], device: str | None, config: str, batch: int | None, se
           f'{torch.get_num_threads()} threads (OMP_NUM_THREADS={threads})...', flush=True)
     records = bench.run_benchmark(what=what, device=device_obj, config=config, batch=batch, seconds=seconds,
                                   compare=compare, path=path, detector=detector, peak=peak_tflops,
+                                  fast_overrides=fast_overrides, augment=augment, profile=profile, timeout=timeout,
+                                  stall_dir=os.path.dirname(os.path.abspath(json_path)) if json_path else '.',
                                   log=lambda line: print(line, flush=True))
     print()
     print(bench.format_table(records))

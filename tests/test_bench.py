@@ -85,3 +85,40 @@ def test_peaks_and_cli_errors(tmp_path):
         assert result.exit_code in (1, 2) and message in result.output and 'Benchmarking' not in result.output, result.output
     result = CliRunner().invoke(bench_cli.main, ['--help'])
     assert result.exit_code == 0 and '--compare' in result.output and '--peak-tflops' in result.output
+
+#----------------------------------------------------------------------------
+# A measurement that does not end stops with one line naming the stage, the
+# path and the phase, and leaves every thread's stack in a file.
+
+def test_a_stalled_measurement_is_one_line_with_a_stack_file(tmp_path):
+    import time
+    stuck = bench.Runner('train', 'fast', 1, 'float32', run=lambda: time.sleep(30) or 1,
+                         numerics=bench.numerics_for('train', None))
+    start = time.perf_counter()
+    with pytest.raises(bench.UserError) as info:
+        bench.measure([stuck], torch.device('cpu'), seconds=0.1, warmup=1, timeout=0.5, stall_dir=str(tmp_path))
+    assert time.perf_counter() - start < 20
+    message = str(info.value)
+    assert 'bench: train on the fast path did not finish its warm-up within' in message and '\n' not in message
+    dump = tmp_path / 'bench-stalled-train-fast.txt'
+    assert str(dump) in message and 'test_bench.py' in dump.read_text()
+
+def test_settings_overrides_augmentation_profile_and_compile_counts(micro, tmp_path):
+    assert bench.parse_overrides(['pool_resample=false', 'compile_mode=none', 'stop_poll_steps=4', 'dtype=bfloat16']) == \
+        dict(pool_resample=False, compile_mode=None, stop_poll_steps=4, dtype='bfloat16')
+    for bad in ('pool_resample', 'no_such=1', 'compile=maybe', 'stop_poll_steps=x'):
+        with pytest.raises(bench.UserError, match=f'--set={bad}'):
+            bench.parse_overrides([bad])
+    records = bench.run_benchmark(what=['train'], device='cpu', config=micro, seconds=0.01, compare=True,
+                                  augment=0.5, profile=True, workdir=str(tmp_path), log=lambda line: None,
+                                  fast_overrides=dict(pool_resample=False))
+    for record in records:
+        assert record['augment'] == 0.5 and record['compiled_graphs'] == 0 and record['graph_breaks'] == 0
+        profile = record['profile']
+        assert profile['busy_ms_per_step'] > 0 and abs(sum(k['share'] for k in profile['kinds'].values()) - 1) < 1e-3
+        assert any(kind.startswith('conv') for kind in profile['kinds'])
+    assert records[1]['settings']['pool_resample'] is False
+    table = bench.format_table(records)
+    assert 'train fast profile:' in table and 'conv forward' in table
+    result = CliRunner().invoke(bench_cli.main, ['--device=cpu', '--set=nothing=1'])
+    assert result.exit_code == 1 and 'Error: --set=nothing=1' in result.output

@@ -1,6 +1,7 @@
 """torch_utils/fast.py: the fast path's settings, background I/O, batch padding and optimizer
 states, on the CPU."""
 
+import re
 import threading
 import time
 
@@ -144,3 +145,36 @@ def test_optimizer_states_cross_implementations(writer, reader):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# One compile per run: train.py --fast with every default that touches the
+# step (augmentation on, x-flips, class labels, the Online SFBD buffer)
+# compiles the network once, with no graph break, and never again. The CPU's
+# fast path does not compile, so the test turns compiling on with a backend
+# that needs no C compiler; graph breaks and recompilations are decided by
+# dynamo before any backend, so they are the GPU's.
+
+def test_train_fast_compiles_once_per_run(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from torch._dynamo.utils import counters
+
+    import train
+    from sfbd_helpers import make_image_dataset, make_observation_set, random_observations
+    make_image_dataset(str(tmp_path / 'clean'), 8, num_classes=2)
+    make_observation_set(str(tmp_path / 'noisy'), random_observations(8, sigma=0.5), labels=[0, 1] * 4)
+    settings = fast_lib.fast_settings
+    monkeypatch.setattr(fast_lib, 'fast_settings', lambda device, **kw: settings(
+        device, **dict(dict(compile=True, compile_backend='aot_eager'), **kw)))
+    monkeypatch.setattr(torch, 'get_num_threads', torch.get_num_threads)
+    torch.set_num_threads(1)
+    torch._dynamo.reset()
+    counters.clear()
+    args = ['--outdir', tmp_path / 'out', '--data', tmp_path / 'clean', '--noisy', tmp_path / 'noisy', '--cond=1',
+            '--xflip=1', '--augment=0.5', '--arch=ddpmpp', '--cbase=16', '--cres=1', '--batch=8', '--duration=0.00008',
+            '--tick=1', '--refresh-every=2', '--refresh-batch=4', '--seed=1', '--workers=1', '--fast', '--nosubdir']
+    result = CliRunner().invoke(train.main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert 'Compiling the network' in result.output and 'The first step, with compiling, took' in result.output
+    assert len(re.findall(r'^tick ', result.output, flags=re.M)) == 2  # 10 steps, refreshes among them.
+    assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
+    assert not counters['graph_break'], dict(counters['graph_break'])

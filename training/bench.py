@@ -3,7 +3,8 @@
 Stages (`what`):
 
 train     training_loop.training_step(): batches of a zip dataset of PNGs through the data loader
-          (train.py's loader options; augmentation off), EDM's loss, backward, Adam, weight average.
+          (train.py's loader options), EDM's loss with train.py's augmentation (--augment, default
+          0.12 as in train.py), backward, Adam, weight average.
 denoise   sfbd.denoising.denoise_images(): denoise.py's backward sampling of an observation set
           (sigma 0.59 on EDM's 18-step grid: 8 steps, 15 network evaluations), PNGs written.
 generate  training.generation.generate_to_dir(): generate.py's EDM sampler (18 steps, 35
@@ -34,13 +35,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import _thread
 import datetime
+import faulthandler
 import functools
 import io
 import json
 import os
 import platform
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -62,6 +66,7 @@ from torch_utils import frechet, misc, training_stats
 from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
 from torch_utils.fast import FastSettings
 from training import training_loop
+from training.augment import AUGMENT_DIM, AUGMENTATIONS, AugmentPipe
 from training.fid_stats import FeatureStats, append_json, calculate_fid_from_inception_stats
 from training.generation import generate_to_dir
 from training.loss import EDMLoss
@@ -231,11 +236,13 @@ def numerics_for(what: str, fast: FastSettings | None) -> dict[str, bool]:
 def uses_tf32(runner: Runner) -> bool:
     return runner.numerics['matmul_tf32'] or runner.numerics['cudnn_tf32']
 
-def _network(config: str, device: torch.device, use_fp16: bool = False, seed: int = 0) -> EDMPrecond:
+def _network(config: str, device: torch.device, use_fp16: bool = False, seed: int = 0,
+             augment_dim: int = 0) -> EDMPrecond:
     cfg = CONFIGS[config]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = EDMPrecond(img_resolution=cfg['resolution'], img_channels=3, use_fp16=use_fp16, **cfg['network'])
+        net = EDMPrecond(img_resolution=cfg['resolution'], img_channels=3, use_fp16=use_fp16, augment_dim=augment_dim,
+                         **cfg['network'])
     return net.to(device)
 
 def _compute_dtype(net: torch.nn.Module, device: torch.device) -> str:
@@ -249,14 +256,16 @@ def _compute_dtype(net: torch.nn.Module, device: torch.device) -> str:
 # (--fp16=1), the reference the fast path is compared with.
 
 def train_runner(config: str, path: str, device: torch.device, batch: int, data_zip: str,
-                 fast: FastSettings | None) -> Runner:
+                 fast: FastSettings | None, augment: float = 0) -> Runner:
     dataset_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data_zip, use_labels=False,
                           xflip=False, cache=True)
     data_loader_kwargs = dict(pin_memory=(device.type == 'cuda'), num_workers=1, prefetch_factor=2,
                               multiprocessing_context='spawn')
     dataset_obj = misc.construct_class_by_name(**dataset_kwargs)
     sampler = misc.InfiniteSampler(dataset=dataset_obj, seed=0)
-    net = _network(config, device, use_fp16=(fast is None and device.type == 'cuda')).train().requires_grad_(True)
+    net = _network(config, device, use_fp16=(fast is None and device.type == 'cuda'),
+                   augment_dim=AUGMENT_DIM if augment > 0 else 0).train().requires_grad_(True)
+    augment_pipe = AugmentPipe(p=augment, **AUGMENTATIONS) if augment > 0 else None
     if fast is not None:
         net = fast_lib.to_memory_format(net, fast)
     optimizer = torch.optim.Adam(net.parameters(), lr=CONFIGS[config]['lr'], betas=[0.9, 0.999], eps=1e-8,
@@ -264,10 +273,11 @@ def train_runner(config: str, path: str, device: torch.device, batch: int, data_
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     if fast is not None:
         fast_lib.set_compute_dtype(net, fast.dtype)
+        fast_lib.set_pool_resample(net, fast.pool_resample)
     batches = training_loop.start_data_loader(dataset_obj, sampler, batch, data_loader_kwargs, fast=fast)
     step = functools.partial(
         training_loop.training_step, ddp=net, net=net, ema=ema, optimizer=optimizer, batches=batches,
-        compute_loss=training_loop.loss_function(EDMLoss(), net, None, fast), sampler=sampler,
+        compute_loss=training_loop.loss_function(EDMLoss(), net, augment_pipe, fast), sampler=sampler,
         stats=training_stats.Collector(), device=device, batch_size=batch, batch_gpu=batch, num_accumulation_rounds=1,
         loss_scaling=1, lr=CONFIGS[config]['lr'], lr_rampup_kimg=10000, ema_halflife_kimg=500, ema_rampup_ratio=0.05,
         fast=fast)
@@ -276,7 +286,8 @@ def train_runner(config: str, path: str, device: torch.device, batch: int, data_
         step(seen[0])
         seen[0] += batch
         return batch
-    return Runner('train', path, batch, _compute_dtype(net, device), run, numerics_for('train', fast))
+    return Runner('train', path, batch, _compute_dtype(net, device), run, numerics_for('train', fast),
+                  extra=dict(augment=augment))
 
 def train_flops(config: str, device: torch.device) -> float:
     """FLOPs per image of a training step: the loss's forward and backward pass."""
@@ -394,30 +405,163 @@ def synchronize(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
-def measure(runners: Sequence[Runner], device: torch.device, seconds: float, warmup: int) -> None:
+class Stalled(Exception):
+    """A measurement ran past its limit (raised in the main thread by watchdog())."""
+
+@contextlib.contextmanager
+def watchdog(limit: float, dump_path: str) -> Iterator[None]:
+    """Raise Stalled in the calling (main) thread if the block runs longer than `limit` seconds, after
+    writing the stack of every thread to `dump_path`: a compile that never ends, or a device that
+    hangs, becomes one line and a file to read instead of a silent wait."""
+    fired, stop = threading.Event(), threading.Event()
+    def wait() -> None:
+        if stop.wait(limit):
+            return
+        with open(dump_path, 'w', encoding='utf-8') as f:
+            faulthandler.dump_traceback(file=f, all_threads=True)
+        fired.set()
+        if hasattr(signal, 'pthread_kill'):  # A signal also ends a blocking call such as a sleep.
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        else:
+            _thread.interrupt_main()
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if fired.is_set():
+            raise Stalled() from None
+        raise
+    finally:
+        stop.set()
+        thread.join()
+
+# torch.compile's own count of compiled graphs and graph breaks so far.
+def compile_counts() -> tuple[int, int]:
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0, 0
+    return int(counters['stats']['unique_graphs']), int(sum(counters['graph_break'].values()))
+
+def measure(runners: Sequence[Runner], device: torch.device, seconds: float, warmup: int,
+            timeout: float = 900, stall_dir: str = '.') -> None:
     """Warm every runner up, then time them in alternating blocks of about seconds / 8 (at least one
-    unit each) until each has run `seconds` and, when there are several, two blocks."""
+    unit each) until each has run `seconds` and, when there are several, two blocks. A warm-up may
+    take `timeout` seconds; the blocks together twice their planned time plus a margin of a minute
+    and a few units. Past that, UserError names the stage, path and phase, with the stacks in a file."""
+    def run_bounded(runner: Runner, phase: str, limit: float, body: Callable[[], None]) -> None:
+        dump = os.path.join(stall_dir, f'bench-stalled-{runner.what}-{runner.path}.txt')
+        try:
+            with watchdog(limit, dump):
+                body()
+        except Stalled:
+            raise UserError(f'bench: {runner.what} on the {runner.path} path did not finish its {phase} within '
+                            f'{limit:.0f} s; the stack of every thread is in {dump}') from None
+    unit_s = 0.0
+    compile_counts()  # Imports dynamo now, outside any time limit.
     for runner in runners:
-        set_numerics(runner.numerics)
-        start = time.perf_counter()
-        for _ in range(warmup):
+        def warm_up(runner: Runner = runner) -> None:
+            nonlocal unit_s
+            graphs, breaks = compile_counts()
+            set_numerics(runner.numerics)
+            start = time.perf_counter()
+            for i in range(warmup):
+                unit_start = time.perf_counter()
+                runner.run()
+                synchronize(device)
+                if i == warmup - 1:
+                    unit_s = max(unit_s, time.perf_counter() - unit_start)
+            runner.warmup_s = time.perf_counter() - start
+            after = compile_counts()
+            runner.extra.update(compiled_graphs=after[0] - graphs, graph_breaks=after[1] - breaks)
+        run_bounded(runner, 'warm-up', timeout, warm_up)
+    def blocks() -> None:
+        count = 0
+        while any(r.seconds < seconds for r in runners) or (len(runners) > 1 and count < 2):
+            for runner in runners:
+                set_numerics(runner.numerics)
+                graphs, breaks = compile_counts()
+                with peak_memory(device) as peak:
+                    start = time.perf_counter()
+                    while True:
+                        runner.images += runner.run()
+                        if time.perf_counter() - start >= seconds / 8:
+                            break
+                    synchronize(device)
+                    runner.seconds += time.perf_counter() - start
+                runner.peak_bytes = max(runner.peak_bytes, peak[0])
+                after = compile_counts()  # Compiling after the warm-up: a recompilation.
+                runner.extra['recompiled_graphs'] = runner.extra.get('recompiled_graphs', 0) + after[0] - graphs
+                runner.extra['graph_breaks'] = runner.extra.get('graph_breaks', 0) + after[1] - breaks
+            count += 1
+    limit = 2 * seconds * len(runners) + 60 + 4 * unit_s * len(runners)
+    run_bounded(runners[-1], f'timed blocks ({", ".join(r.path for r in runners)})', limit, blocks)
+
+#----------------------------------------------------------------------------
+# Where a training step's time goes: torch.profiler over a few steps after
+# the warm-up, device time summed per kind of work. Kernels are sorted into
+# kinds by name (cuDNN's and cuBLAS's names say fprop, dgrad or wgrad;
+# Triton's generated kernels carry the names of the operations they fuse);
+# on the CPU the operators' own time is sorted the same way.
+
+PROFILE_KINDS: list[tuple[str, tuple[str, ...]]] = [
+    ('conv wgrad',        ('wgrad', 'convolution_backward_weight')),
+    ('conv dgrad',        ('dgrad',)),
+    ('conv backward',     ('convolution_backward',)),  # The CPU's operator: dgrad and wgrad together.
+    ('conv forward',      ('fprop', 'convolve', 'conv2d', 'convolution', 'conv_transpose', 'depthwise', 'grouped_direct')),
+    ('matmul',            ('gemm', 'nvjet', 'cutlass', 'mm', 'bmm', 'addmm', 'linear')),
+    ('optimizer and EMA', ('adam', 'multi_tensor', 'foreach', 'lerp', 'nan_to_num')),
+    ('normalisation',     ('group_norm', 'groupnorm', 'layer_norm', 'batch_norm', 'norm_')),
+    ('copies and data',   ('memcpy', 'memset', 'copy_', 'to_copy', 'pin_memory')),
+    ('layout changes',    ('nchwtonhwc', 'nhwctonchw', 'transpose', 'permute', 'contiguous')),
+    ('resampling',        ('pool', 'upsample', 'interpolate', 'grid_sampler', 'reflection_pad')),
+    ('elementwise and fused', ('elementwise', 'vectorized', 'triton', 'reduce', 'unrolled', 'silu', 'mul', 'add', 'where')),
+]
+
+def profile_kind(name: str) -> str:
+    lower = name.lower()
+    for kind, needles in PROFILE_KINDS:
+        if any(needle in lower for needle in needles):
+            return kind
+    return 'other'
+
+def profile_runner(runner: Runner, device: torch.device, steps: int = 5, top: int = 12) -> dict[str, Any]:
+    """Device time per step of `runner` (warmed up already) by kind, with the largest items, over
+    `steps` units; on the CPU the operators' self time."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    set_numerics(runner.numerics)
+    synchronize(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
             runner.run()
         synchronize(device)
-        runner.warmup_s = time.perf_counter() - start
-    blocks = 0
-    while any(r.seconds < seconds for r in runners) or (len(runners) > 1 and blocks < 2):
-        for runner in runners:
-            set_numerics(runner.numerics)
-            with peak_memory(device) as peak:
-                start = time.perf_counter()
-                while True:
-                    runner.images += runner.run()
-                    if time.perf_counter() - start >= seconds / 8:
-                        break
-                synchronize(device)
-                runner.seconds += time.perf_counter() - start
-            runner.peak_bytes = max(runner.peak_bytes, peak[0])
-        blocks += 1
+    wall_ms = (time.perf_counter() - start) / steps * 1e3
+    items: dict[str, float] = {}
+    for event in prof.key_averages():
+        if device.type == 'cuda':
+            if str(getattr(event, 'device_type', '')).endswith('CUDA'):
+                us = getattr(event, 'self_device_time_total', None) or getattr(event, 'self_cuda_time_total', 0)
+            else:
+                continue
+        elif event.key.startswith('aten::'):
+            us = event.self_cpu_time_total
+        else:
+            continue
+        items[event.key] = items.get(event.key, 0.0) + us / 1e3 / steps
+    kinds: dict[str, float] = {}
+    for name, ms in items.items():
+        kind = profile_kind(name)
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+    busy = sum(kinds.values())
+    largest = sorted(items.items(), key=lambda kv: -kv[1])[:top]
+    return dict(wall_ms_per_step=round(wall_ms, 3), busy_ms_per_step=round(busy, 3),
+                idle_share=round(max(1 - busy / wall_ms, 0), 4) if device.type == 'cuda' else None,
+                kinds={k: dict(ms=round(v, 3), share=round(v / busy, 4) if busy else 0)
+                       for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+                largest=[dict(name=name[:120], kind=profile_kind(name), ms=round(ms, 3)) for name, ms in largest])
 
 #----------------------------------------------------------------------------
 # Image differences between the two paths: the PNGs both wrote for the same
@@ -455,6 +599,35 @@ def frechet_records(dim: int = 2048, samples: int = 4096) -> list[dict[str, Any]
     return records
 
 #----------------------------------------------------------------------------
+# --set KEY=VALUE: one field of FastSettings, its value read as the field's type.
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(FastSettings)}
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition('=')
+        key = key.strip().replace('-', '_')
+        if not sep or key not in fields:
+            raise UserError(f'--set={item}: expected KEY=VALUE with KEY one of {", ".join(fields)}')
+        kind = str(fields[key].type)
+        lowered = text.strip().lower()
+        if kind.startswith('bool'):
+            if lowered not in ('true', 'false', '1', '0', 'yes', 'no'):
+                raise UserError(f'--set={item}: {key} is true or false')
+            value: Any = lowered in ('true', '1', 'yes')
+        elif kind.startswith('int'):
+            try:
+                value = int(text)
+            except ValueError:
+                raise UserError(f'--set={item}: {key} is a whole number') from None
+        elif lowered in ('none', 'null', '') and 'None' in kind:
+            value = None
+        else:
+            value = text.strip()
+        overrides[key] = value
+    return overrides
+
+#----------------------------------------------------------------------------
 # The benchmark: every requested stage, on one or both paths; one record per
 # stage and path.
 
@@ -470,6 +643,10 @@ def run_benchmark(
     peak:         float | None = None,      # Peak TFLOP/s for MFU; None = from PEAK_TFLOPS.
     workdir:      str | None = None,        # Scratch folder; None = a temporary one, deleted after.
     fast_overrides: dict | None = None,     # Changes to the device's fast settings (tests, experiments).
+    augment:      float = 0.12,             # train: augmentation probability (train.py's --augment); 0 = none.
+    profile:      bool = False,             # train: add a profile of each path's step (profile_runner) to its record.
+    timeout:      float = 900,              # Longest warm-up of one path (compiling included), in seconds.
+    stall_dir:    str | None = None,        # Where the stacks of a stalled measurement go; None = the temp folder.
     log:          Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -478,6 +655,8 @@ def run_benchmark(
         raise UserError(f'--what: unknown stage "{unknown[0]}"; choose from {", ".join(STAGES + EXTRA_STAGES)}')
     if config not in CONFIGS:
         raise UserError(f'--config: unknown configuration "{config}"; choose from {", ".join(CONFIGS)}')
+    if not 0 <= augment <= 1:
+        raise UserError(f'--augment={augment}: a probability between 0 and 1')
     paths = PATHS if compare else (path,)
     settings = fast_lib.fast_settings(device, **(fast_overrides or {}))
     common = dict(config=config, device=str(device), device_name=device_name(device),
@@ -504,7 +683,7 @@ def run_benchmark(
                     if not os.path.isfile(data_zip):
                         write_image_zip(data_zip, 256, resolution)
                     runners.append(train_runner(config, p, device, batch or default_batch(config, 'train', device),
-                                                data_zip, fast))
+                                                data_zip, fast, augment=augment))
                 elif stage in ('denoise', 'generate'):
                     runners.append(sampling_runner(stage, config, p, device, batch, workdir, fast))
                 else:
@@ -522,7 +701,12 @@ def run_benchmark(
             else:
                 flop_per_img = sampling_flops(stage, config, device, workdir)
             log(f'{stage}: measuring {seconds:g} s per path after the warm-up...')
-            measure(runners, device, seconds, warmup=2 if stage == 'train' else 1)
+            measure(runners, device, seconds, warmup=2 if stage == 'train' else 1, timeout=timeout,
+                    stall_dir=stall_dir or tempfile.gettempdir())
+            if profile and stage == 'train':
+                for runner in runners:
+                    log(f'train: profiling the {runner.path} path...')
+                    runner.extra['profile'] = profile_runner(runner, device)
             finished = runners[0].finish() if runners[0].finish is not None else {}  # The same code for both paths.
             for runner in runners:
                 img_per_s = runner.images / runner.seconds
@@ -578,10 +762,21 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     lines = ['  '.join(cell.rjust(w) if i >= 5 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
     for record in records:
+        if 'profile' in record:
+            lines.append(format_profile(record))
+    for record in records:
         if record['what'] == 'frechet':
             lines.append(f'frechet ({record["dim"]} features, {record["formula"]}): {record["seconds"]:.2f} s'
                          + (f', {record["speedup"]:.1f}x faster, relative difference {record["rel_diff"]:.1e}'
                             if 'speedup' in record else ''))
+    return '\n'.join(lines)
+
+def format_profile(record: dict[str, Any]) -> str:
+    prof = record['profile']
+    idle = f', device idle {prof["idle_share"]:.0%}' if prof.get('idle_share') is not None else ''
+    lines = [f'{record["what"]} {record["path"]} profile: {prof["wall_ms_per_step"]:.1f} ms per step, '
+             f'{prof["busy_ms_per_step"]:.1f} ms busy{idle}']
+    lines += [f'  {kind:<24s} {v["ms"]:8.2f} ms  {v["share"]:6.1%}' for kind, v in prof['kinds'].items()]
     return '\n'.join(lines)
 
 #----------------------------------------------------------------------------
