@@ -97,16 +97,24 @@ def detector_options(func: Callable) -> Callable:
         func = option(func)
     return func
 
-# Join the process group and load the detector (rank 0 downloads first).
-def _setup(device_name: str | None, detector: str, detector_sha256: str | None,
-           fast: bool = False) -> tuple[torch.device, Detector]:
+# Join the process group, then load the detector (rank 0 downloads first). The
+# commands read every other input in between, so that a bad one is not
+# reported as a detector that cannot be had.
+def _init_device(device_name: str | None) -> torch.device:
     device = dist.resolve_device(device_name)
     dist.init(device)
+    return device
+
+def _load_detector(device: torch.device, detector: str, detector_sha256: str | None, fast: bool = False) -> Detector:
     dist.print0(f'Reading detector "{detector}"...')
     settings = fast_lib.fast_settings(device) if fast else None
     with rank0_first():
-        det = load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0), fast=settings)
-    return device, det
+        return load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0), fast=settings)
+
+def _setup(device_name: str | None, detector: str, detector_sha256: str | None,
+           fast: bool = False) -> tuple[torch.device, Detector]:
+    device = _init_device(device_name)
+    return device, _load_detector(device, detector, detector_sha256, fast)
 
 #----------------------------------------------------------------------------
 # The seed sets of --network, one per repeat: --seeds split into consecutive
@@ -205,12 +213,18 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
         claim = OutputClaim(outdir, '--outdir', OPTIONS_FNAME, images_record, command='fid.py calc',
                             has_outputs=lambda: any_file(outdir, ['.png']))
 
-    # The images, the detector and the reference statistics, all before the long part.
+    # The images, the reference statistics, the network files, then the detector: all before the
+    # long part, and the detector (a download) last, so that a bad input is named as such.
     dataset = open_image_dataset(image_path) if image_path is not None else None
-    device_obj, det = _setup(device, detector, detector_sha256, fast)
+    device_obj = _init_device(device)
     dist.print0(f'Reading reference statistics "{ref_path}"...')
     with rank0_first():
         mu_ref, sigma_ref = load_ref_stats(ref_path)
+    if network is not None:
+        missing = [pkl for pkl in pkls if not is_url(pkl) and not os.path.isfile(pkl)]
+        if missing:
+            raise UserError(f'--network={missing[0]}: no such file')
+    det = _load_detector(device_obj, detector, detector_sha256, fast)
 
     def check_dim(image_shape: Sequence[int]) -> int:
         dim = det.feature_dim(image_shape)

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from dnnlib.outputs import check_apart, check_output_dir, check_output_file
+from dnnlib.outputs import check_apart, check_output_dir, check_replaced_file
 from dnnlib.util import UserError, parse_int_list, report_user_errors
 from sfbd import memorization as mem
 from torch_utils import distributed as dist
@@ -76,7 +76,7 @@ def main(image_path: str | None, network_pkl: str | None, seeds: list[int] | Non
     check_apart([(json_path, '--json')], inputs)  # The JSON may go into --outdir.
     check_apart([(outdir, '--outdir')], inputs)
     if json_path is not None:
-        check_output_file(json_path, '--json')
+        check_replaced_file(json_path, '--json', 'memorization.py', mem.is_result_file)  # Only our own earlier output.
     if outdir is not None:
         check_output_dir(outdir, '--outdir', 'memorization.py', FIGURES + [os.path.basename(json_path or FIGURES[0])])
     device_obj = dist.resolve_device(device)

@@ -49,6 +49,12 @@ class FiniteFloat(click.FloatRange):
         super().__init__(min=min, max=max, min_open=min_open, max_open=max_open)
         self.allow_inf = allow_inf
 
+    def _describe_range(self) -> str:
+        # Click writes an unbounded range as "x<=None"; without bounds the help shows no range.
+        if self.min is None and self.max is None:
+            return ''
+        return super()._describe_range()
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         result = super().convert(value, param, ctx)
         if math.isnan(result) or (math.isinf(result) and not self.allow_inf):

@@ -5,6 +5,7 @@ The rules, checked before any work is done:
 - An output never is, lies inside or contains one of the command's inputs, or another of its
   outputs (`check_apart`).
 - An output file is not a directory, and its folder can be made and written (`check_output_file`).
+  One that the command replaces as a whole may only replace its own earlier output (`check_replaced_file`).
 - An output folder is new, empty, or one that the same command made before: it holds the
   command's record (e.g. `denoise_options.json`). A dataset, an observation set or any other
   folder with files in it is refused (`check_output_dir`).
@@ -94,6 +95,14 @@ def check_output_file(path: str, option: str) -> None:
     _check_parent(path, option)
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UserError(f'{option}={path}: is not writable')
+
+def check_replaced_file(path: str, option: str, command: str, is_own: Callable[[str], bool]) -> None:
+    """An output file that the command replaces as a whole: `check_output_file`, and a file already
+    there must be the command's own earlier output (`is_own(path)`); any other file is refused."""
+    check_output_file(path, option)
+    if os.path.exists(path) and not is_own(path):
+        raise UserError(f'{option}={path}: exists and is not an output of {command}; choose a new file name '
+                        'or delete it')
 
 def check_output_dir(path: str, option: str, command: str | None = None,
                      markers: Sequence[str] = ()) -> None:

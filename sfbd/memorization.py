@@ -253,6 +253,22 @@ def save_json(path: str, record: dict) -> None:
     with atomic_write(path, 'w') as f:
         json.dump(record, f, indent=1)
 
+# What a rerun may replace: a JSON object with the keys of `result_record`.
+# Anything else (another JSON file, a dataset, a figure) is not ours.
+RESULT_KEYS = frozenset(['num_images', 'num_copies', 'features', 'threshold', 'criterion', 'reference_sets', 'images'])
+
+def is_result_file(path: str) -> bool:
+    """Is `path` a --json output of memorization.py?"""
+    try:
+        with open(path, 'rb') as f:
+            if not f.read(64).lstrip().startswith(b'{'):
+                return False  # Not even a JSON object: not read further.
+            f.seek(0)
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and RESULT_KEYS <= record.keys()
+
 # Side by side, with a one-pixel white gap: [C, H, 2W+1] -> [H, 2W+1, C].
 def _pair(sample: np.ndarray, reference: np.ndarray) -> np.ndarray:
     gap = np.full([sample.shape[0], sample.shape[1], 1], 255, dtype=np.uint8)

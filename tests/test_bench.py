@@ -1,6 +1,7 @@
 """bench.py and training/bench.py: every stage on both paths with a micro configuration, the
 record fields, the table and the JSON lines, on the CPU."""
 
+import functools
 import json
 import warnings
 
@@ -59,13 +60,23 @@ def test_every_stage_on_both_paths(micro, tmp_path):
     written = [json.loads(line) for line in (tmp_path / 'out.jsonl').read_text().splitlines()]
     assert len(written) == len(records) and written[0]['command'] == 'python bench.py ...'
 
-def test_one_path_unknown_peak_and_the_standin(micro, tmp_path):
+def test_one_path_unknown_peak_and_the_standin(micro, tmp_path, monkeypatch):
     records = bench.run_benchmark(what=['generate'], device='cpu', config=micro, seconds=0.01, path='faithful',
                                   workdir=str(tmp_path), log=lambda _line: None)
     (record,) = records
     assert record['path'] == 'faithful' and record['mfu'] is None and 'speedup' not in record
     detector, name = bench.open_detector(bench.STANDIN_DETECTOR, torch.device('cpu'), None)
     assert name == bench.STANDIN_NAME and detector.features(torch.zeros([2, 3, 8, 8], dtype=torch.uint8)).shape == (2, 2048)
+
+    # FID timed with the stand-in (16 features here: cheap statistics): the console table marks the
+    # row and says so below it.
+    monkeypatch.setattr(bench, 'StandInDetector', functools.partial(bench.StandInDetector, dim=16, width=8))
+    (record,) = bench.run_benchmark(what=['fid'], device='cpu', config=micro, seconds=0.01, path='faithful',
+                                    detector=bench.STANDIN_DETECTOR, workdir=str(tmp_path), log=lambda _line: None)
+    table = bench.format_table([record]).splitlines()
+    assert record['detector'] == bench.STANDIN_NAME and table[1].split()[:2] == ['fid*', 'faithful']
+    assert table[-1] == f'* fid: the detector was the {bench.STANDIN_NAME}; Inception\'s timings differ'
+    assert bench.format_table(records).splitlines()[-1].split()[0] == 'generate'  # Other stages: no note.
 
 def test_frechet_formulas():
     faithful, fast = bench.frechet_records(dim=64, samples=256)

@@ -292,6 +292,16 @@ def test_unreachable_url_fails_fast(files):
     assert_one_line_error(result, 'http://127.0.0.1:9/ref.npz')
     assert time.time() - start < 20
 
+def test_inputs_are_checked_before_the_detector(files, tmp_path):
+    # Offline (the detector cannot be reached), a typo in --ref or --network is named as such.
+    detector = '--detector=http://127.0.0.1:9/x.pt'
+    typo = str(tmp_path / 'refs' / 'a.nzp')
+    result = run('calc', f'--images={files["a"]}', f'--ref={typo}', '--num=40', detector, '--device=cpu', ok=False)
+    assert_one_line_error(result, f'{typo}: no such file')
+    pkl = str(tmp_path / 'network-snapshot-000001.pk')
+    result = run('calc', f'--network={pkl}', f'--ref={files["ref_a"]}', '--num=2', detector, '--device=cpu', ok=False)
+    assert_one_line_error(result, f'--network={pkl}: no such file')
+
 def test_sha256_mismatch(files, tmp_path, monkeypatch):
     result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', *common(files),
                  '--detector-sha256=' + '0' * 64, ok=False)

@@ -145,6 +145,27 @@ def test_network_samples(tmp_path):
     assert [e['nearest'] for e in record['images']] == [f'00000/img{i:08d}.png' for i in range(8)]
 
 #----------------------------------------------------------------------------
+# --json replaces only memorization.py's own earlier output; any other file
+# already there (another JSON file, a dataset zip) is refused and kept.
+
+def test_json_replaces_only_its_own_output(sets, tmp_path):
+    other_json, other_zip = tmp_path / 'results.json', tmp_path / 'data.zip'
+    other_json.write_text('{"fid": 2.0}')
+    other_zip.write_bytes(b'PK\x05\x06' + bytes(18))
+    for path in (other_json, other_zip):
+        before = path.read_bytes()
+        result = run('--images', sets['samples'], '--train', sets['refs'], '--json', path, '--device=cpu')
+        assert result.exit_code == 1, result.output
+        assert f'Error: --json={path}: exists and is not an output of memorization.py' in result.output
+        assert path.read_bytes() == before
+    own = tmp_path / 'own.json'
+    for threshold in ('0.5', '1'):  # A rerun with other options replaces its own record.
+        result = run('--images', sets['samples'], '--train', sets['refs'], '--json', own, f'--threshold={threshold}')
+        assert result.exit_code == 0, result.output
+        assert json.loads(own.read_text())['threshold'] == float(threshold)
+    assert sorted(os.listdir(tmp_path)) == ['data.zip', 'own.json', 'results.json']  # No temporaries left.
+
+#----------------------------------------------------------------------------
 # Bad input: one line naming the culprit, nothing written.
 
 @pytest.mark.parametrize('make, args, message', [

@@ -1,11 +1,13 @@
 """Network pickles: EDM's layout, the data-only loader, hostile files and clear errors."""
 
+import codecs
 import functools
 import http.server
 import os
 import pickle
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +133,35 @@ def test_other_callables_are_refused(tmp_path):
     with pytest.raises(UserError, match=r'refusing to load "(posix|os|nt)\.system"'):
         persistence.load_network_pickle(str(path))
     assert not marker.exists()
+
+#----------------------------------------------------------------------------
+# Pickle protocol 2 (torch.save's) writes byte strings, such as the bytes of
+# the numpy scalars in EDM's networks, as `_codecs.encode(text, 'latin1')`:
+# read as data in exactly that form; any other codec call is refused.
+
+class CodecCall:
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        return (codecs.encode, self.args)
+
+def test_protocol2_byte_strings_are_data(tmp_path):
+    net = tiny_net()
+    net.model.enc['8x8_block0'].skip_scale = np.sqrt(0.5)  # As EDM's SongUNet holds it.
+    path = tmp_path / 'protocol2.pkl'
+    path.write_bytes(pickle.dumps(dict(ema=net, raw=b'\x00\xff', empty=b''), protocol=2))
+    assert b'_codecs\nencode' in path.read_bytes()
+    data = persistence.load_network_pickle(str(path))
+    assert data['raw'] == b'\x00\xff' and data['empty'] == b''
+    assert torch.equal(outputs(data['ema']), outputs(net))
+
+@pytest.mark.parametrize('args', [('x', 'rot13'), ('x', 'utf-8'), (b'x', 'latin1'), ('x', 'latin1', 'strict')])
+def test_other_codec_calls_are_refused(tmp_path, args):
+    path = tmp_path / 'codec.pkl'
+    path.write_bytes(pickle.dumps(dict(ema=tiny_net(), x=CodecCall(*args)), protocol=2))
+    with pytest.raises(UserError, match='codec.pkl: refusing to load "_codecs.encode" other than for protocol 2.s latin-1'):
+        persistence.load_network_pickle(str(path))
 
 #----------------------------------------------------------------------------
 # Clear errors.

@@ -5,12 +5,14 @@ and --transfer between networks of different label dimensions (training/training
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickletools
 import unittest.mock
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -48,6 +50,26 @@ class RunsCode:
     def __reduce__(self):
         return (os.system, (f'touch {self.marker}',))
 
+def with_edm_numpy_scalars(net: torch.nn.Module) -> torch.nn.Module:
+    """Give `net` the numpy scalars EDM's SongUNet holds: EDM computes the blocks' skip_scale as
+    `np.sqrt(0.5)` and the attention layers' init_weight as `np.sqrt(0.2)` (numpy float64), which
+    stay in the blocks' attributes and recorded constructor arguments. torch.save's pickle protocol 2
+    writes their bytes through `_codecs.encode`."""
+    numpy_value = {math.sqrt(0.5): np.sqrt(0.5), math.sqrt(0.2): np.sqrt(0.2)}
+
+    def swap(value):
+        if isinstance(value, dict):
+            return type(value)({k: swap(v) for k, v in value.items()})
+        if isinstance(value, float) and value in numpy_value:
+            return numpy_value[value]
+        return value
+    for module in net.modules():
+        if hasattr(module, 'skip_scale'):
+            module.skip_scale = swap(module.skip_scale)
+        if hasattr(module, '_init_kwargs'):
+            module._init_kwargs = swap(module._init_kwargs)
+    return net
+
 def tiny_network_kwargs() -> dict:
     return dict(train.ARCHITECTURES['ddpmpp'], class_name='training.networks.EDMPrecond', model_channels=16,
                 channel_mult=[1], augment_dim=9, dropout=0.13, use_fp16=False)
@@ -81,11 +103,13 @@ def make_edm_run(root: Path, marker: Path, lr: float = 2e-3) -> dict:
         x = torch.randn(2, 3, 8, 8)
         net(x, torch.full([2], 0.7), None, augment_labels=torch.zeros(2, 9)).sub(x).square().mean().backward()
         optimizer.step()
-    # EDM's torch.save of the whole module: each persistent module pickles as a reconstruction call
-    # carrying its module's source, here source that would leave a marker file if anything ran it.
+    # EDM's torch.save of the whole module (protocol 2, numpy scalars in the blocks): each persistent
+    # module pickles as a reconstruction call carrying its module's source, here source that would
+    # leave a marker file if anything ran it.
     hostile_source = f'open({str(marker)!r}, "w").write("ran")\n'
     with unittest.mock.patch.object(persistence, '_module_source', lambda cls: hostile_source):
-        torch.save(dict(net=net, optimizer_state=optimizer.state_dict()), run_dir / f'training-state-{KIMG:06d}.pt')
+        torch.save(dict(net=with_edm_numpy_scalars(net), optimizer_state=optimizer.state_dict()),
+                   run_dir / f'training-state-{KIMG:06d}.pt')
 
     ema = misc.construct_class_by_name(**kwargs, img_resolution=8, img_channels=3, label_dim=0).eval().requires_grad_(False)
     persistence.save_network_pickle(str(run_dir / f'network-snapshot-{KIMG:06d}.pkl'),
@@ -116,6 +140,7 @@ def test_edm_state_layout_and_reader(edm_run, tmp_path):
         data = z.read(pkl)
     globals_named = {arg for op, arg, _ in pickletools.genops(data) if op.name == 'GLOBAL'}
     assert 'torch_utils.persistence _reconstruct_persistent_obj' in globals_named
+    assert '_codecs encode' in globals_named  # Protocol 2's bytes of the numpy scalars, as in EDM's DDPM++ states.
     assert not any(g.startswith('training.') for g in globals_named)  # Classes only by name, in the records.
     assert str(tmp_path / 'pwned').encode() in data  # The source the file carries (never run).
     assert edm_state.is_edm_training_state(str(path))

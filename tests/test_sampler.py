@@ -125,3 +125,18 @@ def test_class_on_an_unconditional_network_is_an_error():
         generate_images(GaussianDenoiser(), [0], class_idx=1, num_steps=2)
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# The sampler options' help in the five tools that share them: an unbounded
+# number shows its default and no range (click wrote "x<=None").
+
+def test_sampler_option_help_in_every_tool():
+    from click.testing import CliRunner
+
+    import denoise, fid, generate, memorization
+    from sfbd import report
+    for command in (generate.main, denoise.main, fid.calc, memorization.main, report.main):
+        result = CliRunner().invoke(command, ['--help'], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        (line,) = [line for line in result.output.splitlines() if line.lstrip().startswith('--S_noise')]
+        assert line.rstrip().endswith('[default: 1]') and 'None' not in line, (command.name, line)

@@ -6,8 +6,8 @@ where `meta` carries the source text of the defining module, the class name and 
 whoever wrote the file decides what runs on the reader's machine.
 
 This module reads the same files as data. A restricted unpickler admits only plain containers,
-tensors and numpy scalars, turns every persistent object into a `PersistentRecord`, and the
-records are then rebuilt from this repository's own classes: look the class name up, call the
+tensors, numpy scalars and byte strings, turns every persistent object into a `PersistentRecord`,
+and the records are then rebuilt from this repository's own classes: look the class name up, call the
 constructor with the recorded arguments, copy the tensors in. The embedded source is never run,
 so a file whose source is missing, stale or hostile loads the same way.
 """
@@ -114,6 +114,19 @@ def _load_storage(data: bytes) -> Any:
 def _make_record(meta: Any) -> PersistentRecord:
     return PersistentRecord(meta)
 
+def _protocol2_bytes(source_name: str, *args: Any) -> bytes:
+    # Pickle protocol 2 (torch.save's) has no opcode for byte strings: it writes a non-empty one as
+    # `_codecs.encode(text, 'latin1')`, e.g. the bytes of a numpy scalar such as EDM's skip_scale.
+    # Only that form is read: a str and latin-1, giving bytes; any other codec call is refused.
+    if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ('latin1', 'latin-1'):
+        raise UserError(f'{source_name}: refusing to load "_codecs.encode" other than for protocol 2\'s '
+                        'latin-1 byte strings (only network data is read from pickles; nothing in them is run)')
+    return args[0].encode('latin-1')
+
+def _protocol2_empty_bytes() -> bytes:
+    # ... and an empty one as `bytes()`, without arguments.
+    return b''
+
 try:
     from numpy._core.multiarray import scalar as _numpy_scalar  # numpy >= 1.26 (the name of numpy 2)
 except ImportError:
@@ -126,6 +139,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
     ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
     ('torch.storage', '_load_from_bytes'): _load_storage,
+    ('builtins', 'bytes'): _protocol2_empty_bytes,
     ('numpy', 'dtype'): np.dtype,
     ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
     ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
@@ -136,9 +150,9 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 class DataOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals of `_ALLOWED` (and torch dtypes); persistent objects
-    become `PersistentRecord`s and plain torch.nn containers `ModuleRecord`s. Extra keywords go to
-    `pickle.Unpickler` (torch.load passes `encoding`)."""
+    """Unpickler that resolves only the globals of `_ALLOWED`, torch dtypes and protocol 2's latin-1
+    byte strings; persistent objects become `PersistentRecord`s and plain torch.nn containers
+    `ModuleRecord`s. Extra keywords go to `pickle.Unpickler` (torch.load passes `encoding`)."""
 
     def __init__(self, file: BinaryIO, source_name: str, **kwargs: Any):
         super().__init__(file, **kwargs)
@@ -149,6 +163,8 @@ class DataOnlyUnpickler(pickle.Unpickler):
             module = 'builtins'  # Protocol 2 pickles (torch.save's) name Python 2's module.
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
+        if (module, name) == ('_codecs', 'encode'):
+            return functools.partial(_protocol2_bytes, self.source_name)
         if module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         if module.startswith('torch.nn.modules.'):

@@ -748,6 +748,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
                ('GFLOP/img', 'flop_per_img', '{:.3g}'), ('TFLOP/s', 'tflops', '{:.3g}'), ('MFU', 'mfu', '{:.1%}'),
                ('peak GB', 'peak_mem_gb', '{:.2f}'), ('speedup', 'speedup', '{:.2f}x')]
     rows = [[label for label, _key, _fmt in columns]]
+    standin = False  # FID timed with the stand-in detector: marked, and said below the table.
     for record in records:
         if record['what'] == 'frechet':
             continue
@@ -757,10 +758,15 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
             if key == 'flop_per_img' and value is not None:
                 value = value / 1e9
             row.append('-' if value is None else fmt.format(value))
+        if record['what'] == 'fid' and record.get('detector') == STANDIN_NAME:
+            row[0] += '*'
+            standin = True
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = ['  '.join(cell.rjust(w) if i >= 5 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
+    if standin:
+        lines.append(f'* fid: the detector was the {STANDIN_NAME}; Inception\'s timings differ')
     for record in records:
         if 'profile' in record:
             lines.append(format_profile(record))
