@@ -25,6 +25,7 @@ from click.testing import CliRunner, Result
 import train
 from test_fast import fused_adam_on_cpu
 from torch_utils import misc, persistence, training_stats
+from training import run_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--arch=ddpmpp', '--cbase=16', '--cres=1', '--batch=32', '--tick=1', '--snap=1', '--dump=1',
@@ -460,7 +461,7 @@ def test_dry_run_prints_and_exits(data, tmp_path):
 GPU_LIKE = dict(dtype='bfloat16', channels_last=True, optimizer='fused' if fused_adam_on_cpu() else 'foreach')
 
 def short_run(data: Path, run_dir: Path, fast, total_kimg: float, resume: Path | None = None,
-              stop_at_poll: int | None = None) -> str:
+              stop_at_poll: int | None = None, **options) -> str:
     from training.training_loop import training_loop
     from torch_utils.fast import fast_settings
     if isinstance(fast, dict):
@@ -478,7 +479,7 @@ def short_run(data: Path, run_dir: Path, fast, total_kimg: float, resume: Path |
         network_kwargs=dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=16,
                             channel_mult=[1], num_blocks=1, dropout=0.13),
         loss_kwargs=dict(class_name='training.loss.EDMLoss'),
-        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8))
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8), **options)
 
 @pytest.mark.parametrize('fast', [True, GPU_LIKE], ids=['cpu-settings', 'gpu-settings'])
 def test_fast_path_resumes_exactly(fast, data, tmp_path, monkeypatch):
@@ -486,14 +487,14 @@ def test_fast_path_resumes_exactly(fast, data, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     assert short_run(data, tmp_path / 'ref', fast, 0.096) == 'finished'
     assert short_run(data, tmp_path / 'run', fast, 0.096, stop_at_poll=2) == 'preempted'
-    stopped = load_state(tmp_path / 'run' / 'training-state-000000.pt')
+    stopped = load_state(training_loop_latest(tmp_path / 'run'))
     assert stopped['cur_nimg'] == 32
-    assert short_run(data, tmp_path / 'run', fast, 0.096, resume=tmp_path / 'run' / 'training-state-000000.pt') == 'finished'
-    resumed, reference = (load_state(tmp_path / d / 'training-state-000000.pt') for d in ('run', 'ref'))
+    assert short_run(data, tmp_path / 'run', fast, 0.096, resume=training_loop_latest(tmp_path / 'run')) == 'finished'
+    resumed, reference = (load_state(training_loop_latest(tmp_path / d)) for d in ('run', 'ref'))
     assert resumed['cur_nimg'] == reference['cur_nimg'] == 96
     for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
         assert_same(resumed[key], reference[key], key)
-    ema = persistence.load_network(str(tmp_path / 'ref' / 'network-snapshot-000000.pkl'))
+    ema = persistence.load_network(run_files.newest(str(tmp_path / 'ref'), run_files.SNAPSHOT_PREFIX))
     assert not ema.use_bf16 and all(torch.isfinite(p).all() for p in ema.parameters())
 
 def test_fast_path_on_the_cpu_computes_the_faithful_losses(data, tmp_path, monkeypatch):
@@ -507,8 +508,71 @@ def test_fast_path_on_the_cpu_computes_the_faithful_losses(data, tmp_path, monke
         assert b['Loss/loss']['mean'] == pytest.approx(a['Loss/loss']['mean'], rel=1e-5)
     # A faithful run's state continues on the fast path (one more tick).
     assert short_run(data, tmp_path / 'faithful', True, 0.128,
-                     resume=tmp_path / 'faithful' / 'training-state-000000.pt') == 'finished'
-    assert load_state(tmp_path / 'faithful' / 'training-state-000000.pt')['optimizer_state']['param_groups'][0]['foreach']
+                     resume=training_loop_latest(tmp_path / 'faithful')) == 'finished'
+    assert load_state(training_loop_latest(tmp_path / 'faithful'))['optimizer_state']['param_groups'][0]['foreach']
+
+# Every tool that looks for the newest (or every) snapshot or state orders the names by position:
+# the plain EDM name first in its kimg, then the exact ones (training/run_files.py).
+def test_snapshots_and_states_are_found_in_training_order(tmp_path):
+    from sfbd.rounds import final_snapshot
+    from training.fid_stats import list_snapshots, snapshot_kimg
+    from training.training_loop import find_latest_state
+    names = ['network-snapshot-000000.pkl', 'network-snapshot-000000.990.pkl', 'network-snapshot-000001.pkl',
+             'network-snapshot-000001.520.pkl', 'training-state-000001.pt', 'training-state-000001.008.pt',
+             'training-state-000000.pt']
+    for name in names:
+        (tmp_path / name).write_bytes(b'')
+    newest_snapshot, newest_state = tmp_path / names[3], tmp_path / names[5]
+    assert [Path(p).name for p in list_snapshots(str(tmp_path))] == names[:4]
+    assert [snapshot_kimg(name) for name in names[:4]] == [0, 0.99, 1, 1.52]
+    assert final_snapshot(str(tmp_path)) == str(newest_snapshot)
+    assert find_latest_state(str(tmp_path)) == str(newest_state)
+    script = f'source {REPO_ROOT / "scripts" / "common.sh"}; sfbd_newest_snapshot {tmp_path}; sfbd_newest_state {tmp_path}'
+    out = subprocess.run(['bash', '-c', script], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(newest_snapshot), str(newest_state)]
+
+# A stop in the middle of a tick, in the kimg of the tick before it (here every tick is in kimg 0):
+# each position gets a file of its own, named by position (training/run_files.py), and no
+# snapshot or state replaces one of another position. The rerun counts its ticks from the stop, so
+# they fall at other kimg than an uninterrupted run's; step by step it trains the same, and it ends
+# in the very state of the uninterrupted run (docs/reliability.md).
+def test_a_stop_in_the_middle_of_a_tick_replaces_no_snapshot(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, 'get_num_threads', torch.get_num_threads)
+    torch.set_num_threads(1)
+    every_tick = dict(snapshot_ticks=1, state_dump_ticks=1)
+    ref, run = tmp_path / 'ref', tmp_path / 'run'
+    assert short_run(data, ref, False, 0.096, **every_tick) == 'finished'
+    assert short_run(data, run, False, 0.096, stop_at_poll=4, **every_tick) == 'preempted'  # Tick 1 ended at 48.
+    assert load_state(training_loop_latest(run))['cur_nimg'] == 64
+    assert short_run(data, run, False, 0.096, resume=training_loop_latest(run), **every_tick) == 'finished'
+
+    def files(run_dir: Path, pattern: str) -> list[str]:
+        return run_files.in_order([p.name for p in run_dir.glob(pattern)])
+    assert files(run, 'network-snapshot-*.pkl') == ['network-snapshot-000000.pkl', 'network-snapshot-000000.048.pkl',
+                                                    'network-snapshot-000000.064.pkl', 'network-snapshot-000000.096.pkl']
+    assert files(ref, 'network-snapshot-*.pkl')[1:] == ['network-snapshot-000000.048.pkl', 'network-snapshot-000000.080.pkl',
+                                                        'network-snapshot-000000.096.pkl']
+    states = files(run, 'training-state-*.pt')
+    assert [load_state(run / name)['cur_nimg'] for name in states] == [48, 64, 96]
+    assert training_loop_latest(run).name == states[-1] == 'training-state-000000.096.pt'
+
+    # The files of positions both runs reached hold the same networks: none was replaced.
+    for name in ('network-snapshot-000000.pkl', 'network-snapshot-000000.048.pkl', 'network-snapshot-000000.096.pkl'):
+        a, b = (persistence.load_network(str(d / name)).state_dict() for d in (run, ref))
+        assert_same(a, b, name)
+    assert_same(load_state(run / 'training-state-000000.pt')['net'], load_state(ref / 'training-state-000000.pt')['net'])
+    for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
+        assert_same(load_state(training_loop_latest(run))[key], load_state(training_loop_latest(ref))[key], key)
+
+    # Ticks: the stop ends tick 2 early, and the rerun's tick 3 ends at the end; the same
+    # losses step by step, so the same loss summed over all images.
+    run_stats, ref_stats = read_stats(run), read_stats(ref)
+    assert [s['Progress/kimg']['mean'] for s in ref_stats] == [0.016, 0.048, 0.080, 0.096]
+    assert [s['Progress/kimg']['mean'] for s in run_stats] == [0.016, 0.048, 0.064, 0.096]
+    for a, b in zip(run_stats[:2], ref_stats[:2]):
+        assert a['Loss/loss'] == b['Loss/loss']
+    total = [sum(s['Loss/loss']['num'] * s['Loss/loss']['mean'] for s in stats) for stats in (run_stats, ref_stats)]
+    assert total[0] == pytest.approx(total[1], rel=1e-6)
 
 def test_two_processes_on_the_fast_path_with_a_union(data, tmp_path):
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
