@@ -240,6 +240,66 @@ def test_preempt_and_rerun_continues_exactly(reference_run, data, tmp_path):
     again = invoke_train(args)
     assert again.exit_code == 0 and 'nothing to do' in again.output
 
+# Without --nosubdir: rerunning the same command continues the newest unfinished run of the same
+# options in --outdir, and says so first; other options, --new-run, a finished run or a run that
+# another live process holds give a new run directory. A claim left by a process that is gone
+# does not block the rerun.
+def test_a_plain_rerun_continues_the_unfinished_run(reference_run, data, tmp_path):
+    import socket
+    outdir = tmp_path / 'runs'
+    args = ['--outdir', outdir, '--data', data / 'ds8.zip', '--duration=0.001', *TINY]
+    proc = run_train(args, wait=False)
+    try:
+        for line in proc.stdout:
+            if line.startswith('Training for'):
+                proc.send_signal(signal.SIGUSR1)
+                break
+        stdout, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == train.PREEMPTED_EXIT_CODE, stdout[-3000:]
+    (run_dir,) = outdir.iterdir()
+    claim = run_dir / train.CLAIM_FNAME
+    assert not claim.exists()
+
+    def output_dir(result) -> str:
+        assert result.exit_code == 0, result.output
+        return re.search(r'^Output directory: +(.*)$', result.output, re.M).group(1)
+    new_run = str(outdir / run_dir.name.replace('00000-', '00001-'))
+    for extra in (['--seed=2'], ['--lr=0.002'], ['--new-run']):
+        assert output_dir(invoke_train(args + extra + ['-n'])) == new_run, extra
+    for extra in (['--workers=2'], ['--batch-gpu=16']):  # How it computes is not what it trains.
+        assert output_dir(invoke_train(args + extra + ['-n'])) == str(run_dir), extra
+
+    # Two reruns started together: the other one holds the run, this one starts a new run.
+    claim.write_text(json.dumps(dict(claimed_by=dict(host=socket.gethostname(), pid=os.getpid()))))
+    result = invoke_train(args + ['-n'])
+    assert output_dir(result) == new_run
+    assert f'Starting a new run: {run_dir} of the same options is being trained by process {os.getpid()}' in result.output
+    gone = subprocess.Popen(['true'])
+    gone.wait()
+    claim.write_text(json.dumps(dict(claimed_by=dict(host=socket.gethostname(), pid=gone.pid))))
+
+    result = invoke_train(args)
+    assert output_dir(result) == str(run_dir)
+    lines = result.output.splitlines()
+    assert lines[0] == (f'Continuing the unfinished run {run_dir} of the same options (0.032 of 1 kimg); '
+                        '--new-run starts a new run instead.'), result.output[:2000]
+    assert os.listdir(outdir) == [run_dir.name] and not claim.exists()
+    for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
+        assert_same(load_state(training_loop_latest(run_dir))[key], load_state(reference_run / 'training-state-000001.pt')[key], key)
+
+    # Finished: a rerun starts a new run, and says why.
+    result = invoke_train(args + ['-n'])
+    assert output_dir(result) == new_run
+    assert f'Starting a new run: {run_dir} of the same options is finished (1.024 of 1 kimg).' in result.output
+    assert os.listdir(outdir) == [run_dir.name]
+
+    # --new-run and --nosubdir contradict each other.
+    result = invoke_train(args + ['--new-run', '--nosubdir'])
+    assert result.exit_code == 1 and error_lines(result)[0].startswith('Error: --new-run and --nosubdir')
+
 # SIGKILL cannot be caught: the run stops wherever it is (possibly while writing a state, which is
 # written atomically). The same command then resumes from the newest state on disk, or starts
 # afresh when there is none, and ends in the very state of the uninterrupted run.
