@@ -300,6 +300,23 @@ def test_a_plain_rerun_continues_the_unfinished_run(reference_run, data, tmp_pat
     result = invoke_train(args + ['--new-run', '--nosubdir'])
     assert result.exit_code == 1 and error_lines(result)[0].startswith('Error: --new-run and --nosubdir')
 
+# Several processes continue one run: rank 0 chooses and claims it, the others take its choice
+# (choosing for themselves, they would find it claimed by rank 0).
+def test_processes_agree_on_the_run_they_continue(reference_run, data, tmp_path):
+    import shutil
+    run_dir = tmp_path / 'runs' / reference_run.name
+    shutil.copytree(reference_run, run_dir)
+    options = json.loads((run_dir / 'training_options.json').read_text())
+    (run_dir / 'training_options.json').write_text(json.dumps(dict(options, total_kimg=1.1)))  # Unfinished at 1.024.
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+    result = run_train(['--outdir', tmp_path / 'runs', '--data', data / 'ds8.zip', '--duration=0.0011', *TINY],
+                       launcher=launcher, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.listdir(tmp_path / 'runs') == [run_dir.name]
+    state = load_state(training_loop_latest(run_dir))
+    assert state['cur_nimg'] == 1120 and state['world_size'] == 2
+    assert 'replicas differ' not in result.stderr
+
 # SIGKILL cannot be caught: the run stops wherever it is (possibly while writing a state, which is
 # written atomically). The same command then resumes from the newest state on disk, or starts
 # afresh when there is none, and ends in the very state of the uninterrupted run.
