@@ -17,6 +17,9 @@ What a resumed run keeps, and what it may change:
   the state records it (EDM's: its training_options.json, with EDM's fixed 10 Mimg warm-up and
   0.05 ramp-up ratio where it records none). A value given explicitly on the command line that
   differs replaces it from the first resumed step on, and the log says so; defaults never do.
+
+Which run a plain rerun of a command continues (train.py without --nosubdir): the newest unfinished
+one whose recorded options are the command's, less RERUN_FREE_OPTIONS (`rerun_differences`).
 """
 
 from __future__ import annotations
