@@ -10,14 +10,17 @@ PREEMPTED_EXIT_CODE.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import secrets
 import signal
+import socket
 import sys
 import traceback
+import uuid
 import warnings
 from typing import Any, TextIO
 
@@ -27,7 +30,7 @@ from click.core import ParameterSource
 
 import dnnlib
 from dnnlib.cli import FiniteFloat, IntList
-from dnnlib.outputs import check_apart, check_output_dir, create_exclusive, path_relation
+from dnnlib.outputs import OWNER_KEY, check_apart, check_output_dir, create_exclusive, may_be_running, path_relation, read_record
 from dnnlib.util import UserError, atomic_write, report_user_errors
 from sfbd.backward import MODES
 from sfbd.online import BUFFER_DTYPES, DEFAULTS as ONLINE_DEFAULTS, REFRESH_NETS
@@ -173,6 +176,93 @@ def next_run_dir(outdir: str, desc: str) -> str:
     return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
 #----------------------------------------------------------------------------
+# Continuing a run: rerunning a command without --nosubdir continues the
+# newest unfinished run of the same options in --outdir (highest id first),
+# unless --new-run. "The same options": its training_options.json against
+# this command's, less what may differ between reruns
+# (resume.rerun_differences). "Unfinished": its newest training state is
+# short of its duration, or it has none. The process that trains in a run
+# directory holds a claim there (CLAIM_FNAME, created exclusively, naming
+# host and process), so that two reruns started together never continue the
+# same run; a claim whose process is gone (same host) is set aside. Only
+# rank 0 decides; the other processes take its decision.
+
+CLAIM_FNAME = '.train-claim.json'
+RUN_ID = re.compile(r'^(\d+)-')
+
+class RunClaim:
+    """This process's claim on a run directory (rank 0)."""
+
+    def __init__(self):
+        self.path: str | None = None
+        self.owner = dict(host=socket.gethostname(), pid=os.getpid())
+
+    def take(self, run_dir: str) -> dict | None:
+        """Claim `run_dir`: None when claimed, else the record of the process that holds it."""
+        path = os.path.join(run_dir, CLAIM_FNAME)
+        for _attempt in range(3):
+            if create_exclusive(path, {OWNER_KEY: self.owner}):
+                self.path = path
+                return None
+            try:
+                holder = read_record(path)
+            except UserError:
+                holder = {}  # Unreadable: written by a run that died while writing it.
+            if holder is not None and may_be_running(holder):
+                return holder
+            with contextlib.suppress(FileNotFoundError):  # Gone: set it aside (one process only can).
+                aside = f'{path}.{uuid.uuid4().hex}.stale'
+                os.rename(path, aside)
+                os.remove(aside)
+        raise UserError(f'{path}: keeps changing; is another train.py starting in {run_dir}?')
+
+    def release(self) -> None:
+        if self.path is None:
+            return
+        with contextlib.suppress(OSError, UserError):
+            if (read_record(self.path) or {}).get(OWNER_KEY) == self.owner:
+                os.remove(self.path)
+        self.path = None
+
+def run_to_continue(outdir: str, c: dict, seed_given: bool, claim: RunClaim) -> tuple[str | None, str | None]:
+    """The run directory to continue (claimed), or None; and the line that says what was chosen."""
+    if not os.path.isdir(outdir):
+        return None, None
+    runs = sorted(((int(m.group(1)), name) for name in os.listdir(outdir)
+                   if (m := RUN_ID.match(name)) and os.path.isdir(os.path.join(outdir, name))), reverse=True)
+    skipped = None
+    for _run_id, name in runs:
+        run_dir = os.path.join(outdir, name)
+        try:
+            recorded = resume.run_options_beside(os.path.join(run_dir, resume.OPTIONS_FNAME))
+        except UserError:
+            continue  # Not readable: not a run of these options.
+        if recorded is None or resume.rerun_differences(recorded, c, seed_given):
+            continue
+        latest = training_loop.find_latest_state(run_dir)
+        nimg = training_loop.state_nimg(latest) if latest is not None else 0
+        total_kimg = recorded.get('total_kimg', c['total_kimg'])
+        progress = f'{(nimg or 0) / 1000:g} of {total_kimg:g} kimg'
+        if nimg is not None and nimg >= total_kimg * 1000:
+            skipped = skipped or f'{run_dir} of the same options is finished ({progress})'
+            continue
+        holder = claim.take(run_dir)
+        if holder is not None:
+            owner = holder.get(OWNER_KEY, {})
+            skipped = skipped or f'{run_dir} of the same options is being trained by process {owner.get("pid")} on {owner.get("host")}'
+            continue
+        return run_dir, f'Continuing the unfinished run {run_dir} of the same options ({progress}); --new-run starts a new run instead.'
+    return None, f'Starting a new run: {skipped}.' if skipped else None
+
+def _from_rank0(value: Any) -> Any:
+    # Rank 0's value on every process (collective).
+    if not torch.distributed.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+#----------------------------------------------------------------------------
 # Resuming: the options must fit the run that wrote the state (EDM's or ours),
 # and its learning-rate and EMA schedule carries over unless an option is given
 # explicitly (training/resume.py). Returns the lines to announce.
@@ -254,6 +344,7 @@ def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
 # I/O-related.
 @click.option('--desc',          help='Suffix of the run directory name', metavar='STR',                          type=str)
 @click.option('--nosubdir',      help='Use --outdir itself as the run directory',                                 is_flag=True)
+@click.option('--new-run',       help='Start a new run directory, even where --outdir holds an unfinished run of these options', is_flag=True)
 @click.option('--tick',          help='Progress line interval', metavar='KIMG',                                   type=click.IntRange(min=1), default=50, show_default=True)
 @click.option('--snap',          help='Network snapshot interval', metavar='TICKS',                               type=click.IntRange(min=1), default=50, show_default=True)
 @click.option('--dump',          help='Training state interval', metavar='TICKS',                                 type=click.IntRange(min=1), default=500, show_default=True)
@@ -293,9 +384,11 @@ def main(**kwargs: Any) -> None:
     python train.py --outdir=runs/online --data=clean.zip --noisy=noisy.zip \\
         --transfer=runs/pretrain/network-snapshot-200000.pkl --lr-rampup=0
     \b
-    A rerun of the same command with --nosubdir continues from the newest training
-    state in --outdir. On SIGTERM or SIGUSR1 the run finishes its step, writes a
-    snapshot and a training state, and exits with status 75.
+    A rerun of the same command continues the newest unfinished run of the same
+    options in --outdir, and says so first (--new-run starts a new run instead);
+    with --nosubdir it continues from the newest training state in --outdir. On
+    SIGTERM or SIGUSR1 the run finishes its step, writes a snapshot and a training
+    state, and exits with status 75.
     \b
     --resume also takes EDM's training-state-NNNNNN.pt (or its run directory): the
     weights and Adam's state come from it, the EMA from network-snapshot-NNNNNN.pkl
@@ -315,24 +408,30 @@ def main(**kwargs: Any) -> None:
     ctx = click.get_current_context()
     explicit = {key for key, name in SCHEDULE_PARAMS.items()
                 if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    claim = RunClaim()
     try:
-        status = _train(dnnlib.EasyDict(kwargs), tee, explicit)
+        status = _train(dnnlib.EasyDict(kwargs), tee, explicit, claim)
     except BaseException as e:
         # Errors go to log.txt too (when it exists); the terminal gets them from click or Python.
         if tee is not None and not isinstance(e, SystemExit):
             tee.write_log_only(f'Error: {e}\n' if isinstance(e, UserError) else traceback.format_exc())
         raise
     finally:
+        claim.release()
         if tee is not None:
             tee.close()
     dist.deinit()
     if status == training_loop.PREEMPTED:
         sys.exit(PREEMPTED_EXIT_CODE)
 
-def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = frozenset()) -> str | None:
+def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = frozenset(),
+           claim: RunClaim | None = None) -> str | None:
     # Options that can be checked before anything is loaded.
+    claim = claim if claim is not None else RunClaim()
     if opts.fp16 and opts.bf16:
         raise UserError('--fp16 and --bf16 cannot be used together')
+    if opts.new_run and opts.nosubdir:
+        raise UserError('--new-run and --nosubdir cannot be used together: --nosubdir continues the run in --outdir')
     if opts.transfer is not None and opts.resume is not None:
         raise UserError('--transfer and --resume cannot be used together')
     if opts.batch % dist.get_world_size() != 0:
@@ -410,7 +509,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         c.online_kwargs.seed = c.seed
 
     # Transfer learning and resuming. A rerun into a run directory holding
-    # training states continues from the newest.
+    # training states continues from the newest: --nosubdir's, or the newest
+    # unfinished run of these options in --outdir (rank 0 chooses and claims it).
     c.resume_pkl = opts.transfer
     if opts.allow_data_change:
         c.allow_data_change = True
@@ -419,6 +519,19 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     else:
         c.ema_rampup_ratio = None if opts.transfer is not None else 0.05
     resume_note = None
+    continue_dir = opts.outdir if opts.nosubdir else None
+    if not opts.nosubdir and opts.resume is None and not opts.new_run:
+        chosen = (None, None)
+        if dist.get_rank() == 0:
+            try:
+                chosen = run_to_continue(opts.outdir, c, opts.seed is not None, claim)
+            except UserError as e:
+                chosen = (None, e)
+        continue_dir, line = _from_rank0(chosen)
+        if isinstance(line, UserError):
+            raise line
+        if line is not None:
+            dist.print0(line)
     if opts.resume is not None:
         if os.path.isdir(opts.resume):
             c.resume_state_dump = training_loop.find_latest_state(opts.resume)
@@ -430,13 +543,13 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         else:
             raise UserError(f'--resume: {opts.resume}: no such file or directory')
         resume_note = f'Resuming from "{c.resume_state_dump}".'
-    elif opts.nosubdir and (latest := training_loop.find_latest_state(opts.outdir)) is not None:
+    elif continue_dir is not None and (latest := training_loop.find_latest_state(continue_dir)) is not None:
         c.resume_state_dump = latest
         c.resume_from_run_dir = True
         resume_note = f'Resuming from the newest training state in the run directory: "{latest}".'
 
     # A resumed run keeps the network and schedule it was trained with.
-    where = f'--resume={opts.resume}' if opts.resume is not None else f'--outdir={opts.outdir} (its newest training state)'
+    where = f'--resume={opts.resume}' if opts.resume is not None else f'--outdir={continue_dir} (its newest training state)'
     resume_notes = _check_resume(c, explicit, where) if c.get('resume_state_dump') is not None else []
 
     # Run directory name.
@@ -449,8 +562,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         if not opts.desc or os.sep in opts.desc or (os.altsep and os.altsep in opts.desc) or opts.desc in ('.', '..'):
             raise UserError(f'--desc={opts.desc}: must be a plain name (it ends the run directory\'s name)')
         desc += f'-{opts.desc}'
-    if opts.nosubdir:
-        c.run_dir = opts.outdir
+    if continue_dir is not None:
+        c.run_dir = continue_dir
     else:
         c.run_dir = next_run_dir(opts.outdir, desc) if dist.get_rank() == 0 else None
 
@@ -500,12 +613,13 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
             return
         dist.print0('Creating output directory...')
         options_path = os.path.join(c.run_dir, 'training_options.json')
-        if not opts.nosubdir:
+        if continue_dir is None:
             os.makedirs(opts.outdir, exist_ok=True)
             try:
                 os.mkdir(c.run_dir)  # Atomic: of two runs starting at once, one gets the directory.
             except FileExistsError:
                 raise UserError(f'{c.run_dir} already exists; is another run starting in --outdir?') from None
+            claim.take(c.run_dir)  # Before its options: a run with options is always claimed while it trains.
         else:
             os.makedirs(c.run_dir, exist_ok=True)
         fresh = not os.path.exists(options_path) and training_loop.find_latest_state(c.run_dir) is None

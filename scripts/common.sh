@@ -28,17 +28,32 @@ sfbd_abspath() {
     esac
 }
 
-# sfbd_newest_snapshot DIR -> path of the newest network-snapshot-<kimg>.pkl in DIR (by kimg), or
-# fails. train.py names snapshots network-snapshot-{kimg:06d}.pkl, so a numeric sort on the name works.
-sfbd_newest_snapshot() {
-    local dir="$1" best="" best_kimg=-1 f k
+# sfbd_position_key NAME -> a number that orders train.py's snapshot and state names by training
+# position, or fails for other names. train.py names a file by its kimg (network-snapshot-000200.pkl),
+# or, when that name was taken by an earlier position, by its exact kimg (network-snapshot-000200.520.pkl);
+# see training/run_files.py.
+sfbd_position_key() {
+    local name="${1##*/}"
+    name="${name#network-snapshot-}"
+    name="${name#training-state-}"
+    name="${name%.pkl}"
+    name="${name%.pt}"
+    [[ "$name" =~ ^([0-9]+)(\.([0-9]{3}))?$ ]] || return 1
+    if [[ -n "${BASH_REMATCH[3]}" ]]; then
+        echo $(( (10#${BASH_REMATCH[1]} * 1000 + 10#${BASH_REMATCH[3]}) * 2 + 1 ))
+    else
+        echo $(( 10#${BASH_REMATCH[1]} * 1000 * 2 ))
+    fi
+}
+
+# sfbd_newest_file DIR PREFIX EXT -> path of the PREFIX-*EXT in DIR furthest in training, or fails.
+sfbd_newest_file() {
+    local dir="$1" prefix="$2" ext="$3" best="" best_key=-1 f k
     shopt -s nullglob
-    for f in "$dir"/network-snapshot-*.pkl; do
-        k="${f##*/network-snapshot-}"
-        k="${k%.pkl}"
-        [[ "$k" =~ ^[0-9]+$ ]] || continue
-        if ((10#$k > best_kimg)); then
-            best_kimg=$((10#$k))
+    for f in "$dir/$prefix"-*"$ext"; do
+        k="$(sfbd_position_key "$f")" || continue
+        if ((k > best_key)); then
+            best_key=$k
             best="$f"
         fi
     done
@@ -47,12 +62,14 @@ sfbd_newest_snapshot() {
     echo "$best"
 }
 
-# sfbd_newest_state DIR -> path of the newest training-state-<kimg>.pt in DIR, or fails.
+# sfbd_newest_snapshot DIR -> path of the newest network-snapshot-*.pkl in DIR (by position), or fails.
+sfbd_newest_snapshot() {
+    sfbd_newest_file "$1" network-snapshot .pkl
+}
+
+# sfbd_newest_state DIR -> path of the newest training-state-*.pt in DIR (by position), or fails.
 sfbd_newest_state() {
-    local f
-    f="$(find "$1" -maxdepth 1 -name 'training-state-*.pt' 2>/dev/null | sort | tail -n 1)"
-    [[ -n "$f" ]] || return 1
-    echo "$f"
+    sfbd_newest_file "$1" training-state .pt
 }
 
 # sfbd_resolve_network WHAT NAME -> a snapshot file: WHAT itself if it is a file or URL, the newest

@@ -35,7 +35,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -47,12 +46,12 @@ from dnnlib.cli import FiniteFloat, ShellWords
 from dnnlib.outputs import OutputClaim, check_apart, check_output_dir, read_record
 from dnnlib.util import UserError, atomic_write, report_user_errors
 from sfbd.presets import PRESETS, preset_args
+from training import run_files
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD_FNAME = 'rounds.json'
 ONLINE_RECORD_FNAME = 'online.json'
 PREEMPTED_EXIT_CODE = 75  # train.py's status after a preemption signal: rerun to continue.
-_SNAPSHOT_PATTERN = re.compile(r'^network-snapshot-(\d+)\.pkl$')
 
 #----------------------------------------------------------------------------
 # Directory layout of a run.
@@ -67,11 +66,8 @@ def online_dir(outdir: str) -> str:
     return os.path.join(outdir, 'online')
 
 def final_snapshot(run_dir: str) -> str | None:
-    """The network snapshot with the most kimg in a train.py run directory, or None."""
-    if not os.path.isdir(run_dir):
-        return None
-    found = [(int(m.group(1)), name) for name in os.listdir(run_dir) if (m := _SNAPSHOT_PATTERN.match(name))]
-    return os.path.join(run_dir, max(found)[1]) if found else None
+    """The network snapshot furthest in training in a train.py run directory, or None."""
+    return run_files.newest(run_dir, run_files.SNAPSHOT_PREFIX)
 
 #----------------------------------------------------------------------------
 # Running the repository's scripts: `python script.py ...`, or under torchrun

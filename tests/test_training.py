@@ -25,6 +25,7 @@ from click.testing import CliRunner, Result
 import train
 from test_fast import fused_adam_on_cpu
 from torch_utils import misc, persistence, training_stats
+from training import run_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--arch=ddpmpp', '--cbase=16', '--cres=1', '--batch=32', '--tick=1', '--snap=1', '--dump=1',
@@ -238,6 +239,83 @@ def test_preempt_and_rerun_continues_exactly(reference_run, data, tmp_path):
     # Once more: the run is complete, nothing to do.
     again = invoke_train(args)
     assert again.exit_code == 0 and 'nothing to do' in again.output
+
+# Without --nosubdir: rerunning the same command continues the newest unfinished run of the same
+# options in --outdir, and says so first; other options, --new-run, a finished run or a run that
+# another live process holds give a new run directory. A claim left by a process that is gone
+# does not block the rerun.
+def test_a_plain_rerun_continues_the_unfinished_run(reference_run, data, tmp_path):
+    import socket
+    outdir = tmp_path / 'runs'
+    args = ['--outdir', outdir, '--data', data / 'ds8.zip', '--duration=0.001', *TINY]
+    proc = run_train(args, wait=False)
+    try:
+        for line in proc.stdout:
+            if line.startswith('Training for'):
+                proc.send_signal(signal.SIGUSR1)
+                break
+        stdout, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == train.PREEMPTED_EXIT_CODE, stdout[-3000:]
+    (run_dir,) = outdir.iterdir()
+    claim = run_dir / train.CLAIM_FNAME
+    assert not claim.exists()
+
+    def output_dir(result) -> str:
+        assert result.exit_code == 0, result.output
+        return re.search(r'^Output directory: +(.*)$', result.output, re.M).group(1)
+    new_run = str(outdir / run_dir.name.replace('00000-', '00001-'))
+    for extra in (['--seed=2'], ['--lr=0.002'], ['--new-run']):
+        assert output_dir(invoke_train(args + extra + ['-n'])) == new_run, extra
+    for extra in (['--workers=2'], ['--batch-gpu=16']):  # How it computes is not what it trains.
+        assert output_dir(invoke_train(args + extra + ['-n'])) == str(run_dir), extra
+
+    # Two reruns started together: the other one holds the run, this one starts a new run.
+    claim.write_text(json.dumps(dict(claimed_by=dict(host=socket.gethostname(), pid=os.getpid()))))
+    result = invoke_train(args + ['-n'])
+    assert output_dir(result) == new_run
+    assert f'Starting a new run: {run_dir} of the same options is being trained by process {os.getpid()}' in result.output
+    gone = subprocess.Popen(['true'])
+    gone.wait()
+    claim.write_text(json.dumps(dict(claimed_by=dict(host=socket.gethostname(), pid=gone.pid))))
+
+    result = invoke_train(args)
+    assert output_dir(result) == str(run_dir)
+    lines = result.output.splitlines()
+    assert lines[0] == (f'Continuing the unfinished run {run_dir} of the same options (0.032 of 1 kimg); '
+                        '--new-run starts a new run instead.'), result.output[:2000]
+    assert os.listdir(outdir) == [run_dir.name] and not claim.exists()
+    for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
+        assert_same(load_state(training_loop_latest(run_dir))[key], load_state(reference_run / 'training-state-000001.pt')[key], key)
+
+    # Finished: a rerun starts a new run, and says why.
+    result = invoke_train(args + ['-n'])
+    assert output_dir(result) == new_run
+    assert f'Starting a new run: {run_dir} of the same options is finished (1.024 of 1 kimg).' in result.output
+    assert os.listdir(outdir) == [run_dir.name]
+
+    # --new-run and --nosubdir contradict each other.
+    result = invoke_train(args + ['--new-run', '--nosubdir'])
+    assert result.exit_code == 1 and error_lines(result)[0].startswith('Error: --new-run and --nosubdir')
+
+# Several processes continue one run: rank 0 chooses and claims it, the others take its choice
+# (choosing for themselves, they would find it claimed by rank 0).
+def test_processes_agree_on_the_run_they_continue(reference_run, data, tmp_path):
+    import shutil
+    run_dir = tmp_path / 'runs' / reference_run.name
+    shutil.copytree(reference_run, run_dir)
+    options = json.loads((run_dir / 'training_options.json').read_text())
+    (run_dir / 'training_options.json').write_text(json.dumps(dict(options, total_kimg=1.1)))  # Unfinished at 1.024.
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+    result = run_train(['--outdir', tmp_path / 'runs', '--data', data / 'ds8.zip', '--duration=0.0011', *TINY],
+                       launcher=launcher, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.listdir(tmp_path / 'runs') == [run_dir.name]
+    state = load_state(training_loop_latest(run_dir))
+    assert state['cur_nimg'] == 1120 and state['world_size'] == 2
+    assert 'replicas differ' not in result.stderr
 
 # SIGKILL cannot be caught: the run stops wherever it is (possibly while writing a state, which is
 # written atomically). The same command then resumes from the newest state on disk, or starts
@@ -460,7 +538,7 @@ def test_dry_run_prints_and_exits(data, tmp_path):
 GPU_LIKE = dict(dtype='bfloat16', channels_last=True, optimizer='fused' if fused_adam_on_cpu() else 'foreach')
 
 def short_run(data: Path, run_dir: Path, fast, total_kimg: float, resume: Path | None = None,
-              stop_at_poll: int | None = None) -> str:
+              stop_at_poll: int | None = None, **options) -> str:
     from training.training_loop import training_loop
     from torch_utils.fast import fast_settings
     if isinstance(fast, dict):
@@ -478,7 +556,7 @@ def short_run(data: Path, run_dir: Path, fast, total_kimg: float, resume: Path |
         network_kwargs=dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=16,
                             channel_mult=[1], num_blocks=1, dropout=0.13),
         loss_kwargs=dict(class_name='training.loss.EDMLoss'),
-        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8))
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8), **options)
 
 @pytest.mark.parametrize('fast', [True, GPU_LIKE], ids=['cpu-settings', 'gpu-settings'])
 def test_fast_path_resumes_exactly(fast, data, tmp_path, monkeypatch):
@@ -486,14 +564,14 @@ def test_fast_path_resumes_exactly(fast, data, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     assert short_run(data, tmp_path / 'ref', fast, 0.096) == 'finished'
     assert short_run(data, tmp_path / 'run', fast, 0.096, stop_at_poll=2) == 'preempted'
-    stopped = load_state(tmp_path / 'run' / 'training-state-000000.pt')
+    stopped = load_state(training_loop_latest(tmp_path / 'run'))
     assert stopped['cur_nimg'] == 32
-    assert short_run(data, tmp_path / 'run', fast, 0.096, resume=tmp_path / 'run' / 'training-state-000000.pt') == 'finished'
-    resumed, reference = (load_state(tmp_path / d / 'training-state-000000.pt') for d in ('run', 'ref'))
+    assert short_run(data, tmp_path / 'run', fast, 0.096, resume=training_loop_latest(tmp_path / 'run')) == 'finished'
+    resumed, reference = (load_state(training_loop_latest(tmp_path / d)) for d in ('run', 'ref'))
     assert resumed['cur_nimg'] == reference['cur_nimg'] == 96
     for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
         assert_same(resumed[key], reference[key], key)
-    ema = persistence.load_network(str(tmp_path / 'ref' / 'network-snapshot-000000.pkl'))
+    ema = persistence.load_network(run_files.newest(str(tmp_path / 'ref'), run_files.SNAPSHOT_PREFIX))
     assert not ema.use_bf16 and all(torch.isfinite(p).all() for p in ema.parameters())
 
 def test_fast_path_on_the_cpu_computes_the_faithful_losses(data, tmp_path, monkeypatch):
@@ -507,8 +585,71 @@ def test_fast_path_on_the_cpu_computes_the_faithful_losses(data, tmp_path, monke
         assert b['Loss/loss']['mean'] == pytest.approx(a['Loss/loss']['mean'], rel=1e-5)
     # A faithful run's state continues on the fast path (one more tick).
     assert short_run(data, tmp_path / 'faithful', True, 0.128,
-                     resume=tmp_path / 'faithful' / 'training-state-000000.pt') == 'finished'
-    assert load_state(tmp_path / 'faithful' / 'training-state-000000.pt')['optimizer_state']['param_groups'][0]['foreach']
+                     resume=training_loop_latest(tmp_path / 'faithful')) == 'finished'
+    assert load_state(training_loop_latest(tmp_path / 'faithful'))['optimizer_state']['param_groups'][0]['foreach']
+
+# Every tool that looks for the newest (or every) snapshot or state orders the names by position:
+# the plain EDM name first in its kimg, then the exact ones (training/run_files.py).
+def test_snapshots_and_states_are_found_in_training_order(tmp_path):
+    from sfbd.rounds import final_snapshot
+    from training.fid_stats import list_snapshots, snapshot_kimg
+    from training.training_loop import find_latest_state
+    names = ['network-snapshot-000000.pkl', 'network-snapshot-000000.990.pkl', 'network-snapshot-000001.pkl',
+             'network-snapshot-000001.520.pkl', 'training-state-000001.pt', 'training-state-000001.008.pt',
+             'training-state-000000.pt']
+    for name in names:
+        (tmp_path / name).write_bytes(b'')
+    newest_snapshot, newest_state = tmp_path / names[3], tmp_path / names[5]
+    assert [Path(p).name for p in list_snapshots(str(tmp_path))] == names[:4]
+    assert [snapshot_kimg(name) for name in names[:4]] == [0, 0.99, 1, 1.52]
+    assert final_snapshot(str(tmp_path)) == str(newest_snapshot)
+    assert find_latest_state(str(tmp_path)) == str(newest_state)
+    script = f'source {REPO_ROOT / "scripts" / "common.sh"}; sfbd_newest_snapshot {tmp_path}; sfbd_newest_state {tmp_path}'
+    out = subprocess.run(['bash', '-c', script], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(newest_snapshot), str(newest_state)]
+
+# A stop in the middle of a tick, in the kimg of the tick before it (here every tick is in kimg 0):
+# each position gets a file of its own, named by position (training/run_files.py), and no
+# snapshot or state replaces one of another position. The rerun counts its ticks from the stop, so
+# they fall at other kimg than an uninterrupted run's; step by step it trains the same, and it ends
+# in the very state of the uninterrupted run (docs/reliability.md).
+def test_a_stop_in_the_middle_of_a_tick_replaces_no_snapshot(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, 'get_num_threads', torch.get_num_threads)
+    torch.set_num_threads(1)
+    every_tick = dict(snapshot_ticks=1, state_dump_ticks=1)
+    ref, run = tmp_path / 'ref', tmp_path / 'run'
+    assert short_run(data, ref, False, 0.096, **every_tick) == 'finished'
+    assert short_run(data, run, False, 0.096, stop_at_poll=4, **every_tick) == 'preempted'  # Tick 1 ended at 48.
+    assert load_state(training_loop_latest(run))['cur_nimg'] == 64
+    assert short_run(data, run, False, 0.096, resume=training_loop_latest(run), **every_tick) == 'finished'
+
+    def files(run_dir: Path, pattern: str) -> list[str]:
+        return run_files.in_order([p.name for p in run_dir.glob(pattern)])
+    assert files(run, 'network-snapshot-*.pkl') == ['network-snapshot-000000.pkl', 'network-snapshot-000000.048.pkl',
+                                                    'network-snapshot-000000.064.pkl', 'network-snapshot-000000.096.pkl']
+    assert files(ref, 'network-snapshot-*.pkl')[1:] == ['network-snapshot-000000.048.pkl', 'network-snapshot-000000.080.pkl',
+                                                        'network-snapshot-000000.096.pkl']
+    states = files(run, 'training-state-*.pt')
+    assert [load_state(run / name)['cur_nimg'] for name in states] == [48, 64, 96]
+    assert training_loop_latest(run).name == states[-1] == 'training-state-000000.096.pt'
+
+    # The files of positions both runs reached hold the same networks: none was replaced.
+    for name in ('network-snapshot-000000.pkl', 'network-snapshot-000000.048.pkl', 'network-snapshot-000000.096.pkl'):
+        a, b = (persistence.load_network(str(d / name)).state_dict() for d in (run, ref))
+        assert_same(a, b, name)
+    assert_same(load_state(run / 'training-state-000000.pt')['net'], load_state(ref / 'training-state-000000.pt')['net'])
+    for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
+        assert_same(load_state(training_loop_latest(run))[key], load_state(training_loop_latest(ref))[key], key)
+
+    # Ticks: the stop ends tick 2 early, and the rerun's tick 3 ends at the end; the same
+    # losses step by step, so the same loss summed over all images.
+    run_stats, ref_stats = read_stats(run), read_stats(ref)
+    assert [s['Progress/kimg']['mean'] for s in ref_stats] == [0.016, 0.048, 0.080, 0.096]
+    assert [s['Progress/kimg']['mean'] for s in run_stats] == [0.016, 0.048, 0.064, 0.096]
+    for a, b in zip(run_stats[:2], ref_stats[:2]):
+        assert a['Loss/loss'] == b['Loss/loss']
+    total = [sum(s['Loss/loss']['num'] * s['Loss/loss']['mean'] for s in stats) for stats in (run_stats, ref_stats)]
+    assert total[0] == pytest.approx(total[1], rel=1e-6)
 
 def test_two_processes_on_the_fast_path_with_a_union(data, tmp_path):
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']

@@ -11,7 +11,6 @@ import contextlib
 import fnmatch
 import json
 import os
-import re
 import zipfile
 from typing import Any, Iterator, Sequence
 
@@ -25,6 +24,7 @@ from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.detector import Detector, load_detector
 from torch_utils.frechet import frechet_distance
+from training import run_files
 from training.generation import image_path as generated_image_path
 from training.generation import rank_batches
 from training.sampler import check_finite, generate_images, to_uint8
@@ -246,10 +246,10 @@ def network_stats(net: torch.nn.Module, seeds: Sequence[int], detector: Detector
 
 #----------------------------------------------------------------------------
 # Run directories: every snapshot, or those whose file name matches a glob,
-# in the order of their names (which is the order of kimg).
+# in training order (the order of their names' positions, training/run_files.py).
 
 def list_snapshots(rundir: str, pattern: str | None = None) -> list[str]:
-    names = sorted(name for name in os.listdir(rundir) if fnmatch.fnmatch(name, SNAPSHOT_PATTERN))
+    names = run_files.in_order([name for name in os.listdir(rundir) if fnmatch.fnmatch(name, SNAPSHOT_PATTERN)])
     if not names:
         raise UserError(f'{rundir}: no {SNAPSHOT_PATTERN} in this directory')
     if pattern is not None:
@@ -258,9 +258,8 @@ def list_snapshots(rundir: str, pattern: str | None = None) -> list[str]:
             raise UserError(f'{rundir}: no snapshot matches --snapshots={pattern}')
     return [os.path.join(rundir, name) for name in names]
 
-def snapshot_kimg(path: str) -> int | None:
-    m = re.fullmatch(r'network-snapshot-(\d+)\.pkl', os.path.basename(path))
-    return int(m.group(1)) if m else None
+def snapshot_kimg(path: str) -> int | float | None:
+    return run_files.file_kimg(path) if run_files.position_key(path, run_files.SNAPSHOT_PREFIX) else None
 
 #----------------------------------------------------------------------------
 # Small helpers for reports: seed lists as ranges, and the spread of scores.

@@ -17,6 +17,9 @@ What a resumed run keeps, and what it may change:
   the state records it (EDM's: its training_options.json, with EDM's fixed 10 Mimg warm-up and
   0.05 ramp-up ratio where it records none). A value given explicitly on the command line that
   differs replaces it from the first resumed step on, and the log says so; defaults never do.
+
+Which run a plain rerun of a command continues (train.py without --nosubdir): the newest unfinished
+one whose recorded options are the command's, less RERUN_FREE_OPTIONS (`rerun_differences`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 
+from dnnlib.outputs import differing_keys
 from dnnlib.util import UserError
 from torch_utils import edm_state, fast, persistence
 
@@ -167,6 +171,26 @@ def check_run_options(recorded: dict, current: dict, where: str) -> list[str]:
                             'a resumed run needs the same')
     return [f'{what} differs from the resumed run: {_difference(get(recorded), get(current))}.'
             for what, get in _MAY_CHANGE if get(recorded) != get(current)]
+
+#----------------------------------------------------------------------------
+# A rerun of one command: train.py without --nosubdir continues the newest
+# unfinished run in --outdir whose recorded options are this command's. What
+# may differ between two runs of one command: where the run is and which
+# state a continued run resumed from; how it computes (device, fast path,
+# data loading, images per device pass: a rerun may land on another
+# machine, and the training state does not depend on them, as for any
+# resume); and the seed when none was given (each run draws one; a
+# continued run's generators come from its state).
+
+RERUN_FREE_OPTIONS = ('run_dir', 'resume_state_dump', 'resume_from_run_dir', 'device', 'fast', 'data_loader_kwargs',
+                      'batch_gpu', 'cudnn_benchmark')
+
+def rerun_differences(recorded: dict, current: dict, seed_given: bool) -> list[str]:
+    """The options (training_options.json keys, nested as 'key.subkey') in which a command differs
+    from the run that recorded `recorded`; empty when the command is a rerun of that run's."""
+    current = json.loads(json.dumps(current))  # The recorded side went through JSON too.
+    free = {'seed', 'online_kwargs.seed'} if not seed_given else set()
+    return [key for key in differing_keys(recorded, current, RERUN_FREE_OPTIONS) if key not in free]
 
 #----------------------------------------------------------------------------
 # Continuing from EDM's state: weights and Adam's state from the state, the

@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import random
-import re
 import signal
 import sys
 import time
@@ -31,24 +30,32 @@ from torch_utils import distributed as dist
 from torch_utils import edm_state, misc, persistence, training_stats
 from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
-from training import resume
+from training import resume, run_files
 from training.dataset import images_to_float
 
 FINISHED = 'finished'    # training_loop() return value: the duration was reached.
 PREEMPTED = 'preempted'  # training_loop() return value: stopped on request, state saved.
 
 STATE_FORMAT = 'sfbd-training-state-v1'
-STATE_PATTERN = re.compile(r'^training-state-(\d+)\.pt$')
 
 #----------------------------------------------------------------------------
-# Training states in a run directory: the newest is the one with the most kimg.
+# Training states in a run directory: the newest is the one furthest in
+# training (file names by position: training/run_files.py).
 
 def find_latest_state(run_dir: str) -> str | None:
     """Path of the newest `training-state-*.pt` in `run_dir`, or None."""
-    if not os.path.isdir(run_dir):
+    return run_files.newest(run_dir, run_files.STATE_PREFIX)
+
+def state_nimg(path: str) -> int | None:
+    """The training position (images) of a training state, ours or EDM's; None if unreadable."""
+    if edm_state.is_edm_training_state(path):
+        m = edm_state.STATE_PATTERN.match(os.path.basename(path))
+        return int(m.group(1)) * 1000 if m else None
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        return int(state['cur_nimg']) if isinstance(state, dict) and state.get('format') == STATE_FORMAT else None
+    except Exception:  # Truncated or foreign files: reported when a run loads them.
         return None
-    found = [(int(m.group(1)), name) for name in os.listdir(run_dir) if (m := STATE_PATTERN.match(name))]
-    return os.path.join(run_dir, max(found)[1]) if found else None
 
 # How a --transfer source is recorded in training states: URLs as given,
 # local files by absolute path.
@@ -512,7 +519,9 @@ def training_loop(
     # both collective. Every rank first checks its EMA against rank 0's; then
     # rank 0 writes a CPU copy. (Copying a network may construct a fresh one,
     # which draws random numbers: the generators are shielded so that
-    # snapshots do not change the run.)
+    # snapshots do not change the run.) Named by position, never replacing a
+    # file of another position (training/run_files.py).
+    namer = run_files.Namer(run_dir) if rank == 0 else None
     def save_snapshot() -> None:
         data: dict[str, Any] = dict(ema=ema, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
         for value in data.values():
@@ -524,7 +533,7 @@ def training_loop(
             if isinstance(value, torch.nn.Module):
                 with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
                     data[key] = copy.deepcopy(value).cpu().eval().requires_grad_(False)
-        persistence.save_network_pickle(os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl'), data)
+        persistence.save_network_pickle(namer.path(run_files.SNAPSHOT_PREFIX, cur_nimg), data)
 
     def save_state() -> None:
         rng_states = _gather(_rng_state(device))
@@ -541,7 +550,7 @@ def training_loop(
                                 augment_kwargs=augment_kwargs, dataset_kwargs=dataset_kwargs)))
         if online is not None:
             state['online'] = online.state_dict()
-        _save_state(os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt'), state)
+        _save_state(namer.path(run_files.STATE_PREFIX, cur_nimg, lambda path, nimg: state_nimg(path) == nimg), state)
 
     # Everything is in place: create the run directory (unless the run is
     # complete already), start the loader and restore the random generators
