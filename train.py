@@ -27,12 +27,12 @@ from click.core import ParameterSource
 
 import dnnlib
 from dnnlib.cli import FiniteFloat, IntList
-from dnnlib.outputs import check_apart, check_output_dir, create_exclusive, path_relation
+from dnnlib.outputs import check_apart, check_distinct, check_output_dir, create_exclusive, path_relation
 from dnnlib.util import UserError, atomic_write, report_user_errors
 from sfbd.backward import MODES
 from sfbd.online import BUFFER_DTYPES, DEFAULTS as ONLINE_DEFAULTS, REFRESH_NETS
 from torch_utils import distributed as dist
-from torch_utils import misc
+from torch_utils import edm_state, misc
 from training import resume, training_loop
 
 # Exit status after SIGTERM or SIGUSR1: the run wrote a snapshot and a training
@@ -194,6 +194,29 @@ def _check_resume(c: dnnlib.EasyDict, explicit: set[str], where: str) -> list[st
     return notes + schedule_notes
 
 #----------------------------------------------------------------------------
+# The seed of a resumed run is the run's own: the training state's data order,
+# random generators and (Online SFBD) refresh noise continue from it. An
+# explicit --seed of another value is refused rather than silently dropped
+# (a new seed needs a new run); without --seed the run's seed is announced.
+# EDM's states record no seed: the given or drawn one is used.
+
+def _resume_seed(c: dnnlib.EasyDict, given: int | None, where: str) -> list[str]:
+    if edm_state.is_edm_training_state(c.resume_state_dump):
+        return []
+    try:
+        state = torch.load(c.resume_state_dump, map_location='cpu', weights_only=True, mmap=True)
+        recorded = int(state['seed'])
+    except Exception:  # Unreadable states are reported when the training loop loads them.
+        return []
+    if given is not None and given != recorded:
+        raise UserError(f'--seed={given}: {where} continues a run of seed {recorded}, and a resumed run keeps its seed; '
+                        f'leave --seed out (or give {recorded}), or start a new run for another seed')
+    c.seed = recorded
+    if c.online_kwargs is not None:
+        c.online_kwargs.seed = recorded
+    return [] if given is not None else [f'Seed: {recorded}, the resumed run\'s own (from its training state).']
+
+#----------------------------------------------------------------------------
 # Online SFBD's options (sfbd/online.py), as plain data; None without --noisy.
 
 ONLINE_OPTIONS = dict(refresh_every='--refresh-every', refresh_batch='--refresh-batch', online_rampup='--online-rampup',
@@ -304,6 +327,8 @@ def main(**kwargs: Any) -> None:
     augmentation on/off; else an error) and announces other changed options. It
     keeps the run's --lr, --lr-rampup, --ema and --ema-rampup: one given explicitly
     with another value takes over from the first resumed step, and the log says so.
+    It keeps the run's seed (data order, noise, Online SFBD's refreshes): a --seed
+    of another value is refused.
     \b
     --transfer copies every tensor of the pickle that has the same name and shape
     (as EDM does, e.g. all but the label embedding of a network with another
@@ -337,6 +362,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         raise UserError('--transfer and --resume cannot be used together')
     if opts.batch % dist.get_world_size() != 0:
         raise UserError(f'--batch={opts.batch} does not divide evenly between {dist.get_world_size()} processes')
+    check_distinct([(path, '--data') for path in opts.data] + [(path, '--noisy') for path in opts.noisy])
     device = dist.resolve_device(opts.device)
 
     # Configuration: plain data, written to training_options.json.
@@ -438,6 +464,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     # A resumed run keeps the network and schedule it was trained with.
     where = f'--resume={opts.resume}' if opts.resume is not None else f'--outdir={opts.outdir} (its newest training state)'
     resume_notes = _check_resume(c, explicit, where) if c.get('resume_state_dump') is not None else []
+    if c.get('resume_state_dump') is not None:
+        resume_notes += _resume_seed(c, opts.seed, where)
 
     # Run directory name.
     cond_str = 'cond' if opts.cond else 'uncond'

@@ -288,6 +288,20 @@ class OnlineUnion(torch.utils.data.Dataset):
         self.clean.close()
 
 #----------------------------------------------------------------------------
+# A run too short for the method: the denoised images are those of the
+# starting network until one refresh pass is done, and count fully only once
+# the weight ramp has ended. Said in train.py's log and in sfbd.rounds' summary.
+
+def shortfall_note(refresh_passes: float, loss_weight: float) -> str | None:
+    missing = [what for what, short in (('one whole refresh pass', refresh_passes < 1),
+                                        ('the end of the weight ramp', loss_weight < 1)) if short]
+    if not missing:
+        return None
+    return (f'Note: the Online SFBD run ended before {" and ".join(missing)}: {refresh_passes:.2f} '
+            f'refresh passes over the observations, buffer loss weight {loss_weight:.3f} of 1. Its denoised data have '
+            'not taken full effect; a longer --duration (or a shorter --online-rampup, more --refresh-batch) would.')
+
+#----------------------------------------------------------------------------
 # Where the buffer lives: on the training device when it takes at most a
 # quarter of the device memory free at start, else in host memory.
 
@@ -431,6 +445,17 @@ class OnlineSFBD:
         training_stats.report0('Online/loss_weight', weight)
         self._tick_refresh_sec, self._tick_refreshed = 0.0, 0
         return [f'refresh {f"{100 * share:.1f}%":<6s}', f'wbuf {weight:<5.3f}']
+
+    def progress(self, cur_nimg: int) -> dict[str, float]:
+        """How far the online run has come: refresh passes over the observations (the fill not
+        counted), and the current loss weight of buffer images."""
+        return dict(refresh_passes=self.buffer.position / len(self.buffer) - 1,
+                    loss_weight=ramp_weight(cur_nimg - self.start_nimg, self.rampup_nimg))
+
+    def shortfall(self, cur_nimg: int) -> str | None:
+        """A note for a run that ends at `cur_nimg` before one whole refresh pass or before the
+        end of the weight ramp; None when it has done both."""
+        return shortfall_note(**self.progress(cur_nimg))
 
     # State: the buffer (plain tensors), its position, the step count, the
     # start of the ramp, and the options for comparison on resume.

@@ -246,3 +246,49 @@ def test_online_state_needs_noisy_to_continue(data, tmp_path):
     assert result.exit_code == 1 and 'an Online SFBD run; give the same --noisy' in result.output
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# A set given twice would count twice: refused, under any spelling.
+
+@pytest.mark.parametrize('twice', ['data', 'data-spelled', 'noisy', 'noisy-link', 'data-and-noisy'])
+def test_a_set_given_twice_is_refused(twice, data, tmp_path):
+    (tmp_path / 'link').symlink_to(data['noisy'])
+    extra = {'data': ['--data', data['clean']],
+             'data-spelled': ['--data', data['clean'] + '/../clean/'],
+             'noisy': ['--noisy', data['noisy'], '--noisy', data['noisy']],
+             'noisy-link': ['--noisy', data['noisy'], '--noisy', tmp_path / 'link'],
+             'data-and-noisy': ['--noisy', data['clean']]}[twice]
+    args = ['--outdir', tmp_path / 'out', '--data', data['clean'], *extra, *TINY, '--duration=0.00004', '--dry-run']
+    result = CliRunner().invoke(train.main, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    (line,) = [l for l in result.output.splitlines() if l.startswith('Error:')]
+    assert re.search(r'(is given twice|are the same set); each set may be given once', line), line
+    assert not (tmp_path / 'out').exists()
+
+#----------------------------------------------------------------------------
+# A run too short to refresh its buffer or end its ramp says so; the log's
+# Loss/loss is the denoising loss as in every run, the weighted one apart; a
+# resumed run keeps its seed and refuses another.
+
+def test_short_online_run_seed_and_losses(data, tmp_path):
+    run_dir = tmp_path / 'run'
+    tiny = [a for a in TINY if not a.startswith('--seed')]
+    args = ['--outdir', run_dir, '--nosubdir', '--data', data['clean'], '--noisy', data['noisy'], *tiny,
+            '--refresh-every=10', '--mode=sde', '--steps=3']
+    result = CliRunner().invoke(train.main, [str(a) for a in args + ['--duration=0.00004', '--seed=4']])
+    assert result.exit_code == 0, result.output
+    log = (run_dir / 'log.txt').read_text()
+    # 5 steps of 8 images: no refresh yet (every 10 steps), weight 40 / (3 refreshes x 10 steps x 8) = 0.167.
+    assert 'ended before one whole refresh pass and the end of the weight ramp: 0.00 refresh passes' in log
+    assert 'buffer loss weight 0.167 of 1' in log
+    stats = [json.loads(line) for line in (run_dir / 'stats.jsonl').read_text().splitlines()]
+    assert all(s['Loss/weighted']['mean'] < s['Loss/loss']['mean'] for s in stats)
+    assert all(s['Loss/weighted']['num'] == s['Loss/loss']['num'] for s in stats)
+
+    # Continuing: another explicit seed is refused; none given, the run's seed is kept and said.
+    more = args + ['--duration=0.00008']
+    result = CliRunner().invoke(train.main, [str(a) for a in more + ['--seed=5']])
+    assert result.exit_code == 1 and 'continues a run of seed 4, and a resumed run keeps its seed' in result.output
+    result = CliRunner().invoke(train.main, [str(a) for a in more + ['--dry-run']])
+    assert result.exit_code == 0 and 'Seed: 4, the resumed run\'s own' in result.output, result.output
+    assert '"seed": 4' in result.output and result.output.count('"seed": 4') == 2  # The run's and the refreshes'.
