@@ -294,7 +294,7 @@ def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
 @click.option('--mode',          help='Backward sampler of the refreshes  [default: ode]',                      type=click.Choice(MODES))
 @click.option('--steps',         help='Steps of the denoising grid, as denoise.py --steps  [default: 18]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--refresh-net',   help='Network that denoises: the weight average or the raw network  [default: ema]', type=click.Choice(REFRESH_NETS))
-@click.option('--buffer-dtype',  help='Precision of the denoised buffer  [default: float16]',                  type=click.Choice(list(BUFFER_DTYPES)))
+@click.option('--buffer-dtype',  help='Precision of the denoised buffer: 8 bits as denoise.py\'s PNGs, or float  [default: uint8]', type=click.Choice(list(BUFFER_DTYPES)))
 @click.option('-n', '--dry-run', help='Show the options and exit',                                                is_flag=True)
 
 @report_user_errors

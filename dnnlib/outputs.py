@@ -80,7 +80,7 @@ def check_distinct(inputs: Sequence[tuple[str | None, str]]) -> None:
             if path_relation(path, other) == 'is':
                 same = f'{option}={path} and {other_option}={other} are the same set' if path != other else \
                        f'{option}={path} is given twice'
-                raise UserError(f'{same}; each set may be given once (repeating it would double its weight)')
+                raise UserError(f'{same}; give each set once (a repeated set would count twice)')
         seen.append((path, option))
 
 #----------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def test_merge_refuses_a_set_given_twice(tmp_path):
     make_image_dataset(str(tmp_path / 'a'), num_images=3)
     result = CliRunner().invoke(merge, ['--source', str(tmp_path / 'a'), '--source', f'{tmp_path}/./a/',
                                         '--dest', str(tmp_path / 'm')])
-    assert result.exit_code == 1 and 'are the same set; each set may be given once' in result.output, result.output
+    assert result.exit_code == 1 and 'are the same set; give each set once' in result.output, result.output
     assert not (tmp_path / 'm').exists()
 
 def test_merge_keeps_the_noise_level_of_observation_sets(tmp_path):
