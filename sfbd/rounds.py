@@ -217,8 +217,9 @@ def _check_preset(preset: str | None) -> None:
 
 def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_duration: float, round_duration: float,
                train_args: Sequence[str] = (), round_args: Sequence[str] = (), denoise_args: Sequence[str] = (),
-               nproc: int = 1, log: IO[str] | None = None, preset: str | None = None) -> dict:
-    """Run (or continue) pretraining and `num_rounds` SFBD rounds; returns the record."""
+               nproc: int = 1, log: IO[str] | None = None, preset: str | None = None, announce: bool = True) -> dict:
+    """Run (or continue) pretraining and `num_rounds` SFBD rounds; returns the record. `announce`:
+    end with the "Done" line (off for a caller that runs the rounds as a step of its own)."""
     _check_preset(preset)
     check_apart([(outdir, '--outdir')], [(clean, '--clean'), (noisy, '--noisy')])
     outdir = os.path.abspath(outdir)
@@ -278,7 +279,8 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
         entry['snapshot'] = _relative(outdir, snapshot)
         save_record(outdir, record)
 
-    print(f'Done: {num_rounds} rounds in {outdir}; the last snapshot is {entries[num_rounds]["snapshot"]}.', flush=True)
+    if announce:
+        print(f'Done: {num_rounds} rounds in {outdir}; the last snapshot is {entries[num_rounds]["snapshot"]}.', flush=True)
     return record
 
 #----------------------------------------------------------------------------
