@@ -317,7 +317,7 @@ def shortfall_note(refresh_passes: float, loss_weight: float) -> str | None:
         return None
     return (f'Note: the Online SFBD run ended before {" and ".join(missing)}: {refresh_passes:.2f} '
             f'refresh passes over the observations, buffer loss weight {loss_weight:.3f} of 1. Its denoised data have '
-            'not taken full effect; a longer --duration (or a shorter --online-rampup, more --refresh-batch) would.')
+            'not taken full effect; a longer --duration (or a shorter --online-rampup, a larger --refresh-batch) would.')
 
 #----------------------------------------------------------------------------
 # Where the buffer lives: on the training device when it takes at most a

@@ -106,7 +106,7 @@ def test_fill_is_what_denoise_py_writes(data, tmp_path):
     online.start_nimg = 0
     indices = torch.tensor([NUM_CLEAN + 5])
     image = online.compose(torch.zeros([1, 3, 8, 8]), indices, cur_nimg=0)[0][0]
-    assert torch.equal(image, images_to_float(torch.from_numpy(pngs['00000/img00000005.png']).permute(2, 0, 1)))
+    assert torch.equal(image, images_to_float(torch.from_numpy(pngs['00000/img00000005.png'].copy()).permute(2, 0, 1)))
 
 #----------------------------------------------------------------------------
 # Batches of clean ∪ buffer: buffer images fill their placeholders (mirrored
