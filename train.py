@@ -30,12 +30,13 @@ from click.core import ParameterSource
 
 import dnnlib
 from dnnlib.cli import FiniteFloat, IntList
-from dnnlib.outputs import OWNER_KEY, check_apart, check_output_dir, create_exclusive, may_be_running, path_relation, read_record
+from dnnlib.outputs import (OWNER_KEY, check_apart, check_distinct, check_output_dir, create_exclusive, may_be_running,
+                            path_relation, read_record)
 from dnnlib.util import UserError, atomic_write, report_user_errors
 from sfbd.backward import MODES
 from sfbd.online import BUFFER_DTYPES, DEFAULTS as ONLINE_DEFAULTS, REFRESH_NETS
 from torch_utils import distributed as dist
-from torch_utils import misc
+from torch_utils import edm_state, misc
 from training import resume, training_loop
 from training.augment import AUGMENT_DIM, AUGMENTATIONS
 
@@ -284,6 +285,29 @@ def _check_resume(c: dnnlib.EasyDict, explicit: set[str], where: str) -> list[st
     return notes + schedule_notes
 
 #----------------------------------------------------------------------------
+# The seed of a resumed run is the run's own: the training state's data order,
+# random generators and (Online SFBD) refresh noise continue from it. An
+# explicit --seed of another value is refused rather than silently dropped
+# (a new seed needs a new run); without --seed the run's seed is announced.
+# EDM's states record no seed: the given or drawn one is used.
+
+def _resume_seed(c: dnnlib.EasyDict, given: int | None, where: str) -> list[str]:
+    if edm_state.is_edm_training_state(c.resume_state_dump):
+        return []
+    try:
+        state = torch.load(c.resume_state_dump, map_location='cpu', weights_only=True, mmap=True)
+        recorded = int(state['seed'])
+    except Exception:  # Unreadable states are reported when the training loop loads them.
+        return []
+    if given is not None and given != recorded:
+        raise UserError(f'--seed={given}: {where} continues a run of seed {recorded}, and a resumed run keeps its seed; '
+                        f'leave --seed out (or give {recorded}), or start a new run for another seed')
+    c.seed = recorded
+    if c.online_kwargs is not None:
+        c.online_kwargs.seed = recorded
+    return [] if given is not None else [f'Seed: {recorded}, the resumed run\'s own (from its training state).']
+
+#----------------------------------------------------------------------------
 # Online SFBD's options (sfbd/online.py), as plain data; None without --noisy.
 
 ONLINE_OPTIONS = dict(refresh_every='--refresh-every', refresh_batch='--refresh-batch', online_rampup='--online-rampup',
@@ -362,7 +386,7 @@ def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
 @click.option('--mode',          help='Backward sampler of the refreshes  [default: ode]',                      type=click.Choice(MODES))
 @click.option('--steps',         help='Steps of the denoising grid, as denoise.py --steps  [default: 18]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--refresh-net',   help='Network that denoises: the weight average or the raw network  [default: ema]', type=click.Choice(REFRESH_NETS))
-@click.option('--buffer-dtype',  help='Precision of the denoised buffer  [default: float16]',                  type=click.Choice(list(BUFFER_DTYPES)))
+@click.option('--buffer-dtype',  help='Precision of the denoised buffer: 8 bits as denoise.py\'s PNGs, or float  [default: uint8]', type=click.Choice(list(BUFFER_DTYPES)))
 @click.option('-n', '--dry-run', help='Show the options and exit',                                                is_flag=True)
 
 @report_user_errors
@@ -397,6 +421,8 @@ def main(**kwargs: Any) -> None:
     augmentation on/off; else an error) and announces other changed options. It
     keeps the run's --lr, --lr-rampup, --ema and --ema-rampup: one given explicitly
     with another value takes over from the first resumed step, and the log says so.
+    It keeps the run's seed (data order, noise, Online SFBD's refreshes): a --seed
+    of another value is refused.
     \b
     --transfer copies every tensor of the pickle that has the same name and shape
     (as EDM does, e.g. all but the label embedding of a network with another
@@ -436,6 +462,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         raise UserError('--transfer and --resume cannot be used together')
     if opts.batch % dist.get_world_size() != 0:
         raise UserError(f'--batch={opts.batch} does not divide evenly between {dist.get_world_size()} processes')
+    check_distinct([(path, '--data') for path in opts.data] + [(path, '--noisy') for path in opts.noisy])
     device = dist.resolve_device(opts.device)
 
     # Configuration: plain data, written to training_options.json.
@@ -551,6 +578,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     # A resumed run keeps the network and schedule it was trained with.
     where = f'--resume={opts.resume}' if opts.resume is not None else f'--outdir={continue_dir} (its newest training state)'
     resume_notes = _check_resume(c, explicit, where) if c.get('resume_state_dump') is not None else []
+    if c.get('resume_state_dump') is not None:
+        resume_notes += _resume_seed(c, opts.seed, where)
 
     # Run directory name.
     cond_str = 'cond' if opts.cond else 'uncond'

@@ -66,6 +66,25 @@ def check_apart(outputs: Sequence[tuple[str | None, str]], inputs: Sequence[tupl
                                 'each output needs a place of its own')
 
 #----------------------------------------------------------------------------
+# Inputs that are read as one (train.py's --data and --noisy, a merge's
+# sources) must be different sets: the same set twice, under any spelling or
+# through a link, would silently count twice. Entries are (path, option);
+# None entries, URLs and paths that do not exist are left to their own checks.
+
+def check_distinct(inputs: Sequence[tuple[str | None, str]]) -> None:
+    """Refuse two entries that are the same file or directory."""
+    seen: list[tuple[str, str]] = []
+    for path, option in inputs:
+        if path is None or is_url(path) or not os.path.exists(path):
+            continue
+        for other, other_option in seen:
+            if path_relation(path, other) == 'is':
+                same = f'{option}={path} and {other_option}={other} are the same set' if path != other else \
+                       f'{option}={path} is given twice'
+                raise UserError(f'{same}; give each set once (a repeated set would count twice)')
+        seen.append((path, option))
+
+#----------------------------------------------------------------------------
 # Output paths that cannot be written: a directory where a file is expected,
 # a file where a directory is expected, a file on the way, a read-only place.
 

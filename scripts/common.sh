@@ -87,7 +87,7 @@ sfbd_resolve_network() {
     fi
 }
 
-# sfbd_preset VAR KIND NAME : the options of preset NAME for KIND (train or denoise) into the array
+# sfbd_preset VAR KIND NAME : the options of preset NAME for KIND (train, denoise or online) into the array
 # named VAR, from the table in sfbd/presets.py (`python -m sfbd.presets` lists it); empty for none.
 # Fails naming PRESET for an unknown NAME.
 sfbd_preset() {

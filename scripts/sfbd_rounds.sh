@@ -42,7 +42,8 @@
 #   ONLINE_ARGS          train.py options for the online job (e.g. "--duration=80 --refresh-every=20").
 #   PRESET               celeba64 | cifar10 | none (default none): the preset of every training job
 #                        (train.sh) and every denoising task (denoise.sh; celeba64: the release's 40
-#                        steps). Presets and their sources: `python -m sfbd.presets`.
+#                        steps; with ONLINE=1 the online job's refreshes too, before ONLINE_ARGS).
+#                        Presets and their sources: `python -m sfbd.presets`.
 #   PRETRAIN_ARGS        train.py options for pretraining, whitespace-separated (e.g. "--duration=200").
 #   UPDATE_ARGS          train.py options for every update (e.g. "--duration=20"). As in the SFBD release,
 #                        each update is a --transfer that restarts EDM's 10 Mimg learning-rate warm-up;
@@ -172,7 +173,8 @@ fi
 
 # --- Online SFBD: one run instead of the rounds -----------------------------------------------------
 if [[ "${ONLINE:-0}" == 1 ]]; then
-    prev_job="$(submit_train "$prefix-online" "$WORKDIR/online" "$prev_job" "$prev_net" "" "${ONLINE_ARGS:-}" \
+    sfbd_preset _online online "${PRESET:-none}"  # The preset's denoising options (--steps) for the refreshes.
+    prev_job="$(submit_train "$prefix-online" "$WORKDIR/online" "$prev_job" "$prev_net" "" "${_online[*]} ${ONLINE_ARGS:-}" \
         '{"online": true}' "$NOISY_DATA")"
     sfbd_log "online: job $prev_job (from $prev_net) -> $WORKDIR/online"
     prev_net="$WORKDIR/online"

@@ -22,7 +22,7 @@ import numpy as np
 import tqdm
 
 from dnnlib.cli import FiniteFloat
-from dnnlib.outputs import check_apart
+from dnnlib.outputs import check_apart, check_distinct
 from dnnlib.util import EasyDict, UserError, report_user_errors
 from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
                                read_listing, split_record, write_datasets)
@@ -146,6 +146,7 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
     """Merge `sources` into a new dataset `dest`; returns the number of images."""
     if not sources:
         raise UserError('merge: give at least one --source')
+    check_distinct([(source, '--source') for source in sources])
     check_apart([(dest, '--dest')], [(source, '--source') for source in sources])
     parts = []
     for source in sources:

@@ -170,7 +170,7 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
         for k in range(cfg.num_rounds + 1):
             record = timer.run(f'round {k}', lambda k=k: rounds.run_rounds(
                 sfbd_dir, clean, noisy, k, cfg.pretrain_mimg, cfg.round_mimg, train_args=train_args,
-                denoise_args=[f'--device={dev}'], log=log))
+                denoise_args=[f'--device={dev}'], log=log, announce=False))  # The demo goes on: no "Done" line.
         pretrained = os.path.join(sfbd_dir, record['rounds'][0]['snapshot'])
         snapshots = [('(a) clean only (pretraining)', pretrained, timer.total(['round 0']))]
         snapshots += [(f'(b) SFBD round {e["round"]}', os.path.join(sfbd_dir, e['snapshot']),

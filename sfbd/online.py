@@ -36,14 +36,16 @@ from sfbd.backward import MODES, backward_nfe, backward_sample, denoising_sigmas
 from sfbd.observations import ObservationSet
 from torch_utils import distributed as dist
 from torch_utils import training_stats
-from training.sampler import StackedRandomGenerator
+from training.dataset import images_to_float
+from training.sampler import StackedRandomGenerator, to_uint8
 
 REFRESH_NETS = ('ema', 'raw')   # Network of the refreshes: the weight average, or the network being trained.
-BUFFER_DTYPES = {'float16': torch.float16, 'float32': torch.float32}
+BUFFER_DTYPES = {'uint8': torch.uint8, 'float16': torch.float16, 'float32': torch.float32}
 
 # Defaults of the options (docs/sfbd.md has the reasons): the paper's m = 20
-# steps per refresh; denoise.py's sampler (the release's ODE, EDM's 18-step grid).
-DEFAULTS = dict(refresh_every=20, mode='ode', num_steps=18, refresh_net='ema', buffer_dtype='float16')
+# steps per refresh; denoise.py's sampler (the release's ODE, EDM's 18-step grid);
+# the buffer in 8 bits, as denoise.py's PNGs, so that training states stay small.
+DEFAULTS = dict(refresh_every=20, mode='ode', num_steps=18, refresh_net='ema', buffer_dtype='uint8')
 SAMPLER_SIGMA_MAX = 80  # The top of EDM's grid (every network of this repository reaches it).
 
 #----------------------------------------------------------------------------
@@ -146,7 +148,10 @@ def _gather_rows(rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
 # random stream of image_seeds(seed, [p]), so an image depends on the network
 # at its refresh, the seed and p only, not on batching or the number of
 # processes; the first pass (p < N) draws the noise of `denoise.py --seed`.
-# Images are clipped to [-1, 1] like denoise.py's PNGs, but not rounded to 8 bits.
+# A uint8 buffer (the default) holds what denoise.py writes: its images
+# rounded by the very rule of its PNGs (training.sampler.to_uint8), read back
+# as the training loop reads PNGs (x / 127.5 - 1). Float buffers hold the
+# images clipped to [-1, 1] like the PNGs, but not rounded.
 
 class DenoisedBuffer:
     def __init__(self,
@@ -155,7 +160,7 @@ class DenoisedBuffer:
         mode:           str = 'ode',            # Backward sampler (sfbd/backward.py): 'ode' or 'sde'.
         num_steps:      int = 18,               # Steps of EDM's grid that is cut at each sigma (denoise.py --steps).
         seed:           int = 0,                # Seed of the per-image noise (SDE, churn).
-        dtype:          torch.dtype = torch.float16, # Precision of the stored images.
+        dtype:          torch.dtype = torch.uint8, # Precision of the stored images: uint8 as denoise.py's PNGs, or a float type.
         device:         torch.device | str = 'cpu',  # Where the network runs.
         storage:        torch.device | str = 'cpu',  # Where the buffer lives.
         max_batch:      int = 64,               # Most observations one process denoises at once.
@@ -163,6 +168,8 @@ class DenoisedBuffer:
     ):
         if mode not in MODES:
             raise UserError(f'--mode={mode}: expected one of {", ".join(MODES)}')
+        if dtype == torch.uint8 and not clip:
+            raise ValueError('a uint8 buffer holds images: it needs clip=True')
         self.observations = observations
         self.labels = labels
         self.mode = mode
@@ -210,7 +217,7 @@ class DenoisedBuffer:
                     x = torch.zeros([0, *self.images.shape[1:]], dtype=torch.float32, device=self.device)
                 x = _gather_rows(x, [len(s) for s in slices])
                 index = torch.from_numpy(part % len(self)).to(self.images.device)
-                self.images[index] = x.to(self.images.device, self.images.dtype)
+                self.images[index] = self.encode(x).to(self.images.device)
                 mine_total += len(mine)
                 bar.update(len(part))
         return mine_total
@@ -229,7 +236,16 @@ class DenoisedBuffer:
         self.position += count
         return done
 
-    # State as plain tensors and numbers (torch.load(weights_only=True) reads it).
+    # Images in [-1, 1] (float32) to the buffer's dtype, and back.
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return to_uint8(x) if self.images.dtype == torch.uint8 else x.to(self.images.dtype)
+
+    @staticmethod
+    def decode(rows: torch.Tensor) -> torch.Tensor:
+        return images_to_float(rows)
+
+    # State as plain tensors and numbers (torch.load(weights_only=True) reads it),
+    # the images in the buffer's dtype: N*C*H*W bytes for uint8.
     def state_dict(self) -> dict[str, Any]:
         return dict(images=self.images.to('cpu', copy=True), position=self.position, seed=self.seed)
 
@@ -237,7 +253,9 @@ class DenoisedBuffer:
         images = state['images']
         if list(images.shape) != list(self.images.shape):
             raise ValueError(f'the buffer holds {list(images.shape)}, the observations need {list(self.images.shape)}')
-        self.images.copy_(images.to(self.images.dtype))
+        if images.dtype != self.images.dtype:  # A state of another --buffer-dtype: converted.
+            images = self.encode(self.decode(images))
+        self.images.copy_(images)
         self.position = int(state['position'])
         self.seed = int(state['seed'])
 
@@ -288,6 +306,20 @@ class OnlineUnion(torch.utils.data.Dataset):
         self.clean.close()
 
 #----------------------------------------------------------------------------
+# A run too short for the method: the denoised images are those of the
+# starting network until one refresh pass is done, and count fully only once
+# the weight ramp has ended. Said in train.py's log and in sfbd.rounds' summary.
+
+def shortfall_note(refresh_passes: float, loss_weight: float) -> str | None:
+    missing = [what for what, short in (('one whole refresh pass', refresh_passes < 1),
+                                        ('the end of the weight ramp', loss_weight < 1)) if short]
+    if not missing:
+        return None
+    return (f'Note: the Online SFBD run ended before {" and ".join(missing)}: {refresh_passes:.2f} '
+            f'refresh passes over the observations, buffer loss weight {loss_weight:.3f} of 1. Its denoised data have '
+            'not taken full effect; a longer --duration (or a shorter --online-rampup, a larger --refresh-batch) would.')
+
+#----------------------------------------------------------------------------
 # Where the buffer lives: on the training device when it takes at most a
 # quarter of the device memory free at start, else in host memory.
 
@@ -313,7 +345,7 @@ class OnlineSFBD:
         mode:           str = DEFAULTS['mode'],         # Backward sampler: 'ode' (the release's) or 'sde'.
         num_steps:      int = DEFAULTS['num_steps'],    # Steps of the grid cut at sigma (denoise.py --steps).
         refresh_net:    str = DEFAULTS['refresh_net'],  # Network of the fill and the refreshes: 'ema' or 'raw'.
-        buffer_dtype:   str = DEFAULTS['buffer_dtype'], # Precision of the buffer: 'float16' or 'float32'.
+        buffer_dtype:   str = DEFAULTS['buffer_dtype'], # Precision of the buffer: 'uint8' (as denoise.py's PNGs), 'float16' or 'float32'.
         xflip:          bool = False,                   # Mirrored copies of the buffer images too (train.py --xflip).
         cache:          bool = False,                   # Keep the observations in memory once read (train.py --cache).
         seed:           int = 0,                        # Seed of the refreshes' per-image noise.
@@ -403,7 +435,7 @@ class OnlineSFBD:
         on the device; returns the batch and the per-image loss weights [B, 1, 1, 1]."""
         slot = indices >= self.dataset.num_clean
         items = indices[slot] - self.dataset.num_clean
-        rows = self.buffer.images[(items % len(self.buffer)).to(self.buffer.images.device)].to(images.device, torch.float32)
+        rows = self.buffer.decode(self.buffer.images[(items % len(self.buffer)).to(self.buffer.images.device)].to(images.device))
         flip = (items >= len(self.buffer)).to(images.device)
         rows = torch.where(flip[:, None, None, None], rows.flip(-1), rows)
         images[slot.to(images.device)] = rows
@@ -431,6 +463,17 @@ class OnlineSFBD:
         training_stats.report0('Online/loss_weight', weight)
         self._tick_refresh_sec, self._tick_refreshed = 0.0, 0
         return [f'refresh {f"{100 * share:.1f}%":<6s}', f'wbuf {weight:<5.3f}']
+
+    def progress(self, cur_nimg: int) -> dict[str, float]:
+        """How far the online run has come: refresh passes over the observations (the fill not
+        counted), and the current loss weight of buffer images."""
+        return dict(refresh_passes=self.buffer.position / len(self.buffer) - 1,
+                    loss_weight=ramp_weight(cur_nimg - self.start_nimg, self.rampup_nimg))
+
+    def shortfall(self, cur_nimg: int) -> str | None:
+        """A note for a run that ends at `cur_nimg` before one whole refresh pass or before the
+        end of the weight ramp; None when it has done both."""
+        return shortfall_note(**self.progress(cur_nimg))
 
     # State: the buffer (plain tensors), its position, the step count, the
     # start of the ramp, and the options for comparison on resume.

@@ -3,6 +3,10 @@
     python -m sfbd.presets                      # the table, with sources
     python -m sfbd.presets celeba64 --for=train # the options, one per line (for scripts)
 
+An Online SFBD run (`sfbd.rounds --online`, `ONLINE=1` of the cluster script) takes the training
+options and, since its refreshes denoise as denoise.py does, the denoise.py options it shares
+with denoise.py (--mode, --steps): `--for=online`.
+
 `python -m sfbd.rounds --preset=NAME` and the cluster scripts (`PRESET=NAME`) read this table, so
 a preset means the same everywhere. The options go before the user's own, which win where both
 are given (train.py and denoise.py take the last value of an option).
@@ -31,14 +35,23 @@ PRESETS: dict[str, dict] = {
                'hyperparameters with NCSN++; scripts/denoise.sh, --steps=40).',
     ),
 }
-KINDS = ('train', 'denoise')
+KINDS = ('train', 'denoise', 'online')
+
+# Online SFBD's refreshes denoise as denoise.py does: the denoise.py options
+# of a preset that train.py's online run also has (same name, same meaning)
+# go to the online run too, after the training options.
+ONLINE_DENOISE_OPTIONS = ('--mode', '--steps')
 
 def preset_args(name: str | None, kind: str) -> list[str]:
-    """The options of preset `name` for `kind` ('train' or 'denoise'); none for None or 'none'."""
+    """The options of preset `name` for `kind`: 'train' (every training run), 'denoise'
+    (denoise.py) or 'online' (the extra train.py options of an Online SFBD run: the backward
+    sampler's, taken from 'denoise'); none for None or 'none'."""
     if name in (None, 'none', ''):
         return []
     if name not in PRESETS:
         raise KeyError(f'unknown preset "{name}"; known: {", ".join(PRESETS)}, none')
+    if kind == 'online':
+        return [option for option in PRESETS[name]['denoise'] if option.split('=')[0] in ONLINE_DENOISE_OPTIONS]
     return list(PRESETS[name][kind])
 
 #----------------------------------------------------------------------------
@@ -51,6 +64,7 @@ def main(name: str | None, kind: str | None) -> None:
     if name is None:
         for preset, entry in PRESETS.items():
             print(f'{preset}:\n  train.py   {" ".join(entry["train"])}\n  denoise.py {" ".join(entry["denoise"])}\n'
+                  f'  online     {" ".join(preset_args(preset, "online"))} (train.py, Online SFBD\'s refreshes)\n'
                   f'  source: {entry["source"]}')
         return
     try:

@@ -36,7 +36,7 @@ import click
 import numpy as np
 import torch
 
-from dnnlib.outputs import check_apart, check_output_dir
+from dnnlib.outputs import check_apart, check_distinct, check_output_dir
 from dnnlib.util import EasyDict, UserError, atomic_write, file_sha256, report_user_errors, save_png
 from sfbd import memorization as mem
 from sfbd.grids import comparison_grid
@@ -45,6 +45,7 @@ from sfbd.rounds import RECORD_FNAME, load_record
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 from torch_utils.persistence import load_network
+from training.dataset import ImageFolderDataset
 from training.fid_stats import FeatureStats, calculate_fid_from_inception_stats, load_ref_stats, snapshot_kimg
 from training.generation import sampler_options
 
@@ -194,6 +195,23 @@ class Scorer:
         result['seconds'] = round(time.time() - start, 1)
         return result
 
+# The image shape [C, H, W] of every finished round's snapshot (path relative
+# to the run), from the samples given for it or else from the network.
+def snapshot_shapes(rounds_dir: str, record: dict, samples: dict[str, np.ndarray] | None = None) -> dict[str, list[int]]:
+    shapes = {}
+    for entry in record.get('rounds', []):
+        path = os.path.join(rounds_dir, entry['snapshot']) if entry.get('snapshot') else None
+        if path is None or not os.path.isfile(path):
+            continue
+        given = None if samples is None else samples.get(os.path.abspath(path))
+        if given is not None:
+            shapes[entry['snapshot']] = list(given.shape[1:])
+            continue
+        net = load_network(path)
+        shapes[entry['snapshot']] = [net.img_channels, net.img_resolution, net.img_resolution]
+        del net
+    return shapes
+
 #----------------------------------------------------------------------------
 # The training loss of every run of the rounds, end to end: each run counts
 # its images from 0, so run k is shifted by the length of runs 0..k-1.
@@ -288,6 +306,28 @@ def plot_loss(path: str, curves: Sequence[EasyDict]) -> None:
 def _fmt(value: Any, spec: str = '.2f') -> str:
     return '&ndash;' if value is None else format(value, spec)
 
+# Local paths as the page shows them: relative to the report's folder, so that
+# the page names no machine's directories (URLs as they are).
+def shown_path(path: str, outdir: str) -> str:
+    if '://' in path:
+        return path
+    try:
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(outdir)).replace(os.sep, '/')
+    except ValueError:  # Another drive (Windows).
+        return path
+
+def shown_settings(settings: dict, outdir: str) -> dict:
+    shown = json.loads(json.dumps(settings))
+    if shown.get('fid'):
+        shown['fid']['ref'] = shown_path(shown['fid']['ref'], outdir)
+    for entry in (shown.get('memorization') or {}).get('train', []):
+        entry['path'] = shown_path(entry['path'], outdir)
+    return shown
+
+def describe_runs(rows: Sequence[dict]) -> str:
+    rounds = sum(1 for row in rows if row['round'] > 0)
+    return f'pretraining and {rounds} round{"" if rounds == 1 else "s"}'
+
 def render_html(report: dict) -> str:
     e = html.escape
     train = report['train']
@@ -311,9 +351,16 @@ def render_html(report: dict) -> str:
                       for name, caption in report['figures'])
     grids = ''.join(f'<figure><img class="pixels" src="{e(name)}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption></figure>'
                     for name, caption in report['grids'])
-    settings = e(json.dumps(report['settings'], indent=1))
+    settings = e(json.dumps(shown_settings(report['settings'], report['outdir']), indent=1))
+    run = shown_path(report['rounds'], report['outdir'])
+    columns = ''.join(f'<li><b>copies of {e(os.path.basename(os.path.normpath(p)))}</b>: of the samples, those whose nearest '
+                      f'image in the --train set <code>{e(shown_path(p, report["outdir"]))}</code>{size} is closer than '
+                      f'{report["threshold"]:.3g} times their second-nearest image there, i.e. near-copies of one image of '
+                      'that set; the median distance is that of each sample to its nearest image there.</li>'
+                      for p, size in zip(train, [f' ({n} images)' for n in report['train_sizes']]))
+    columns = f'<ul>{columns}</ul>' if columns else ''
     return f'''<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>SFBD report: {e(report["rounds"])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>SFBD report: {e(run)}</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; max-width: 72em; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; }}
@@ -322,11 +369,12 @@ img {{ max-width: 100%; }} img.pixels {{ image-rendering: pixelated; }}
 pre {{ background: #f4f4f4; padding: 0.5em; font-size: 0.8em; }}
 </style></head><body>
 <h1>SFBD report</h1>
-<p>Run <code>{e(report["rounds"])}</code>, {len(report["rows"])} rounds; written {e(report["time"])}.
+<p>Run <code>{e(run)}</code> (relative to this page), {e(describe_runs(report["rows"]))}; written {e(report["time"])}.
 {e(report["about"])}</p>
 <table><tr><th>round</th><th>final snapshot</th><th>kimg</th>{fid_head}{head}</tr>
 {"".join(body)}
 </table>
+{columns}
 {figures}
 <h2>Samples</h2>
 {grids}
@@ -354,19 +402,41 @@ def write_report(rounds_dir: str, outdir: str | None = None, ref: str | None = N
     for path in train:
         if not os.path.exists(path):
             raise UserError(f'--train={path}: no such dataset')
+    check_distinct([(p, '--train') for p in train])
     check_apart([(outdir, '--outdir')], [(ref, '--ref'), (detector, '--detector'), *[(p, '--train') for p in train]])
     check_output_dir(outdir, '--outdir', 'sfbd.report', [SCORES_FNAME, 'report.html', 'samples-round-*.png'])
     device = torch.device(device) if device is not None else dist.resolve_device(None)
+
+    # Every input is checked before any sampling or output: the --train sets (clean 8-bit images,
+    # of the samples' shape for pixel features), the --ref statistics (of the FID's features),
+    # against the image shape of every finished snapshot.
+    for path in train:
+        dataset = ImageFolderDataset(path)
+        sigma_text = dataset.sigma_text
+        dataset.close()
+        if sigma_text:
+            raise UserError(f'--train={path}: is an observation set (noisy images, sigma {sigma_text} in dataset.json); '
+                            'the memorisation check compares with clean images (e.g. the split\'s source)')
+    references = mem.open_references(train)
+    ref_stats = None if ref is None else load_ref_stats(ref)
+    shapes = snapshot_shapes(rounds_dir, record, samples)
+    if features == 'pixel':
+        for reference in references:
+            for snapshot, shape in shapes.items():
+                if reference.image_shape != shape:
+                    raise UserError(f'--train={reference.path}: images are {reference.image_shape} (C, H, W), but '
+                                    f'{snapshot} makes {shape}; pixel features need one shape (--features=inception does not)')
     # The detector, when used, enters the settings by content.
     inception = None
     if (ref is not None and fid_features == 'inception') or (train and features == 'inception'):
         inception = mem.load_feature_space('inception', device, detector, detector_sha256, verbose)
-    ref_stats = None if ref is None else load_ref_stats(ref)
     settings = score_settings(num, sampler_kwargs, ref, ref_stats, fid_features, train, features, threshold,
                               None if inception is None else inception.sha256)
     scorer = Scorer(settings, ref_stats, train, device, detector, detector_sha256, max_batch_size, verbose)
     if inception is not None:
         scorer.spaces['inception'] = inception
+    for shape in shapes.values():
+        scorer.check_fid_features(shape)
     os.makedirs(outdir, exist_ok=True)
     scores_path = os.path.join(outdir, SCORES_FNAME)
     scores = load_scores(scores_path)
@@ -398,7 +468,7 @@ def write_report(rounds_dir: str, outdir: str | None = None, ref: str | None = N
     figures, grids = [], []
     if ref is not None and any(row.get('fid') is not None for row in rows):
         plot_fid(os.path.join(outdir, 'fid.png'), rows, fid_title)
-        figures.append(('fid.png', f'{fid_title} against {ref}, per round'))
+        figures.append(('fid.png', f'{fid_title} against {shown_path(ref, outdir)}, per round'))
     if train and any(row.get('memorization') for row in rows):
         plot_copies(os.path.join(outdir, 'copies.png'), rows, train)
         figures.append(('copies.png', 'Samples that copy a training image, per round and set'))
@@ -418,8 +488,9 @@ def write_report(rounds_dir: str, outdir: str | None = None, ref: str | None = N
     if train:
         about += (f' A sample copies a set when its nearest image there is closer than {threshold:.3g} times its '
                   f'second-nearest ({features} features; Gu et al., On Memorization in Diffusion Models).')
-    report = dict(rounds=os.path.abspath(rounds_dir), rows=rows, ref=ref, train=list(train), settings=settings,
-                  fid_title=fid_title, figures=figures, grids=grids, about=about, time=time.strftime('%Y-%m-%d %H:%M:%S'))
+    report = dict(rounds=os.path.abspath(rounds_dir), outdir=os.path.abspath(outdir), rows=rows, ref=ref, train=list(train),
+                  train_sizes=[len(r) for r in references], threshold=threshold, settings=settings, fid_title=fid_title,
+                  figures=figures, grids=grids, about=about, time=time.strftime('%Y-%m-%d %H:%M:%S'))
     with atomic_write(os.path.join(outdir, 'report.html'), 'w') as f:
         f.write(render_html(report))
     if verbose:

@@ -213,8 +213,9 @@ def _check_preset(preset: str | None) -> None:
 
 def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_duration: float, round_duration: float,
                train_args: Sequence[str] = (), round_args: Sequence[str] = (), denoise_args: Sequence[str] = (),
-               nproc: int = 1, log: IO[str] | None = None, preset: str | None = None) -> dict:
-    """Run (or continue) pretraining and `num_rounds` SFBD rounds; returns the record."""
+               nproc: int = 1, log: IO[str] | None = None, preset: str | None = None, announce: bool = True) -> dict:
+    """Run (or continue) pretraining and `num_rounds` SFBD rounds; returns the record. `announce`:
+    end with the "Done" line (off for a caller that runs the rounds as a step of its own)."""
     _check_preset(preset)
     check_apart([(outdir, '--outdir')], [(clean, '--clean'), (noisy, '--noisy')])
     outdir = os.path.abspath(outdir)
@@ -274,7 +275,8 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
         entry['snapshot'] = _relative(outdir, snapshot)
         save_record(outdir, record)
 
-    print(f'Done: {num_rounds} rounds in {outdir}; the last snapshot is {entries[num_rounds]["snapshot"]}.', flush=True)
+    if announce:
+        print(f'Done: {num_rounds} rounds in {outdir}; the last snapshot is {entries[num_rounds]["snapshot"]}.', flush=True)
     return record
 
 #----------------------------------------------------------------------------
@@ -284,6 +286,23 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
 # then `online_args` (the online run only, e.g. --refresh-every). The record
 # is online.json; a folder of the rounds (rounds.json) is refused, and the
 # rounds refuse this one, as the two would share the pretraining.
+
+# How far the online run came, from the last tick of its stats.jsonl:
+# refresh passes (the fill not counted) and the buffer's loss weight; None
+# when it has no such tick.
+def online_progress(run_dir: str) -> dict[str, float] | None:
+    last = None
+    path = os.path.join(run_dir, 'stats.jsonl')
+    if os.path.isfile(path):
+        with open(path, 'r', encoding='utf-8') as f:
+            for line in f:
+                try:
+                    tick = json.loads(line)
+                    last = dict(refresh_passes=float(tick['Online/passes']['mean']) - 1,
+                                loss_weight=float(tick['Online/loss_weight']['mean']))
+                except (ValueError, KeyError, TypeError):
+                    continue  # A line being written.
+    return last
 
 def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, online_duration: float,
                train_args: Sequence[str] = (), online_args: Sequence[str] = (), nproc: int = 1,
@@ -296,6 +315,7 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
                    online_duration=online_duration, train_args=list(train_args), online_args=list(online_args),
                    preset=preset or 'none')
     train_args = [*preset_args(preset, 'train'), *train_args]
+    online_args = [*preset_args(preset, 'online'), *online_args]  # The refreshes denoise as the preset's denoise.py.
     check_output_dir(outdir, '--outdir', 'sfbd.rounds --online', [ONLINE_RECORD_FNAME])
     def has_outputs() -> bool:
         return any(os.path.isdir(path) for path in (pretrain_dir(outdir), online_dir(outdir)))
@@ -331,9 +351,14 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
         snapshot = train_step(online_dir(outdir), [options['clean']], online_duration,
                               [f'--noisy={options["noisy"]}', *train_args, *online_args], finished('pretrain'), nproc, log)
         record['online'] = dict(train_dir=_relative(outdir, online_dir(outdir)), network=record['pretrain']['snapshot'],
-                                snapshot=_relative(outdir, snapshot))
+                                snapshot=_relative(outdir, snapshot), **(online_progress(online_dir(outdir)) or {}))
         save_record(outdir, record, ONLINE_RECORD_FNAME)
     print(f'Done: Online SFBD in {outdir}; the final snapshot is {record["online"]["snapshot"]}.', flush=True)
+    if 'refresh_passes' in record['online']:
+        from sfbd.online import shortfall_note  # Here, so that the rounds need not import torch.
+        note = shortfall_note(record['online']['refresh_passes'], record['online']['loss_weight'])
+        if note is not None:
+            print(f'{note} (online/log.txt)', flush=True)
     return record
 
 #----------------------------------------------------------------------------

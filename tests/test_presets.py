@@ -19,6 +19,7 @@ def test_presets_are_the_published_settings():
                                                 '--lr=2e-4', '--dropout=0.05', '--augment=0.15']
     assert preset_args('celeba64', 'denoise') == ['--steps=40']  # The release's scripts/denoise.sh.
     assert preset_args('cifar10', 'denoise') == ['--steps=18']
+    assert preset_args('celeba64', 'online') == ['--steps=40']  # Online SFBD's refreshes denoise alike.
     assert preset_args(None, 'train') == preset_args('none', 'denoise') == []
     with pytest.raises(KeyError):
         preset_args('imagenet', 'train')

@@ -203,6 +203,13 @@ def test_merge_round_trip(tmp_path):
     names = [name for name, _label in read_json(str(tmp_path / 'm' / 'dataset.json'))['labels']]
     assert len(set(names)) == 1012 and names[1011] == '00001/img00001011.png'
 
+def test_merge_refuses_a_set_given_twice(tmp_path):
+    make_image_dataset(str(tmp_path / 'a'), num_images=3)
+    result = CliRunner().invoke(merge, ['--source', str(tmp_path / 'a'), '--source', f'{tmp_path}/./a/',
+                                        '--dest', str(tmp_path / 'm')])
+    assert result.exit_code == 1 and 'are the same set; give each set once' in result.output, result.output
+    assert not (tmp_path / 'm').exists()
+
 def test_merge_keeps_the_noise_level_of_observation_sets(tmp_path):
     arrays = np.zeros([3, 1, 4, 4], np.float32)
     make_observation_set(str(tmp_path / 'o1'), arrays, sigma=0.2)

@@ -72,3 +72,21 @@ def test_tiny_demo_end_to_end(tmp_path, monkeypatch):
     assert result.stdout.count('reused') == 2 and 'scoring' not in result.stdout
     assert sorted(os.listdir(tmp_path / 'report')) == sorted(report_files)
     assert list(json.loads((tmp_path / 'report' / 'scores.json').read_text()).values()) == scores
+
+def test_the_demo_says_done_only_at_the_end(tmp_path, monkeypatch, capsys):
+    # The rounds are steps of the demo: their runs stood in for by empty snapshots, the demo stopped
+    # at its next step (Online SFBD); nothing printed until then may say that it is done.
+    monkeypatch.setattr(demo, 'DEMO', EasyDict(demo.DEMO, num_images=40, clean_count=8, num_rounds=2))
+    class Stop(Exception):
+        pass
+    def fake_run_script(script, args, nproc=1, log=None):
+        if any(a.startswith('--noisy=') for a in args) and script == 'train.py':
+            raise Stop
+        outdir = next(a.split('=', 1)[1] for a in args if a.startswith('--outdir='))
+        os.makedirs(outdir, exist_ok=True)
+        open(os.path.join(outdir, 'network-snapshot-000000.pkl' if script == 'train.py' else 'dataset.json'), 'w').close()
+    monkeypatch.setattr(rounds, 'run_script', fake_run_script)
+    with pytest.raises(Stop):
+        demo.run_demo(str(tmp_path), device='cpu')
+    out = capsys.readouterr().out
+    assert 'Round 2: fine-tuning' in out and 'Online SFBD' in out and 'Done' not in out

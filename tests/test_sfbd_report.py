@@ -14,7 +14,7 @@ from sfbd import report
 from sfbd.memorization import sample_images
 from torch_utils.persistence import load_network
 
-from sfbd_helpers import make_image_dataset, save_tiny_network
+from sfbd_helpers import make_image_dataset, make_observation_set, random_observations, save_tiny_network
 
 #----------------------------------------------------------------------------
 # A run directory as sfbd.rounds leaves it: round 0 and 1 finished, round 2
@@ -69,6 +69,9 @@ def test_scores_are_reused_until_something_changes(run_dir):
         assert os.path.getsize(outdir / name) > 1000
     page = (outdir / 'report.html').read_text()
     assert 'src="fid.png"' in page and 'not finished' in page and 'pretraining' in page
+    # The header counts the rounds after pretraining, names paths relative to the page, and says what a column means.
+    assert 'pretraining and 2 rounds;' in page and str(run_dir['root']) not in page
+    assert '<code>../sfbd</code>' in page and '<b>copies of clean</b>: of the samples, those whose nearest image' in page
     scores = json.loads((outdir / 'scores.json').read_text())
     assert all(s['num'] == 16 and s['memorization'][0]['images'] == 16 for s in scores.values())
 
@@ -88,15 +91,21 @@ def test_loss_of_the_whole_run_and_the_sample_grid(run_dir):
     (['--rounds', '{rounds}', '--threshold=0'], 'threshold'),
     (['--rounds', '{rounds}', '--train', '{root}/clean', '--outdir', '{root}/clean/figures'], 'is inside the input --train'),
     (['--rounds', '{rounds}', '--outdir', '{root}/clean'], 'holds a dataset'),
+    # Checked before round 0 is sampled: sets of another image size, observations, a set twice.
+    (['--rounds', '{rounds}', '--train', '{big}'], 'images are [3, 16, 16] (C, H, W), but round-000-pretrain/network-snapshot-000030.pkl makes [3, 8, 8]'),
+    (['--rounds', '{rounds}', '--train', '{noisy}'], 'is an observation set'),
+    (['--rounds', '{rounds}', '--train', '{root}/clean', '--train', '{root}/clean/'], 'are the same set; give each set once'),
 ])
 def test_bad_input_is_one_clear_error(run_dir, tmp_path, args, message):
     save_ref_stats(str(tmp_path / 'small.npz'), np.zeros(5), np.eye(5))
-    args = [a.format(root=run_dir['root'], rounds=run_dir['rounds'], small=tmp_path / 'small.npz') for a in args]
+    make_image_dataset(str(tmp_path / 'big'), 4, resolution=16)
+    make_observation_set(str(tmp_path / 'noisy'), random_observations(4))
+    args = [a.format(root=run_dir['root'], rounds=run_dir['rounds'], small=tmp_path / 'small.npz', big=tmp_path / 'big',
+                     noisy=tmp_path / 'noisy') for a in args]
     if '--outdir' not in args:
         args += ['--outdir', str(tmp_path / 'out')]
     result = CliRunner().invoke(report.main, args + ['--device=cpu', '--num=4'])
     assert result.exit_code in (1, 2) and message in result.output and 'Traceback' not in result.output
-    assert not os.path.exists(tmp_path / 'out' / 'report.html')
-    assert not os.path.exists(tmp_path / 'out' / 'samples-round-000.png')  # Refused before any sampling.
+    assert not os.path.exists(tmp_path / 'out')  # Refused before any sampling or output.
 
 #----------------------------------------------------------------------------

@@ -143,6 +143,8 @@ def test_online_layout_record_and_reruns(data, tmp_path, monkeypatch):
     assert options['resume_pkl'] == str(outdir / record['pretrain']['snapshot'])
     assert options['dataset_kwargs']['path'] == str(data / 'clean')
     assert options['online_kwargs']['noisy'] == [str(data / 'noisy')] and options['online_kwargs']['refresh_every'] == 1
+    # Two refreshes of 16 of the 18 observations, and the ramp (one pass: 2 steps) ended.
+    assert record['online']['refresh_passes'] == pytest.approx(32 / 18) and record['online']['loss_weight'] == 1
 
     # A rerun does nothing; the rounds, or other options, are refused in this --outdir.
     calls = []
@@ -154,6 +156,17 @@ def test_online_layout_record_and_reruns(data, tmp_path, monkeypatch):
         rounds.run_online(str(outdir), str(data / 'clean'), str(data / 'noisy'), DURATION, 2 * DURATION, train_args=TRAIN_ARGS)
     with pytest.raises(UserError, match='that sfbd.rounds did not make'):
         rounds.run_rounds(str(outdir), str(data / 'clean'), str(data / 'noisy'), 1, DURATION, DURATION)
+
+def test_online_run_too_short_says_so(data, tmp_path, capsys):
+    # 2 steps, a refresh every 5: no refresh, and the ramp (ceil(18/16) x 5 steps x 16 images) at 32/160.
+    outdir = tmp_path / 'online'
+    with open(os.path.join(str(data), 'log.txt'), 'a') as log:
+        record = rounds.run_online(str(outdir), str(data / 'clean'), str(data / 'noisy'), DURATION, DURATION,
+                                   train_args=TRAIN_ARGS, online_args=['--refresh-every=5', '--steps=4'], log=log)
+    assert record['online']['refresh_passes'] == 0 and record['online']['loss_weight'] == pytest.approx(0.2)
+    out = capsys.readouterr().out
+    assert 'Done: Online SFBD' in out and 'ended before one whole refresh pass and the end of the weight ramp' in out
+    assert 'buffer loss weight 0.200 of 1' in (outdir / 'online' / 'log.txt').read_text()
 
 def test_online_commands_with_a_preset(data, tmp_path, monkeypatch):
     commands = []
@@ -169,7 +182,9 @@ def test_online_commands_with_a_preset(data, tmp_path, monkeypatch):
     pretrain, online = commands
     preset_train = ['--cond=0', '--arch=ncsnpp', '--batch=256', '--cres=1,2,2,2', '--lr=2e-4', '--dropout=0.05', '--augment=0.15']
     assert pretrain[pretrain.index('--cond=0'):] == [*preset_train, '--batch=64']
-    assert online[online.index('--cond=0') - 1:] == [f'--noisy={data / "noisy"}', *preset_train, '--batch=64', '--refresh-every=10']
+    # The preset's denoising steps (40 for CelebA) apply to the refreshes too, before the user's online options.
+    assert online[online.index('--cond=0') - 1:] == [f'--noisy={data / "noisy"}', *preset_train, '--batch=64', '--steps=40',
+                                                     '--refresh-every=10']
     assert f'--transfer={outdir / record["pretrain"]["snapshot"]}' in online and '--duration=80' in online
     assert record['options']['preset'] == 'celeba64'
 

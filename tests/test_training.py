@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -521,7 +522,10 @@ def test_bad_input_from_the_shell(data, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 def test_dry_run_prints_and_exits(data, tmp_path):
-    result = invoke_train(['--outdir', tmp_path / 'out', '--data', data / 'ds8.zip', '--data', data / 'ds8.zip', '--bf16=1', '-n'])
+    (tmp_path / 'copy').mkdir()
+    shutil.copy(data / 'ds8.zip', tmp_path / 'copy' / 'ds8.zip')  # Another set of the same name (one set twice is refused).
+    result = invoke_train(['--outdir', tmp_path / 'out', '--data', data / 'ds8.zip', '--data', tmp_path / 'copy' / 'ds8.zip',
+                           '--bf16=1', '-n'])
     assert result.exit_code == 0, result.output
     assert 'Dry run; exiting.' in result.output and 'training.dataset.UnionDataset' in result.output
     assert '-ds8+ds8-uncond-ddpmpp-edm-gpus1-batch512-bf16' in result.output
@@ -653,10 +657,12 @@ def test_a_stop_in_the_middle_of_a_tick_replaces_no_snapshot(data, tmp_path, mon
 
 def test_two_processes_on_the_fast_path_with_a_union(data, tmp_path):
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
-    result = run_train(['--outdir', tmp_path, '--data', data / 'ds8.zip', '--data', data / 'ds8.zip', '--duration=0.0001',
-                        *TINY, '--fast'], launcher=launcher)
+    (tmp_path / 'copy').mkdir()
+    shutil.copy(data / 'ds8.zip', tmp_path / 'copy' / 'ds8.zip')  # Another set of the same name (one set twice is refused).
+    result = run_train(['--outdir', tmp_path / 'runs', '--data', data / 'ds8.zip', '--data', tmp_path / 'copy' / 'ds8.zip',
+                        '--duration=0.0001', *TINY, '--fast'], launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = (tmp_path / 'runs').iterdir()
     assert '-ds8+ds8-uncond-ddpmpp-edm-gpus2-batch32-fp32' in run_dir.name
     assert json.loads((run_dir / 'training_options.json').read_text())['fast'] is True
     state = load_state(run_dir / 'training-state-000000.pt')

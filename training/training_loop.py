@@ -287,9 +287,10 @@ def training_step(
             if online is not None:  # Buffer images in their slots, and their loss weights.
                 images, loss_weights = online.compose(images, indices[0], cur_nimg)
             loss = compute_loss(images, labels)
+            stats.report('Loss/loss', loss)  # The denoising loss, as in every run; Online SFBD's weighted one apart.
             if online is not None:
                 loss = loss * loss_weights
-            stats.report('Loss/loss', loss)
+                stats.report('Loss/weighted', loss)
             stats.report('Loss/nonfinite', (~torch.isfinite(loss.flatten(1).sum(dim=1))).float())
             loss.sum().mul(loss_scaling / batch_gpu_total).backward()
         sampler.advance(batch_gpu)
@@ -679,6 +680,9 @@ def training_loop(
         if stats_jsonl is not None:
             stats_jsonl.close()
 
+    if online is not None and not preempted and (note := online.shortfall(cur_nimg)) is not None:
+        dist.print0()
+        dist.print0(note)  # An Online SFBD run too short to refresh its buffer or end its ramp.
     dist.print0()
     dist.print0('Exiting...')
     return PREEMPTED if preempted else FINISHED
