@@ -336,7 +336,7 @@ def render_html(report: dict) -> str:
     head += '<th>note</th>' if notes else ''
     body = []
     for row in report['rows']:
-        cells = [e(round_label(row['round'])), f'<code>{e(row["snapshot"])}</code>', _fmt(row.get('kimg'), 'd')]
+        cells = [e(round_label(row['round'])), f'<code>{e(row["snapshot"])}</code>', _fmt(row.get('kimg'), 'g')]
         if report['ref'] is not None:
             cells.append(_fmt(row.get('fid')))
         for k in range(len(train)):

@@ -133,3 +133,11 @@ def test_settings_overrides_augmentation_profile_and_compile_counts(micro, tmp_p
     assert 'train fast profile:' in table and 'conv forward' in table
     result = CliRunner().invoke(bench_cli.main, ['--device=cpu', '--set=nothing=1'])
     assert result.exit_code == 1 and 'Error: --set=nothing=1' in result.output
+
+def test_the_gpu_check_script_explains_itself():
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'gpu_check.sh'
+    assert subprocess.run(['bash', '-n', str(script)]).returncode == 0
+    result = subprocess.run(['bash', str(script), '--help'], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and 'OUTDIR/summary.md' in result.stdout and 'minutes on one H200' in result.stdout
