@@ -13,9 +13,9 @@ another. The choices below were measured with bench.py (docs/performance.md):
                               backward; sampling: forward); the    took 250 s and ran no faster
                               loss's random draws and the
                               augmentation stay eager
-    [1, 1] resampling         average pooling and nearest-         the same
-                              neighbour upsampling instead of
-                              depthwise (transposed) convolutions
+    [1, 1] resampling         average pooling and nearest-         EDM's convolutions, so that the
+                              neighbour upsampling instead of      CPU's fast path stays bit-identical
+                              depthwise (transposed) convolutions  to the faithful one
     gradient clean-up         one foreach norm; non-finite values  the same
                               replaced only when the norm says
                               there are any
@@ -75,7 +75,7 @@ def fast_settings(device: torch.device | str, **overrides: Any) -> FastSettings:
                                 stop_poll_steps=16)
     else:
         settings = FastSettings(dtype=None, channels_last=False, compile=False, compile_backend='inductor',
-                                compile_mode=None, pool_resample=True, tf32=False, optimizer='foreach',
+                                compile_mode=None, pool_resample=False, tf32=False, optimizer='foreach',
                                 pin_memory=False, background_io=True, device_batch=False, stop_poll_steps=16)
     return dataclasses.replace(settings, **overrides)
 
