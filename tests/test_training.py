@@ -201,12 +201,11 @@ def test_run_writes_edm_files(reference_run):
 # Stopping on a signal, then rerunning the same command: the run continues
 # exactly, ending in the very state of the uninterrupted run.
 
-def test_preempt_and_rerun_continues_exactly(reference_run, data, tmp_path):
-    outdir = tmp_path / 'run'
-    args = ['--outdir', outdir, '--nosubdir', '--data', data / 'ds8.zip', '--duration=0.001', *TINY]
+# Start train.py and send SIGUSR1 during its first step (the loader's worker
+# is still starting); it must stop with the preemption status.
+def stop_during_first_step(args: list) -> None:
     proc = run_train(args, wait=False)
     try:
-        # The signal arrives during the first step (the loader's worker is still starting).
         for line in proc.stdout:
             if line.startswith('Training for'):
                 proc.send_signal(signal.SIGUSR1)
@@ -216,6 +215,11 @@ def test_preempt_and_rerun_continues_exactly(reference_run, data, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == train.PREEMPTED_EXIT_CODE, stdout[-3000:]
+
+def test_preempt_and_rerun_continues_exactly(reference_run, data, tmp_path):
+    outdir = tmp_path / 'run'
+    args = ['--outdir', outdir, '--nosubdir', '--data', data / 'ds8.zip', '--duration=0.001', *TINY]
+    stop_during_first_step(args)
     assert 'Stop requested' in (outdir / 'log.txt').read_text()
     first = load_state(training_loop_latest(outdir))
     assert first['cur_nimg'] == 32 and first['cur_tick'] == 1
@@ -249,17 +253,7 @@ def test_a_plain_rerun_continues_the_unfinished_run(reference_run, data, tmp_pat
     import socket
     outdir = tmp_path / 'runs'
     args = ['--outdir', outdir, '--data', data / 'ds8.zip', '--duration=0.001', *TINY]
-    proc = run_train(args, wait=False)
-    try:
-        for line in proc.stdout:
-            if line.startswith('Training for'):
-                proc.send_signal(signal.SIGUSR1)
-                break
-        stdout, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == train.PREEMPTED_EXIT_CODE, stdout[-3000:]
+    stop_during_first_step(args)
     (run_dir,) = outdir.iterdir()
     claim = run_dir / train.CLAIM_FNAME
     assert not claim.exists()
