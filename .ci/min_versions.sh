@@ -31,9 +31,12 @@ case "$mode" in
         ;;
     test)
         echo "Tests with the oldest declared versions: $("$dir/bin/python" -c 'import numpy, torch; print(f"torch {torch.__version__}, numpy {numpy.__version__}")')"
+        # The help-text test imports every tool and so scipy, whose system version needs a newer numpy than
+        # the minimum; it checks click's rendering, not torch or numpy, and runs in the main suite.
         "$dir/bin/python" -m pytest -q --basetemp="$dir/pytest-tmp" tests/test_networks.py tests/test_persistence.py \
             tests/test_sampler.py tests/test_fast.py 'tests/test_training.py::test_preempt_and_rerun_continues_exactly' \
-            'tests/test_training.py::test_fast_path_resumes_exactly'
+            'tests/test_training.py::test_fast_path_resumes_exactly' \
+            --deselect 'tests/test_sampler.py::test_sampler_option_help_in_every_tool'
         ;;
     *)
         echo "min_versions.sh: unknown mode $mode (prepare or test)" >&2
