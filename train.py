@@ -34,7 +34,8 @@ from dnnlib.outputs import (OWNER_KEY, check_apart, check_distinct, check_output
                             path_relation, read_record)
 from dnnlib.util import UserError, atomic_write, report_user_errors
 from sfbd.backward import MODES
-from sfbd.online import BUFFER_DTYPES, DEFAULTS as ONLINE_DEFAULTS, REFRESH_NETS
+from sfbd.online import (BUFFER_DTYPES, DEFAULTS as ONLINE_DEFAULTS, REFRESH_NETS, Observations, refresh_batch_for_passes,
+                         refresh_plan, run_steps)
 from torch_utils import distributed as dist
 from torch_utils import edm_state, misc
 from training import resume, training_loop
@@ -310,7 +311,8 @@ def _resume_seed(c: dnnlib.EasyDict, given: int | None, where: str) -> list[str]
 #----------------------------------------------------------------------------
 # Online SFBD's options (sfbd/online.py), as plain data; None without --noisy.
 
-ONLINE_OPTIONS = dict(refresh_every='--refresh-every', refresh_batch='--refresh-batch', online_rampup='--online-rampup',
+ONLINE_OPTIONS = dict(refresh_every='--refresh-every', refresh_batch='--refresh-batch', refresh_passes='--refresh-passes',
+                      online_rampup='--online-rampup',
                       mode='--mode', steps='--steps', refresh_net='--refresh-net', buffer_dtype='--buffer-dtype')
 
 def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
@@ -319,6 +321,8 @@ def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
         if given:
             raise UserError(f'{", ".join(given)}: Online SFBD options; they need --noisy')
         return None
+    if opts.refresh_passes is not None and opts.refresh_batch is not None:
+        raise UserError('--refresh-passes and --refresh-batch cannot be used together: --refresh-passes sets the refresh batch')
     for path in opts.noisy:
         if not os.path.exists(path):
             raise UserError(f'--noisy={path}: no such directory or zip file')
@@ -328,7 +332,35 @@ def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
     online.update({key: value for key, value in given.items() if value is not None})
     online.update(noisy=[os.path.abspath(path) for path in opts.noisy], rampup_kimg=opts.online_rampup, xflip=opts.xflip,
                   cache=opts.cache)
+    if opts.refresh_passes is not None:
+        online.refresh_passes = opts.refresh_passes
     return online
+
+# The refreshes of the whole run (sfbd.online.refresh_plan), recorded as
+# c.online_plan: --refresh-passes sets the refresh batch at the run's whole
+# length. A resumed run keeps the refresh batch its recorded options derived
+# from the same --refresh-passes (at the length it was started with); every
+# process takes rank 0's. Returns the lines to announce.
+
+def plan_online(c: dnnlib.EasyDict, recorded: dict | None) -> list[str]:
+    online, notes = c.online_kwargs, []
+    observations = Observations(online.noisy, cache=False)
+    num = len(observations)
+    observations.close()
+    steps = run_steps(c.total_kimg, c.batch_size)
+    passes = online.get('refresh_passes')
+    if passes is not None:
+        online.refresh_batch = refresh_batch_for_passes(passes, num, online.refresh_every, steps)
+        old, old_plan = (recorded or {}).get('online_kwargs') or {}, (recorded or {}).get('online_plan') or {}
+        same = (old.get('refresh_passes') == passes and old.get('refresh_every') == online.refresh_every
+                and old_plan.get('num_observations') == num and isinstance(old.get('refresh_batch'), int))
+        if same and old['refresh_batch'] != online.refresh_batch:
+            online.refresh_batch = old['refresh_batch']
+            notes.append(f'--refresh-passes={passes:g}: the resumed run keeps its refresh batch {online.refresh_batch}, '
+                         f'derived at its recorded length ({recorded.get("total_kimg")} kimg).')
+    online.refresh_batch = int(_from_rank0(online.refresh_batch))
+    c.online_plan = refresh_plan(num, online.refresh_every, online.refresh_batch, steps)
+    return notes
 
 #----------------------------------------------------------------------------
 
@@ -382,6 +414,7 @@ def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
 @click.option('--noisy',         help='Observation set for Online SFBD; repeat for several', metavar='ZIP|DIR',  type=str, multiple=True)
 @click.option('--refresh-every', help='Optimizer steps between refreshes of the denoised buffer  [default: 20]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--refresh-batch', help='Observations denoised again per refresh  [default: --batch]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--refresh-passes', help='Refresh passes over the observations in the whole run; sets --refresh-batch', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True))
 @click.option('--online-rampup', help='Loss weight of denoised images ramps 0 -> 1 over this  [default: one refresh pass]', metavar='KIMG', type=click.FloatRange(min=0))
 @click.option('--mode',          help='Backward sampler of the refreshes  [default: ode]',                      type=click.Choice(MODES))
 @click.option('--steps',         help='Steps of the denoising grid, as denoise.py --steps  [default: 18]', metavar='INT', type=click.IntRange(min=1))
@@ -534,6 +567,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         c.seed = int(dist.broadcast(seed, src=0))
     if c.online_kwargs is not None:
         c.online_kwargs.seed = c.seed
+        plan_online(c, None)  # Before a rerun is matched: the same command plans the same.
 
     # Transfer learning and resuming. A rerun into a run directory holding
     # training states continues from the newest: --nosubdir's, or the newest
@@ -580,6 +614,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     resume_notes = _check_resume(c, explicit, where) if c.get('resume_state_dump') is not None else []
     if c.get('resume_state_dump') is not None:
         resume_notes += _resume_seed(c, opts.seed, where)
+        if c.online_kwargs is not None:
+            resume_notes += plan_online(c, resume.run_options_beside(c.resume_state_dump))
 
     # Run directory name.
     cond_str = 'cond' if opts.cond else 'uncond'
@@ -662,7 +698,8 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
 
     # Train.
     with _StopRequest() as stop_requested:
-        return training_loop.training_loop(**c, stop_requested=stop_requested, start_run=start_run)
+        loop_kwargs = {key: value for key, value in c.items() if key != 'online_plan'}  # The loop plans for itself.
+        return training_loop.training_loop(**loop_kwargs, stop_requested=stop_requested, start_run=start_run)
 
 #----------------------------------------------------------------------------
 

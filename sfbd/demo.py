@@ -40,9 +40,10 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
-from dnnlib.outputs import OutputClaim
+from dnnlib.outputs import OutputClaim, read_record
 from dnnlib.util import EasyDict, atomic_write, report_user_errors, save_png
 from sfbd import report, rounds
+from sfbd.cost import add_costs, network_cost, observation_nfe, trained_images
 from sfbd.dataset_commands import choose_clean, split_dataset
 from sfbd.grids import comparison_grid, load_png
 from sfbd.memorization import sample_images
@@ -175,6 +176,8 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
         snapshots = [('(a) clean only (pretraining)', pretrained, timer.total(['round 0']))]
         snapshots += [(f'(b) SFBD round {e["round"]}', os.path.join(sfbd_dir, e['snapshot']),
                        timer.total([f'round {j}' for j in range(1, e['round'] + 1)])) for e in record['rounds'][1:]]
+        costs = [record['cost']['pretraining']]
+        costs += [add_costs(record['cost']['per_round'][:k]) for k in range(1, cfg.num_rounds + 1)]
         runs = [('(b\') Online SFBD, as long as the rounds', 'online', [clean], cfg.num_rounds * cfg.round_mimg,
                  [f'--noisy={noisy}', f'--transfer={pretrained}', *ONLINE_ARGS]),
                 ('(c) naive: noisy as if clean', 'naive', [clean, noisy], cfg.pretrain_mimg, ['--allow-noisy'])]
@@ -187,17 +190,20 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
                 timer.run(run_name, lambda: rounds.train_step(run_dir, datasets, duration, [*train_args, *extra], log=log))
                 open(os.path.join(run_dir, 'finished'), 'w').close()
             snapshots.append((name, rounds.final_snapshot(run_dir), timer.total([run_name])))
+            costs.append(run_cost(run_dir, noisy, pretrained))
 
     # Every model against the held-out images.
     say(f'Sampling {cfg.num_samples} images from each model; Frechet distance to {cfg.num_heldout} held-out images')
     truth = pixel_features(draw_blobs(cfg.num_heldout, cfg.resolution, seed=2 * seed + 1))
     rows, samples = [], []
-    for name, snapshot, times in snapshots:
+    for (name, snapshot, times), cost in zip(snapshots, costs):
         images = sample_model(snapshot, cfg.num_samples, cfg.sample_steps, dev)
         samples.append((name, images))
         rows.append(dict(model=name, snapshot=os.path.relpath(snapshot, outdir),
                          fd=frechet_distance(pixel_features(images), truth),
-                         seconds=times and times['wall'], cpu_seconds=times and times['cpu']))
+                         seconds=times and times['wall'], cpu_seconds=times and times['cpu'],
+                         training_image_passes=cost['training_image_passes'],
+                         denoising_evaluations=cost['denoising_evaluations']))
     obs = ObservationSet(noisy)
     observations = obs.load(list(range(len(obs))))[0].numpy().reshape(len(obs), -1).astype(np.float64)
     scale = dict(clean_images=frechet_distance(pixel_features(read_pngs(clean)), truth),
@@ -229,19 +235,35 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
               f'{os.path.join(outdir, "report", "report.html")}')
     return results
 
+# The cost of one train.py run of the demo (sfbd/cost.py): its training, and
+# for Online SFBD the fill and refreshes it made (from its last tick).
+def run_cost(run_dir: str, noisy: str, pretrained: str) -> dict:
+    options = read_record(os.path.join(run_dir, 'training_options.json'))
+    trained = trained_images(options['total_kimg'], options['batch_size'])
+    online = options.get('online_kwargs')
+    if online is None:
+        return network_cost(trained)
+    obs = ObservationSet(noisy)
+    nfe = observation_nfe(obs.sigmas, online['mode'], online['num_steps'], net=load_network(pretrained))
+    obs.close()
+    passes = (rounds.online_progress(run_dir) or {}).get('refresh_passes', 0)
+    return network_cost(trained, nfe, round((passes + 1) * len(nfe)))
+
 def print_table(results: dict) -> None:
     print()
-    print(f'{"model":<40} {"Frechet distance":>16} {"wall s":>8} {"CPU s":>7}')
-    print('-' * 73)
+    print(f'{"model":<40} {"Frechet distance":>16} {"wall s":>8} {"CPU s":>7} {"train img":>10} {"denoise NFE":>12}')
+    print('-' * 98)
     for row in results['rows']:
         times = ['-' if row.get(key) is None else f'{row[key]:.0f}' for key in ('seconds', 'cpu_seconds')]
-        print(f'{row["model"]:<40} {row["fd"]:>16.2f} {times[0]:>8} {times[1]:>7}')
-    print('-' * 73)
+        cost = ['-' if row.get(key) is None else f'{row[key]:,}' for key in ('training_image_passes', 'denoising_evaluations')]
+        print(f'{row["model"]:<40} {row["fd"]:>16.2f} {times[0]:>8} {times[1]:>7} {cost[0]:>10} {cost[1]:>12}')
+    print('-' * 98)
     for key, label in (('clean_images', f'the {DEMO.clean_count} clean images themselves'),
                        ('observations', 'the noisy observations themselves'),
                        ('fresh_true_images', 'fresh true images (noise floor)')):
         print(f'{"for scale: " + label:<52} {results["scale"][key]:>20.2f}')
-    print('Distances to held-out images, lower is better. Times (wall; CPU of the subprocesses): pretraining;')
+    print('Distances to held-out images, lower is better. Times (wall; CPU of the subprocesses) and costs (training')
+    print('image passes, one forward and backward each; network evaluations of denoising, sfbd/cost.py): pretraining;')
     print(f'rounds from its end, cumulative; other runs their own. {results["seconds"]:.0f} s in all.')
 
 #----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ it (the union dataset, the loss weights, the refresh schedule, the state in trai
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Sequence
 
@@ -33,6 +34,7 @@ import tqdm
 
 from dnnlib.util import UserError
 from sfbd.backward import MODES, backward_nfe, backward_sample, denoising_sigmas, image_seeds
+from sfbd.cost import trained_images
 from sfbd.observations import ObservationSet
 from torch_utils import distributed as dist
 from torch_utils import training_stats
@@ -320,6 +322,37 @@ def shortfall_note(refresh_passes: float, loss_weight: float) -> str | None:
             'not taken full effect; a longer --duration (or a shorter --online-rampup, a larger --refresh-batch) would.')
 
 #----------------------------------------------------------------------------
+# The refreshes of a run, in passes over the observations: after every m-th of
+# the run's T optimizer steps, floor(T / m) refreshes of min(r, N)
+# observations each; the fill's pass is not counted. `--refresh-passes P`
+# states the passes instead of r: the smallest r that makes at least P passes,
+# ceil(P * N / floor(T / m)), at the run's whole length T (so that a resumed
+# run, whose remaining length is shorter, plans the same r).
+
+def run_steps(total_kimg: float, batch_size: int, start_kimg: float = 0) -> int:
+    """Optimizer steps of a train.py run of `total_kimg` (whole batches until it is reached)."""
+    return trained_images(total_kimg, batch_size, start_kimg) // int(batch_size)
+
+def refresh_plan(num_observations: int, refresh_every: int, refresh_batch: int, total_steps: int) -> dict[str, Any]:
+    """The refreshes a run of `total_steps` steps makes, and the passes over the observations they add up to."""
+    refreshes = int(total_steps) // int(refresh_every)
+    batch = min(int(refresh_batch), int(num_observations))
+    return dict(num_observations=int(num_observations), total_steps=int(total_steps), refresh_every=int(refresh_every),
+                refresh_batch=batch, refreshes=refreshes, refresh_passes=refreshes * batch / num_observations)
+
+def refresh_batch_for_passes(passes: float, num_observations: int, refresh_every: int, total_steps: int) -> int:
+    """The refresh batch r that makes at least `passes` refresh passes in a run of `total_steps` steps."""
+    refreshes = int(total_steps) // int(refresh_every)
+    if refreshes == 0:
+        raise UserError(f'--refresh-passes={passes:g}: the run makes no refresh: its {total_steps} steps are fewer than '
+                        f'--refresh-every={refresh_every}')
+    batch = max(math.ceil(round(passes * num_observations / refreshes, 9)), 1)
+    if batch > num_observations:
+        raise UserError(f'--refresh-passes={passes:g}: the run\'s {refreshes} refreshes (every {refresh_every} of its '
+                        f'{total_steps} steps) make at most {refreshes:g} passes; give a smaller --refresh-every or a longer --duration')
+    return batch
+
+#----------------------------------------------------------------------------
 # Where the buffer lives: on the training device when it takes at most a
 # quarter of the device memory free at start, else in host memory.
 
@@ -341,6 +374,7 @@ class OnlineSFBD:
         clean:          Any,                            # The clean dataset of the run (training.dataset.Dataset).
         refresh_every:  int = DEFAULTS['refresh_every'],# Optimizer steps between refreshes (the paper's m).
         refresh_batch:  int = 512,                      # Observations denoised per refresh, all processes together.
+        refresh_passes: float | None = None,            # The passes asked for (train.py --refresh-passes), from which train.py derived refresh_batch; None = not asked.
         rampup_kimg:    float | None = None,            # Length of the loss-weight ramp of buffer images; None = one refresh pass.
         mode:           str = DEFAULTS['mode'],         # Backward sampler: 'ode' (the release's) or 'sde'.
         num_steps:      int = DEFAULTS['num_steps'],    # Steps of the grid cut at sigma (denoise.py --steps).
@@ -382,6 +416,9 @@ class OnlineSFBD:
         steps_per_pass = -(-num // self.refresh_batch) * self.refresh_every
         self.rampup_nimg = steps_per_pass * batch_size if rampup_kimg is None else rampup_kimg * 1000
         self.refresh_net = refresh_net
+        self.refresh_passes = refresh_passes
+        self.batch_size = int(batch_size)
+        self.plan: dict[str, Any] | None = None  # The refreshes of the whole run (refresh_plan), set by begin().
         # The options that shape the results, compared with a training state's on resume.
         self.options = dict(noisy=list(self.observations.paths), num_observations=num, refresh_every=self.refresh_every,
                             refresh_batch=self.refresh_batch, rampup_nimg=self.rampup_nimg, mode=mode,
@@ -410,9 +447,9 @@ class OnlineSFBD:
             if self.device.type == 'cuda':
                 torch.cuda.synchronize(self.device)  # Honest timing; once per refresh.
 
-    def begin(self, net: torch.nn.Module, ema: torch.nn.Module, cur_nimg: int) -> None:
-        """Before the first step: fill the buffer with the starting network unless a training
-        state restored it."""
+    def begin(self, net: torch.nn.Module, ema: torch.nn.Module, cur_nimg: int, total_nimg: int | None = None) -> None:
+        """Before the first step: state the refreshes the run will make until `total_nimg` (None:
+        not stated), and fill the buffer with the starting network unless a training state restored it."""
         network = self._network(net, ema)
         grid = denoising_sigmas(network, self.observations.sigma_range[1], self.buffer.num_steps)
         nfe = backward_nfe(len(grid) - 1, self.buffer.mode)
@@ -422,9 +459,17 @@ class OnlineSFBD:
                     f'{self.refresh_every} steps {self.refresh_batch} images denoised again with the '
                     f'{"EMA" if self.refresh_net == "ema" else "raw"} network ({self.buffer.mode.upper()}, up to {nfe} network '
                     f'evaluations per image); buffer loss weight 0 -> 1 over {self.rampup_nimg / 1000:g} kimg.')
+        if not self._restored:
+            self.start_nimg = int(cur_nimg)
+        if total_nimg is not None:
+            steps = run_steps(total_nimg / 1000, self.batch_size, self.start_nimg / 1000)
+            self.plan = refresh_plan(len(self.buffer), self.refresh_every, self.refresh_batch, steps)
+            asked = f' (--refresh-passes={self.refresh_passes:g})' if self.refresh_passes is not None else ''
+            dist.print0(f'Online SFBD plan: {self.plan["refreshes"]} refreshes of {self.refresh_batch} in the run\'s '
+                        f'{steps} steps, {self.plan["refresh_passes"]:.2f} refresh passes over the observations{asked}, '
+                        'the fill not counted.')
         if self._restored:
             return
-        self.start_nimg = int(cur_nimg)
         start = time.time()
         dist.print0(f'Filling the buffer: denoising {len(self.buffer)} observations...')
         self._run(network, 'fill')
@@ -469,6 +514,13 @@ class OnlineSFBD:
         counted), and the current loss weight of buffer images."""
         return dict(refresh_passes=self.buffer.position / len(self.buffer) - 1,
                     loss_weight=ramp_weight(cur_nimg - self.start_nimg, self.rampup_nimg))
+
+    def summary(self) -> str:
+        """The line that states the refresh passes made, against those planned."""
+        made = self.buffer.position / len(self.buffer) - 1
+        planned = f' of the {self.plan["refresh_passes"]:.2f} planned' if self.plan is not None else ''
+        return (f'Online SFBD: {made:.2f} refresh passes{planned} over the {len(self.buffer)} observations, '
+                f'the fill not counted ({self.buffer.position} observations denoised in all).')
 
     def shortfall(self, cur_nimg: int) -> str | None:
         """A note for a run that ends at `cur_nimg` before one whole refresh pass or before the

@@ -108,7 +108,7 @@ def claim_outdir(outdir: str, options: dict) -> OutputClaim:
     def has_outputs() -> bool:
         return any(name.startswith('round-') for name in os.listdir(outdir)) if os.path.isdir(outdir) else False
     return OutputClaim(outdir, '--outdir', RECORD_FNAME, dict(options=options, rounds=[]), command='sfbd.rounds',
-                       has_outputs=has_outputs, ignore=['rounds'])
+                       has_outputs=has_outputs, ignore=['rounds', 'cost'])
 
 #----------------------------------------------------------------------------
 # Every input is checked before the first step: the datasets (clean images;
@@ -202,6 +202,76 @@ def train_step(run_dir: str, data: Sequence[str], duration: float, args: Sequenc
     return snapshot
 
 #----------------------------------------------------------------------------
+# The cost of the steps in network evaluations (sfbd/cost.py): the images each
+# train.py run trained on (from its training_options.json), and the network
+# evaluations of each observation's backward pass at its own sigma on the
+# sampler's grid (the pretrained network's noise levels). Recorded under
+# 'cost' in rounds.json and online.json, and printed at the end.
+
+def _trained(run_dir: str) -> int | None:
+    # None for a run without its training_options.json (not a train.py run).
+    from sfbd.cost import trained_images
+    options = read_record(os.path.join(run_dir, 'training_options.json'))
+    return None if options is None else trained_images(options['total_kimg'], options['batch_size'])
+
+def _observation_nfe(noisy: str, network: str, mode: str, num_steps: int, **grid) -> list[int]:
+    from sfbd.cost import observation_nfe
+    from sfbd.observations import ObservationSet
+    from torch_utils.persistence import load_network
+    obs = ObservationSet(noisy, '--noisy')
+    sigmas = obs.sigmas
+    obs.close()
+    return observation_nfe(sigmas, mode, num_steps, net=load_network(network), **grid).tolist()
+
+def print_cost(cost: dict) -> None:
+    from sfbd.cost import describe_cost
+    print('Cost in network evaluations (sfbd/cost.py; a training image pass is one forward and one backward pass, '
+          'counted as 3 forward evaluations):', flush=True)
+    for key, label in (('pretraining', 'pretraining'), ('rounds', 'the rounds'), ('online', 'the online run')):
+        if cost.get(key) is not None:
+            print(f'  {label + ":":<16}{describe_cost(cost[key])}', flush=True)
+    if cost.get('note'):
+        print(f'  {cost["note"]}', flush=True)
+
+def rounds_cost(outdir: str, record: dict, denoise_args: Sequence[str]) -> dict | None:
+    """Pretraining apart; every round's denoising of all observations and its training, summed.
+    None where a step left no training_options.json."""
+    from sfbd.cost import add_costs, network_cost
+    from training.sampler import ABLATION_KEYS
+    denoise, _ = _import_steps()
+    params = _parse_options(denoise.main, 'denoise.py', '--denoise-args', denoise_args,
+                            ['--network=.', '--outdir=.', '--data=.'], DENOISE_OPTIONS_SET_HERE)
+    entries = [e for e in record['rounds'] if e.get('snapshot') is not None]
+    trained = [_trained(os.path.join(outdir, e['train_dir'])) for e in entries]
+    if None in trained:
+        return None
+    cost = dict(pretraining=network_cost(trained[0]), rounds=None, note=None)
+    if any(params.get(key) is not None for key in ABLATION_KEYS):
+        cost['note'] = 'The rounds are not counted: --denoise-args changes the sampler (ablation options).'
+        return cost
+    nfe = _observation_nfe(record['options']['noisy'], os.path.join(outdir, entries[0]['snapshot']), params['mode'],
+                           params['num_steps'], sigma_min=params['sigma_min'], sigma_max=params['sigma_max'], rho=params['rho'])
+    per_round = [network_cost(images, nfe, len(nfe)) for images in trained[1:]]
+    cost['rounds'] = add_costs(per_round)
+    cost['per_round'] = per_round
+    return cost
+
+def online_cost(outdir: str, record: dict) -> dict | None:
+    """Pretraining apart; the online run's training, its fill and its refreshes. None where a step
+    left no training_options.json."""
+    from sfbd.cost import network_cost
+    options = read_record(os.path.join(outdir, record['online']['train_dir'], 'training_options.json'))
+    pretrained = _trained(os.path.join(outdir, record['pretrain']['train_dir']))
+    if options is None or pretrained is None:
+        return None
+    online = options['online_kwargs']
+    nfe = _observation_nfe(record['options']['noisy'], os.path.join(outdir, record['pretrain']['snapshot']),
+                           online['mode'], online['num_steps'])
+    denoised = round((record['online'].get('refresh_passes', 0) + 1) * len(nfe))  # The fill, then the refreshes.
+    return dict(pretraining=network_cost(pretrained),
+                online=network_cost(_trained(os.path.join(outdir, record['online']['train_dir'])), nfe, denoised))
+
+#----------------------------------------------------------------------------
 # The rounds. The preset's options come first; `train_args` go to every
 # train.py run, `round_args` only to the update rounds (e.g. a shorter
 # learning-rate warm-up), `denoise_args` to every denoise.py run. Durations are
@@ -275,8 +345,12 @@ def run_rounds(outdir: str, clean: str, noisy: str, num_rounds: int, pretrain_du
         entry['snapshot'] = _relative(outdir, snapshot)
         save_record(outdir, record)
 
+    record['cost'] = rounds_cost(outdir, record, denoise_args)
+    save_record(outdir, record)
     if announce:
         print(f'Done: {num_rounds} rounds in {outdir}; the last snapshot is {entries[num_rounds]["snapshot"]}.', flush=True)
+        if record['cost'] is not None:
+            print_cost(record['cost'])
     return record
 
 #----------------------------------------------------------------------------
@@ -320,7 +394,7 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
     def has_outputs() -> bool:
         return any(os.path.isdir(path) for path in (pretrain_dir(outdir), online_dir(outdir)))
     claim = OutputClaim(outdir, '--outdir', ONLINE_RECORD_FNAME, dict(options=options), command='sfbd.rounds --online',
-                        has_outputs=has_outputs, ignore=['pretrain', 'online'])
+                        has_outputs=has_outputs, ignore=['pretrain', 'online', 'cost'])
     record = read_record(os.path.join(outdir, ONLINE_RECORD_FNAME))
     if record is None or record.get('options') != options:  # Checked when first recorded.
         if record is not None and has_outputs():
@@ -350,10 +424,20 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
         print(f'Online SFBD: training on {clean} + {noisy} from {record["pretrain"]["snapshot"]}', flush=True)
         snapshot = train_step(online_dir(outdir), [options['clean']], online_duration,
                               [f'--noisy={options["noisy"]}', *train_args, *online_args], finished('pretrain'), nproc, log)
+        plan = (read_record(os.path.join(online_dir(outdir), 'training_options.json')) or {}).get('online_plan') or {}
         record['online'] = dict(train_dir=_relative(outdir, online_dir(outdir)), network=record['pretrain']['snapshot'],
                                 snapshot=_relative(outdir, snapshot), **(online_progress(online_dir(outdir)) or {}))
+        if 'refresh_passes' in plan:
+            record['online']['planned_refresh_passes'] = plan['refresh_passes']
+        record['cost'] = online_cost(outdir, record)
         save_record(outdir, record, ONLINE_RECORD_FNAME)
     print(f'Done: Online SFBD in {outdir}; the final snapshot is {record["online"]["snapshot"]}.', flush=True)
+    if 'refresh_passes' in record['online']:
+        planned = record['online'].get('planned_refresh_passes')
+        print(f'Refresh passes over the observations: {record["online"]["refresh_passes"]:.2f}'
+              + (f' of the {planned:.2f} planned' if planned is not None else '') + ', the fill not counted.', flush=True)
+    if record.get('cost') is not None:
+        print_cost(record['cost'])
     if 'refresh_passes' in record['online']:
         from sfbd.online import shortfall_note  # Here, so that the rounds need not import torch.
         note = shortfall_note(record['online']['refresh_passes'], record['online']['loss_weight'])
@@ -372,7 +456,7 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
 @click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=FiniteFloat(min=0, min_open=True))
 @click.option('--online',             help='Online SFBD after pretraining: one run instead of the rounds',        is_flag=True)
 @click.option('--online-duration',    help='Length of the online run in millions of images (with --online)', metavar='MIMG', type=FiniteFloat(min=0, min_open=True))
-@click.option('--online-args',        help='More train.py options for the online run, e.g. "--refresh-every=20"', metavar='STR', type=ShellWords(), default='', show_default=True)
+@click.option('--online-args',        help='More train.py options for the online run, e.g. "--refresh-passes=2"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--preset',             help='Hyperparameters of a published run for every step (python -m sfbd.presets)', type=click.Choice([*PRESETS, 'none']), default='none', show_default=True)
 @click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=ShellWords(), default='', show_default=True)

@@ -38,6 +38,10 @@ def test_tiny_demo_end_to_end(tmp_path, monkeypatch):
                                                         '(c) naive: noisy as if clean']
     assert all(math.isfinite(row['fd']) and row['fd'] > 0 for row in results['rows'])
     assert all(row['seconds'] > 0 and row['cpu_seconds'] > 0 for row in results['rows'])
+    # The cost columns: each run trains 2 steps of 16 images; round 1 denoises the 32 observations (sigma 0.4: 7 steps of
+    # the 18-step grid, 13 evaluations), the online run 32 (the fill) + 2 x 4 of them (--steps=3: 2 steps left, 3 evaluations).
+    assert [(row['training_image_passes'], row['denoising_evaluations']) for row in results['rows']] == \
+        [(32, 0), (32, 32 * 13), (32, 40 * 3), (32, 0)]
     for name in ('demo.png', 'results.json', 'log.txt', 'sfbd/rounds.json', 'data/noisy/dataset.json', 'timings.json'):
         assert os.path.isfile(tmp_path / name)
     online = json.loads((tmp_path / 'online' / 'training_options.json').read_text())

@@ -22,7 +22,7 @@ import denoise
 import train
 from dnnlib.util import UserError
 from sfbd.observations import ObservationSet
-from sfbd.online import DenoisedBuffer, Observations, OnlineSFBD, ramp_weight
+from sfbd.online import DenoisedBuffer, Observations, OnlineSFBD, ramp_weight, refresh_batch_for_passes, refresh_plan, run_steps
 from torch_utils.persistence import load_network
 from training.dataset import ImageFolderDataset, images_to_float
 from training.training_loop import FINISHED, PREEMPTED, find_latest_state, training_loop
@@ -222,7 +222,7 @@ def test_train_online_with_two_processes(data, tmp_path):
     # refreshed after training began, by networks that differ with the processes' noise).
     single_dir = tmp_path / 'single'
     torch.set_num_threads(1)
-    kwargs = {k: v for k, v in options.items() if k not in ('run_dir', 'data_loader_kwargs')}
+    kwargs = {k: v for k, v in options.items() if k not in ('run_dir', 'data_loader_kwargs', 'online_plan')}
     assert training_loop(**kwargs, run_dir=str(single_dir), data_loader_kwargs=dict(num_workers=0)) == FINISHED
     a, b = (load_state(find_latest_state(str(d)))['online'] for d in (single_dir, run_dir))
     assert a['position'] == b['position'] == NUM_NOISY + 25
@@ -302,3 +302,62 @@ def test_short_online_run_seed_and_losses(data, tmp_path):
     result = CliRunner().invoke(train.main, [str(a) for a in more + ['--dry-run']])
     assert result.exit_code == 0 and 'Seed: 4, the resumed run\'s own' in result.output, result.output
     assert '"seed": 4' in result.output and result.output.count('"seed": 4') == 2  # The run's and the refreshes'.
+
+#----------------------------------------------------------------------------
+# Refreshing in passes over the observations: --refresh-passes sets the
+# refresh batch at the run's whole length; the log and training_options.json
+# state the passes planned, the end of the run those made; a resumed run keeps
+# its refresh batch.
+
+def test_refresh_plan_numbers():
+    # The demo's online run: 36 kimg of 128 images are 282 steps, 14 refreshes every 20 steps.
+    assert run_steps(36, 128) == 282 and run_steps(0.04, 8) == 5
+    assert refresh_batch_for_passes(2, 2016, 20, 282) == 288
+    plan = refresh_plan(2016, 20, 288, 282)
+    assert plan['refreshes'] == 14 and plan['refresh_passes'] == 2
+    assert refresh_plan(24, 1, 100, 5)['refresh_batch'] == 24  # At most the whole set per refresh.
+    assert refresh_batch_for_passes(1, 24, 1, 5) == 5 and refresh_batch_for_passes(0.01, 24, 1, 5) == 1
+    with pytest.raises(UserError, match=r'--refresh-passes=6: .* make at most 5 passes'):
+        refresh_batch_for_passes(6, 24, 1, 5)
+    with pytest.raises(UserError, match=r'the run makes no refresh: its 5 steps are fewer than --refresh-every=10'):
+        refresh_batch_for_passes(1, 24, 10, 5)
+
+def test_refresh_passes_planned_made_and_resumed(data, tmp_path):
+    torch.set_num_threads(1)
+    run_dir = tmp_path / 'run'
+    args = ['--outdir', run_dir, '--nosubdir', '--data', data['clean'], '--noisy', data['noisy'], *TINY,
+            '--refresh-every=1', '--refresh-passes=1', '--steps=3']
+    result = CliRunner().invoke(train.main, [str(a) for a in args + ['--duration=0.00004']])
+    assert result.exit_code == 0, result.output
+    # 5 steps, a refresh after each: ceil(24 / 5) = 5 observations each, 25 / 24 passes.
+    options = json.loads((run_dir / 'training_options.json').read_text())
+    assert options['online_kwargs']['refresh_batch'] == 5 and options['online_kwargs']['refresh_passes'] == 1
+    assert options['online_plan'] == dict(num_observations=NUM_NOISY, total_steps=5, refresh_every=1, refresh_batch=5,
+                                          refreshes=5, refresh_passes=pytest.approx(25 / 24))
+    log = (run_dir / 'log.txt').read_text()
+    assert 'Online SFBD plan: 5 refreshes of 5 in the run\'s 5 steps, 1.04 refresh passes over the observations' in log
+    assert 'Online SFBD: 1.04 refresh passes of the 1.04 planned over the 24 observations' in log
+
+    # Continued to twice the length: the refresh batch of the run (not ceil(24 / 10) = 3), 50 / 24 passes.
+    result = CliRunner().invoke(train.main, [str(a) for a in args + ['--duration=0.00008']])
+    assert result.exit_code == 0, result.output
+    assert 'the resumed run keeps its refresh batch 5' in result.output
+    options = json.loads((run_dir / 'training_options.json').read_text())
+    assert options['online_kwargs']['refresh_batch'] == 5 and options['online_plan']['refresh_passes'] == pytest.approx(50 / 24)
+    assert 'Online SFBD: 2.08 refresh passes of the 2.08 planned' in (run_dir / 'log.txt').read_text()
+
+    # Without --refresh-passes the plan is stated too: --refresh-batch as given (or --batch).
+    result = CliRunner().invoke(train.main, [str(a) for a in ['--outdir', tmp_path / 'dry', '--data', data['clean'], '--noisy',
+                                             data['noisy'], *TINY, '--duration=0.00008', '--refresh-every=2', '--refresh-batch=3', '--dry-run']])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output[result.output.index('{'):result.output.index('\n}\n') + 2])['online_plan']
+    assert plan['refreshes'] == 5 and plan['refresh_batch'] == 3 and plan['refresh_passes'] == pytest.approx(15 / 24)
+
+def test_refresh_passes_with_refresh_batch_is_refused(data, tmp_path):
+    args = ['--outdir', tmp_path / 'out', '--data', data['clean'], '--noisy', data['noisy'], *TINY, '--duration=0.00004',
+            '--refresh-passes=1', '--refresh-batch=4']
+    result = CliRunner().invoke(train.main, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    (line,) = [l for l in result.output.splitlines() if l.startswith('Error:')]
+    assert line == 'Error: --refresh-passes and --refresh-batch cannot be used together: --refresh-passes sets the refresh batch'
+    assert not (tmp_path / 'out').exists()

@@ -29,7 +29,7 @@ def _run(data, outdir, num_rounds, **kwargs):
         return rounds.run_rounds(str(outdir), str(data / 'clean'), str(data / 'noisy'), num_rounds, DURATION, DURATION,
                                  train_args=TRAIN_ARGS, denoise_args=['--device=cpu'], log=log, **kwargs)
 
-def test_rounds_layout_record_and_reruns(data, tmp_path, monkeypatch):
+def test_rounds_layout_record_and_reruns(data, tmp_path, monkeypatch, capsys):
     # The first run stops after the denoising of round 2 (as if killed there).
     outdir = tmp_path / 'sfbd'
     calls = []
@@ -79,6 +79,18 @@ def test_rounds_layout_record_and_reruns(data, tmp_path, monkeypatch):
     assert calls == []
     extended = _run(data, outdir, 3)
     assert calls == ['denoise.py', 'train.py'] and extended['rounds'][:3] == entries
+
+    # The cost in network evaluations, pretraining apart: each round trains 2 steps of 16 images and denoises
+    # the 18 observations at sigma 0.5 with 13 evaluations each (7 steps of EDM's 18-step grid, Heun).
+    cost = read_json(str(outdir / 'rounds.json'))['cost']
+    assert cost['pretraining'] == dict(training_image_passes=32, training_forward_equivalents=96, denoised_observations=0,
+                                       denoising_evaluations=0, total_forward_equivalents=96)
+    assert cost['rounds'] == dict(training_image_passes=96, training_forward_equivalents=288, denoised_observations=54,
+                                  denoising_evaluations=54 * 13, total_forward_equivalents=288 + 54 * 13)
+    out = capsys.readouterr().out
+    assert 'Cost in network evaluations' in out
+    assert 'the rounds:     96 training image passes (x3: 288 forward-evaluation equivalents) + 54 observations ' \
+           'denoised with 702 network evaluations = 990 forward-evaluation equivalents' in out
 
     # Other options are refused.
     with pytest.raises(UserError, match='other options'):
@@ -130,7 +142,7 @@ def test_default_rounds_are_the_release_recipe_and_presets_come_first(data, tmp_
 #----------------------------------------------------------------------------
 # --online: the same pretraining, then one train.py run with --noisy.
 
-def test_online_layout_record_and_reruns(data, tmp_path, monkeypatch):
+def test_online_layout_record_and_reruns(data, tmp_path, monkeypatch, capsys):
     outdir = tmp_path / 'online'
     with open(os.path.join(str(data), 'log.txt'), 'a') as log:
         record = rounds.run_online(str(outdir), str(data / 'clean'), str(data / 'noisy'), DURATION, DURATION,
@@ -145,6 +157,14 @@ def test_online_layout_record_and_reruns(data, tmp_path, monkeypatch):
     assert options['online_kwargs']['noisy'] == [str(data / 'noisy')] and options['online_kwargs']['refresh_every'] == 1
     # Two refreshes of 16 of the 18 observations, and the ramp (one pass: 2 steps) ended.
     assert record['online']['refresh_passes'] == pytest.approx(32 / 18) and record['online']['loss_weight'] == 1
+    assert record['online']['planned_refresh_passes'] == pytest.approx(32 / 18)
+    # Its cost: 32 training images, the fill and the refreshes denoise 18 + 32 observations, 5 evaluations each (3 steps).
+    assert record['cost']['online'] == dict(training_image_passes=32, training_forward_equivalents=96, denoised_observations=50,
+                                            denoising_evaluations=250, total_forward_equivalents=346)
+    assert record['cost']['pretraining']['training_image_passes'] == 32
+    out = capsys.readouterr().out
+    assert 'Refresh passes over the observations: 1.78 of the 1.78 planned, the fill not counted.' in out
+    assert 'the online run: 32 training image passes (x3: 96 forward-evaluation equivalents) + 50 observations' in out
 
     # A rerun does nothing; the rounds, or other options, are refused in this --outdir.
     calls = []

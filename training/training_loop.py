@@ -565,7 +565,7 @@ def training_loop(
     dataset_iterator = start_data_loader(dataset_obj, dataset_sampler, batch_gpu, data_loader_kwargs,
                                          worker_init_fn=worker_init_fn, fast=fast_settings)
     if online is not None:
-        online.begin(net=net, ema=ema, cur_nimg=cur_nimg)  # Fills the buffer unless a state restored it.
+        online.begin(net=net, ema=ema, cur_nimg=cur_nimg, total_nimg=total_kimg * 1000)  # States the plan; fills the buffer unless a state restored it.
     if rng_to_restore is not None:
         _set_rng_state(rng_to_restore, device)
     stats = training_stats.Collector()
@@ -680,9 +680,11 @@ def training_loop(
         if stats_jsonl is not None:
             stats_jsonl.close()
 
-    if online is not None and not preempted and (note := online.shortfall(cur_nimg)) is not None:
+    if online is not None and not preempted:
         dist.print0()
-        dist.print0(note)  # An Online SFBD run too short to refresh its buffer or end its ramp.
+        dist.print0(online.summary())  # The refresh passes made, against the plan.
+        if (note := online.shortfall(cur_nimg)) is not None:
+            dist.print0(note)  # An Online SFBD run too short to refresh its buffer or end its ramp.
     dist.print0()
     dist.print0('Exiting...')
     return PREEMPTED if preempted else FINISHED
