@@ -176,8 +176,9 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
         snapshots = [('(a) clean only (pretraining)', pretrained, timer.total(['round 0']))]
         snapshots += [(f'(b) SFBD round {e["round"]}', os.path.join(sfbd_dir, e['snapshot']),
                        timer.total([f'round {j}' for j in range(1, e['round'] + 1)])) for e in record['rounds'][1:]]
-        costs = [record['cost']['pretraining']]
-        costs += [add_costs(record['cost']['per_round'][:k]) for k in range(1, cfg.num_rounds + 1)]
+        cost = record.get('cost')  # None where a step left no training options (its cost is unknown).
+        costs = [None] * (cfg.num_rounds + 1) if cost is None else \
+            [cost['pretraining'], *(add_costs(cost['per_round'][:k]) for k in range(1, cfg.num_rounds + 1))]
         runs = [('(b\') Online SFBD, as long as the rounds', 'online', [clean], cfg.num_rounds * cfg.round_mimg,
                  [f'--noisy={noisy}', f'--transfer={pretrained}', *ONLINE_ARGS]),
                 ('(c) naive: noisy as if clean', 'naive', [clean, noisy], cfg.pretrain_mimg, ['--allow-noisy'])]
@@ -202,8 +203,8 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
         rows.append(dict(model=name, snapshot=os.path.relpath(snapshot, outdir),
                          fd=frechet_distance(pixel_features(images), truth),
                          seconds=times and times['wall'], cpu_seconds=times and times['cpu'],
-                         training_image_passes=cost['training_image_passes'],
-                         denoising_evaluations=cost['denoising_evaluations']))
+                         training_image_passes=cost and cost['training_image_passes'],
+                         denoising_evaluations=cost and cost['denoising_evaluations']))
     obs = ObservationSet(noisy)
     observations = obs.load(list(range(len(obs))))[0].numpy().reshape(len(obs), -1).astype(np.float64)
     scale = dict(clean_images=frechet_distance(pixel_features(read_pngs(clean)), truth),
