@@ -41,6 +41,7 @@ import PIL.ImageFont
 import torch
 
 from dnnlib.outputs import OutputClaim, read_record
+from dnnlib.cli import FiniteFloat
 from dnnlib.util import EasyDict, atomic_write, report_user_errors, save_png
 from sfbd import report, rounds
 from sfbd.cost import add_costs, network_cost, observation_nfe, trained_images
@@ -137,9 +138,14 @@ def sample_model(network_pkl: str, num_samples: int, num_steps: int, device: tor
 # The demo.
 
 def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baseline: bool = False,
-             verbose: bool = True) -> dict:
-    """Run (or continue) the demo in `outdir`; returns the results written to results.json."""
-    cfg = DEMO
+             verbose: bool = True, settings: dict | None = None) -> dict:
+    """Run (or continue) the demo in `outdir`; returns the results written to results.json.
+    `settings` changes entries of DEMO (e.g. sigma, clean_count) for a harder or easier problem."""
+    unknown = sorted(set(settings or {}) - set(DEMO))
+    if unknown:
+        raise ValueError(f'run_demo: unknown settings {unknown}; known: {sorted(DEMO)}')
+    cfg = EasyDict(DEMO, **(settings or {}))
+    changed = {key: value for key, value in cfg.items() if value != DEMO[key]}  # Recorded with the seed.
     start = time.time()
     def say(text: str) -> None:
         if verbose:
@@ -151,7 +157,7 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
     # The owners' images, split into clean images and observations.
     data = os.path.join(outdir, 'data')
     source, clean, noisy = (os.path.join(data, name) for name in ('source', 'clean', 'noisy'))
-    OutputClaim(outdir, '--outdir', 'demo_options.json', dict(seed=seed), command='sfbd.demo',
+    OutputClaim(outdir, '--outdir', 'demo_options.json', dict(seed=seed, **changed), command='sfbd.demo',
                 has_outputs=lambda: os.path.isdir(data)).claim()
     if not os.path.isdir(noisy):
         say(f'Drawing {cfg.num_images} images; {cfg.clean_count} stay clean, the others become observations '
@@ -214,7 +220,7 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
 
     # The picture.
     denoised = os.path.join(sfbd_dir, record['rounds'][-1]['denoised']) if cfg.num_rounds else None
-    save_picture(os.path.join(outdir, 'demo.png'), source, obs, denoised, samples, seed)
+    save_picture(os.path.join(outdir, 'demo.png'), source, obs, denoised, samples, seed, cfg.num_images, cfg.clean_count)
 
     # The report of the SFBD run: the same distance per round (against the held-out images'
     # statistics), copies of the clean images and of all the owners' originals, loss, samples.
@@ -259,7 +265,7 @@ def print_table(results: dict) -> None:
         cost = ['-' if row.get(key) is None else f'{row[key]:,}' for key in ('training_image_passes', 'denoising_evaluations')]
         print(f'{row["model"]:<40} {row["fd"]:>16.2f} {times[0]:>8} {times[1]:>7} {cost[0]:>10} {cost[1]:>12}')
     print('-' * 98)
-    for key, label in (('clean_images', f'the {DEMO.clean_count} clean images themselves'),
+    for key, label in (('clean_images', f'the {results["settings"]["clean_count"]} clean images themselves'),
                        ('observations', 'the noisy observations themselves'),
                        ('fresh_true_images', 'fresh true images (noise floor)')):
         print(f'{"for scale: " + label:<52} {results["scale"][key]:>20.2f}')
@@ -308,8 +314,7 @@ def _children_cpu_seconds() -> float:
 # samples per model, each row labelled with PIL's built-in font.
 
 def save_picture(path: str, source: str, obs: ObservationSet, denoised: str | None, samples: list[tuple[str, np.ndarray]],
-                 seed: int, count: int = 16, zoom: int = 4) -> None:
-    num_images, num_clean = DEMO.num_images, DEMO.clean_count
+                 seed: int, num_images: int, num_clean: int, count: int = 16, zoom: int = 4) -> None:
     noisy_sources = np.setdiff1d(np.arange(num_images), choose_clean(num_images, num_clean, seed))[:count]
     columns = [read_pngs(source)[noisy_sources], to_uint8(obs.load(list(range(count)))[0]).numpy()]
     title = 'original | observation'
@@ -336,14 +341,16 @@ def save_picture(path: str, source: str, obs: ObservationSet, denoised: str | No
 @click.option('--device',        help='Device  [default: cuda if available, else cpu]', metavar='STR',           type=str, default=None)
 @click.option('--seed',          help='Seed of the data, the split and the training runs', metavar='INT',         type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--long-baseline', help='Also train a clean-only model as long as SFBD in total (slower)',         is_flag=True)
+@click.option('--sigma',         help='Noise level of the observations (a harder or easier problem)', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True), default=DEMO.sigma, show_default=True)
+@click.option('--clean-count',   help='Images released clean', metavar='INT',                                    type=click.IntRange(min=2, max=DEMO.num_images - 2), default=DEMO.clean_count, show_default=True)
 @report_user_errors
-def main(outdir: str, device: str | None, seed: int, long_baseline: bool) -> None:
+def main(outdir: str, device: str | None, seed: int, long_baseline: bool, sigma: float, clean_count: int) -> None:
     """SFBD end to end on a toy dataset, in about a quarter of an hour on two CPU cores.
 
     \b
     python -m sfbd.demo                 # results in demo-out/
     """
-    run_demo(outdir, device, seed, long_baseline)
+    run_demo(outdir, device, seed, long_baseline, settings=dict(sigma=sigma, clean_count=clean_count))
 
 if __name__ == '__main__':
     main()

@@ -94,3 +94,22 @@ def test_the_demo_says_done_only_at_the_end(tmp_path, monkeypatch, capsys):
         demo.run_demo(str(tmp_path), device='cpu')
     out = capsys.readouterr().out
     assert 'Round 2: fine-tuning' in out and 'Online SFBD' in out and 'Done' not in out
+
+# A harder problem (--sigma, --clean-count) is recorded with the seed: its folder is not continued
+# with other settings, and an unknown setting is an error.
+def test_settings_are_recorded_and_kept_apart(tmp_path, monkeypatch):
+    from dnnlib.util import UserError
+    monkeypatch.setattr(demo, 'DEMO', EasyDict(demo.DEMO, num_images=40, clean_count=8))
+    class Stop(Exception):
+        pass
+    def stop(*_args, **_kwargs):
+        raise Stop
+    monkeypatch.setattr(rounds, 'run_script', stop)
+    with pytest.raises(Stop):
+        demo.run_demo(str(tmp_path), device='cpu', verbose=False, settings=dict(sigma=0.6, clean_count=4))
+    recorded = json.loads((tmp_path / 'demo_options.json').read_text())
+    assert (recorded['seed'], recorded['sigma'], recorded['clean_count']) == (0, 0.6, 4)
+    with pytest.raises(UserError, match='--outdir'):
+        demo.run_demo(str(tmp_path), device='cpu', verbose=False)
+    with pytest.raises(ValueError, match='unknown settings'):
+        demo.run_demo(str(tmp_path / 'other'), device='cpu', verbose=False, settings=dict(noise=1))
