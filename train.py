@@ -34,8 +34,8 @@ from dnnlib.outputs import (OWNER_KEY, check_apart, check_distinct, check_output
                             path_relation, read_record)
 from dnnlib.util import UserError, atomic_write, report_user_errors
 from sfbd.backward import MODES
-from sfbd.online import (BUFFER_DTYPES, DEFAULTS as ONLINE_DEFAULTS, REFRESH_NETS, Observations, refresh_batch_for_passes,
-                         refresh_plan, run_steps)
+from sfbd.online import (BUFFER_DTYPES, DEFAULT_REFRESH_PASSES, DEFAULTS as ONLINE_DEFAULTS, REFRESH_NETS, Observations,
+                         default_refresh_batch, refresh_batch_for_passes, refresh_plan, run_steps)
 from torch_utils import distributed as dist
 from torch_utils import edm_state, misc
 from training import resume, training_loop
@@ -226,8 +226,11 @@ class RunClaim:
                 os.remove(self.path)
         self.path = None
 
-def run_to_continue(outdir: str, c: dict, seed_given: bool, claim: RunClaim) -> tuple[str | None, str | None]:
-    """The run directory to continue (claimed), or None; and the line that says what was chosen."""
+def run_to_continue(outdir: str, c: dict, seed_given: bool, claim: RunClaim,
+                    refresh_default: bool = False) -> tuple[str | None, str | None]:
+    """The run directory to continue (claimed), or None; and the line that says what was chosen.
+    With `refresh_default` (neither refresh option given) an Online SFBD run of the old default
+    refresh batch counts as this command's (its resume keeps that batch)."""
     if not os.path.isdir(outdir):
         return None, None
     runs = sorted(((int(m.group(1)), name) for name in os.listdir(outdir)
@@ -239,7 +242,8 @@ def run_to_continue(outdir: str, c: dict, seed_given: bool, claim: RunClaim) -> 
             recorded = resume.run_options_beside(os.path.join(run_dir, resume.OPTIONS_FNAME))
         except UserError:
             continue  # Not readable: not a run of these options.
-        if recorded is None or resume.rerun_differences(recorded, c, seed_given):
+        also_free = OLD_DEFAULT_FREE if refresh_default and is_old_default_online(recorded) else ()
+        if recorded is None or resume.rerun_differences(recorded, c, seed_given, also_free):
             continue
         latest = training_loop.find_latest_state(run_dir)
         nimg = training_loop.state_nimg(latest) if latest is not None else 0
@@ -337,26 +341,51 @@ def online_options(opts: dnnlib.EasyDict) -> dnnlib.EasyDict | None:
     return online
 
 # The refreshes of the whole run (sfbd.online.refresh_plan), recorded as
-# c.online_plan: --refresh-passes sets the refresh batch at the run's whole
-# length. A resumed run keeps the refresh batch its recorded options derived
-# from the same --refresh-passes (at the length it was started with); every
-# process takes rank 0's. Returns the lines to announce.
+# c.online_plan. --refresh-passes sets the refresh batch at the run's whole
+# length; without it or --refresh-batch the default passes do
+# (sfbd.online.default_refresh_batch). A resumed run keeps the refresh batch
+# its recorded options derived from the same passes (at the length it was
+# started with), and a run begun before the default was in passes (r =
+# --batch) keeps that batch; every process takes rank 0's. Returns the lines
+# to announce.
 
-def plan_online(c: dnnlib.EasyDict, recorded: dict | None) -> list[str]:
+def refresh_defaulted(opts: dnnlib.EasyDict) -> bool:
+    return opts.refresh_passes is None and opts.refresh_batch is None
+
+def is_old_default_online(recorded: dict | None) -> bool:
+    """Whether `recorded` (training options) is an Online SFBD run of the refresh default before
+    DEFAULT_REFRESH_PASSES: no passes recorded, one refresh batch per training batch."""
+    old = (recorded or {}).get('online_kwargs')
+    return isinstance(old, dict) and 'refresh_passes' not in old and old.get('refresh_batch') == recorded.get('batch_size')
+
+# What a rerun of the default may find different in an old-default run (resume.rerun_differences).
+OLD_DEFAULT_FREE = ('online_kwargs.refresh_batch', 'online_kwargs.refresh_passes', 'online_plan')
+
+def plan_online(c: dnnlib.EasyDict, recorded: dict | None, defaulted: bool) -> list[str]:
     online, notes = c.online_kwargs, []
     observations = Observations(online.noisy, cache=False)
     num = len(observations)
     observations.close()
     steps = run_steps(c.total_kimg, c.batch_size)
+    old, old_plan = (recorded or {}).get('online_kwargs') or {}, (recorded or {}).get('online_plan') or {}
+    if defaulted and is_old_default_online(recorded):
+        online.pop('refresh_passes', None)
+        online.refresh_batch = old['refresh_batch']
+        notes.append(f'Online SFBD: the resumed run keeps its refresh batch {online.refresh_batch} (--batch, the default '
+                     f'when it began; the default is now {DEFAULT_REFRESH_PASSES:g} refresh passes).')
+    elif defaulted:
+        online.refresh_batch, note = default_refresh_batch(num, online.refresh_every, steps, c.batch_size)
+        online.refresh_passes = DEFAULT_REFRESH_PASSES if note is None and steps >= online.refresh_every else None
+        notes += [note] if note is not None else []
+    elif online.get('refresh_passes') is not None:
+        online.refresh_batch = refresh_batch_for_passes(online.refresh_passes, num, online.refresh_every, steps)
     passes = online.get('refresh_passes')
-    if passes is not None:
-        online.refresh_batch = refresh_batch_for_passes(passes, num, online.refresh_every, steps)
-        old, old_plan = (recorded or {}).get('online_kwargs') or {}, (recorded or {}).get('online_plan') or {}
+    if passes is not None and recorded is not None:
         same = (old.get('refresh_passes') == passes and old.get('refresh_every') == online.refresh_every
                 and old_plan.get('num_observations') == num and isinstance(old.get('refresh_batch'), int))
         if same and old['refresh_batch'] != online.refresh_batch:
             online.refresh_batch = old['refresh_batch']
-            notes.append(f'--refresh-passes={passes:g}: the resumed run keeps its refresh batch {online.refresh_batch}, '
+            notes.append(f'{passes:g} refresh passes: the resumed run keeps its refresh batch {online.refresh_batch}, '
                          f'derived at its recorded length ({recorded.get("total_kimg")} kimg).')
     online.refresh_batch = int(_from_rank0(online.refresh_batch))
     c.online_plan = refresh_plan(num, online.refresh_every, online.refresh_batch, steps)
@@ -413,8 +442,8 @@ def plan_online(c: dnnlib.EasyDict, recorded: dict | None) -> list[str]:
 # Online SFBD (docs/sfbd.md): clean --data plus noisy observations, denoised as training goes.
 @click.option('--noisy',         help='Observation set for Online SFBD; repeat for several', metavar='ZIP|DIR',  type=str, multiple=True)
 @click.option('--refresh-every', help='Optimizer steps between refreshes of the denoised buffer  [default: 20]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--refresh-batch', help='Observations denoised again per refresh  [default: --batch]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--refresh-passes', help='Refresh passes over the observations in the whole run; sets --refresh-batch', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True))
+@click.option('--refresh-batch', help='Observations denoised again per refresh  [default: set by --refresh-passes]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--refresh-passes', help='Refresh passes over the observations in the whole run; sets --refresh-batch  [default: 2]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True))
 @click.option('--online-rampup', help='Loss weight of denoised images ramps 0 -> 1 over this  [default: one refresh pass]', metavar='KIMG', type=click.FloatRange(min=0))
 @click.option('--mode',          help='Backward sampler of the refreshes  [default: ode]',                      type=click.Choice(MODES))
 @click.option('--steps',         help='Steps of the denoising grid, as denoise.py --steps  [default: 18]', metavar='INT', type=click.IntRange(min=1))
@@ -565,9 +594,10 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     else:
         seed = torch.tensor(secrets.randbelow(1 << 31) if dist.get_rank() == 0 else 0, device=device)
         c.seed = int(dist.broadcast(seed, src=0))
+    online_notes = []
     if c.online_kwargs is not None:
         c.online_kwargs.seed = c.seed
-        plan_online(c, None)  # Before a rerun is matched: the same command plans the same.
+        online_notes = plan_online(c, None, refresh_defaulted(opts))  # Before a rerun is matched: the same command plans the same.
 
     # Transfer learning and resuming. A rerun into a run directory holding
     # training states continues from the newest: --nosubdir's, or the newest
@@ -585,7 +615,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         chosen = (None, None)
         if dist.get_rank() == 0:
             try:
-                chosen = run_to_continue(opts.outdir, c, opts.seed is not None, claim)
+                chosen = run_to_continue(opts.outdir, c, opts.seed is not None, claim, refresh_defaulted(opts))
             except UserError as e:
                 chosen = (None, e)
         continue_dir, line = _from_rank0(chosen)
@@ -615,7 +645,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
     if c.get('resume_state_dump') is not None:
         resume_notes += _resume_seed(c, opts.seed, where)
         if c.online_kwargs is not None:
-            resume_notes += plan_online(c, resume.run_options_beside(c.resume_state_dump))
+            online_notes = plan_online(c, resume.run_options_beside(c.resume_state_dump), refresh_defaulted(opts))
 
     # Run directory name.
     cond_str = 'cond' if opts.cond else 'uncond'
@@ -664,7 +694,7 @@ def _train(opts: dnnlib.EasyDict, tee: _LogTee | None, explicit: set[str] = froz
         dist.print0(f'{label + ":":<25}{value}')
     if resume_note:
         dist.print0(resume_note)
-    for note in resume_notes:
+    for note in resume_notes + online_notes:
         dist.print0(note)
     dist.print0()
     if opts.dry_run:

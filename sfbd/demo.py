@@ -77,10 +77,10 @@ DEMO = EasyDict(
 TRAIN_ARGS = ['--arch=ddpmpp', '--cbase=16', '--cres=1,2', '--batch=128', '--lr=2e-3', '--lr-rampup=0',
               '--ema=0.002', '--augment=0', '--dropout=0', '--tick=10', '--snap=1000', '--dump=1000']
 
-# Online SFBD at the rounds' cost: 3 x 12 kimg are 281 steps of 128 images, so 14 refreshes every
-# m = 20 steps (the paper's default); 288 images each make 2 passes over the 2016 observations,
-# which with the fill's pass are the rounds' 3 passes of denoising. The rest are train.py's defaults.
-ONLINE_ARGS = ['--refresh-every=20', '--refresh-batch=288']
+# Online SFBD at the rounds' cost with train.py's defaults: 3 x 12 kimg are 281 steps of 128 images,
+# so 14 refreshes every m = 20 steps (the paper's m), and the default 2 refresh passes make them 288
+# images each; with the fill's pass they are the rounds' 3 passes of denoising.
+ONLINE_ARGS: list[str] = []
 
 #----------------------------------------------------------------------------
 # The data: one or two soft round blobs per image, at uniform random places,

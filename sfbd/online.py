@@ -48,6 +48,12 @@ BUFFER_DTYPES = {'uint8': torch.uint8, 'float16': torch.float16, 'float32': torc
 # steps per refresh; denoise.py's sampler (the release's ODE, EDM's 18-step grid);
 # the buffer in 8 bits, as denoise.py's PNGs, so that training states stay small.
 DEFAULTS = dict(refresh_every=20, mode='ode', num_steps=18, refresh_net='ema', buffer_dtype='uint8')
+
+# Without --refresh-batch or --refresh-passes a run refreshes two passes over
+# the observations (the fill not counted): with the fill, the denoising of
+# three rounds. Chosen from the demo's seeds at two noise levels
+# (docs/sfbd.md, "How the default refreshes were chosen").
+DEFAULT_REFRESH_PASSES = 2.0
 SAMPLER_SIGMA_MAX = 80  # The top of EDM's grid (every network of this repository reaches it).
 
 #----------------------------------------------------------------------------
@@ -352,6 +358,23 @@ def refresh_batch_for_passes(passes: float, num_observations: int, refresh_every
                         f'{total_steps} steps) make at most {refreshes:g} passes; give a smaller --refresh-every or a longer --duration')
     return batch
 
+# The default refresh batch: the one of DEFAULT_REFRESH_PASSES where the run
+# is long enough for them; else every observation per refresh (a run of
+# fewer than two refreshes) or, in a run without a refresh, `batch_size`
+# (which sets the ramp's length). Returns r and the line that says so, or None.
+
+def default_refresh_batch(num_observations: int, refresh_every: int, total_steps: int,
+                          batch_size: int) -> tuple[int, str | None]:
+    refreshes = int(total_steps) // int(refresh_every)
+    if refreshes == 0:
+        return int(batch_size), None  # No refresh: shortfall_note says what that means.
+    try:
+        return refresh_batch_for_passes(DEFAULT_REFRESH_PASSES, num_observations, refresh_every, total_steps), None
+    except UserError:
+        return int(num_observations), (f'Online SFBD: the run\'s {refreshes} refreshes (every {refresh_every} of its '
+                                       f'{total_steps} steps) fall short of the default {DEFAULT_REFRESH_PASSES:g} refresh '
+                                       f'passes; each refreshes all {num_observations} observations.')
+
 #----------------------------------------------------------------------------
 # Where the buffer lives: on the training device when it takes at most a
 # quarter of the device memory free at start, else in host memory.
@@ -374,7 +397,7 @@ class OnlineSFBD:
         clean:          Any,                            # The clean dataset of the run (training.dataset.Dataset).
         refresh_every:  int = DEFAULTS['refresh_every'],# Optimizer steps between refreshes (the paper's m).
         refresh_batch:  int = 512,                      # Observations denoised per refresh, all processes together.
-        refresh_passes: float | None = None,            # The passes asked for (train.py --refresh-passes), from which train.py derived refresh_batch; None = not asked.
+        refresh_passes: float | None = None,            # The passes asked for (train.py --refresh-passes or its default), from which train.py derived refresh_batch; None = not asked.
         rampup_kimg:    float | None = None,            # Length of the loss-weight ramp of buffer images; None = one refresh pass.
         mode:           str = DEFAULTS['mode'],         # Backward sampler: 'ode' (the release's) or 'sde'.
         num_steps:      int = DEFAULTS['num_steps'],    # Steps of the grid cut at sigma (denoise.py --steps).
@@ -464,7 +487,7 @@ class OnlineSFBD:
         if total_nimg is not None:
             steps = run_steps(total_nimg / 1000, self.batch_size, self.start_nimg / 1000)
             self.plan = refresh_plan(len(self.buffer), self.refresh_every, self.refresh_batch, steps)
-            asked = f' (--refresh-passes={self.refresh_passes:g})' if self.refresh_passes is not None else ''
+            asked = f' ({self.refresh_passes:g} asked)' if self.refresh_passes is not None else ''
             dist.print0(f'Online SFBD plan: {self.plan["refreshes"]} refreshes of {self.refresh_batch} in the run\'s '
                         f'{steps} steps, {self.plan["refresh_passes"]:.2f} refresh passes over the observations{asked}, '
                         'the fill not counted.')

@@ -456,7 +456,7 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
 @click.option('--round-duration',     help='Length of each update round in millions of images', metavar='MIMG',   type=FiniteFloat(min=0, min_open=True))
 @click.option('--online',             help='Online SFBD after pretraining: one run instead of the rounds',        is_flag=True)
 @click.option('--online-duration',    help='Length of the online run in millions of images (with --online)', metavar='MIMG', type=FiniteFloat(min=0, min_open=True))
-@click.option('--online-args',        help='More train.py options for the online run, e.g. "--refresh-passes=2"', metavar='STR', type=ShellWords(), default='', show_default=True)
+@click.option('--online-args',        help='More train.py options for the online run, e.g. "--refresh-passes=3"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--preset',             help='Hyperparameters of a published run for every step (python -m sfbd.presets)', type=click.Choice([*PRESETS, 'none']), default='none', show_default=True)
 @click.option('--train-args',         help='More train.py options for every run, e.g. "--arch=ncsnpp --batch=256"', metavar='STR', type=ShellWords(), default='', show_default=True)
 @click.option('--round-args',         help='More train.py options for the update rounds only', metavar='STR',     type=ShellWords(), default='', show_default=True)

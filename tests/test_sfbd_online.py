@@ -353,6 +353,50 @@ def test_refresh_passes_planned_made_and_resumed(data, tmp_path):
     plan = json.loads(result.output[result.output.index('{'):result.output.index('\n}\n') + 2])['online_plan']
     assert plan['refreshes'] == 5 and plan['refresh_batch'] == 3 and plan['refresh_passes'] == pytest.approx(15 / 24)
 
+# Without either refresh option a run makes sfbd.online.DEFAULT_REFRESH_PASSES
+# (2) refresh passes; a run too short for them refreshes everything each time,
+# one without a refresh keeps r = --batch; a run begun when the default was
+# r = --batch is continued by a plain rerun and keeps its r.
+
+def _dry_run_options(args: list) -> dict:
+    result = CliRunner().invoke(train.main, [str(a) for a in args + ['--dry-run']])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output[result.output.index('{'):result.output.index('\n}\n') + 2]), result.output
+
+def test_default_is_two_refresh_passes(data, tmp_path):
+    torch.set_num_threads(1)
+    base = ['--outdir', tmp_path / 'dry', '--data', data['clean'], '--noisy', data['noisy'], *TINY, '--duration=0.00008']
+    # 10 steps, 5 refreshes: ceil(2 * 24 / 5) = 10 observations each.
+    options, output = _dry_run_options(base + ['--refresh-every=2'])
+    assert options['online_kwargs']['refresh_passes'] == 2 and options['online_kwargs']['refresh_batch'] == 10
+    assert options['online_plan']['refresh_passes'] == pytest.approx(50 / 24)
+    # One refresh cannot make two passes: it refreshes all 24, and says so.
+    options, output = _dry_run_options(base + ['--refresh-every=6'])
+    assert options['online_kwargs']['refresh_passes'] is None and options['online_kwargs']['refresh_batch'] == NUM_NOISY
+    assert 'fall short of the default 2 refresh passes; each refreshes all 24 observations' in output
+    # No refresh at all: r = --batch, which sets the ramp.
+    options, output = _dry_run_options(base + ['--refresh-every=20'])
+    assert options['online_kwargs']['refresh_passes'] is None and options['online_kwargs']['refresh_batch'] == 8
+
+    # A run of the old default (r = --batch, no passes recorded), stopped halfway: a plain rerun continues it.
+    outdir = tmp_path / 'runs'
+    args = ['--outdir', outdir, '--data', data['clean'], '--noisy', data['noisy'], *TINY, '--refresh-every=1', '--steps=3']
+    result = CliRunner().invoke(train.main, [str(a) for a in args + ['--duration=0.00004', '--refresh-batch=8']])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = outdir.iterdir()
+    recorded = json.loads((run_dir / 'training_options.json').read_text())
+    assert train.is_old_default_online(recorded) and 'refresh_passes' not in recorded['online_kwargs']
+    recorded['total_kimg'] *= 2  # As if it had been started for twice the length.
+    (run_dir / 'training_options.json').write_text(json.dumps(recorded, indent=2))
+    result = CliRunner().invoke(train.main, [str(a) for a in args + ['--duration=0.00008']])
+    assert result.exit_code == 0, result.output
+    assert f'Continuing the unfinished run {run_dir}' in result.output
+    assert 'the resumed run keeps its refresh batch 8 (--batch, the default when it began' in result.output
+    assert [p.name for p in outdir.iterdir()] == [run_dir.name]
+    options = json.loads((run_dir / 'training_options.json').read_text())
+    assert options['online_kwargs']['refresh_batch'] == 8 and 'refresh_passes' not in options['online_kwargs']
+    assert options['online_plan']['refresh_passes'] == pytest.approx(80 / 24)
+
 def test_refresh_passes_with_refresh_batch_is_refused(data, tmp_path):
     args = ['--outdir', tmp_path / 'out', '--data', data['clean'], '--noisy', data['noisy'], *TINY, '--duration=0.00004',
             '--refresh-passes=1', '--refresh-batch=4']

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -185,12 +185,13 @@ def check_run_options(recorded: dict, current: dict, where: str) -> list[str]:
 RERUN_FREE_OPTIONS = ('run_dir', 'resume_state_dump', 'resume_from_run_dir', 'device', 'fast', 'data_loader_kwargs',
                       'batch_gpu', 'cudnn_benchmark')
 
-def rerun_differences(recorded: dict, current: dict, seed_given: bool) -> list[str]:
+def rerun_differences(recorded: dict, current: dict, seed_given: bool, also_free: Iterable[str] = ()) -> list[str]:
     """The options (training_options.json keys, nested as 'key.subkey') in which a command differs
-    from the run that recorded `recorded`; empty when the command is a rerun of that run's."""
+    from the run that recorded `recorded`, less `also_free`; empty when the command is a rerun of that run's."""
     current = json.loads(json.dumps(current))  # The recorded side went through JSON too.
-    free = {'seed', 'online_kwargs.seed'} if not seed_given else set()
-    return [key for key in differing_keys(recorded, current, RERUN_FREE_OPTIONS) if key not in free]
+    free = ({'seed', 'online_kwargs.seed'} if not seed_given else set()) | set(also_free)
+    return [key for key in differing_keys(recorded, current, RERUN_FREE_OPTIONS)
+            if not any(key == f or key.startswith(f + '.') for f in free)]
 
 #----------------------------------------------------------------------------
 # Continuing from EDM's state: weights and Adam's state from the state, the
