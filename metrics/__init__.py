@@ -1,0 +1,1 @@
+# Evaluation of EDM models: FID statistics (metrics/fid.py). Below sfbd/, above training/.
