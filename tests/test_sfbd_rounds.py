@@ -155,16 +155,17 @@ def test_online_layout_record_and_reruns(data, tmp_path, monkeypatch, capsys):
     assert options['resume_pkl'] == str(outdir / record['pretrain']['snapshot'])
     assert options['dataset_kwargs']['path'] == str(data / 'clean')
     assert options['online_kwargs']['noisy'] == [str(data / 'noisy')] and options['online_kwargs']['refresh_every'] == 1
-    # Two refreshes of 16 of the 18 observations, and the ramp (one pass: 2 steps) ended.
-    assert record['online']['refresh_passes'] == pytest.approx(32 / 18) and record['online']['loss_weight'] == 1
-    assert record['online']['planned_refresh_passes'] == pytest.approx(32 / 18)
-    # Its cost: 32 training images, the fill and the refreshes denoise 18 + 32 observations, 5 evaluations each (3 steps).
-    assert record['cost']['online'] == dict(training_image_passes=32, training_forward_equivalents=96, denoised_observations=50,
-                                            denoising_evaluations=250, total_forward_equivalents=346)
+    # The default 2 refresh passes: two refreshes of all 18 observations, and the ramp (one pass: 2 steps) ended.
+    assert record['online']['refresh_passes'] == pytest.approx(2) and record['online']['loss_weight'] == 1
+    assert record['online']['planned_refresh_passes'] == pytest.approx(2)
+    assert options['online_kwargs']['refresh_batch'] == 18
+    # Its cost: 32 training images, the fill and the refreshes denoise 18 + 36 observations, 5 evaluations each (3 steps).
+    assert record['cost']['online'] == dict(training_image_passes=32, training_forward_equivalents=96, denoised_observations=54,
+                                            denoising_evaluations=270, total_forward_equivalents=366)
     assert record['cost']['pretraining']['training_image_passes'] == 32
     out = capsys.readouterr().out
-    assert 'Refresh passes over the observations: 1.78 of the 1.78 planned, the fill not counted.' in out
-    assert 'the online run: 32 training image passes (x3: 96 forward-evaluation equivalents) + 50 observations' in out
+    assert 'Refresh passes over the observations: 2.00 of the 2.00 planned, the fill not counted.' in out
+    assert 'the online run: 32 training image passes (x3: 96 forward-evaluation equivalents) + 54 observations' in out
 
     # A rerun does nothing; the rounds, or other options, are refused in this --outdir.
     calls = []
