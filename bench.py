@@ -1,6 +1,6 @@
 """Measure the speed of every stage of an SFBD run, on the faithful and the fast path.
 
-A thin command line over training/bench.py, which describes the stages, the measurement and the
+A thin command line over tools/bench.py, which describes the stages, the measurement and the
 record fields. docs/performance.md's tables are made from the JSON lines it writes (`--markdown`).
 """
 
@@ -19,7 +19,7 @@ from dnnlib.outputs import check_output_file
 from dnnlib.util import UserError, is_url, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
-from training import bench
+from tools import bench
 
 #----------------------------------------------------------------------------
 

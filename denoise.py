@@ -49,7 +49,7 @@ from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
 from torch_utils.persistence import load_network
 from training.dataset import METADATA_FNAME
-from training.generation import sampler_options
+from tools.options import sampler_options
 from training.sampler import ABLATION_KEYS, check_sampler_options, to_uint8
 
 OPTIONS_FNAME = 'denoise_options.json'

@@ -29,11 +29,11 @@ from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
 from torch_utils.persistence import load_network
-from training.fid_stats import (append_json, calculate_fid_from_inception_stats, calculate_inception_stats,
+from metrics.fid import (append_json, calculate_fid_from_inception_stats, calculate_inception_stats,
                                 check_image_count, dataset_stats, format_int_list, image_subsets, list_snapshots,
                                 load_ref_stats, network_stats, open_image_dataset, rank0_first, save_ref_stats,
                                 snapshot_kimg, summarize)
-from training.generation import sampler_options
+from tools.options import sampler_options
 from training.sampler import check_sampler_options
 
 # EDM's entry points keep their names here (`fid.calculate_inception_stats`, ...); they live in training/fid_stats.py.

@@ -15,7 +15,8 @@ from dnnlib.util import UserError, file_sha256, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.persistence import load_network
-from training.generation import generate_to_dir, sampler_options
+from tools.options import sampler_options
+from training.generation import generate_to_dir
 from training.sampler import check_sampler_options
 
 DEFAULT_BATCH = 64  # --batch, unless --fast sizes it to the device.

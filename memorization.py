@@ -20,7 +20,7 @@ from sfbd import memorization as mem
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 from torch_utils.persistence import load_network
-from training.generation import sampler_options
+from tools.options import sampler_options
 
 FIGURES = ['pairs.png', 'distances.png']  # What --outdir receives.
 

@@ -11,17 +11,15 @@ from __future__ import annotations
 import os
 from typing import Callable, Sequence
 
-import click
 import numpy as np
 import torch
 import tqdm
 
-from dnnlib.cli import FiniteFloat
 from dnnlib.util import save_png
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
-from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS, check_finite, generate_images, to_uint8
+from training.sampler import check_finite, generate_images, to_uint8
 
 #----------------------------------------------------------------------------
 # Split the seeds into batches, and the batches between processes, the way
@@ -79,28 +77,5 @@ def generate_to_dir(net: torch.nn.Module, seeds: Sequence[int], outdir: str, *, 
             host = fast_lib.host_copy(to_uint8(images).permute(0, 2, 3, 1))
             save_pngs_later(writer, [image_path(outdir, seed, subdirs) for seed in batch_seeds], host)
     return sum(len(b) for b in batches)
-
-#----------------------------------------------------------------------------
-# EDM's sampler options as a click option table: generate.py's, shared by
-# denoise.py, fid.py, memorization.py and sfbd.report.
-
-def sampler_options(func: Callable) -> Callable:
-    options = [
-        click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
-        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
-        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
-        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True), default=7, show_default=True),
-        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
-        click.option('--S_min', 'S_min', help='Stochasticity: lowest noise level', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
-        click.option('--S_max', 'S_max', help='Stochasticity: highest noise level', metavar='FLOAT', type=FiniteFloat(min=0, allow_inf=True), default='inf', show_default=True),
-        click.option('--S_noise', 'S_noise', help='Stochasticity: noise inflation', metavar='FLOAT', type=FiniteFloat(), default=1, show_default=True),
-        click.option('--solver', help='Ablation: ODE solver', type=click.Choice(SOLVERS)),
-        click.option('--disc', 'discretization', help='Ablation: time step discretization', type=click.Choice(DISCRETIZATIONS)),
-        click.option('--schedule', help='Ablation: noise schedule sigma(t)', type=click.Choice(SCHEDULES)),
-        click.option('--scaling', help='Ablation: signal scaling s(t)', type=click.Choice(SCALINGS)),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
 
 #----------------------------------------------------------------------------
