@@ -442,14 +442,8 @@ class ToolOutputs:
         self.files_first = files_first
 
     def check(self) -> None:
-        """Every output apart from the inputs (and from each other unless nested), in list order; then each
-        output's own check."""
-        pairs = [(out.path, out.option) for out in self.outputs]
-        if self.nested:
-            for pair in pairs:
-                check_apart([pair], self.inputs)
-        else:
-            check_apart(pairs, self.inputs)
+        """`check_apart`, then each output's own check."""
+        self.check_apart()
         ordered = sorted(self.outputs, key=lambda out: isinstance(out, OutputDir)) if self.files_first else self.outputs
         for out in ordered:
             if out.path is None:
@@ -461,6 +455,16 @@ class ToolOutputs:
                 check_replaced_file(out.path, out.option, self.command, out.is_own)
             else:
                 check_output_file(out.path, out.option)
+
+    def check_apart(self) -> None:
+        """Every output apart from the inputs (and from each other unless nested), in list order. Alone for
+        outputs that a writer of their own checks further (sfbd.observations.write_datasets)."""
+        pairs = [(out.path, out.option) for out in self.outputs]
+        if self.nested:
+            for pair in pairs:
+                check_apart([pair], self.inputs)
+        else:
+            check_apart(pairs, self.inputs)
 
     def claim(self, record: dict, *, create: bool = True, ignore: Sequence[str] = (),
               suffixes: Sequence[str] = ('.png',)) -> contextlib.AbstractContextManager:
