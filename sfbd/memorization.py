@@ -19,7 +19,9 @@ a sample that is merely typical of a dense part of the data lies about as close 
 
 The search is exact: every distance is computed, in float64 blocks on the device, and the few
 closest candidates of each image are measured again directly, so an exact copy has distance 0.
-`memorization.py` is the command line; `sfbd.report` runs the same check on every SFBD round.
+`memorization.py` is the command line (its option table and messages; its run is
+`memorization_command` here); `sfbd.report` runs the same check on every SFBD round. Not here: the
+detector (torch_utils/detector.py) and the output rules (dnnlib/outputs.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Benchmarks of the stages of an SFBD run, timed on the code the tools run (bench.py is the CLI).
+"""Benchmarks of the stages of an SFBD run, timed on the code the tools run (bench.py is the CLI; this
+module is its library, not a tool of the method).
 
 Stages (`what`):
 
