@@ -33,12 +33,12 @@ from __future__ import annotations
 import click
 
 from dnnlib.util import report_user_errors
-from sfbd.denoising import OPTIONS_FNAME, denoise_command
+from sfbd.denoising import denoise_command
 from tools.denoise_setup import denoise_options
 from torch_utils import distributed as dist
 
 # Names that callers reach through this script (EDM-style `denoise.X`; the tests).
-from sfbd.denoising import ObservationSet, denoise_images, missing_outputs, shard_indices  # noqa: F401
+from sfbd.denoising import OPTIONS_FNAME, ObservationSet, denoise_images, missing_outputs, shard_indices  # noqa: F401
 
 #----------------------------------------------------------------------------
 
