@@ -1,6 +1,6 @@
 """Measure the speed of every stage of an SFBD run, on the faithful and the fast path.
 
-A thin command line over training/bench.py, which describes the stages, the measurement and the
+A thin command line over tools/bench.py, which describes the stages, the measurement and the
 record fields. docs/performance.md's tables are made from the JSON lines it writes (`--markdown`).
 """
 
@@ -15,11 +15,11 @@ import click
 import torch
 
 from dnnlib.cli import FiniteFloat
-from dnnlib.outputs import check_output_file
+from dnnlib.outputs import OutputFile, ToolOutputs
 from dnnlib.util import UserError, is_url, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
-from training import bench
+from tools import bench
 
 #----------------------------------------------------------------------------
 
@@ -84,8 +84,7 @@ def main(what: list[str], device: str | None, config: str, batch: int | None, se
         device_obj = dist.resolve_device(device)
     except RuntimeError as e:
         raise UserError(str(e) if str(e).startswith('--device') else f'--device={device}: {e}') from None
-    if json_path is not None:
-        check_output_file(json_path, '--json')
+    ToolOutputs('bench.py', [OutputFile(json_path, '--json')]).check()
     fast_overrides = bench.parse_overrides(overrides)
     if 'fid' in what and detector not in (DEFAULT_DETECTOR, bench.STANDIN_DETECTOR) and not is_url(detector) \
             and not os.path.isfile(detector):

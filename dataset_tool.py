@@ -29,7 +29,7 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
-from dnnlib.outputs import check_apart
+from dnnlib.outputs import OutputFile, ToolOutputs
 from dnnlib.util import UserError, report_user_errors
 from sfbd.observations import dataset_fname, encode_png, write_datasets
 from training.dataset import (METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext,
@@ -220,7 +220,7 @@ def make_transform(transform: str | None, width: int | None, height: int | None)
 def convert_dataset(source: str, dest: str, max_images: int | None = None, transform: str | None = None,
         resolution: tuple[int, int] | None = None) -> int:
     transform_image = make_transform(transform, *(resolution or (None, None)))
-    check_apart([(dest, '--dest')], [(source, '--source')])
+    ToolOutputs('dataset_tool.py convert', [OutputFile(dest, '--dest')], [(source, '--source')]).check_apart()
     count, items = open_source(source, max_images=max_images)
     labels = []
     first = None # (name, height, width, channels) of the first image written.

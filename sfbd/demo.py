@@ -52,7 +52,7 @@ from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, enco
 from torch_utils import frechet
 from torch_utils.distributed import resolve_device
 from torch_utils.persistence import load_network
-from training.fid_stats import save_ref_stats
+from metrics.fid import save_ref_stats
 from training.sampler import to_uint8
 
 #----------------------------------------------------------------------------

@@ -46,8 +46,8 @@ from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 from torch_utils.persistence import load_network
 from training.dataset import ImageFolderDataset
-from training.fid_stats import FeatureStats, calculate_fid_from_inception_stats, load_ref_stats, snapshot_kimg
-from training.generation import sampler_options
+from metrics.fid import FeatureStats, calculate_fid_from_inception_stats, load_ref_stats, snapshot_kimg
+from tools.options import sampler_options
 
 SCORES_FNAME = 'scores.json'
 GRID_SAMPLES = 64

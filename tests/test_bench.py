@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import bench as bench_cli
-from training import bench
+from tools import bench
 
 FIELDS = ('what', 'path', 'config', 'device', 'device_name', 'dtype', 'batch', 'img_per_s', 'flop_per_img', 'tflops',
           'mfu', 'peak_mem_gb')

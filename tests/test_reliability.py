@@ -38,7 +38,7 @@ import train
 from dnnlib import outputs
 from dnnlib.util import UserError
 from sfbd import demo, rounds
-from training import fid_stats
+from metrics import fid as fid_stats
 
 from sfbd_helpers import (make_image_dataset, make_observation_set, random_observations, read_json, read_png_dataset,
                           save_tiny_network)

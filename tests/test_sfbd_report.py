@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from training.fid_stats import save_ref_stats
+from metrics.fid import save_ref_stats
 from sfbd import report
 from sfbd.memorization import sample_images
 from torch_utils.persistence import load_network

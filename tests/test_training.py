@@ -590,7 +590,7 @@ def test_fast_path_on_the_cpu_computes_the_faithful_losses(data, tmp_path, monke
 # the plain EDM name first in its kimg, then the exact ones (training/run_files.py).
 def test_snapshots_and_states_are_found_in_training_order(tmp_path):
     from sfbd.rounds import final_snapshot
-    from training.fid_stats import list_snapshots, snapshot_kimg
+    from metrics.fid import list_snapshots, snapshot_kimg
     from training.training_loop import find_latest_state
     names = ['network-snapshot-000000.pkl', 'network-snapshot-000000.990.pkl', 'network-snapshot-000001.pkl',
              'network-snapshot-000001.520.pkl', 'training-state-000001.pt', 'training-state-000001.008.pt',

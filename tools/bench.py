@@ -1,4 +1,5 @@
-"""Benchmarks of the stages of an SFBD run, timed on the code the tools run (bench.py is the CLI).
+"""Benchmarks of the stages of an SFBD run, timed on the code the tools run (bench.py is the CLI; this
+module is its library, not a tool of the method).
 
 Stages (`what`):
 
@@ -67,7 +68,7 @@ from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
 from torch_utils.fast import FastSettings
 from training import training_loop
 from training.augment import AUGMENT_DIM, AUGMENTATIONS, AugmentPipe
-from training.fid_stats import FeatureStats, append_json, calculate_fid_from_inception_stats
+from metrics.fid import FeatureStats, append_json, calculate_fid_from_inception_stats
 from training.generation import generate_to_dir
 from training.loss import EDMLoss
 from training.networks import EDMPrecond
