@@ -67,7 +67,7 @@ def main(what: list[str], device: str | None, config: str, batch: int | None, se
     python bench.py --markdown=out.jsonl
     \b
     Records have what, path, config, device, device_name, dtype, batch, img_per_s,
-    flop_per_img, tflops, mfu, peak_mem_gb (and more); see training/bench.py.
+    flop_per_img, tflops, mfu, peak_mem_gb (and more); see tools/bench.py.
     """
     if markdown is not None:
         with open(markdown, encoding='utf-8') as f:

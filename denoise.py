@@ -25,7 +25,7 @@ inside a task, between processes (`torchrun`). All of them may write into one --
   file system where tasks may not see each other's files at once). Its presence marks a complete set.
 
 The command line only: its option table (tools/denoise_setup.py) and one call of
-sfbd.denoising.denoise_command, which applies the rules above.
+sfbd.denoise_set.denoise_command, which applies the rules above.
 """
 
 from __future__ import annotations
@@ -33,12 +33,9 @@ from __future__ import annotations
 import click
 
 from dnnlib.util import report_user_errors
-from sfbd.denoising import denoise_command
+from sfbd.denoise_set import denoise_command
 from tools.denoise_setup import denoise_options
 from torch_utils import distributed as dist
-
-# Names that callers reach through this script (EDM-style `denoise.X`; the tests).
-from sfbd.denoising import OPTIONS_FNAME, ObservationSet, denoise_images, missing_outputs, shard_indices  # noqa: F401
 
 #----------------------------------------------------------------------------
 

@@ -466,15 +466,18 @@ class ToolOutputs:
         else:
             check_apart(pairs, self.inputs)
 
-    def claim(self, record: dict, *, create: bool = True, ignore: Sequence[str] = (),
-              suffixes: Sequence[str] = ('.png',)) -> contextlib.AbstractContextManager:
+    def claim(self, record: dict, *, create: bool = True, ignore: Sequence[str] = (), suffixes: Sequence[str] = ('.png',),
+              has_outputs: Callable[[], bool] | None = None) -> contextlib.AbstractContextManager:
         """The claim of the output folder by `record` (`OutputClaim`), for a with-statement; the outputs
-        that depend on it are the files ending with `suffixes`. Nothing to claim without a folder given."""
+        that depend on it are the files ending with `suffixes`, or what `has_outputs` finds. Nothing to
+        claim without a folder given."""
         dirs = [out for out in self.outputs if isinstance(out, OutputDir) and out.record_name is not None]
         if not dirs or dirs[0].path is None:
             return contextlib.nullcontext()
         path = dirs[0].path
+        if has_outputs is None:
+            has_outputs = lambda: any_file(path, suffixes)  # noqa: E731
         return OutputClaim(path, dirs[0].option, dirs[0].record_name, record, command=self.command, create=create,
-                           has_outputs=lambda: any_file(path, suffixes), ignore=ignore, markers=dirs[0].markers)
+                           has_outputs=has_outputs, ignore=ignore, markers=dirs[0].markers)
 
 #----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ statistics (EDM's `calculate_fid_from_inception_stats` and `calculate_inception_
 
 Also fid.py's work as library functions: `calc` in steps (`calc_plan`, `score_images`,
 `score_network`, `calc_fid`) and `ref` (`ref_stats`). fid.py is the command line over them (its
-option tables and messages); sfbd/report.py, sfbd/demo.py and bench.py use the statistics too. Not
+option tables and messages); tools/report.py, tools/demo.py and tools/bench.py use the statistics too. Not
 here: the detector (torch_utils/detector.py) and the distance's linear algebra (torch_utils/frechet.py).
 """
 

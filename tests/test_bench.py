@@ -1,4 +1,4 @@
-"""bench.py and training/bench.py: every stage on both paths with a micro configuration, the
+"""bench.py and tools/bench.py: every stage on both paths with a micro configuration, the
 record fields, the table and the JSON lines, on the CPU."""
 
 import functools

@@ -6,7 +6,7 @@ Stages (`what`):
 train     training_loop.training_step(): batches of a zip dataset of PNGs through the data loader
           (train.py's loader options), EDM's loss with train.py's augmentation (--augment, default
           0.12 as in train.py), backward, Adam, weight average.
-denoise   sfbd.denoising.denoise_images(): denoise.py's backward sampling of an observation set
+denoise   sfbd.denoise_set.denoise_images(): denoise.py's backward sampling of an observation set
           (sigma 0.59 on EDM's 18-step grid: 8 steps, 15 network evaluations), PNGs written.
 generate  training.generation.generate_to_dir(): generate.py's EDM sampler (18 steps, 35
           evaluations), PNGs written.
@@ -60,7 +60,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dnnlib.util import UserError, cached_path_for_url, download
 from sfbd.backward import backward_sample
-from sfbd.denoising import denoise_images
+from sfbd.denoise_set import denoise_images
 from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_npy
 from torch_utils import fast as fast_lib
 from torch_utils import frechet, misc, training_stats

@@ -1,7 +1,7 @@
 """denoise.py's option table, shared: the click options of denoise.py as one decorator, and the parsing of
 denoise.py's arguments in-process (sfbd.rounds checks --denoise-args with it before any step runs).
 
-Options only: what a run does with them is sfbd.denoising.denoise_command; the command line is
+Options only: what a run does with them is sfbd.denoise_set.denoise_command; the command line is
 denoise.py.
 """
 
@@ -14,7 +14,7 @@ import click
 from dnnlib.cli import FiniteFloat
 from dnnlib.util import UserError
 from sfbd.backward import MODES
-from sfbd.denoising import DEFAULT_BATCH, parse_shard
+from sfbd.denoise_set import DEFAULT_BATCH, parse_shard
 from tools.options import sampler_options
 
 # Options that sfbd.rounds sets itself for each denoising step.

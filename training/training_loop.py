@@ -469,6 +469,55 @@ def _resume(resume_state_dump: str | None, *, resume_from_run_dir: bool, resume_
     return progress
 
 #----------------------------------------------------------------------------
+# The end of a tick: its statistics, summed over processes (the collector's
+# and training_stats' default collector: stats.jsonl's line), and the tick
+# line. Returns both and the tick's end time.
+
+def end_tick(stats: training_stats.Collector, extra: ExtraData | None, device: torch.device, *, cur_tick: int,
+             cur_nimg: int, total_kimg: float, start_time: float, tick_start_time: float, tick_start_nimg: int,
+             maintenance_time: float) -> tuple[dict, str, float]:
+    # Tick statistics, summed over processes.
+    tick_end_time = time.time()
+    tick_sec = tick_end_time - tick_start_time
+    sec_per_kimg = tick_sec / (cur_nimg - tick_start_nimg) * 1000
+    stats.report0('Progress/tick', cur_tick)
+    stats.report0('Progress/kimg', cur_nimg / 1000)
+    stats.report0('Timing/total_sec', tick_end_time - start_time)
+    stats.report0('Timing/sec_per_tick', tick_sec)
+    stats.report0('Timing/sec_per_kimg', sec_per_kimg)
+    stats.report0('Timing/maintenance_sec', maintenance_time)
+    stats.report0('Resources/cpu_mem_gb', psutil.Process(os.getpid()).memory_info().rss / 2**30)
+    on_cuda = device.type == 'cuda'
+    stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else 0)
+    stats.report0('Resources/peak_gpu_mem_reserved_gb', torch.cuda.max_memory_reserved(device) / 2**30 if on_cuda else 0)
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    extra_fields = extra.end_tick(tick_sec, cur_nimg) if extra is not None else []
+    stats.update()
+    training_stats.default_collector.update()
+    tick_stats = dict(training_stats.default_collector.as_dict(), **stats.as_dict())
+
+    # Tick line: EDM's fields, the loss, non-finite counts and the time left.
+    eta = max(total_kimg * 1000 - cur_nimg, 0) / 1000 * sec_per_kimg
+    fields = [
+        f'tick {cur_tick:<5d}',
+        f'kimg {cur_nimg / 1000:<9.3f}',
+        f'time {_format_time(tick_end_time - start_time):<12s}',
+        f'sec/tick {tick_sec:<7.1f}',
+        f'sec/kimg {sec_per_kimg:<7.2f}',
+        f'maintenance {maintenance_time:<6.1f}',
+        f'cpumem {stats.mean("Resources/cpu_mem_gb"):<6.2f}',
+        f'gpumem {stats.mean("Resources/peak_gpu_mem_gb"):<6.2f}',
+        f'reserved {stats.mean("Resources/peak_gpu_mem_reserved_gb"):<6.2f}',
+        f'loss {stats.mean("Loss/loss"):<8.4f}',
+        f'nonfinite-loss {_total(stats, "Loss/nonfinite"):<3d}',
+        f'nonfinite-grad {_total(stats, "Loss/nonfinite_grad"):<3d}',
+        *extra_fields,
+        f'eta {_format_time(eta)}',
+    ]
+    return tick_stats, ' '.join(fields), tick_end_time
+
+#----------------------------------------------------------------------------
 
 def training_loop(
     run_dir:            str | None = '.',   # Output directory; only rank 0 writes to it.
@@ -652,46 +701,10 @@ def training_loop(
             if not (done or preempted or tick_due):
                 continue
 
-            # Tick statistics, summed over processes.
-            tick_end_time = time.time()
-            tick_sec = tick_end_time - tick_start_time
-            sec_per_kimg = tick_sec / (cur_nimg - tick_start_nimg) * 1000
-            stats.report0('Progress/tick', cur_tick)
-            stats.report0('Progress/kimg', cur_nimg / 1000)
-            stats.report0('Timing/total_sec', tick_end_time - start_time)
-            stats.report0('Timing/sec_per_tick', tick_sec)
-            stats.report0('Timing/sec_per_kimg', sec_per_kimg)
-            stats.report0('Timing/maintenance_sec', maintenance_time)
-            stats.report0('Resources/cpu_mem_gb', psutil.Process(os.getpid()).memory_info().rss / 2**30)
-            on_cuda = device.type == 'cuda'
-            stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else 0)
-            stats.report0('Resources/peak_gpu_mem_reserved_gb', torch.cuda.max_memory_reserved(device) / 2**30 if on_cuda else 0)
-            if on_cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            extra_fields = extra.end_tick(tick_sec, cur_nimg) if extra is not None else []
-            stats.update()
-            training_stats.default_collector.update()
-            tick_stats = dict(training_stats.default_collector.as_dict(), **stats.as_dict())
-
-            # Tick line: EDM's fields, the loss, non-finite counts and the time left.
-            eta = max(total_kimg * 1000 - cur_nimg, 0) / 1000 * sec_per_kimg
-            fields = [
-                f'tick {cur_tick:<5d}',
-                f'kimg {cur_nimg / 1000:<9.3f}',
-                f'time {_format_time(tick_end_time - start_time):<12s}',
-                f'sec/tick {tick_sec:<7.1f}',
-                f'sec/kimg {sec_per_kimg:<7.2f}',
-                f'maintenance {maintenance_time:<6.1f}',
-                f'cpumem {stats.mean("Resources/cpu_mem_gb"):<6.2f}',
-                f'gpumem {stats.mean("Resources/peak_gpu_mem_gb"):<6.2f}',
-                f'reserved {stats.mean("Resources/peak_gpu_mem_reserved_gb"):<6.2f}',
-                f'loss {stats.mean("Loss/loss"):<8.4f}',
-                f'nonfinite-loss {_total(stats, "Loss/nonfinite"):<3d}',
-                f'nonfinite-grad {_total(stats, "Loss/nonfinite_grad"):<3d}',
-                *extra_fields,
-                f'eta {_format_time(eta)}',
-            ]
-            dist.print0(' '.join(fields))
+            tick_stats, tick_line, tick_end_time = end_tick(
+                stats, extra, device, cur_tick=cur_tick, cur_nimg=cur_nimg, total_kimg=total_kimg, start_time=start_time,
+                tick_start_time=tick_start_time, tick_start_nimg=tick_start_nimg, maintenance_time=maintenance_time)
+            dist.print0(tick_line)
             if preempted:
                 dist.print0()
                 dist.print0('Stop requested: saving a snapshot and a training state...')
