@@ -58,10 +58,12 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dnnlib.util import UserError, cached_path_for_url, download
+from dnnlib.outputs import OutputFile, ToolOutputs
+from dnnlib.util import UserError, cached_path_for_url, download, is_url
 from sfbd.backward import backward_sample
 from sfbd.denoise_set import denoise_images
 from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_npy
+from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils import frechet, misc, training_stats
 from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
@@ -598,6 +600,34 @@ def frechet_records(dim: int = 2048, samples: int = 4096) -> list[dict[str, Any]
     records[1]['speedup'] = round(records[0]['seconds'] / records[1]['seconds'], 2)
     records[1]['rel_diff'] = abs(records[1]['value'] - records[0]['value']) / abs(records[0]['value'])
     return records
+
+#----------------------------------------------------------------------------
+# bench.py's inputs, every one checked before minutes of measuring: the
+# device, --json (a file apart, bench.py's own records), --set, --detector.
+# Returns the device and the fast-path overrides.
+
+def check_inputs(what: Sequence[str], device: str | None, detector: str, overrides: Sequence[str],
+                 json_path: str | None) -> tuple[torch.device, dict[str, Any]]:
+    if dist.get_world_size() > 1:
+        raise UserError('bench.py measures one process; run it without torchrun')
+    try:
+        device_obj = dist.resolve_device(device)
+    except RuntimeError as e:
+        raise UserError(str(e) if str(e).startswith('--device') else f'--device={device}: {e}') from None
+    ToolOutputs('bench.py', [OutputFile(json_path, '--json')]).check()
+    fast_overrides = parse_overrides(overrides)
+    if 'fid' in what and detector not in (DEFAULT_DETECTOR, STANDIN_DETECTOR) and not is_url(detector) \
+            and not os.path.isfile(detector):
+        raise UserError(f'--detector={detector}: no such file')
+    return device_obj, fast_overrides
+
+# Records from a JSON-lines file (bench.py --json's), for --markdown.
+def read_records(path: str, option: str) -> list[dict]:
+    with open(path, encoding='utf-8') as f:
+        try:
+            return [json.loads(line) for line in f if line.strip()]
+        except json.JSONDecodeError as e:
+            raise UserError(f'{option}={path}: not JSON lines ({e})') from None
 
 #----------------------------------------------------------------------------
 # --set KEY=VALUE: one field of FastSettings, its value read as the field's type.

@@ -2,8 +2,9 @@
 directory and the claim on it, which run a rerun continues, the checks and schedule of a resumed
 run, and Online SFBD's options and refresh plan (options -> config).
 
-What train.py and the tools that parse its options share. Not the click table, not the training
-loop (training/training_loop.py), not Online SFBD itself (sfbd/online.py).
+What train.py and the tools that parse its options share. Not the click table
+(tools/train_options.py), not the run itself (tools/train_run.py), not the training loop
+(training/training_loop.py), not Online SFBD itself (sfbd/online.py).
 """
 
 from __future__ import annotations
