@@ -570,12 +570,12 @@ def test_unbalanced_quotes_in_passed_on_options(tmp_path):
 def test_a_bug_still_shows_its_traceback(inputs, tmp_path, monkeypatch):
     def broken(*_args, **_kwargs):
         raise KeyError('a bug')
-    monkeypatch.setattr(denoise, 'check_network', broken)
+    monkeypatch.setattr(denoise_set, 'check_network', broken)
     result = invoke(denoise.main, ['--network', inputs / 'net.pkl', '--data', inputs / 'obs', '--outdir', tmp_path / 'o'])
     assert isinstance(result.exception, KeyError) and 'Error:' not in result.output
     def missing(*_args, **_kwargs):
         raise FileNotFoundError(errno.ENOENT, 'No such file or directory', 'x')  # Not an environment error.
-    monkeypatch.setattr(denoise, 'check_network', missing)
+    monkeypatch.setattr(denoise_set, 'check_network', missing)
     result = invoke(denoise.main, ['--network', inputs / 'net.pkl', '--data', inputs / 'obs', '--outdir', tmp_path / 'o'])
     assert isinstance(result.exception, FileNotFoundError)
 
