@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import click
 
-from dnnlib.cli import FiniteFloat
+from dnnlib.cli import FiniteFloat, parse_tool_args
 from dnnlib.util import UserError
 from sfbd.backward import MODES
 from sfbd.denoise_set import DEFAULT_BATCH, parse_shard
@@ -68,14 +68,7 @@ def _parser(**_kwargs) -> None:
 
 def parse_denoise_args(args: Sequence[str], option: str = '--denoise-args') -> dict:
     """The parameters denoise.py would get from `args`, with placeholders for --network, --outdir and --data."""
-    try:
-        ctx = _parser.make_context('denoise.py', ['--network=.', '--outdir=.', '--data=.', *args], resilient_parsing=False)
-    except click.ClickException as e:
-        raise UserError(f'{option}: {e.format_message()}') from None
-    given = [param for param in _parser.params if param.name in SET_BY_ROUNDS
-             and any(arg.split('=')[0] in param.opts for arg in args)]
-    if given:
-        raise UserError(f'{option}: {given[0].opts[-1]} is set by sfbd.rounds itself; leave it out')
-    return ctx.params
+    return parse_tool_args(_parser, 'denoise.py', args, option, ['--network=.', '--outdir=.', '--data=.'],
+                           SET_BY_ROUNDS).params
 
 #----------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from typing import Callable, Sequence
 import click
 from click.core import ParameterSource
 
-from dnnlib.cli import FiniteFloat, IntList
-from dnnlib.util import UserError
+from dnnlib.cli import FiniteFloat, IntList, parse_tool_args
 from sfbd.backward import MODES
 from sfbd.online import BUFFER_DTYPES, REFRESH_NETS
 from tools.train_setup import SCHEDULE_PARAMS
@@ -113,14 +112,6 @@ def parse_train_command(args: Sequence[str]) -> tuple[dict, set[str]]:
 def parse_train_args(args: Sequence[str], option: str, set_here: Sequence[str] = (),
                      required: Sequence[str] = ('--outdir=.', '--data=.')) -> dict:
     """The parameters train.py would get from `required` + `args`; an error is one line naming `option`."""
-    try:
-        params, _explicit = parse_train_command([*required, *args])
-    except click.ClickException as e:
-        raise UserError(f'{option}: {e.format_message()}') from None
-    given = [param for param in _parser.params if param.name in set_here
-             and any(arg.split('=')[0] in param.opts for arg in args)]
-    if given:
-        raise UserError(f'{option}: {given[0].opts[-1]} is set by sfbd.rounds itself; leave it out')
-    return params
+    return parse_tool_args(_parser, 'train.py', args, option, required, set_here).params
 
 #----------------------------------------------------------------------------
