@@ -234,18 +234,7 @@ def denoise_command(network_pkl: str, data: str, outdir: str, *, sigma: float | 
     dist.init(device)
     obs = ObservationSet(data)
 
-    # Noise levels: the set's own (one, or one per image) unless forced.
-    if sigma is None:
-        levels = obs.sigma if obs.sigma is not None else obs.sigmas
-    elif obs.sigma is None and not force_sigma:
-        lo, hi = obs.sigma_range
-        raise UserError(f'--sigma={sigma}: --data={data} records a noise level per image ({lo:g} to {hi:g}); '
-                        'add --force-sigma to denoise every image from --sigma anyway')
-    elif obs.sigma is not None and not math.isclose(sigma, obs.sigma, rel_tol=1e-6) and not force_sigma:
-        raise UserError(f'--sigma={sigma} differs from the noise level {obs.sigma} recorded in --data={data}; '
-                        'add --force-sigma to use it anyway')
-    else:
-        levels = sigma
+    levels = noise_levels(obs, sigma, force_sigma, data)
     kwargs = mode_sampler_kwargs(mode, sampler_kwargs)
     indices = shard_indices(len(obs), shard)
 
@@ -277,25 +266,47 @@ def denoise_command(network_pkl: str, data: str, outdir: str, *, sigma: float | 
             denoise_shard(net, obs, outdir, indices, shard=shard, sigma=levels, mode=mode, seed=seed,
                           max_batch_size=max_batch_size, device=device, sampler_kwargs=kwargs, fast=settings)
 
-        # Whoever finds the set complete writes dataset.json.
         if dist.get_rank() == 0:
             if grid is not None:
-                if save_grid(grid, outdir, obs, grid_indices, grid_originals):
-                    print(f'Wrote {grid}: {len(grid_indices)} images chosen with --grid-seed={grid_seed}, '
-                          + ('original | ' if grid_originals is not None else '') + 'observation | denoised.')
-                else:
-                    print(f'{grid}: not written yet, some of its images are left to other shards; the run that finds '
-                          'them all (or --finalize with the same --grid options) writes it.')
-            missing = finalize_outdir(outdir, obs)
-            if missing == 0:
-                print(f'All {len(obs)} images are in "{outdir}"; wrote {METADATA_FNAME}.')
-            elif finalize:
-                raise UserError(f'--outdir={outdir}: {missing} of {len(obs)} images are still missing; '
-                                'run the remaining shards first')
-            else:
-                print(f'{missing} of {len(obs)} images are left to other shards; the task that completes the set '
-                      f'writes {METADATA_FNAME} (or run with --finalize).')
+                report_grid(grid, outdir, obs, grid_indices, grid_originals, grid_seed)
+            missing = finish_set(outdir, obs, finalize)
     obs.close()
+    return missing
+
+# Noise levels: the set's own (one, or one per image) unless --sigma is forced.
+def noise_levels(obs: ObservationSet, sigma: float | None, force_sigma: bool, data: str) -> float | np.ndarray:
+    if sigma is None:
+        return obs.sigma if obs.sigma is not None else obs.sigmas
+    if obs.sigma is None and not force_sigma:
+        lo, hi = obs.sigma_range
+        raise UserError(f'--sigma={sigma}: --data={data} records a noise level per image ({lo:g} to {hi:g}); '
+                        'add --force-sigma to denoise every image from --sigma anyway')
+    if obs.sigma is not None and not math.isclose(sigma, obs.sigma, rel_tol=1e-6) and not force_sigma:
+        raise UserError(f'--sigma={sigma} differs from the noise level {obs.sigma} recorded in --data={data}; '
+                        'add --force-sigma to use it anyway')
+    return sigma
+
+# The --grid picture, once every image of it is there (any shard may be last).
+def report_grid(grid: str, outdir: str, obs: ObservationSet, indices: list[int], originals: np.ndarray | None,
+                grid_seed: int) -> None:
+    if save_grid(grid, outdir, obs, indices, originals):
+        print(f'Wrote {grid}: {len(indices)} images chosen with --grid-seed={grid_seed}, '
+              + ('original | ' if originals is not None else '') + 'observation | denoised.')
+    else:
+        print(f'{grid}: not written yet, some of its images are left to other shards; the run that finds '
+              'them all (or --finalize with the same --grid options) writes it.')
+
+# Whoever finds the set complete writes dataset.json; returns the images still missing.
+def finish_set(outdir: str, obs: ObservationSet, finalize: bool) -> int:
+    missing = finalize_outdir(outdir, obs)
+    if missing == 0:
+        print(f'All {len(obs)} images are in "{outdir}"; wrote {METADATA_FNAME}.')
+    elif finalize:
+        raise UserError(f'--outdir={outdir}: {missing} of {len(obs)} images are still missing; '
+                        'run the remaining shards first')
+    else:
+        print(f'{missing} of {len(obs)} images are left to other shards; the task that completes the set '
+              f'writes {METADATA_FNAME} (or run with --finalize).')
     return missing
 
 # This process's part of the shard: list what is missing (every process before
