@@ -1,12 +1,11 @@
 """Measure the speed of every stage of an SFBD run, on the faithful and the fast path.
 
-A thin command line over training/bench.py, which describes the stages, the measurement and the
+A thin command line over tools/bench.py, which describes the stages, the measurement and the
 record fields. docs/performance.md's tables are made from the JSON lines it writes (`--markdown`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -15,11 +14,9 @@ import click
 import torch
 
 from dnnlib.cli import FiniteFloat
-from dnnlib.outputs import check_output_file
-from dnnlib.util import UserError, is_url, report_user_errors
-from torch_utils import distributed as dist
+from dnnlib.util import report_user_errors
 from torch_utils.detector import DEFAULT_DETECTOR
-from training import bench
+from tools import bench
 
 #----------------------------------------------------------------------------
 
@@ -67,29 +64,12 @@ def main(what: list[str], device: str | None, config: str, batch: int | None, se
     python bench.py --markdown=out.jsonl
     \b
     Records have what, path, config, device, device_name, dtype, batch, img_per_s,
-    flop_per_img, tflops, mfu, peak_mem_gb (and more); see training/bench.py.
+    flop_per_img, tflops, mfu, peak_mem_gb (and more); see tools/bench.py.
     """
     if markdown is not None:
-        with open(markdown, encoding='utf-8') as f:
-            try:
-                records = [json.loads(line) for line in f if line.strip()]
-            except json.JSONDecodeError as e:
-                raise UserError(f'--markdown={markdown}: not JSON lines ({e})') from None
-        print(bench.markdown_tables(records))
+        print(bench.markdown_tables(bench.read_records(markdown, '--markdown')))
         return
-    if dist.get_world_size() > 1:
-        raise UserError('bench.py measures one process; run it without torchrun')
-    # Every input is checked before minutes of measuring.
-    try:
-        device_obj = dist.resolve_device(device)
-    except RuntimeError as e:
-        raise UserError(str(e) if str(e).startswith('--device') else f'--device={device}: {e}') from None
-    if json_path is not None:
-        check_output_file(json_path, '--json')
-    fast_overrides = bench.parse_overrides(overrides)
-    if 'fid' in what and detector not in (DEFAULT_DETECTOR, bench.STANDIN_DETECTOR) and not is_url(detector) \
-            and not os.path.isfile(detector):
-        raise UserError(f'--detector={detector}: no such file')
+    device_obj, fast_overrides = bench.check_inputs(what, device, detector, overrides, json_path)
     command = 'python bench.py ' + shlex.join(sys.argv[1:])
     threads = os.environ.get('OMP_NUM_THREADS')
     print(f'Benchmarking {",".join(what)} ({config}) on {bench.device_name(device_obj)}, '

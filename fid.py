@@ -8,43 +8,28 @@ of a run directory) without writing them to disk, optionally over several disjoi
 The detector defaults to NVIDIA's Inception-v3 in TorchScript form, the twin of the pickle EDM
 downloads and the file StyleGAN2-ADA, clean-fid and k-diffusion use. Loading it runs no Python
 code from the file, and its sha256 is checked every time it is loaded (torch_utils/detector.py).
+
+The command line only: option tables, one call each of metrics/fid.py (`calc_fid`, `ref_stats`, which
+apply the output rules and do the work) and the messages that report the scores.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import os
 import re
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import click
-import torch
 
 from dnnlib.cli import IntList
-from dnnlib.outputs import OutputClaim, any_file, check_apart, check_output_dir, check_output_file
-from dnnlib.util import UserError, is_url, report_user_errors
+from dnnlib.util import report_user_errors
+from metrics.fid import DEFAULT_NUM_IMAGES, calc_fid, calculate_fid_from_inception_stats, calculate_inception_stats, ref_stats
+from tools.options import sampler_options
 from torch_utils import distributed as dist
-from torch_utils import fast as fast_lib
-from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
-from torch_utils.persistence import load_network
-from training.fid_stats import (append_json, calculate_fid_from_inception_stats, calculate_inception_stats,
-                                check_image_count, dataset_stats, format_int_list, image_subsets, list_snapshots,
-                                load_ref_stats, network_stats, open_image_dataset, rank0_first, save_ref_stats,
-                                snapshot_kimg, summarize)
-from training.generation import sampler_options
-from training.sampler import check_sampler_options
+from torch_utils.detector import DEFAULT_DETECTOR
 
-# EDM's entry points keep their names here (`fid.calculate_inception_stats`, ...); they live in training/fid_stats.py.
+# EDM's entry points keep their names here (`fid.calculate_inception_stats`, ...); they live in metrics/fid.py.
 __all__ = ['calculate_fid_from_inception_stats', 'calculate_inception_stats', 'calc', 'ref', 'main']
-
-#----------------------------------------------------------------------------
-# The detector (torch_utils/detector.py) defaults to the TorchScript Inception;
-# EDM's own pickle of the same network is accepted when named explicitly.
-
-DEFAULT_NUM_IMAGES = 50000
-OPTIONS_FNAME = 'fid_options.json'  # Record of a calc --outdir: which network, seeds and sampler made the images.
 
 #----------------------------------------------------------------------------
 
@@ -97,44 +82,7 @@ def detector_options(func: Callable) -> Callable:
         func = option(func)
     return func
 
-# Join the process group, then load the detector (rank 0 downloads first). The
-# commands read every other input in between, so that a bad one is not
-# reported as a detector that cannot be had.
-def _init_device(device_name: str | None) -> torch.device:
-    device = dist.resolve_device(device_name)
-    dist.init(device)
-    return device
-
-def _load_detector(device: torch.device, detector: str, detector_sha256: str | None, fast: bool = False) -> Detector:
-    dist.print0(f'Reading detector "{detector}"...')
-    settings = fast_lib.fast_settings(device) if fast else None
-    with rank0_first():
-        return load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0), fast=settings)
-
-def _setup(device_name: str | None, detector: str, detector_sha256: str | None,
-           fast: bool = False) -> tuple[torch.device, Detector]:
-    device = _init_device(device_name)
-    return device, _load_detector(device, detector, detector_sha256, fast)
-
 #----------------------------------------------------------------------------
-# The seed sets of --network, one per repeat: --seeds split into consecutive
-# runs of --num, or by default seed, seed+1, ... (set k starts at seed + k*num).
-
-def network_seed_sets(seeds: list[int] | None, seed: int | None, num: int | None,
-                      repeats: int) -> list[list[int]]:
-    if seeds is not None and seed is not None:
-        raise UserError('give --seed or --seeds, not both')
-    if seeds is None:
-        num = num or DEFAULT_NUM_IMAGES
-        seeds = list(range(seed or 0, (seed or 0) + num * repeats))
-    if not seeds:
-        raise UserError('--seeds names no seeds')
-    num = num or len(seeds) // repeats
-    if num < 2 or len(seeds) < num * repeats:
-        raise UserError(f'--seeds gives {len(seeds)} seeds, but --num={max(num, 2)}'
-                        + (f' x --repeats={repeats}' if repeats > 1 else '') + f' needs {max(num, 2) * repeats}')
-    return [seeds[k * num:(k + 1) * num] for k in range(repeats)]
-
 # The table of a run directory: one row per snapshot, then the best one.
 def print_snapshot_table(results: list[dict], repeats: int) -> None:
     spread = repeats > 1
@@ -184,113 +132,15 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
                  images are scored, so do not report the minimum over subsets of
                  one folder as a 3-seed-set FID.
     """
-    # Check the options before any work is done.
-    if (image_path is None) == (network is None):
-        raise UserError('give exactly one of --images and --network')
-    is_rundir = network is not None and not is_url(network) and os.path.isdir(network)
-    if image_path is not None:
-        for name, value in (('--seeds', seeds), ('--snapshots', snapshots), ('--outdir', outdir)):
-            if value is not None:
-                raise UserError(f'{name} needs --network; it does not apply to --images')
-    elif snapshots is not None and not is_rundir:
-        raise UserError(f'--snapshots needs --network to be a run directory, not {network}')
-    if network is not None:
-        seed_sets = network_seed_sets(seeds, seed, num, repeats)
-        num = len(seed_sets[0])
-        pkls = list_snapshots(network, snapshots) if is_rundir else [network]
-    num = num or DEFAULT_NUM_IMAGES
-    seed = seed or 0
-    inputs = [(image_path, '--images'), (network, '--network'), (ref_path, '--ref'), (detector, '--detector')]
-    check_apart([(outdir, '--outdir'), (json_path, '--json')], inputs)
-    if json_path is not None:
-        check_output_file(json_path, '--json')
-    claim = contextlib.nullcontext()
-    if outdir is not None:
-        check_output_dir(outdir, '--outdir', 'fid.py calc', [OPTIONS_FNAME])
-        images_record = dict(network=network if is_url(network) else os.path.abspath(network), snapshots=snapshots,
-                             seeds=format_int_list([s for ss in seed_sets for s in ss]),
-                             sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
-        claim = OutputClaim(outdir, '--outdir', OPTIONS_FNAME, images_record, command='fid.py calc',
-                            has_outputs=lambda: any_file(outdir, ['.png']))
+    plan, results = calc_fid(image_path=image_path, network=network, ref_path=ref_path, num=num, seed=seed, seeds=seeds,
+                             repeats=repeats, snapshots=snapshots, outdir=outdir, json_path=json_path, detector=detector,
+                             detector_sha256=detector_sha256, max_batch_size=max_batch_size, num_workers=num_workers,
+                             device=device, fast=fast, sampler_kwargs=sampler_kwargs)
 
-    # The images, the reference statistics, the network files, then the detector: all before the
-    # long part, and the detector (a download) last, so that a bad input is named as such.
-    dataset = open_image_dataset(image_path) if image_path is not None else None
-    device_obj = _init_device(device)
-    dist.print0(f'Reading reference statistics "{ref_path}"...')
-    with rank0_first():
-        mu_ref, sigma_ref = load_ref_stats(ref_path)
-    if network is not None:
-        missing = [pkl for pkl in pkls if not is_url(pkl) and not os.path.isfile(pkl)]
-        if missing:
-            raise UserError(f'--network={missing[0]}: no such file')
-    det = _load_detector(device_obj, detector, detector_sha256, fast)
-
-    def check_dim(image_shape: Sequence[int]) -> int:
-        dim = det.feature_dim(image_shape)
-        if dim != mu_ref.shape[0]:
-            raise UserError(f'{ref_path}: statistics of {mu_ref.shape[0]} features, but the detector '
-                            f'{detector} gives {dim}')
-        return dim
-
-    # One JSON record per score: what was scored, how, and the result.
-    def record(fids: Sequence[float], start: float, **fields: Any) -> dict:
-        return dict(fields, **summarize(fids), ref=ref_path, num=num, repeats=repeats,
-                    detector=detector, detector_sha256=det.sha256, world_size=dist.get_world_size(),
-                    device=str(device_obj), time=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-                    seconds=round(time.time() - start, 3))
-
-    results: list[dict] = []
-    if image_path is not None:
-        # A folder or zip of images: disjoint random subsets of --num images.
-        check_image_count(image_path, len(dataset), num, repeats)
-        dim = check_dim(dataset.image_shape)
-        start, fids = time.time(), []
-        for k, indices in enumerate(image_subsets(len(dataset), num, repeats, seed)):
-            dist.print0(f'Scoring {num} of {len(dataset)} images from "{image_path}"'
-                        + (f' (subset {k + 1} of {repeats})...' if repeats > 1 else '...'))
-            mu, sigma = dataset_stats(dataset, indices, det, max_batch_size=max_batch_size, num_workers=num_workers,
-                                      device=device_obj, feature_dim=dim)
-            fids.append(calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref))
-            if repeats > 1:
-                dist.print0(f'Subset {k + 1}: FID {fids[-1]:g}')
-        results.append(record(fids, start, images=image_path, seed=seed))
-    else:
-        # One network, or each chosen snapshot of a run directory, on every seed set.
-        with claim:
-            for pkl in pkls:
-                dist.print0(f'Reading network "{pkl}"...')
-                with rank0_first():
-                    net = load_network(pkl).to(device_obj)
-                if det.fast is not None:
-                    net = fast_lib.prepare_sampling_network(net, det.fast)
-                if net.img_channels not in (1, 3):
-                    raise UserError(f'{pkl}: the network makes {net.img_channels}-channel images; FID needs 1 or 3')
-                dim = check_dim([net.img_channels, net.img_resolution, net.img_resolution])
-                check_sampler_options(net, sampler_kwargs)
-                subdir = outdir
-                if outdir is not None and is_rundir:
-                    subdir = os.path.join(outdir, os.path.splitext(os.path.basename(pkl))[0])
-                start, fids = time.time(), []
-                for set_seeds in seed_sets:
-                    dist.print0(f'Generating and scoring {num} images (seeds {format_int_list(set_seeds)})...')
-                    mu, sigma = network_stats(net, set_seeds, det, max_batch_size=max_batch_size, device=device_obj,
-                                              outdir=subdir, feature_dim=dim, **sampler_kwargs)
-                    fids.append(calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref))
-                    if repeats > 1 or is_rundir:
-                        dist.print0(f'{os.path.basename(pkl)}, seeds {format_int_list(set_seeds)}: FID {fids[-1]:g}')
-                del net
-                results.append(record(fids, start, network=pkl, kimg=snapshot_kimg(pkl),
-                                      seeds=format_int_list([s for ss in seed_sets for s in ss]),
-                                      sampler={k: v for k, v in sampler_kwargs.items() if v is not None}))
-
-    # Report: the JSON records, a table for a run directory or the spread of
-    # repeats, and the FID alone on the last line.
+    # Report (the JSON records are written): a table for a run directory or the
+    # spread of repeats, and the FID alone on the last line.
     if dist.get_rank() == 0:
-        if json_path is not None:
-            for rec in results:
-                append_json(json_path, rec)
-        if is_rundir:
+        if plan.is_rundir:
             print_snapshot_table(results, repeats)
         elif repeats > 1:
             rec = results[0]
@@ -310,18 +160,8 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
 def ref(dataset_path: str, dest_path: str, detector: str, detector_sha256: str | None,
         max_batch_size: int, num_workers: int, device: str | None, fast: bool) -> None:
     """Reference statistics of every image of a dataset, for 'calc'."""
-    check_apart([(dest_path, '--dest')], [(dataset_path, '--data'), (detector, '--detector')])
-    check_output_file(dest_path, '--dest')
-    dataset = open_image_dataset(dataset_path)
-    check_image_count(dataset_path, len(dataset), len(dataset), 1)
-    device_obj, det = _setup(device, detector, detector_sha256, fast)
-    dist.print0(f'Calculating statistics of {len(dataset)} images from "{dataset_path}"...')
-    mu, sigma = dataset_stats(dataset, range(len(dataset)), det, max_batch_size=max_batch_size,
-                              num_workers=num_workers, device=device_obj)
-    dist.print0(f'Writing reference statistics to "{dest_path}"...')
-    if dist.get_rank() == 0:
-        save_ref_stats(dest_path, mu, sigma)
-    dist.barrier()
+    ref_stats(dataset_path, dest_path, detector=detector, detector_sha256=detector_sha256, max_batch_size=max_batch_size,
+              num_workers=num_workers, device=device, fast=fast)
     dist.deinit()
 
 #----------------------------------------------------------------------------

@@ -5,24 +5,20 @@ exactly, in pixel space or in the Inception features FID uses, and counts the im
 when the nearest distance is below --threshold (1/3) times the second-nearest: the
 relative-distance criterion of Gu et al., "On Memorization in Diffusion Models" (TMLR 2025).
 The library is sfbd/memorization.py; docs/sfbd.md explains how to read the results.
+
+The command line only: its option table, one call of sfbd.memorization.memorization_command (the
+output rules and the work) and the table of results.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
 
-from dnnlib.outputs import check_apart, check_output_dir, check_replaced_file
-from dnnlib.util import UserError, parse_int_list, report_user_errors
+from dnnlib.util import parse_int_list, report_user_errors
 from sfbd import memorization as mem
-from torch_utils import distributed as dist
-from torch_utils.detector import DEFAULT_DETECTOR
-from torch_utils.persistence import load_network
-from training.generation import sampler_options
-
-FIGURES = ['pairs.png', 'distances.png']  # What --outdir receives.
+from tools.options import sampler_options
 
 #----------------------------------------------------------------------------
 
@@ -65,46 +61,11 @@ def main(image_path: str | None, network_pkl: str | None, seeds: list[int] | Non
     # Images already generated, in Inception features
     python memorization.py --images=out --train=datasets/clean.zip --features=inception
     """
-    if (image_path is None) == (network_pkl is None):
-        raise UserError('give exactly one of --images and --network')
-    if image_path is not None and seeds is not None:
-        raise UserError('--seeds needs --network; it does not apply to --images')
-    if features != 'inception' and (detector is not None or detector_sha256 is not None):
-        raise UserError('--detector and --detector-sha256 apply to --features=inception only')
-    inputs = [(image_path, '--images'), (network_pkl, '--network'), (detector, '--detector'),
-              *[(path, '--train') for path in train_paths]]
-    check_apart([(json_path, '--json')], inputs)  # The JSON may go into --outdir.
-    check_apart([(outdir, '--outdir')], inputs)
-    if json_path is not None:
-        check_replaced_file(json_path, '--json', 'memorization.py', mem.is_result_file)  # Only our own earlier output.
-    if outdir is not None:
-        check_output_dir(outdir, '--outdir', 'memorization.py', FIGURES + [os.path.basename(json_path or FIGURES[0])])
-    device_obj = dist.resolve_device(device)
-
-    # Inputs first, so that bad ones fail before the long part.
-    references = mem.open_references(train_paths)
-    space = mem.load_feature_space(features, device_obj, detector or DEFAULT_DETECTOR, detector_sha256)
-    if image_path is not None:
-        samples = mem.ImageSet(image_path, '--images')
-    else:
-        seeds = list(range(10000)) if seeds is None else seeds
-        if not seeds:
-            raise UserError('--seeds names no seeds')
-        print(f'Loading network from "{network_pkl}"...')
-        net = load_network(network_pkl).to(device_obj)
-        print(f'Generating {len(seeds)} images...')
-        samples = mem.generated_image_set(net, network_pkl, seeds, device=device_obj, max_batch_size=max_batch_size,
-                                          verbose=True, **sampler_kwargs)
-        del net
-
-    matches = mem.check_memorization(samples, references, space, threshold, max_batch_size, device_obj, verbose=True)
-    if json_path is not None:
-        mem.save_json(json_path, mem.result_record(samples, matches, features, threshold))
-    if outdir is not None:
-        mem.save_pairs_figure(os.path.join(outdir, FIGURES[0]), samples, matches)
-        mem.save_distance_histograms(os.path.join(outdir, FIGURES[1]), matches, threshold)
+    matches, wrote = mem.memorization_command(
+        image_path=image_path, network_pkl=network_pkl, seeds=seeds, train_paths=train_paths, features=features,
+        threshold=threshold, outdir=outdir, json_path=json_path, max_batch_size=max_batch_size, device=device,
+        detector=detector, detector_sha256=detector_sha256, sampler_kwargs=sampler_kwargs)
     print(mem.format_table(matches))
-    wrote = ([json_path] if json_path else []) + ([os.path.join(outdir, name) for name in FIGURES] if outdir else [])
     if wrote:
         print('Wrote ' + ', '.join(wrote))
 

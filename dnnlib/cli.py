@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from typing import Any
+from typing import Any, Sequence
 
 import click
 
@@ -60,5 +60,25 @@ class FiniteFloat(click.FloatRange):
         if math.isnan(result) or (math.isinf(result) and not self.allow_inf):
             self.fail(f'{value!r} is not a finite number', param, ctx)
         return result
+
+#----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# Another tool's arguments, parsed as that tool parses them (a tool checks the
+# options it passes on before running the step): `required` stands in for the
+# options the caller sets, and `set_here` names the parameters it sets itself,
+# which `args` must leave out. An error is one line naming `option`.
+
+def parse_tool_args(command: click.Command, prog: str, args: Sequence[str], option: str, required: Sequence[str] = (),
+                    set_here: Sequence[str] = (), setter: str = 'sfbd.rounds') -> click.Context:
+    try:
+        ctx = command.make_context(prog, [*required, *args], resilient_parsing=False)
+    except click.ClickException as e:
+        raise UserError(f'{option}: {e.format_message()}') from None
+    given = [param for param in command.params if param.name in set_here
+             and any(arg.split('=')[0] in param.opts for arg in args)]
+    if given:
+        raise UserError(f'{option}: {given[0].opts[-1]} is set by {setter} itself; leave it out')
+    return ctx
 
 #----------------------------------------------------------------------------

@@ -16,6 +16,10 @@ exactly one wins, and every other stops with a one-line error. A later run with 
 refused once outputs depend on the record; a record that no output depends on yet is replaced,
 unless the run that wrote it may still be running. A run that fails before writing any output
 removes the record it wrote, so that the corrected command is not refused.
+
+Every tool applies these rules through one helper, `ToolOutputs`: its outputs and inputs are listed
+once, checked once (`check`) and the folder claimed once (`claim`). This module knows nothing of
+what a tool computes; it only decides where it may write.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import socket
 import tempfile
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from dnnlib.util import UserError, current_umask, is_environment_error, is_url
 
@@ -402,5 +406,78 @@ def _remove_empty_tree(path: str) -> None:
     for root, _dirs, _files in os.walk(path, topdown=False):
         with contextlib.suppress(OSError):
             os.rmdir(root)
+
+#----------------------------------------------------------------------------
+# The output rules of one run of a command, applied by one helper that every
+# tool shares. The outputs are listed in the order their own checks run:
+#
+#     outputs = ToolOutputs('generate.py', [OutputDir(outdir, '--outdir', 'generate_options.json')],
+#                           inputs=[(network_pkl, '--network')])
+#     outputs.check()                  # Before any input is read.
+#     ...read and check the inputs...
+#     with outputs.claim(record):      # Writes the record; an error before any output takes it back.
+#         ...write outputs...
+
+class OutputFile(NamedTuple):
+    path:   str | None                          # None: the option was not given.
+    option: str                                 # Its option, for messages.
+    is_own: Callable[[str], bool] | None = None # Given: the file is replaced as a whole, and only an earlier output
+                                                # of the command (`check_replaced_file`) may be there.
+
+class OutputDir(NamedTuple):
+    path:        str | None                     # None: the option was not given.
+    option:      str                            # Its option, for messages.
+    record_name: str | None = None              # The command's record in it (claimed by `ToolOutputs.claim`).
+    markers:     Sequence[str] = ()             # More names that show the folder is the command's own.
+
+class ToolOutputs:
+    def __init__(self,
+        command: str,                                       # The command, for messages.
+        outputs: Sequence[OutputFile | OutputDir],          # What it writes, in the order of their checks.
+        inputs:  Sequence[tuple[str | None, str]] = (),     # What it reads: (path, option).
+        nested:  bool = False,                              # May outputs lie inside one another (a file in the folder)?
+        files_first: bool = False,                          # Check the files before the folder (else in list order).
+    ):
+        self.command, self.outputs, self.inputs, self.nested = command, list(outputs), list(inputs), nested
+        self.files_first = files_first
+
+    def check(self) -> None:
+        """`check_apart`, then each output's own check."""
+        self.check_apart()
+        ordered = sorted(self.outputs, key=lambda out: isinstance(out, OutputDir)) if self.files_first else self.outputs
+        for out in ordered:
+            if out.path is None:
+                continue
+            if isinstance(out, OutputDir):
+                markers = [out.record_name] if out.record_name is not None else []
+                check_output_dir(out.path, out.option, self.command, [*markers, *out.markers])
+            elif out.is_own is not None:
+                check_replaced_file(out.path, out.option, self.command, out.is_own)
+            else:
+                check_output_file(out.path, out.option)
+
+    def check_apart(self) -> None:
+        """Every output apart from the inputs (and from each other unless nested), in list order. Alone for
+        outputs that a writer of their own checks further (sfbd.observations.write_datasets)."""
+        pairs = [(out.path, out.option) for out in self.outputs]
+        if self.nested:
+            for pair in pairs:
+                check_apart([pair], self.inputs)
+        else:
+            check_apart(pairs, self.inputs)
+
+    def claim(self, record: dict, *, create: bool = True, ignore: Sequence[str] = (), suffixes: Sequence[str] = ('.png',),
+              has_outputs: Callable[[], bool] | None = None) -> contextlib.AbstractContextManager:
+        """The claim of the output folder by `record` (`OutputClaim`), for a with-statement; the outputs
+        that depend on it are the files ending with `suffixes`, or what `has_outputs` finds. Nothing to
+        claim without a folder given."""
+        dirs = [out for out in self.outputs if isinstance(out, OutputDir) and out.record_name is not None]
+        if not dirs or dirs[0].path is None:
+            return contextlib.nullcontext()
+        path = dirs[0].path
+        if has_outputs is None:
+            has_outputs = lambda: any_file(path, suffixes)  # noqa: E731
+        return OutputClaim(path, dirs[0].option, dirs[0].record_name, record, command=self.command, create=create,
+                           has_outputs=has_outputs, ignore=ignore, markers=dirs[0].markers)
 
 #----------------------------------------------------------------------------

@@ -69,7 +69,7 @@ bench=("$py" bench.py --config=cifar10 --json="$records")  # An array: `timeout`
 step "bench: every stage, both paths, profile" 330 "${bench[@]}" --compare --seconds=8 --profile --timeout=240
 
 # 2. train.py --fast to its second tick, on a zip of 512 random PNGs (the same kind of data as bench.py's).
-"$py" -c "from training.bench import write_image_zip; write_image_zip('$work/images.zip', 512, 32)" >>"$log" 2>&1
+"$py" -c "from tools.bench import write_image_zip; write_image_zip('$work/images.zip', 512, 32)" >>"$log" 2>&1
 "$py" dataset_tool.py split --source="$work/images.zip" --clean="$work/clean.zip" --noisy="$work/noisy.zip" \
     --clean-count=256 --sigma=0.59 --seed=0 >>"$log" 2>&1
 step "train.py --fast, batch 256, to the second tick" 120 "$py" train.py --outdir="$work/run" --nosubdir \
@@ -109,7 +109,7 @@ fi
     "$py" bench.py --markdown="$records" 2>&1
     "$py" -c "
 import json, sys
-from training.bench import format_profile
+from tools.bench import format_profile
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if 'profile' in r:

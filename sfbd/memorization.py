@@ -19,7 +19,9 @@ a sample that is merely typical of a dense part of the data lies about as close 
 
 The search is exact: every distance is computed, in float64 blocks on the device, and the few
 closest candidates of each image are measured again directly, so an exact copy has distance 0.
-`memorization.py` is the command line; `sfbd.report` runs the same check on every SFBD round.
+`memorization.py` is the command line (its option table and messages; its run is
+`memorization_command` here); `sfbd.report` runs the same check on every SFBD round. Not here: the
+detector (torch_utils/detector.py) and the output rules (dnnlib/outputs.py).
 """
 
 from __future__ import annotations
@@ -34,10 +36,13 @@ import numpy as np
 import torch
 import tqdm
 
+from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs
 from dnnlib.util import EasyDict, UserError, atomic_write
 from sfbd.observations import read_listing
 from sfbd.plots import new_figure, save_figure
+from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
+from torch_utils.persistence import load_network
 from training.dataset import ImageFolderDataset
 from training.sampler import generate_images, to_uint8
 
@@ -345,5 +350,55 @@ class ThresholdType(click.ParamType):
             return parse_threshold(value)
         except UserError as e:
             self.fail(str(e), param, ctx)
+
+#----------------------------------------------------------------------------
+# A whole run of memorization.py: the outputs placed by the output rules, the
+# inputs read (bad ones fail before the long part), the images generated or
+# read, the search, and the outputs written. Returns the matches, for the
+# table, and the files written.
+
+FIGURES = ['pairs.png', 'distances.png']  # What memorization.py's --outdir receives.
+
+def memorization_command(*, image_path: str | None, network_pkl: str | None, seeds: list[int] | None,
+                         train_paths: Sequence[str], features: str, threshold: float, outdir: str | None,
+                         json_path: str | None, max_batch_size: int, device: str | None, detector: str | None,
+                         detector_sha256: str | None, sampler_kwargs: dict) -> tuple[list[EasyDict], list[str]]:
+    if (image_path is None) == (network_pkl is None):
+        raise UserError('give exactly one of --images and --network')
+    if image_path is not None and seeds is not None:
+        raise UserError('--seeds needs --network; it does not apply to --images')
+    if features != 'inception' and (detector is not None or detector_sha256 is not None):
+        raise UserError('--detector and --detector-sha256 apply to --features=inception only')
+    inputs = [(image_path, '--images'), (network_pkl, '--network'), (detector, '--detector'),
+              *[(path, '--train') for path in train_paths]]
+    markers = FIGURES + [os.path.basename(json_path or FIGURES[0])]
+    ToolOutputs('memorization.py', [OutputFile(json_path, '--json', is_result_file),  # Only our own earlier output.
+                                    OutputDir(outdir, '--outdir', markers=markers)],
+                inputs, nested=True).check()  # The JSON may go into --outdir.
+    device_obj = dist.resolve_device(device)
+
+    references = open_references(train_paths)
+    space = load_feature_space(features, device_obj, detector or DEFAULT_DETECTOR, detector_sha256)
+    if image_path is not None:
+        samples = ImageSet(image_path, '--images')
+    else:
+        seeds = list(range(10000)) if seeds is None else seeds
+        if not seeds:
+            raise UserError('--seeds names no seeds')
+        print(f'Loading network from "{network_pkl}"...')
+        net = load_network(network_pkl).to(device_obj)
+        print(f'Generating {len(seeds)} images...')
+        samples = generated_image_set(net, network_pkl, seeds, device=device_obj, max_batch_size=max_batch_size,
+                                      verbose=True, **sampler_kwargs)
+        del net
+
+    matches = check_memorization(samples, references, space, threshold, max_batch_size, device_obj, verbose=True)
+    if json_path is not None:
+        save_json(json_path, result_record(samples, matches, features, threshold))
+    if outdir is not None:
+        save_pairs_figure(os.path.join(outdir, FIGURES[0]), samples, matches)
+        save_distance_histograms(os.path.join(outdir, FIGURES[1]), matches, threshold)
+    wrote = ([json_path] if json_path else []) + ([os.path.join(outdir, name) for name in FIGURES] if outdir else [])
+    return matches, wrote
 
 #----------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from sfbd.observations import ObservationSet
 from torch_utils import distributed as dist
 from torch_utils import training_stats
 from training.dataset import images_to_float
+from training.extra_data import ExtraData
 from training.sampler import StackedRandomGenerator, to_uint8
 
 REFRESH_NETS = ('ema', 'raw')   # Network of the refreshes: the weight average, or the network being trained.
@@ -387,11 +388,12 @@ def buffer_storage(device: torch.device, nbytes: int) -> torch.device:
     return torch.device('cpu') if device.type == 'cuda' else device
 
 #----------------------------------------------------------------------------
-# The training loop's side of Online SFBD. Constructed by the loop from the
-# plain-data options of train.py (`online_kwargs`) plus what only the loop
-# knows (the clean dataset, device, batch sizes).
+# The training loop's side of Online SFBD: extra data of the training loop
+# (training/extra_data.py). Constructed by the loop from the plain-data
+# options of train.py (`online_kwargs`) plus what only the loop knows (the
+# clean dataset, device, batch sizes).
 
-class OnlineSFBD:
+class OnlineSFBD(ExtraData):
     def __init__(self,
         noisy:          Sequence[str],                  # Observation sets (train.py --noisy), read as one.
         clean:          Any,                            # The clean dataset of the run (training.dataset.Dataset).
@@ -549,6 +551,11 @@ class OnlineSFBD:
         """A note for a run that ends at `cur_nimg` before one whole refresh pass or before the
         end of the weight ramp; None when it has done both."""
         return shortfall_note(**self.progress(cur_nimg))
+
+    def final_lines(self, cur_nimg: int) -> list[str]:
+        """The refresh passes made, against the plan; and a note for a run too short for them."""
+        note = self.shortfall(cur_nimg)
+        return [self.summary()] + ([note] if note is not None else [])
 
     # State: the buffer (plain tensors), its position, the step count, the
     # start of the ramp, and the options for comparison on resume.

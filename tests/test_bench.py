@@ -1,4 +1,4 @@
-"""bench.py and training/bench.py: every stage on both paths with a micro configuration, the
+"""bench.py and tools/bench.py: every stage on both paths with a micro configuration, the
 record fields, the table and the JSON lines, on the CPU."""
 
 import functools
@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import bench as bench_cli
-from training import bench
+from tools import bench
 
 FIELDS = ('what', 'path', 'config', 'device', 'device_name', 'dtype', 'batch', 'img_per_s', 'flop_per_img', 'tflops',
           'mfu', 'peak_mem_gb')

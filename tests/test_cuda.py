@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from torch_utils import fast as fast_lib
-from training import bench
+from tools import bench
 from training.networks import EDMPrecond
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')

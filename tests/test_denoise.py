@@ -13,6 +13,8 @@ import torch
 from click.testing import CliRunner
 
 import denoise
+
+from sfbd import denoise_set
 from sfbd.backward import backward_sample, denoising_sigmas, image_seeds
 from sfbd.observations import ObservationSet
 from training.dataset import ImageFolderDataset
@@ -127,7 +129,7 @@ def test_outputs_equal_the_ode_sampler_and_form_a_training_set(inputs, tmp_path)
 def test_shards_cover_the_set_once():
     for n in [0, 1, 5, 23, 1000, 1001]:
         for count in [1, 2, 3, 7, 64]:
-            parts = [list(denoise.shard_indices(n, (i, count))) for i in range(count)]
+            parts = [list(denoise_set.shard_indices(n, (i, count))) for i in range(count)]
             assert sorted(sum(parts, [])) == list(range(n))
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
@@ -276,7 +278,7 @@ def test_fast_path_gives_the_same_images_on_the_cpu(inputs, tmp_path):
 
 def test_fast_path_with_gpu_settings_stays_within_tolerance(tmp_path, fixtures_dir):
     import dataclasses
-    from sfbd.denoising import denoise_images
+    from sfbd.denoise_set import denoise_images
     from torch_utils import fast as fast_lib
     from torch_utils.persistence import load_network
     torch.set_num_threads(1)
@@ -343,10 +345,10 @@ def test_denoise_loop_on_a_mixed_set_equals_per_level_runs(mixed, tmp_path):
     obs, net = ObservationSet(mixed['obs']), ExactDenoiser()
     common = dict(mode='sde', seed=3, device=torch.device('cpu'), sampler_kwargs={})
     for shard in range(2):
-        todo = list(denoise.shard_indices(NUM_OBS, (shard, 2)))
-        denoise.denoise_images(net, obs, str(tmp_path / 'mixed'), todo, sigma=obs.sigmas, max_batch_size=5, **common)
+        todo = list(denoise_set.shard_indices(NUM_OBS, (shard, 2)))
+        denoise_set.denoise_images(net, obs, str(tmp_path / 'mixed'), todo, sigma=obs.sigmas, max_batch_size=5, **common)
     for level in LEVELS:
-        denoise.denoise_images(net, obs, str(tmp_path / f'{level}'), list(range(NUM_OBS)), sigma=level,
+        denoise_set.denoise_images(net, obs, str(tmp_path / f'{level}'), list(range(NUM_OBS)), sigma=level,
                                max_batch_size=64, **common)
     got = read_png_dataset(str(tmp_path / 'mixed'))
     assert len(got) == NUM_OBS
@@ -360,8 +362,8 @@ def test_fast_loop_on_a_mixed_set_equals_the_faithful_one(mixed, tmp_path):
     from torch_utils.fast import fast_settings
     obs, net = ObservationSet(mixed['obs']), ExactDenoiser()
     common = dict(sigma=obs.sigmas, mode='sde', seed=3, max_batch_size=5, device=torch.device('cpu'), sampler_kwargs={})
-    denoise.denoise_images(net, obs, str(tmp_path / 'faithful'), list(range(NUM_OBS)), **common)
-    denoise.denoise_images(net, obs, str(tmp_path / 'fast'), list(range(NUM_OBS)), **common,
+    denoise_set.denoise_images(net, obs, str(tmp_path / 'faithful'), list(range(NUM_OBS)), **common)
+    denoise_set.denoise_images(net, obs, str(tmp_path / 'fast'), list(range(NUM_OBS)), **common,
                            fast=fast_settings('cpu', compile=True))
     a, b = read_png_dataset(str(tmp_path / 'faithful')), read_png_dataset(str(tmp_path / 'fast'))
     assert len(a) == NUM_OBS and sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
@@ -377,7 +379,7 @@ def test_denoise_cli_on_a_mixed_set(mixed, inputs, tmp_path):
     got = read_png_dataset(str(tmp_path / 'mixed'))
     obs, net, same = ObservationSet(data), load_network(inputs['net']), 0
     for level in LEVELS:
-        denoise.denoise_images(net, obs, str(tmp_path / f'{level}'), list(range(NUM_OBS)), sigma=level, mode='sde',
+        denoise_set.denoise_images(net, obs, str(tmp_path / f'{level}'), list(range(NUM_OBS)), sigma=level, mode='sde',
                                seed=0, max_batch_size=64, device=torch.device('cpu'), sampler_kwargs={})
         alone = read_png_dataset(str(tmp_path / f'{level}'))
         for i in [i for i, l in enumerate(mixed['levels']) if l == level]:

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 import fid
 from dnnlib.util import cached_path_for_url, file_sha256
 from torch_utils.detector import DEFAULT_DETECTOR, DEFAULT_DETECTOR_SHA256
-from training import fid_stats
+from metrics import fid as fid_stats
 from training.sampler import generate_images, to_uint8
 
 FEATURES = 16  # Width of the stand-in's features: small, so that covariances of a few dozen images are full rank.

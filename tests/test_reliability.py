@@ -32,13 +32,16 @@ from click.testing import CliRunner
 
 import dataset_tool
 import denoise
+from sfbd import denoise_set
 import fid
 import generate
 import train
+from tools import train_run
 from dnnlib import outputs
 from dnnlib.util import UserError
 from sfbd import demo, rounds
-from training import fid_stats
+from tools import rounds as rounds_lib
+from metrics import fid as fid_stats
 
 from sfbd_helpers import (make_image_dataset, make_observation_set, random_observations, read_json, read_png_dataset,
                           save_tiny_network)
@@ -172,10 +175,10 @@ def test_a_record_without_outputs_from_a_dead_run_is_replaced(inputs, tmp_path):
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
     record = dict(network='x', network_sha256='0' * 64, claimed_by=dict(host=outputs.socket.gethostname(), pid=dead.pid))
-    outputs.create_exclusive(str(outdir / denoise.OPTIONS_FNAME), record)
+    outputs.create_exclusive(str(outdir / denoise_set.OPTIONS_FNAME), record)
     result = invoke(denoise.main, ['--network', inputs / 'net.pkl', '--data', inputs / 'obs', '--outdir', outdir, '--steps=2'])
     assert result.exit_code == 0, result.output
-    assert read_json(str(outdir / denoise.OPTIONS_FNAME))['sampler']['num_steps'] == 2
+    assert read_json(str(outdir / denoise_set.OPTIONS_FNAME))['sampler']['num_steps'] == 2
 
     # Once images depend on the record, other options are refused.
     result = invoke(denoise.main, ['--network', inputs / 'net.pkl', '--data', inputs / 'obs', '--outdir', outdir, '--steps=3'])
@@ -200,10 +203,10 @@ def test_rounds_with_bad_step_options_leave_nothing(inputs, tmp_path, monkeypatc
     def first_step(script, args, nproc=1, log=None):
         started.append(script)
         raise KeyboardInterrupt
-    monkeypatch.setattr(rounds, 'run_script', first_step)
+    monkeypatch.setattr(rounds_lib, 'run_script', first_step)
     result = invoke(rounds.main, common + ['--train-args=--arch=ddpmpp --batch=8 --cbase=8 --cres=1'])
     assert started == ['train.py'] and result.exit_code == 1 and 'Aborted' in result.output
-    assert read_json(str(tmp_path / 'r' / rounds.RECORD_FNAME))['options']['train_args'] == \
+    assert read_json(str(tmp_path / 'r' / rounds_lib.RECORD_FNAME))['options']['train_args'] == \
         ['--arch=ddpmpp', '--batch=8', '--cbase=8', '--cres=1']
 
 #----------------------------------------------------------------------------
@@ -251,7 +254,7 @@ def test_two_denoise_tasks_with_other_options_started_together(inputs, tmp_path)
     assert sorted(code for code, _ in results) == [0, 1], results
     loser = next(err for code, err in results if code == 1)
     assert loser.strip().count('\n') == 0 and 'other options' in loser and 'Traceback' not in loser
-    steps = read_json(str(outdir / denoise.OPTIONS_FNAME))['sampler']['num_steps']
+    steps = read_json(str(outdir / denoise_set.OPTIONS_FNAME))['sampler']['num_steps']
 
     # Every image is the winner's.
     reference = tmp_path / 'reference'
@@ -267,7 +270,7 @@ def test_two_training_runs_starting_in_one_outdir(inputs, tmp_path, monkeypatch)
     # directory just before this one does.
     common = ['--data', inputs / 'clean', '--cbase=8', '--cres=1', '--batch=2', '--duration=0.00001', '--seed=0']
     winner = tmp_path / 'runs' / '00000-winner'
-    monkeypatch.setattr(train, 'next_run_dir', lambda outdir, desc: str(winner))
+    monkeypatch.setattr(train_run, 'next_run_dir', lambda outdir, desc: str(winner))
     winner.mkdir(parents=True)
     (winner / 'log.txt').write_text('the other run\n')
     before = tree_digest(winner)
@@ -275,11 +278,11 @@ def test_two_training_runs_starting_in_one_outdir(inputs, tmp_path, monkeypatch)
     assert tree_digest(winner) == before and os.listdir(tmp_path / 'runs') == ['00000-winner']
 
     shared = tmp_path / 'shared'
-    real_create_exclusive = train.create_exclusive
+    real_create_exclusive = train_run.create_exclusive
     def other_run_first(path, record):
         real_create_exclusive(path, dict(record, seed=1))  # The other run's options land first.
         return real_create_exclusive(path, record)
-    monkeypatch.setattr(train, 'create_exclusive', other_run_first)
+    monkeypatch.setattr(train_run, 'create_exclusive', other_run_first)
     assert_one_error_line(invoke(train.main, ['--outdir', shared, '--nosubdir', *common]), 'another train.py started')
     assert read_json(str(shared / 'training_options.json'))['seed'] == 1
     assert not [name for name in os.listdir(shared) if name.startswith(('network-snapshot', 'training-state'))]
@@ -295,7 +298,7 @@ def test_empty_or_cut_short_images_count_as_missing(inputs, tmp_path):
     empty, cut = outdir / '00000' / 'img00000001.png', outdir / '00000' / 'img00000007.png'
     empty.write_bytes(b'')
     cut.write_bytes(cut.read_bytes()[:-20])
-    assert denoise.missing_outputs(str(outdir), denoise.ObservationSet(str(inputs / 'obs')), range(NUM_OBS)) == [1, 7]
+    assert denoise_set.missing_outputs(str(outdir), denoise_set.ObservationSet(str(inputs / 'obs')), range(NUM_OBS)) == [1, 7]
     assert_one_error_line(invoke(denoise.main, args + ['--finalize']), '2 of 10 images are still missing')
     result = invoke(denoise.main, args)
     assert result.exit_code == 0 and 'Denoising 2 of 10' in result.output, result.output
@@ -323,7 +326,7 @@ def test_a_full_disk_while_denoising(inputs, tmp_path, monkeypatch, after):
     images = read_png_dataset(str(outdir))
     assert all(outputs.is_complete_png(str(outdir / name)) for name in images)
     # The first write failed: no image depends on the record, so it went. Later: the images stay.
-    assert os.path.exists(outdir / denoise.OPTIONS_FNAME) == (after > 0) == bool(images) == os.path.isdir(outdir)
+    assert os.path.exists(outdir / denoise_set.OPTIONS_FNAME) == (after > 0) == bool(images) == os.path.isdir(outdir)
 
     monkeypatch.undo()
     result = invoke(denoise.main, args)
@@ -430,7 +433,7 @@ def test_a_network_that_makes_nan_is_refused(inputs, tmp_path):
                           'NaN or infinite values', 'seeds 0-1')
     assert_one_error_line(invoke(denoise.main, ['--network', pkl, '--data', inputs / 'obs', '--outdir', tmp_path / 'd', '--steps=2']),
                           'NaN or infinite values', 'img00000000.npy')
-    assert not read_png_dataset(str(tmp_path)) and not os.path.exists(tmp_path / 'd' / denoise.OPTIONS_FNAME)
+    assert not read_png_dataset(str(tmp_path)) and not os.path.exists(tmp_path / 'd' / denoise_set.OPTIONS_FNAME)
 
 @pytest.mark.parametrize('labels, message', [([[0.5, float('nan')]] * 6, 'NaN or infinite'),
                                              ([0, 1, 2, 3, 4, 10**9], 'out of range'),
@@ -567,12 +570,12 @@ def test_unbalanced_quotes_in_passed_on_options(tmp_path):
 def test_a_bug_still_shows_its_traceback(inputs, tmp_path, monkeypatch):
     def broken(*_args, **_kwargs):
         raise KeyError('a bug')
-    monkeypatch.setattr(denoise, 'check_network', broken)
+    monkeypatch.setattr(denoise_set, 'check_network', broken)
     result = invoke(denoise.main, ['--network', inputs / 'net.pkl', '--data', inputs / 'obs', '--outdir', tmp_path / 'o'])
     assert isinstance(result.exception, KeyError) and 'Error:' not in result.output
     def missing(*_args, **_kwargs):
         raise FileNotFoundError(errno.ENOENT, 'No such file or directory', 'x')  # Not an environment error.
-    monkeypatch.setattr(denoise, 'check_network', missing)
+    monkeypatch.setattr(denoise_set, 'check_network', missing)
     result = invoke(denoise.main, ['--network', inputs / 'net.pkl', '--data', inputs / 'obs', '--outdir', tmp_path / 'o'])
     assert isinstance(result.exception, FileNotFoundError)
 

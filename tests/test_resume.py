@@ -18,6 +18,8 @@ import torch
 from click.testing import CliRunner
 
 import train
+from tools import train_setup
+from training.augment import AUGMENTATIONS
 from dnnlib.util import UserError
 from torch_utils import edm_state, misc, persistence
 from training import resume
@@ -71,7 +73,7 @@ def with_edm_numpy_scalars(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 def tiny_network_kwargs() -> dict:
-    return dict(train.ARCHITECTURES['ddpmpp'], class_name='training.networks.EDMPrecond', model_channels=16,
+    return dict(train_setup.ARCHITECTURES['ddpmpp'], class_name='training.networks.EDMPrecond', model_channels=16,
                 channel_mult=[1], augment_dim=9, dropout=0.13, use_fp16=False)
 
 def edm_training_options(data: Path, run_dir: Path, lr: float) -> dict:
@@ -82,7 +84,7 @@ def edm_training_options(data: Path, run_dir: Path, lr: float) -> dict:
         data_loader_kwargs=dict(pin_memory=True, num_workers=1, prefetch_factor=2),
         network_kwargs=tiny_network_kwargs(), loss_kwargs=dict(class_name='training.loss.EDMLoss'),
         optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=lr, betas=[0.9, 0.999], eps=1e-8),
-        augment_kwargs=dict(class_name='training.augment.AugmentPipe', p=0.12, **train.AUGMENTATIONS),
+        augment_kwargs=dict(class_name='training.augment.AugmentPipe', p=0.12, **AUGMENTATIONS),
         total_kimg=200000, ema_halflife_kimg=500, batch_size=8, batch_gpu=None, loss_scaling=1,
         cudnn_benchmark=True, kimg_per_tick=50, snapshot_ticks=50, state_dump_ticks=500, seed=7, run_dir=str(run_dir))
 
@@ -361,7 +363,7 @@ def test_transfer_between_label_dimensions(source_classes, target_classes, fixtu
         dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=str(data), use_labels=target_classes > 0),
         network_kwargs=network_kwargs, loss_kwargs=dict(class_name='training.loss.EDMLoss'),
         optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
-        augment_kwargs=dict(class_name='training.augment.AugmentPipe', p=0.12, **train.AUGMENTATIONS),
+        augment_kwargs=dict(class_name='training.augment.AugmentPipe', p=0.12, **AUGMENTATIONS),
         resume_pkl=source_path)
     assert status == 'finished'
     out = capsys.readouterr().out

@@ -249,7 +249,7 @@ def test_merge_rejects_mismatched_parts(tmp_path, second, message):
 
 def test_a_set_of_per_image_levels_is_no_image_dataset(tmp_path):
     # The checks that keep observations out of FID and out of the clean data see per-image levels too.
-    from training import fid_stats
+    from metrics import fid as fid_stats
     names = [f'00000/img{i:08d}.npy' for i in range(3)]
     make_observation_set(str(tmp_path / 'o'), np.zeros([3, 3, 4, 4], np.float32),
                          metadata=dict(sigma=dict(zip(names, [0.2, 0.5, 0.3])), labels=None))

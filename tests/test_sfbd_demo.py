@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from dnnlib.util import EasyDict
-from sfbd import demo, report, rounds
+from sfbd import report
+from tools import demo, rounds
 
 def test_blobs_are_deterministic_images():
     a, b = demo.draw_blobs(20, 8, seed=3), demo.draw_blobs(20, 8, seed=3)

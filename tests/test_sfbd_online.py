@@ -18,8 +18,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import denoise
 import train
+from sfbd import denoise_set
+from tools import train_setup
 from dnnlib.util import UserError
 from sfbd.observations import ObservationSet
 from sfbd.online import DenoisedBuffer, Observations, OnlineSFBD, ramp_weight, refresh_batch_for_passes, refresh_plan, run_steps
@@ -93,7 +94,7 @@ def test_fill_is_what_denoise_py_writes(data, tmp_path):
     pkl = save_tiny_network(str(tmp_path / 'net.pkl'))
     net = load_network(pkl)
     obs = ObservationSet(data['noisy'])
-    denoise.denoise_images(net, obs, str(tmp_path / 'out'), list(range(NUM_NOISY)), sigma=obs.sigma, mode='sde', seed=7,
+    denoise_set.denoise_images(net, obs, str(tmp_path / 'out'), list(range(NUM_NOISY)), sigma=obs.sigma, mode='sde', seed=7,
                            max_batch_size=10, device=torch.device('cpu'), sampler_kwargs=dict(num_steps=8))
     pngs = read_png_dataset(str(tmp_path / 'out'))
     expected = np.stack([pngs[f'00000/img{i:08d}.png'] for i in range(NUM_NOISY)]).transpose(0, 3, 1, 2).astype(int)
@@ -385,7 +386,7 @@ def test_default_is_two_refresh_passes(data, tmp_path):
     assert result.exit_code == 0, result.output
     (run_dir,) = outdir.iterdir()
     recorded = json.loads((run_dir / 'training_options.json').read_text())
-    assert train.is_old_default_online(recorded) and 'refresh_passes' not in recorded['online_kwargs']
+    assert train_setup.is_old_default_online(recorded) and 'refresh_passes' not in recorded['online_kwargs']
     recorded['total_kimg'] *= 2  # As if it had been started for twice the length.
     (run_dir / 'training_options.json').write_text(json.dumps(recorded, indent=2))
     result = CliRunner().invoke(train.main, [str(a) for a in args + ['--duration=0.00008']])

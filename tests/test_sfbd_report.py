@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from training.fid_stats import save_ref_stats
+from metrics.fid import save_ref_stats
 from sfbd import report
+from tools import report as report_lib
 from sfbd.memorization import sample_images
 from torch_utils.persistence import load_network
 
@@ -76,12 +77,12 @@ def test_scores_are_reused_until_something_changes(run_dir):
     assert all(s['num'] == 16 and s['memorization'][0]['images'] == 16 for s in scores.values())
 
 def test_loss_of_the_whole_run_and_the_sample_grid(run_dir):
-    curves = report.loss_curves(run_dir['rounds'], json.loads(open(os.path.join(run_dir['rounds'], 'rounds.json')).read())['rounds'])
+    curves = report_lib.loss_curves(run_dir['rounds'], json.loads(open(os.path.join(run_dir['rounds'], 'rounds.json')).read())['rounds'])
     assert [c.round for c in curves] == [0, 1, 2] and [c.start for c in curves] == [0, 30, 60]
     assert curves[2].kimg.tolist() == [70, 80, 90] and curves[1].loss.tolist() == [1 / 2, 1 / 3, 1 / 4]
     net = load_network(os.path.join(run_dir['rounds'], 'round-000-pretrain/network-snapshot-000030.pkl'))
     images = sample_images(net, list(range(64)), num_steps=3)
-    grid = report.grid_image(images)
+    grid = report_lib.grid_image(images)
     assert grid.shape[1] >= 512 and grid.shape[1] % (8 * 10 - 2) == 0  # 8 cells of 8 pixels and gaps, enlarged.
 
 @pytest.mark.parametrize('args, message', [

@@ -1,4 +1,4 @@
-"""sfbd/rounds.py: the layout and record of the rounds and of Online SFBD, and reruns that continue,
+"""sfbd.rounds (tools/rounds.py): the layout and record of the rounds and of Online SFBD, and reruns that continue,
 extend or refuse."""
 
 import os
@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from dnnlib.util import UserError
-from sfbd import rounds
+from sfbd import rounds as rounds_cli
+from tools import rounds
 from sfbd.dataset_commands import split_dataset
 
 from sfbd_helpers import make_image_dataset, read_json
@@ -216,7 +217,7 @@ def test_online_commands_with_a_preset(data, tmp_path, monkeypatch):
     (['--rounds=2', '--round-duration=1', '--online-duration=1'], 'options of --online'),
 ])
 def test_online_and_rounds_options_do_not_mix(args, message, data, tmp_path):
-    result = CliRunner().invoke(rounds.main, [f'--outdir={tmp_path / "x"}', f'--clean={data / "clean"}',
+    result = CliRunner().invoke(rounds_cli.main, [f'--outdir={tmp_path / "x"}', f'--clean={data / "clean"}',
                                               f'--noisy={data / "noisy"}', '--pretrain-duration=1', *args])
     assert result.exit_code == 1 and message in result.output, result.output
     assert not os.path.exists(tmp_path / 'x')

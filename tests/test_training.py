@@ -24,6 +24,7 @@ import torch
 from click.testing import CliRunner, Result
 
 import train
+from tools import train_setup
 from test_fast import fused_adam_on_cpu
 from torch_utils import misc, persistence, training_stats
 from training import run_files
@@ -255,7 +256,7 @@ def test_a_plain_rerun_continues_the_unfinished_run(reference_run, data, tmp_pat
     args = ['--outdir', outdir, '--data', data / 'ds8.zip', '--duration=0.001', *TINY]
     stop_during_first_step(args)
     (run_dir,) = outdir.iterdir()
-    claim = run_dir / train.CLAIM_FNAME
+    claim = run_dir / train_setup.CLAIM_FNAME
     assert not claim.exists()
 
     def output_dir(result) -> str:
@@ -589,8 +590,8 @@ def test_fast_path_on_the_cpu_computes_the_faithful_losses(data, tmp_path, monke
 # Every tool that looks for the newest (or every) snapshot or state orders the names by position:
 # the plain EDM name first in its kimg, then the exact ones (training/run_files.py).
 def test_snapshots_and_states_are_found_in_training_order(tmp_path):
-    from sfbd.rounds import final_snapshot
-    from training.fid_stats import list_snapshots, snapshot_kimg
+    from tools.rounds import final_snapshot
+    from metrics.fid import list_snapshots, snapshot_kimg
     from training.training_loop import find_latest_state
     names = ['network-snapshot-000000.pkl', 'network-snapshot-000000.990.pkl', 'network-snapshot-000001.pkl',
              'network-snapshot-000001.520.pkl', 'training-state-000001.pt', 'training-state-000001.008.pt',

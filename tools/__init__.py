@@ -1,2 +1,3 @@
 # The libraries of the command-line tools: what a tool's script and another tool or a test share (option
-# tables, setting a step up, the benchmark). Above sfbd/; only the scripts and `python -m` entry points import it.
+# tables, one train.py run, the rounds, the report, the demo, the benchmark). Above sfbd/; only the scripts
+# and the `python -m` entry points import it.

@@ -1,4 +1,8 @@
-"""Generating images to files: the loop of generate.py, as a library function (bench.py times it).
+"""Generating images to files: generate.py's work as library functions (bench.py times the loop).
+
+`generate_to_dir` is the loop over seeds; `generate_command` is a whole run of generate.py (inputs
+checked, the output folder claimed by its record, the images written). Not here: the sampler
+itself (training/sampler.py) and the command line (generate.py, tools/options.py).
 
 The seeds are split into batches and the batches between processes as EDM does; every image is
 written atomically as `{seed:06d}.png`. On the fast path (torch_utils/fast.py) the network is
@@ -11,17 +15,23 @@ from __future__ import annotations
 import os
 from typing import Callable, Sequence
 
-import click
 import numpy as np
 import torch
 import tqdm
 
-from dnnlib.cli import FiniteFloat
-from dnnlib.util import save_png
+from dnnlib.outputs import OutputDir, ToolOutputs
+from dnnlib.util import UserError, file_sha256, save_png
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
-from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS, check_finite, generate_images, to_uint8
+from torch_utils.persistence import load_network
+from training.sampler import check_finite, check_sampler_options, generate_images, to_uint8
+
+DEFAULT_BATCH = 64  # generate.py's --batch, unless --fast sizes it to the device.
+
+# The record of an output directory: images of one network and one set of
+# sampler options only (seeds may vary between runs).
+OPTIONS_FNAME = 'generate_options.json'
 
 #----------------------------------------------------------------------------
 # Split the seeds into batches, and the batches between processes, the way
@@ -81,26 +91,48 @@ def generate_to_dir(net: torch.nn.Module, seeds: Sequence[int], outdir: str, *, 
     return sum(len(b) for b in batches)
 
 #----------------------------------------------------------------------------
-# EDM's sampler options as a click option table: generate.py's, shared by
-# denoise.py, fid.py, memorization.py and sfbd.report.
+# A whole run of generate.py: the output folder checked before anything is
+# read, the network and options checked, then the folder claimed by the
+# record and this process's images written.
 
-def sampler_options(func: Callable) -> Callable:
-    options = [
-        click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
-        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
-        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
-        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True), default=7, show_default=True),
-        click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
-        click.option('--S_min', 'S_min', help='Stochasticity: lowest noise level', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
-        click.option('--S_max', 'S_max', help='Stochasticity: highest noise level', metavar='FLOAT', type=FiniteFloat(min=0, allow_inf=True), default='inf', show_default=True),
-        click.option('--S_noise', 'S_noise', help='Stochasticity: noise inflation', metavar='FLOAT', type=FiniteFloat(), default=1, show_default=True),
-        click.option('--solver', help='Ablation: ODE solver', type=click.Choice(SOLVERS)),
-        click.option('--disc', 'discretization', help='Ablation: time step discretization', type=click.Choice(DISCRETIZATIONS)),
-        click.option('--schedule', help='Ablation: noise schedule sigma(t)', type=click.Choice(SCHEDULES)),
-        click.option('--scaling', help='Ablation: signal scaling s(t)', type=click.Choice(SCALINGS)),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def generate_command(network_pkl: str, outdir: str, seeds: Sequence[int], *, subdirs: bool = False,
+                     class_idx: int | None = None, max_batch_size: int | None = None, device: str | None = None,
+                     fast: bool = False, sampler_kwargs: dict | None = None) -> None:
+    """generate.py's work: the images of `seeds` from the network into `outdir`, by every process.
+    Joins the process group; the caller leaves it."""
+    sampler_kwargs = dict(sampler_kwargs or {})
+    if not seeds:
+        raise UserError('--seeds names no seeds')
+    outputs = ToolOutputs('generate.py', [OutputDir(outdir, '--outdir', OPTIONS_FNAME)], [(network_pkl, '--network')])
+    outputs.check()
+    device = dist.resolve_device(device)
+    dist.init(device)
+
+    dist.print0(f'Loading network from "{network_pkl}"...')
+    if dist.get_rank() != 0:
+        dist.barrier()  # Rank 0 downloads first.
+    net = load_network(network_pkl).to(device)
+    if dist.get_rank() == 0:
+        dist.barrier()
+    if class_idx is not None:
+        if not net.label_dim:
+            raise UserError(f'--class={class_idx} was given, but the network is unconditional')
+        if class_idx >= net.label_dim:
+            raise UserError(f'--class={class_idx} is out of range: the network has {net.label_dim} classes')
+    check_sampler_options(net, sampler_kwargs)
+
+    # The fast path: batch size first (measured on the plain network), then the prepared network.
+    settings = fast_lib.fast_settings(device) if fast else None
+    max_batch_size = fast_lib.sampling_batch_size(net, device, settings, max_batch_size, DEFAULT_BATCH)
+    if settings is not None:
+        net = fast_lib.prepare_sampling_network(net, settings)
+
+    record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), class_idx=class_idx, subdirs=subdirs,
+                  sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}"' + (' (fast path)' if fast else '') + '...')
+    with outputs.claim(record, ignore=['network']):
+        generate_to_dir(net, seeds, outdir, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
+                        device=device, sampler_kwargs=sampler_kwargs, fast=settings, source=f'--network={network_pkl}')
+    dist.barrier()
 
 #----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import dataclasses
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
 from training import resume, run_files
 from training.dataset import images_to_float
+from training.extra_data import ExtraData, make_extra_data, split_batch, start_batches
 
 FINISHED = 'finished'    # training_loop() return value: the duration was reached.
 PREEMPTED = 'preempted'  # training_loop() return value: stopped on request, state saved.
@@ -248,8 +250,8 @@ def _format_time(seconds: float) -> str:
 # Adam; and the weight average, whose half-life in images is capped while
 # training is young at a fraction of the images seen so far. In Online SFBD
 # the buffer's denoised images take their slots in each batch, their loss
-# weighted by the ramp. Nothing here waits for the device (Online SFBD's
-# slots aside): statistics stay on it until the end of the tick.
+# weighted by the ramp (training/extra_data.py). Nothing here waits for the
+# device (the extra data's slots aside): statistics stay on it until the end of the tick.
 
 def training_step(
     cur_nimg:           int,                # Images seen before this step, all processes together.
@@ -272,23 +274,23 @@ def training_step(
     ema_halflife_kimg:  float,              # Half-life of the weight average.
     ema_rampup_ratio:   float | None,       # Cap of the half-life as a fraction of the images seen; None = no cap.
     fast:               FastSettings | None = None, # Fast-path settings; None = the faithful path.
-    online:             Any = None,         # Online SFBD (sfbd.online.OnlineSFBD): buffer images and their loss weights; None = off.
+    extra:              ExtraData | None = None, # Extra data mixed into the batches (Online SFBD's buffer) and their loss weights; None = none.
 ) -> None:
     batch_gpu_total = batch_gpu * num_accumulation_rounds
     optimizer.zero_grad(set_to_none=True)
     for round_idx in range(num_accumulation_rounds):
         with misc.ddp_sync(ddp, sync=(round_idx == num_accumulation_rounds - 1)):
-            images, labels, *indices = next(batches)  # Online SFBD's data also gives each item's index.
+            images, labels, keys = split_batch(next(batches), extra)  # Extra data's items also carry their keys.
             if fast is None:
                 images, labels = images.to(device), labels.to(device)
             else:
                 images, labels = fast_lib.to_device(images, device, fast), fast_lib.to_device(labels, device, fast)
             images = images_to_float(images)  # uint8 -> x/127.5 - 1; float data as it is.
-            if online is not None:  # Buffer images in their slots, and their loss weights.
-                images, loss_weights = online.compose(images, indices[0], cur_nimg)
+            if extra is not None:  # Extra images in their slots, and their loss weights.
+                images, loss_weights = extra.compose(images, keys, cur_nimg)
             loss = compute_loss(images, labels)
-            stats.report('Loss/loss', loss)  # The denoising loss, as in every run; Online SFBD's weighted one apart.
-            if online is not None:
+            stats.report('Loss/loss', loss)  # The denoising loss, as in every run; the weighted one of extra data apart.
+            if extra is not None:
                 loss = loss * loss_weights
                 stats.report('Loss/weighted', loss)
             stats.report('Loss/nonfinite', (~torch.isfinite(loss.flatten(1).sum(dim=1))).float())
@@ -352,6 +354,170 @@ def start_data_loader(dataset_obj: Any, sampler: misc.InfiniteSampler, batch_gpu
                                             worker_init_fn=worker_init_fn, **kwargs))
 
 #----------------------------------------------------------------------------
+# Setup of the training loop, part by part.
+
+# The batch split: batch_size = batch_gpu * rounds of accumulation * processes.
+# Returns batch_gpu and the rounds.
+def split_batch_size(batch_size: int, batch_gpu: int | None, world_size: int) -> tuple[int, int]:
+    if batch_size % world_size != 0:
+        raise UserError(f'--batch={batch_size} does not divide evenly between {world_size} processes')
+    batch_gpu_total = batch_size // world_size
+    batch_gpu = min(batch_gpu or batch_gpu_total, batch_gpu_total)
+    if batch_gpu_total % batch_gpu != 0:
+        raise UserError(f'--batch-gpu={batch_gpu} does not divide the per-process batch of {batch_gpu_total} images')
+    return batch_gpu, batch_gpu_total // batch_gpu
+
+# The data: the dataset, the extra data mixed into it (Online SFBD: the clean
+# images plus a buffer of denoised observations), and the sampler, whose
+# position is part of the training state; the loader itself is started only
+# once that position is final.
+def _setup_data(dataset_kwargs: dict, extra_kwargs: dict | None, seed: int, batch_size: int, batch_gpu: int,
+                device: torch.device) -> tuple[Any, ExtraData | None, misc.InfiniteSampler]:
+    dist.print0('Loading dataset...')
+    dataset_obj = misc.construct_class_by_name(**dataset_kwargs)
+    extra = None
+    if extra_kwargs is not None:
+        extra = make_extra_data(extra_kwargs, clean=dataset_obj, batch_size=batch_size, batch_gpu=batch_gpu, device=device)
+        dataset_obj = extra.dataset
+    sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=dist.get_rank(), num_replicas=dist.get_world_size(), seed=seed)
+    return dataset_obj, extra, sampler
+
+# The network, the same initial weights on every rank, with a summary table of its layers.
+def _build_network(network_kwargs: dict, dataset_obj: Any, seed: int, device: torch.device,
+                   fast_settings: FastSettings | None, batch_gpu: int) -> torch.nn.Module:
+    dist.print0('Constructing network...')
+    interface_kwargs = dict(img_resolution=dataset_obj.resolution, img_channels=dataset_obj.num_channels,
+                            label_dim=dataset_obj.label_dim)
+    with torch.random.fork_rng(devices=[]):  # The same initial weights on every rank, bit for bit.
+        torch.manual_seed(seed)
+        net = misc.construct_class_by_name(**network_kwargs, **interface_kwargs)
+    net.to(device).train().requires_grad_(True)
+    if fast_settings is not None:
+        net = fast_lib.to_memory_format(net, fast_settings)
+    if dist.get_rank() == 0:
+        shape = [batch_gpu, net.img_channels, net.img_resolution, net.img_resolution]
+        example = [torch.zeros(shape, device=device), torch.ones(shape[:1], device=device),
+                   torch.zeros([batch_gpu, net.label_dim], device=device)]
+        with torch.no_grad():
+            misc.print_module_summary(net, example, max_nesting=2)
+    return net
+
+#----------------------------------------------------------------------------
+# Continuing from a training state (resume_state_dump): EDM's, read as data,
+# or ours: weights, optimizer, counters, data order, the extra data's state,
+# and this process's random generators, restored once the loader has started.
+
+@dataclasses.dataclass
+class _Progress:
+    cur_nimg:    int = 0                    # Images trained on.
+    cur_tick:    int = 0                    # The next tick.
+    transfer_id: str | None = None          # The --transfer source of the run (transfer_source_id).
+    rng:         dict[str, Any] | None = None # This process's random generators to restore; None = as seeded.
+
+def _resume(resume_state_dump: str | None, *, resume_from_run_dir: bool, resume_pkl: str | None, net: torch.nn.Module,
+            ema: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: ExtraData | None, dataset_obj: Any,
+            sampler: misc.InfiniteSampler, data_fingerprint: list[dict], allow_data_change: bool) -> _Progress:
+    progress = _Progress(transfer_id=transfer_source_id(resume_pkl))
+    from_edm = resume_state_dump is not None and edm_state.is_edm_training_state(resume_state_dump)
+    if from_edm:
+        # EDM's state (read as data): weights and optimizer; the EMA from its
+        # snapshot; the progress from its name. It records neither the data order
+        # nor the random generators, which start afresh as they do in EDM.
+        dist.print0(f'Loading EDM\'s training state from "{resume_state_dump}" (read as data)...')
+        if resume_from_run_dir and resume_pkl is not None:
+            raise UserError(f'--transfer={resume_pkl}: the run directory holds EDM\'s '
+                            f'{os.path.basename(resume_state_dump)}; use a new --outdir for a new transfer')
+        progress.cur_nimg = resume.restore_edm_state(resume_state_dump, net, ema, optimizer)
+        progress.transfer_id = None
+        dist.print0(f'Continuing EDM\'s run at {progress.cur_nimg // 1000} kimg, the EMA from its snapshot; data order and '
+                    'random generators start afresh.')
+    if resume_state_dump is not None and not from_edm:
+        dist.print0(f'Loading training state from "{resume_state_dump}"...')
+        state = _load_state(resume_state_dump)
+        if resume_from_run_dir and resume_pkl is not None and state.get('transfer') != progress.transfer_id:
+            origin = f'--transfer={state["transfer"]}' if state.get('transfer') else 'random weights'
+            raise UserError(f'--transfer={resume_pkl}: the run directory holds {os.path.basename(resume_state_dump)} '
+                            f'of a run that started from {origin}; use a new --outdir for a new transfer')
+        progress.transfer_id = state.get('transfer')
+        _check_same_data(state.get('data'), data_fingerprint, resume_state_dump, allow_data_change)
+        if (extra is not None) != ('online' in state):
+            raise UserError(f'{resume_state_dump}: ' + ('a run without --noisy; Online SFBD needs a new run (--transfer)'
+                            if extra is not None else 'an Online SFBD run; give the same --noisy to continue it'))
+        if extra is not None:
+            extra.restore(state['online'], resume_state_dump)
+        try:
+            net.load_state_dict(state['net'])
+            ema.load_state_dict(state['ema'])
+            fast_lib.load_optimizer_state(optimizer, state['optimizer_state'])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f'{resume_state_dump}: the training state does not fit the network of these options '
+                            f'({first_line})') from None
+        progress.cur_nimg, progress.cur_tick = int(state['cur_nimg']), int(state['cur_tick'])
+        if int(state['sampler']['size']) == len(dataset_obj):
+            sampler.load_state_dict(state['sampler'])
+        else:
+            dist.print0(f'The dataset has {len(dataset_obj)} items, the state was written for '
+                        f'{state["sampler"]["size"]}: the data order starts afresh.')
+        if len(state.get('rng') or []) == dist.get_world_size():
+            progress.rng = state['rng'][dist.get_rank()]
+        else:
+            dist.print0(f'The state was written by {len(state.get("rng") or [])} processes, not {dist.get_world_size()}: '
+                        'random generators are seeded afresh.')
+        del state
+
+    return progress
+
+#----------------------------------------------------------------------------
+# The end of a tick: its statistics, summed over processes (the collector's
+# and training_stats' default collector: stats.jsonl's line), and the tick
+# line. Returns both and the tick's end time.
+
+def end_tick(stats: training_stats.Collector, extra: ExtraData | None, device: torch.device, *, cur_tick: int,
+             cur_nimg: int, total_kimg: float, start_time: float, tick_start_time: float, tick_start_nimg: int,
+             maintenance_time: float) -> tuple[dict, str, float]:
+    # Tick statistics, summed over processes.
+    tick_end_time = time.time()
+    tick_sec = tick_end_time - tick_start_time
+    sec_per_kimg = tick_sec / (cur_nimg - tick_start_nimg) * 1000
+    stats.report0('Progress/tick', cur_tick)
+    stats.report0('Progress/kimg', cur_nimg / 1000)
+    stats.report0('Timing/total_sec', tick_end_time - start_time)
+    stats.report0('Timing/sec_per_tick', tick_sec)
+    stats.report0('Timing/sec_per_kimg', sec_per_kimg)
+    stats.report0('Timing/maintenance_sec', maintenance_time)
+    stats.report0('Resources/cpu_mem_gb', psutil.Process(os.getpid()).memory_info().rss / 2**30)
+    on_cuda = device.type == 'cuda'
+    stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else 0)
+    stats.report0('Resources/peak_gpu_mem_reserved_gb', torch.cuda.max_memory_reserved(device) / 2**30 if on_cuda else 0)
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    extra_fields = extra.end_tick(tick_sec, cur_nimg) if extra is not None else []
+    stats.update()
+    training_stats.default_collector.update()
+    tick_stats = dict(training_stats.default_collector.as_dict(), **stats.as_dict())
+
+    # Tick line: EDM's fields, the loss, non-finite counts and the time left.
+    eta = max(total_kimg * 1000 - cur_nimg, 0) / 1000 * sec_per_kimg
+    fields = [
+        f'tick {cur_tick:<5d}',
+        f'kimg {cur_nimg / 1000:<9.3f}',
+        f'time {_format_time(tick_end_time - start_time):<12s}',
+        f'sec/tick {tick_sec:<7.1f}',
+        f'sec/kimg {sec_per_kimg:<7.2f}',
+        f'maintenance {maintenance_time:<6.1f}',
+        f'cpumem {stats.mean("Resources/cpu_mem_gb"):<6.2f}',
+        f'gpumem {stats.mean("Resources/peak_gpu_mem_gb"):<6.2f}',
+        f'reserved {stats.mean("Resources/peak_gpu_mem_reserved_gb"):<6.2f}',
+        f'loss {stats.mean("Loss/loss"):<8.4f}',
+        f'nonfinite-loss {_total(stats, "Loss/nonfinite"):<3d}',
+        f'nonfinite-grad {_total(stats, "Loss/nonfinite_grad"):<3d}',
+        *extra_fields,
+        f'eta {_format_time(eta)}',
+    ]
+    return tick_stats, ' '.join(fields), tick_end_time
+
+#----------------------------------------------------------------------------
 
 def training_loop(
     run_dir:            str | None = '.',   # Output directory; only rank 0 writes to it.
@@ -402,43 +568,11 @@ def training_loop(
     fast_lib.set_tf32(fast_settings is not None and fast_settings.tf32)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
-    # Batch split: batch_size = batch_gpu * rounds of accumulation * processes.
-    if batch_size % world_size != 0:
-        raise UserError(f'--batch={batch_size} does not divide evenly between {world_size} processes')
-    batch_gpu_total = batch_size // world_size
-    batch_gpu = min(batch_gpu or batch_gpu_total, batch_gpu_total)
-    if batch_gpu_total % batch_gpu != 0:
-        raise UserError(f'--batch-gpu={batch_gpu} does not divide the per-process batch of {batch_gpu_total} images')
-    num_accumulation_rounds = batch_gpu_total // batch_gpu
-
-    # Data. The sampler's position is part of the training state; the loader
-    # itself is started only once that position is final.
-    dist.print0('Loading dataset...')
-    dataset_obj = misc.construct_class_by_name(**dataset_kwargs)
-    online = None
-    if online_kwargs is not None:  # Online SFBD: the clean images plus a buffer of denoised observations.
-        online = misc.construct_class_by_name(**online_kwargs, clean=dataset_obj, batch_size=batch_size,
-                                              batch_gpu=batch_gpu, device=device)
-        dataset_obj = online.dataset
-    dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=rank, num_replicas=world_size, seed=seed)
+    # Batch split, data (with extra data: Online SFBD's buffer), network.
+    batch_gpu, num_accumulation_rounds = split_batch_size(batch_size, batch_gpu, world_size)
+    dataset_obj, extra, dataset_sampler = _setup_data(dataset_kwargs, online_kwargs, seed, batch_size, batch_gpu, device)
     data_fingerprint = dataset_obj.fingerprint()
-
-    # Network, with a summary table of its layers.
-    dist.print0('Constructing network...')
-    interface_kwargs = dict(img_resolution=dataset_obj.resolution, img_channels=dataset_obj.num_channels,
-                            label_dim=dataset_obj.label_dim)
-    with torch.random.fork_rng(devices=[]):  # The same initial weights on every rank, bit for bit.
-        torch.manual_seed(seed)
-        net = misc.construct_class_by_name(**network_kwargs, **interface_kwargs)
-    net.to(device).train().requires_grad_(True)
-    if fast_settings is not None:
-        net = fast_lib.to_memory_format(net, fast_settings)
-    if rank == 0:
-        shape = [batch_gpu, net.img_channels, net.img_resolution, net.img_resolution]
-        example = [torch.zeros(shape, device=device), torch.ones(shape[:1], device=device),
-                   torch.zeros([batch_gpu, net.label_dim], device=device)]
-        with torch.no_grad():
-            misc.print_module_summary(net, example, max_nesting=2)
+    net = _build_network(network_kwargs, dataset_obj, seed, device, fast_settings, batch_gpu)
 
     # Loss, augmentation and optimizer.
     dist.print0('Setting up optimizer...')
@@ -455,57 +589,11 @@ def training_loop(
     ema = copy.deepcopy(net).to(device).eval().requires_grad_(False)
 
     # Continue from a training state: weights, optimizer, counters, data order
-    # and (below, once the data loader has started) the random generators.
-    cur_nimg, cur_tick = 0, 0
-    rng_to_restore = None
-    transfer_id = transfer_source_id(resume_pkl)
-    from_edm = resume_state_dump is not None and edm_state.is_edm_training_state(resume_state_dump)
-    if from_edm:
-        # EDM's state (read as data): weights and optimizer; the EMA from its
-        # snapshot; the progress from its name. It records neither the data order
-        # nor the random generators, which start afresh as they do in EDM.
-        dist.print0(f'Loading EDM\'s training state from "{resume_state_dump}" (read as data)...')
-        if resume_from_run_dir and resume_pkl is not None:
-            raise UserError(f'--transfer={resume_pkl}: the run directory holds EDM\'s '
-                            f'{os.path.basename(resume_state_dump)}; use a new --outdir for a new transfer')
-        cur_nimg = resume.restore_edm_state(resume_state_dump, net, ema, optimizer)
-        transfer_id = None
-        dist.print0(f'Continuing EDM\'s run at {cur_nimg // 1000} kimg, the EMA from its snapshot; data order and '
-                    'random generators start afresh.')
-    if resume_state_dump is not None and not from_edm:
-        dist.print0(f'Loading training state from "{resume_state_dump}"...')
-        state = _load_state(resume_state_dump)
-        if resume_from_run_dir and resume_pkl is not None and state.get('transfer') != transfer_id:
-            origin = f'--transfer={state["transfer"]}' if state.get('transfer') else 'random weights'
-            raise UserError(f'--transfer={resume_pkl}: the run directory holds {os.path.basename(resume_state_dump)} '
-                            f'of a run that started from {origin}; use a new --outdir for a new transfer')
-        transfer_id = state.get('transfer')
-        _check_same_data(state.get('data'), data_fingerprint, resume_state_dump, allow_data_change)
-        if (online is not None) != ('online' in state):
-            raise UserError(f'{resume_state_dump}: ' + ('a run without --noisy; Online SFBD needs a new run (--transfer)'
-                            if online is not None else 'an Online SFBD run; give the same --noisy to continue it'))
-        if online is not None:
-            online.load_state_dict(state['online'], resume_state_dump)
-        try:
-            net.load_state_dict(state['net'])
-            ema.load_state_dict(state['ema'])
-            fast_lib.load_optimizer_state(optimizer, state['optimizer_state'])
-        except (RuntimeError, ValueError, KeyError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f'{resume_state_dump}: the training state does not fit the network of these options '
-                            f'({first_line})') from None
-        cur_nimg, cur_tick = int(state['cur_nimg']), int(state['cur_tick'])
-        if int(state['sampler']['size']) == len(dataset_obj):
-            dataset_sampler.load_state_dict(state['sampler'])
-        else:
-            dist.print0(f'The dataset has {len(dataset_obj)} items, the state was written for '
-                        f'{state["sampler"]["size"]}: the data order starts afresh.')
-        if len(state.get('rng') or []) == world_size:
-            rng_to_restore = state['rng'][rank]
-        else:
-            dist.print0(f'The state was written by {len(state.get("rng") or [])} processes, not {world_size}: '
-                        'random generators are seeded afresh.')
-        del state
+    # and (once the data loader has started) the random generators.
+    progress = _resume(resume_state_dump, resume_from_run_dir=resume_from_run_dir, resume_pkl=resume_pkl, net=net,
+                       ema=ema, optimizer=optimizer, extra=extra, dataset_obj=dataset_obj, sampler=dataset_sampler,
+                       data_fingerprint=data_fingerprint, allow_data_change=allow_data_change)
+    cur_nimg, cur_tick, transfer_id = progress.cur_nimg, progress.cur_tick, progress.transfer_id
 
     # Gradient averaging between processes. On the fast path the network
     # (not its weight average) computes at the fast path's precision.
@@ -549,25 +637,26 @@ def training_loop(
                           ema_halflife_kimg=ema_halflife_kimg, ema_rampup_ratio=ema_rampup_ratio),
             options=_plain(dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs,
                                 augment_kwargs=augment_kwargs, dataset_kwargs=dataset_kwargs)))
-        if online is not None:
-            state['online'] = online.state_dict()
+        if extra is not None:
+            state['online'] = extra.state_dict()
         _save_state(namer.path(run_files.STATE_PREFIX, cur_nimg, lambda path, nimg: state_nimg(path) == nimg), state)
 
     # Everything is in place: create the run directory (unless the run is
-    # complete already), start the loader and restore the random generators
-    # last (the loader draws a seed on start).
+    # complete already); then the batches: the loader, the extra data made
+    # with the starting network, the random generators restored
+    # (training/extra_data.start_batches keeps that order).
     if start_run is not None:
         start_run()
     if cur_nimg >= total_kimg * 1000:
         dist.print0(f'Training already reached {cur_nimg / 1000:g} kimg of {total_kimg:g}; nothing to do.')
         return FINISHED
     worker_init_fn = functools.partial(_init_worker, parent_pid=os.getpid(), shield=stop_requested is not None)
-    dataset_iterator = start_data_loader(dataset_obj, dataset_sampler, batch_gpu, data_loader_kwargs,
-                                         worker_init_fn=worker_init_fn, fast=fast_settings)
-    if online is not None:
-        online.begin(net=net, ema=ema, cur_nimg=cur_nimg, total_nimg=total_kimg * 1000)  # States the plan; fills the buffer unless a state restored it.
-    if rng_to_restore is not None:
-        _set_rng_state(rng_to_restore, device)
+    dataset_iterator = start_batches(
+        extra,
+        start_loader=lambda: start_data_loader(dataset_obj, dataset_sampler, batch_gpu, data_loader_kwargs,
+                                               worker_init_fn=worker_init_fn, fast=fast_settings),
+        restore_rng=lambda: _set_rng_state(progress.rng, device) if progress.rng is not None else None,
+        net=net, ema=ema, cur_nimg=cur_nimg, total_nimg=total_kimg * 1000)
     stats = training_stats.Collector()
     step = functools.partial(
         training_step, ddp=ddp, net=net, ema=ema, optimizer=optimizer, batches=dataset_iterator,
@@ -575,7 +664,7 @@ def training_loop(
         stats=stats, device=device, batch_size=batch_size, batch_gpu=batch_gpu,
         num_accumulation_rounds=num_accumulation_rounds, loss_scaling=loss_scaling, lr=optimizer_kwargs['lr'],
         lr_rampup_kimg=lr_rampup_kimg, ema_halflife_kimg=ema_halflife_kimg, ema_rampup_ratio=ema_rampup_ratio,
-        fast=fast_settings, online=online)
+        fast=fast_settings, extra=extra)
 
     # The stop flag is read after every step; with several processes that is
     # a collective, which the fast path makes only every few steps (and at
@@ -601,8 +690,8 @@ def training_loop(
             step(cur_nimg)
             if compiling and num_steps == 0:  # The first step compiles.
                 dist.print0(f'The first step, with compiling, took {time.time() - tick_start_time:.1f} s.')
-            if online is not None:  # Online SFBD: every few steps, denoise the next observations again.
-                online.after_step(net=net, ema=ema)
+            if extra is not None:  # Online SFBD: every few steps, denoise the next observations again.
+                extra.after_step(net=net, ema=ema)
             cur_nimg += batch_size
             num_steps += 1
             done = cur_nimg >= total_kimg * 1000
@@ -612,46 +701,10 @@ def training_loop(
             if not (done or preempted or tick_due):
                 continue
 
-            # Tick statistics, summed over processes.
-            tick_end_time = time.time()
-            tick_sec = tick_end_time - tick_start_time
-            sec_per_kimg = tick_sec / (cur_nimg - tick_start_nimg) * 1000
-            stats.report0('Progress/tick', cur_tick)
-            stats.report0('Progress/kimg', cur_nimg / 1000)
-            stats.report0('Timing/total_sec', tick_end_time - start_time)
-            stats.report0('Timing/sec_per_tick', tick_sec)
-            stats.report0('Timing/sec_per_kimg', sec_per_kimg)
-            stats.report0('Timing/maintenance_sec', maintenance_time)
-            stats.report0('Resources/cpu_mem_gb', psutil.Process(os.getpid()).memory_info().rss / 2**30)
-            on_cuda = device.type == 'cuda'
-            stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else 0)
-            stats.report0('Resources/peak_gpu_mem_reserved_gb', torch.cuda.max_memory_reserved(device) / 2**30 if on_cuda else 0)
-            if on_cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            online_fields = online.end_tick(tick_sec, cur_nimg) if online is not None else []
-            stats.update()
-            training_stats.default_collector.update()
-            tick_stats = dict(training_stats.default_collector.as_dict(), **stats.as_dict())
-
-            # Tick line: EDM's fields, the loss, non-finite counts and the time left.
-            eta = max(total_kimg * 1000 - cur_nimg, 0) / 1000 * sec_per_kimg
-            fields = [
-                f'tick {cur_tick:<5d}',
-                f'kimg {cur_nimg / 1000:<9.3f}',
-                f'time {_format_time(tick_end_time - start_time):<12s}',
-                f'sec/tick {tick_sec:<7.1f}',
-                f'sec/kimg {sec_per_kimg:<7.2f}',
-                f'maintenance {maintenance_time:<6.1f}',
-                f'cpumem {stats.mean("Resources/cpu_mem_gb"):<6.2f}',
-                f'gpumem {stats.mean("Resources/peak_gpu_mem_gb"):<6.2f}',
-                f'reserved {stats.mean("Resources/peak_gpu_mem_reserved_gb"):<6.2f}',
-                f'loss {stats.mean("Loss/loss"):<8.4f}',
-                f'nonfinite-loss {_total(stats, "Loss/nonfinite"):<3d}',
-                f'nonfinite-grad {_total(stats, "Loss/nonfinite_grad"):<3d}',
-                *online_fields,
-                f'eta {_format_time(eta)}',
-            ]
-            dist.print0(' '.join(fields))
+            tick_stats, tick_line, tick_end_time = end_tick(
+                stats, extra, device, cur_tick=cur_tick, cur_nimg=cur_nimg, total_kimg=total_kimg, start_time=start_time,
+                tick_start_time=tick_start_time, tick_start_nimg=tick_start_nimg, maintenance_time=maintenance_time)
+            dist.print0(tick_line)
             if preempted:
                 dist.print0()
                 dist.print0('Stop requested: saving a snapshot and a training state...')
@@ -680,11 +733,10 @@ def training_loop(
         if stats_jsonl is not None:
             stats_jsonl.close()
 
-    if online is not None and not preempted:
+    if extra is not None and not preempted:
         dist.print0()
-        dist.print0(online.summary())  # The refresh passes made, against the plan.
-        if (note := online.shortfall(cur_nimg)) is not None:
-            dist.print0(note)  # An Online SFBD run too short to refresh its buffer or end its ramp.
+        for line in extra.final_lines(cur_nimg):  # Online SFBD: the refresh passes made, against the plan; a short run's note.
+            dist.print0(line)
     dist.print0()
     dist.print0('Exiting...')
     return PREEMPTED if preempted else FINISHED

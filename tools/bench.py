@@ -1,11 +1,12 @@
-"""Benchmarks of the stages of an SFBD run, timed on the code the tools run (bench.py is the CLI).
+"""Benchmarks of the stages of an SFBD run, timed on the code the tools run (bench.py is the CLI; this
+module is its library, not a tool of the method).
 
 Stages (`what`):
 
 train     training_loop.training_step(): batches of a zip dataset of PNGs through the data loader
           (train.py's loader options), EDM's loss with train.py's augmentation (--augment, default
           0.12 as in train.py), backward, Adam, weight average.
-denoise   sfbd.denoising.denoise_images(): denoise.py's backward sampling of an observation set
+denoise   sfbd.denoise_set.denoise_images(): denoise.py's backward sampling of an observation set
           (sigma 0.59 on EDM's 18-step grid: 8 steps, 15 network evaluations), PNGs written.
 generate  training.generation.generate_to_dir(): generate.py's EDM sampler (18 steps, 35
           evaluations), PNGs written.
@@ -57,17 +58,19 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dnnlib.util import UserError, cached_path_for_url, download
+from dnnlib.outputs import OutputFile, ToolOutputs
+from dnnlib.util import UserError, cached_path_for_url, download, is_url
 from sfbd.backward import backward_sample
-from sfbd.denoising import denoise_images
+from sfbd.denoise_set import denoise_images
 from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_npy
+from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils import frechet, misc, training_stats
 from torch_utils.detector import DEFAULT_DETECTOR, Detector, load_detector
 from torch_utils.fast import FastSettings
 from training import training_loop
 from training.augment import AUGMENT_DIM, AUGMENTATIONS, AugmentPipe
-from training.fid_stats import FeatureStats, append_json, calculate_fid_from_inception_stats
+from metrics.fid import FeatureStats, append_json, calculate_fid_from_inception_stats
 from training.generation import generate_to_dir
 from training.loss import EDMLoss
 from training.networks import EDMPrecond
@@ -597,6 +600,34 @@ def frechet_records(dim: int = 2048, samples: int = 4096) -> list[dict[str, Any]
     records[1]['speedup'] = round(records[0]['seconds'] / records[1]['seconds'], 2)
     records[1]['rel_diff'] = abs(records[1]['value'] - records[0]['value']) / abs(records[0]['value'])
     return records
+
+#----------------------------------------------------------------------------
+# bench.py's inputs, every one checked before minutes of measuring: the
+# device, --json (a file apart, bench.py's own records), --set, --detector.
+# Returns the device and the fast-path overrides.
+
+def check_inputs(what: Sequence[str], device: str | None, detector: str, overrides: Sequence[str],
+                 json_path: str | None) -> tuple[torch.device, dict[str, Any]]:
+    if dist.get_world_size() > 1:
+        raise UserError('bench.py measures one process; run it without torchrun')
+    try:
+        device_obj = dist.resolve_device(device)
+    except RuntimeError as e:
+        raise UserError(str(e) if str(e).startswith('--device') else f'--device={device}: {e}') from None
+    ToolOutputs('bench.py', [OutputFile(json_path, '--json')]).check()
+    fast_overrides = parse_overrides(overrides)
+    if 'fid' in what and detector not in (DEFAULT_DETECTOR, STANDIN_DETECTOR) and not is_url(detector) \
+            and not os.path.isfile(detector):
+        raise UserError(f'--detector={detector}: no such file')
+    return device_obj, fast_overrides
+
+# Records from a JSON-lines file (bench.py --json's), for --markdown.
+def read_records(path: str, option: str) -> list[dict]:
+    with open(path, encoding='utf-8') as f:
+        try:
+            return [json.loads(line) for line in f if line.strip()]
+        except json.JSONDecodeError as e:
+            raise UserError(f'{option}={path}: not JSON lines ({e})') from None
 
 #----------------------------------------------------------------------------
 # --set KEY=VALUE: one field of FastSettings, its value read as the field's type.

@@ -2,34 +2,42 @@
 their mean and covariance, reference statistics files, and the Frechet distance between two sets of
 statistics (EDM's `calculate_fid_from_inception_stats` and `calculate_inception_stats`).
 
-fid.py is the command line over them; sfbd/report.py, sfbd/demo.py and bench.py use them too.
+Also fid.py's work as library functions: `calc` in steps (`calc_plan`, `score_images`,
+`score_network`, `calc_fid`) and `ref` (`ref_stats`). fid.py is the command line over them (its
+option tables and messages); tools/report.py, tools/demo.py and tools/bench.py use the statistics too. Not
+here: the detector (torch_utils/detector.py) and the distance's linear algebra (torch_utils/frechet.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fnmatch
 import json
 import os
+import time
 import zipfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import tqdm
 
-from dnnlib.outputs import append_line
-from dnnlib.util import UserError, atomic_write, open_url, save_png
+from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, append_line
+from dnnlib.util import UserError, atomic_write, is_url, open_url, save_png
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.detector import Detector, load_detector
 from torch_utils.frechet import frechet_distance
+from torch_utils.persistence import load_network
 from training import run_files
 from training.generation import image_path as generated_image_path
 from training.generation import rank_batches
-from training.sampler import check_finite, generate_images, to_uint8
+from training.sampler import check_finite, check_sampler_options, generate_images, to_uint8
 
 SNAPSHOT_PATTERN = 'network-snapshot-*.pkl'
+DEFAULT_NUM_IMAGES = 50000  # fid.py calc's --num.
+OPTIONS_FNAME = 'fid_options.json'  # Record of a calc --outdir: which network, seeds and sampler made the images.
 
 #----------------------------------------------------------------------------
 # Let rank 0 do something first (a download, say) while the other ranks wait,
@@ -298,5 +306,224 @@ def append_json(path: str, record: dict) -> None:
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     append_line(path, json.dumps(strict(record), allow_nan=False))
+
+#----------------------------------------------------------------------------
+# Join the process group, then load the detector (rank 0 downloads first). The
+# commands read every other input in between, so that a bad one is not
+# reported as a detector that cannot be had.
+
+def init_device(device_name: str | None) -> torch.device:
+    device = dist.resolve_device(device_name)
+    dist.init(device)
+    return device
+
+def load_fid_detector(device: torch.device, detector: str, detector_sha256: str | None, fast: bool = False) -> Detector:
+    dist.print0(f'Reading detector "{detector}"...')
+    settings = fast_lib.fast_settings(device) if fast else None
+    with rank0_first():
+        return load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0), fast=settings)
+
+def setup_detector(device_name: str | None, detector: str, detector_sha256: str | None,
+                   fast: bool = False) -> tuple[torch.device, Detector]:
+    device = init_device(device_name)
+    return device, load_fid_detector(device, detector, detector_sha256, fast)
+
+#----------------------------------------------------------------------------
+# The seed sets of --network, one per repeat: --seeds split into consecutive
+# runs of --num, or by default seed, seed+1, ... (set k starts at seed + k*num).
+
+def network_seed_sets(seeds: list[int] | None, seed: int | None, num: int | None,
+                      repeats: int) -> list[list[int]]:
+    if seeds is not None and seed is not None:
+        raise UserError('give --seed or --seeds, not both')
+    if seeds is None:
+        num = num or DEFAULT_NUM_IMAGES
+        seeds = list(range(seed or 0, (seed or 0) + num * repeats))
+    if not seeds:
+        raise UserError('--seeds names no seeds')
+    num = num or len(seeds) // repeats
+    if num < 2 or len(seeds) < num * repeats:
+        raise UserError(f'--seeds gives {len(seeds)} seeds, but --num={max(num, 2)}'
+                        + (f' x --repeats={repeats}' if repeats > 1 else '') + f' needs {max(num, 2) * repeats}')
+    return [seeds[k * num:(k + 1) * num] for k in range(repeats)]
+
+
+#----------------------------------------------------------------------------
+# fid.py calc, step by step. First the plan: the options checked and resolved
+# before any work is done, the outputs (--outdir's images, --json) placed by
+# the output rules, and the record that claims --outdir.
+
+class CalcPlan(NamedTuple):
+    is_rundir:     bool                     # Is --network a run directory (each snapshot scored)?
+    seed_sets:     list[list[int]] | None   # --network: the seeds of each repeat.
+    pkls:          list[str] | None         # --network: the pickles to score.
+    num:           int                      # Images per score.
+    seed:          int                      # --images: seed of the subsets.
+    outputs:       ToolOutputs              # --outdir and --json.
+    images_record: dict | None              # The record of --outdir.
+
+def calc_plan(*, image_path: str | None, network: str | None, ref_path: str, num: int | None, seed: int | None,
+              seeds: list[int] | None, repeats: int, snapshots: str | None, outdir: str | None, json_path: str | None,
+              detector: str, sampler_kwargs: dict) -> CalcPlan:
+    if (image_path is None) == (network is None):
+        raise UserError('give exactly one of --images and --network')
+    is_rundir = network is not None and not is_url(network) and os.path.isdir(network)
+    if image_path is not None:
+        for name, value in (('--seeds', seeds), ('--snapshots', snapshots), ('--outdir', outdir)):
+            if value is not None:
+                raise UserError(f'{name} needs --network; it does not apply to --images')
+    elif snapshots is not None and not is_rundir:
+        raise UserError(f'--snapshots needs --network to be a run directory, not {network}')
+    seed_sets, pkls = None, None
+    if network is not None:
+        seed_sets = network_seed_sets(seeds, seed, num, repeats)
+        num = len(seed_sets[0])
+        pkls = list_snapshots(network, snapshots) if is_rundir else [network]
+    inputs = [(image_path, '--images'), (network, '--network'), (ref_path, '--ref'), (detector, '--detector')]
+    outputs = ToolOutputs('fid.py calc', [OutputDir(outdir, '--outdir', OPTIONS_FNAME), OutputFile(json_path, '--json')],
+                          inputs, files_first=True)
+    outputs.check()
+    images_record = None
+    if outdir is not None:
+        images_record = dict(network=network if is_url(network) else os.path.abspath(network), snapshots=snapshots,
+                             seeds=format_int_list([s for ss in seed_sets for s in ss]),
+                             sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
+    return CalcPlan(is_rundir, seed_sets, pkls, num or DEFAULT_NUM_IMAGES, seed or 0, outputs, images_record)
+
+#----------------------------------------------------------------------------
+# What is scored against: the reference statistics and the detector, whose
+# features must be as many as the statistics'.
+
+class Scoring(NamedTuple):
+    ref_path: str
+    mu_ref:   np.ndarray
+    sigma_ref: np.ndarray
+    detector: str               # As given, for messages and records.
+    det:      Detector
+    device:   torch.device
+
+    def check_dim(self, image_shape: Sequence[int]) -> int:
+        dim = self.det.feature_dim(image_shape)
+        if dim != self.mu_ref.shape[0]:
+            raise UserError(f'{self.ref_path}: statistics of {self.mu_ref.shape[0]} features, but the detector '
+                            f'{self.detector} gives {dim}')
+        return dim
+
+    def fid(self, mu: np.ndarray, sigma: np.ndarray) -> float:
+        return calculate_fid_from_inception_stats(mu, sigma, self.mu_ref, self.sigma_ref)
+
+# One JSON record per score: what was scored, how, and the result.
+def calc_record(scoring: Scoring, fids: Sequence[float], start: float, *, num: int, repeats: int, **fields: Any) -> dict:
+    return dict(fields, **summarize(fids), ref=scoring.ref_path, num=num, repeats=repeats,
+                detector=scoring.detector, detector_sha256=scoring.det.sha256, world_size=dist.get_world_size(),
+                device=str(scoring.device), time=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+                seconds=round(time.time() - start, 3))
+
+#----------------------------------------------------------------------------
+# The scores of --images: disjoint random subsets of --num images of a folder
+# or zip; and of one network: one score per seed set, the images generated
+# (and saved under `outdir` when given).
+
+def score_images(scoring: Scoring, dataset: Any, image_path: str, *, num: int, repeats: int, seed: int,
+                 max_batch_size: int, num_workers: int) -> dict:
+    check_image_count(image_path, len(dataset), num, repeats)
+    dim = scoring.check_dim(dataset.image_shape)
+    start, fids = time.time(), []
+    for k, indices in enumerate(image_subsets(len(dataset), num, repeats, seed)):
+        dist.print0(f'Scoring {num} of {len(dataset)} images from "{image_path}"'
+                    + (f' (subset {k + 1} of {repeats})...' if repeats > 1 else '...'))
+        mu, sigma = dataset_stats(dataset, indices, scoring.det, max_batch_size=max_batch_size, num_workers=num_workers,
+                                  device=scoring.device, feature_dim=dim)
+        fids.append(scoring.fid(mu, sigma))
+        if repeats > 1:
+            dist.print0(f'Subset {k + 1}: FID {fids[-1]:g}')
+    return calc_record(scoring, fids, start, num=num, repeats=repeats, images=image_path, seed=seed)
+
+def score_network(scoring: Scoring, pkl: str, seed_sets: list[list[int]], *, num: int, outdir: str | None,
+                  each: bool, max_batch_size: int, sampler_kwargs: dict) -> dict:
+    dist.print0(f'Reading network "{pkl}"...')
+    with rank0_first():
+        net = load_network(pkl).to(scoring.device)
+    if scoring.det.fast is not None:
+        net = fast_lib.prepare_sampling_network(net, scoring.det.fast)
+    if net.img_channels not in (1, 3):
+        raise UserError(f'{pkl}: the network makes {net.img_channels}-channel images; FID needs 1 or 3')
+    dim = scoring.check_dim([net.img_channels, net.img_resolution, net.img_resolution])
+    check_sampler_options(net, sampler_kwargs)
+    start, fids = time.time(), []
+    for set_seeds in seed_sets:
+        dist.print0(f'Generating and scoring {num} images (seeds {format_int_list(set_seeds)})...')
+        mu, sigma = network_stats(net, set_seeds, scoring.det, max_batch_size=max_batch_size, device=scoring.device,
+                                  outdir=outdir, feature_dim=dim, **sampler_kwargs)
+        fids.append(scoring.fid(mu, sigma))
+        if each:
+            dist.print0(f'{os.path.basename(pkl)}, seeds {format_int_list(set_seeds)}: FID {fids[-1]:g}')
+    del net
+    return calc_record(scoring, fids, start, num=num, repeats=len(seed_sets), network=pkl, kimg=snapshot_kimg(pkl),
+                       seeds=format_int_list([s for ss in seed_sets for s in ss]),
+                       sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
+
+#----------------------------------------------------------------------------
+# A whole fid.py calc: the plan, then the inputs read in the order that names
+# a bad one as such (the images, the reference statistics, the network files,
+# then the detector, a download, last), the scores, and --json appended by
+# rank 0. Returns the plan and the records (one per network or snapshot, or
+# one for --images); joins the process group, the caller leaves it.
+
+def calc_fid(*, image_path: str | None, network: str | None, ref_path: str, num: int | None, seed: int | None,
+             seeds: list[int] | None, repeats: int, snapshots: str | None, outdir: str | None, json_path: str | None,
+             detector: str, detector_sha256: str | None, max_batch_size: int, num_workers: int, device: str | None,
+             fast: bool, sampler_kwargs: dict) -> tuple[CalcPlan, list[dict]]:
+    plan = calc_plan(image_path=image_path, network=network, ref_path=ref_path, num=num, seed=seed, seeds=seeds,
+                     repeats=repeats, snapshots=snapshots, outdir=outdir, json_path=json_path, detector=detector,
+                     sampler_kwargs=sampler_kwargs)
+    dataset = open_image_dataset(image_path) if image_path is not None else None
+    device_obj = init_device(device)
+    dist.print0(f'Reading reference statistics "{ref_path}"...')
+    with rank0_first():
+        mu_ref, sigma_ref = load_ref_stats(ref_path)
+    if network is not None:
+        missing = [pkl for pkl in plan.pkls if not is_url(pkl) and not os.path.isfile(pkl)]
+        if missing:
+            raise UserError(f'--network={missing[0]}: no such file')
+    det = load_fid_detector(device_obj, detector, detector_sha256, fast)
+    scoring = Scoring(ref_path, mu_ref, sigma_ref, detector, det, device_obj)
+
+    results: list[dict] = []
+    if image_path is not None:
+        results.append(score_images(scoring, dataset, image_path, num=plan.num, repeats=repeats, seed=plan.seed,
+                                    max_batch_size=max_batch_size, num_workers=num_workers))
+    else:
+        with plan.outputs.claim(plan.images_record):
+            for pkl in plan.pkls:
+                subdir = outdir
+                if outdir is not None and plan.is_rundir:
+                    subdir = os.path.join(outdir, os.path.splitext(os.path.basename(pkl))[0])
+                results.append(score_network(scoring, pkl, plan.seed_sets, num=plan.num, outdir=subdir,
+                                             each=(repeats > 1 or plan.is_rundir), max_batch_size=max_batch_size,
+                                             sampler_kwargs=sampler_kwargs))
+    if dist.get_rank() == 0 and json_path is not None:
+        for rec in results:
+            append_json(json_path, rec)
+    return plan, results
+
+#----------------------------------------------------------------------------
+# fid.py ref: statistics of every image of a dataset, written by rank 0.
+# Joins the process group; the caller leaves it.
+
+def ref_stats(dataset_path: str, dest_path: str, *, detector: str, detector_sha256: str | None, max_batch_size: int,
+              num_workers: int, device: str | None, fast: bool) -> None:
+    outputs = ToolOutputs('fid.py ref', [OutputFile(dest_path, '--dest')], [(dataset_path, '--data'), (detector, '--detector')])
+    outputs.check()
+    dataset = open_image_dataset(dataset_path)
+    check_image_count(dataset_path, len(dataset), len(dataset), 1)
+    device_obj, det = setup_detector(device, detector, detector_sha256, fast)
+    dist.print0(f'Calculating statistics of {len(dataset)} images from "{dataset_path}"...')
+    mu, sigma = dataset_stats(dataset, range(len(dataset)), det, max_batch_size=max_batch_size,
+                              num_workers=num_workers, device=device_obj)
+    dist.print0(f'Writing reference statistics to "{dest_path}"...')
+    if dist.get_rank() == 0:
+        save_ref_stats(dest_path, mu, sigma)
+    dist.barrier()
 
 #----------------------------------------------------------------------------
