@@ -22,7 +22,8 @@
 #   3. denoise.py --fast of 256 observations (sigma 0.59) with step 2's snapshot;
 #   4. the CUDA tests (tests/test_cuda.py);
 #   5. with --levers: the training step at batch 512 (both paths), and the fast step with one setting changed
-#      at a time (the [1, 1] resampling as convolutions again; compile mode max-autotune-no-cudagraphs).
+#      at a time (each block of the network compiled on its own, for a shorter cold compile; the [1, 1]
+#      resampling as convolutions again; compile mode max-autotune-no-cudagraphs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,6 +98,8 @@ step "pytest tests/test_cuda.py" 90 "$py" -m pytest -q -p no:cacheprovider tests
 # 5. Levers, one setting at a time, on the training step.
 if [ "$levers" = 1 ]; then
     step "lever: batch 512, both paths" 240 "${bench[@]}" --what=train --compare --batch=512 --seconds=8 --timeout=200
+    step "lever: regional compilation (the blocks one by one)" 240 "${bench[@]}" --what=train --path=fast --seconds=6 \
+        --timeout=200 --set=compile_regions=true
     step "lever: [1, 1] resampling as convolutions" 240 "${bench[@]}" --what=train --path=fast --seconds=6 \
         --timeout=200 --set=pool_resample=false
     step "lever: compile mode max-autotune-no-cudagraphs" 300 "${bench[@]}" --what=train --path=fast --seconds=6 \

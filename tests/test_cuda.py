@@ -51,6 +51,23 @@ def test_compiled_training_step_on_the_gpu(tmp_path):
     assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
     assert not counters['graph_break'], dict(counters['graph_break'])
 
+# The same step with each block compiled on its own (compile_regions): one
+# graph per distinct block shape, none after the first step, no break.
+def test_regionally_compiled_training_step_on_the_gpu(tmp_path):
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    data = bench.write_image_zip(str(tmp_path / 'data.zip'), 64, 32)
+    runner = bench.train_runner('tiny', 'fast', torch.device('cuda'), 32, data,
+                                fast_lib.fast_settings('cuda', compile_regions=True), augment=0.12)
+    runner.run()
+    graphs = counters['stats']['unique_graphs']
+    for _ in range(6):
+        runner.run()
+    torch.cuda.synchronize()
+    assert 1 < graphs == counters['stats']['unique_graphs'], dict(counters['stats'])
+    assert not counters['graph_break'], dict(counters['graph_break'])
+
 #----------------------------------------------------------------------------
 # Sampling on the fast path stays close to the faithful path.
 

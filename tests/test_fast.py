@@ -178,3 +178,45 @@ def test_train_fast_compiles_once_per_run(tmp_path, monkeypatch):
     assert len(re.findall(r'^tick ', result.output, flags=re.M)) == 2  # 10 steps, refreshes among them.
     assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
     assert not counters['graph_break'], dict(counters['graph_break'])
+
+#----------------------------------------------------------------------------
+# Regional compilation (compile_regions, a lever of bench.py --set): the
+# network's blocks compiled one by one in place, the state-dict names kept,
+# the loss and gradients those of the eager network, no graph break, and no
+# compiling after the first step.
+
+@pytest.mark.skipif(not hasattr(torch.nn.Module, 'compile'), reason='torch.nn.Module.compile needs torch >= 2.2')
+def test_regional_compile_computes_what_the_network_computes():
+    import copy
+
+    from torch._dynamo.utils import counters
+    from training.loss import EDMLoss
+    from training.networks import EDMPrecond, UNetBlock
+    from training.training_loop import loss_function
+    torch.manual_seed(0)
+    net = EDMPrecond(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=8, channel_mult=[1, 2],
+                     num_blocks=1, attn_resolutions=[4], dropout=0)
+    regional = copy.deepcopy(net)
+    keys = list(net.state_dict())
+    settings = fast_lib.fast_settings('cpu', compile=True, compile_backend='aot_eager', compile_regions=True)
+    torch._dynamo.reset()
+    counters.clear()
+    images, labels = torch.randn(4, 3, 8, 8), torch.zeros(4, 0)
+    losses = []
+    for model, fast in ((net, None), (regional, settings)):
+        compute_loss = loss_function(EDMLoss(), model, None, fast)
+        torch.manual_seed(1)
+        graphs = []
+        for _ in range(2):
+            loss = compute_loss(images, labels).sum()
+            loss.backward()
+            graphs.append(counters['stats']['unique_graphs'])
+        losses.append(loss.detach())
+        assert graphs[1] == graphs[0]  # Nothing compiled after the first step.
+    assert list(regional.state_dict()) == keys
+    blocks = [m for m in regional.modules() if isinstance(m, UNetBlock)]
+    assert 1 < counters['stats']['unique_graphs'] <= len(blocks), dict(counters['stats'])
+    assert not counters['graph_break'], dict(counters['graph_break'])
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for p, q in zip(net.parameters(), regional.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)

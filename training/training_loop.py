@@ -32,6 +32,7 @@ from torch_utils import edm_state, misc, persistence, training_stats
 from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
 from training import resume, run_files
+from training.networks import UNetBlock
 from training.dataset import images_to_float
 from training.extra_data import ExtraData, make_extra_data, split_batch, start_batches
 
@@ -331,11 +332,14 @@ def training_step(
 # eager: the augmentation's padding depends on the values drawn, which would
 # break the graph and recompile it at every step; eager, the random numbers
 # are also the faithful path's. One graph is compiled per run, with every
-# graph break an error (DDP's own bucket split aside).
+# graph break an error (DDP's own bucket split aside); with compile_regions,
+# one per distinct shape of the network's blocks (torch_utils/fast.py).
 def loss_function(loss_fn: Callable, ddp: torch.nn.Module, augment_pipe: Any,
                   fast: FastSettings | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     net = ddp
-    if fast is not None and fast.compile:
+    if fast is not None and fast.compile and fast.compile_regions:
+        fast_lib.compile_regions(ddp, fast, UNetBlock)
+    elif fast is not None and fast.compile:
         is_ddp = isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
         net = fast_lib.compile_module(ddp, fast, fullgraph=not is_ddp)
     def compute_loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
