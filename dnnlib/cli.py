@@ -62,8 +62,6 @@ class FiniteFloat(click.FloatRange):
         return result
 
 #----------------------------------------------------------------------------
-
-#----------------------------------------------------------------------------
 # Another tool's arguments, parsed as that tool parses them (a tool checks the
 # options it passes on before running the step): `required` stands in for the
 # options the caller sets, and `set_here` names the parameters it sets itself,

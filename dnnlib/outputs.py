@@ -475,9 +475,8 @@ class ToolOutputs:
         if not dirs or dirs[0].path is None:
             return contextlib.nullcontext()
         path = dirs[0].path
-        if has_outputs is None:
-            has_outputs = lambda: any_file(path, suffixes)  # noqa: E731
         return OutputClaim(path, dirs[0].option, dirs[0].record_name, record, command=self.command, create=create,
-                           has_outputs=has_outputs, ignore=ignore, markers=dirs[0].markers)
+                           has_outputs=has_outputs or (lambda: any_file(path, suffixes)), ignore=ignore,
+                           markers=dirs[0].markers)
 
 #----------------------------------------------------------------------------

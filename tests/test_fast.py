@@ -185,7 +185,6 @@ def test_train_fast_compiles_once_per_run(tmp_path, monkeypatch):
 # the loss and gradients those of the eager network, no graph break, and no
 # compiling after the first step.
 
-@pytest.mark.skipif(not hasattr(torch.nn.Module, 'compile'), reason='torch.nn.Module.compile needs torch >= 2.2')
 def test_regional_compile_computes_what_the_network_computes():
     import copy
 

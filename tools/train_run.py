@@ -278,6 +278,9 @@ def resume_point(opts: dnnlib.EasyDict, c: dnnlib.EasyDict, claim: RunClaim) -> 
 # The run directory: the one continued, or a new one in --outdir named after
 # the dataset and the options (EDM's names; rank 0 chooses).
 
+def precision(opts: dnnlib.EasyDict) -> str:
+    return 'fp16' if opts.fp16 else 'bf16' if opts.bf16 else 'fp32'
+
 def run_description(opts: dnnlib.EasyDict, dataset_name: str) -> str:
     cond_str = 'cond' if opts.cond else 'uncond'
     desc = f'{dataset_name}-{cond_str}-{opts.arch}-{opts.precond}-gpus{dist.get_world_size()}-batch{opts.batch}-{precision(opts)}'
@@ -288,9 +291,6 @@ def run_description(opts: dnnlib.EasyDict, dataset_name: str) -> str:
             raise UserError(f'--desc={opts.desc}: must be a plain name (it ends the run directory\'s name)')
         desc += f'-{opts.desc}'
     return desc
-
-def precision(opts: dnnlib.EasyDict) -> str:
-    return 'fp16' if opts.fp16 else 'bf16' if opts.bf16 else 'fp32'
 
 # The run writes apart from its inputs (continuing a run in its own directory
 # is not writing into an input), into a directory that is new, empty or
@@ -322,7 +322,7 @@ def show_options(opts: dnnlib.EasyDict, c: dnnlib.EasyDict, device: torch.device
     summary += [('Class-conditional', opts.cond),
                ('Network architecture', opts.arch), ('Preconditioning & loss', opts.precond),
                ('Number of processes', dist.get_world_size()), ('Device', device), ('Batch size', opts.batch),
-               ('Mixed-precision', precision(opts) if precision(opts) != 'fp32' else False), ('Fast path', opts.fast)]
+               ('Mixed-precision', precision(opts) if opts.fp16 or opts.bf16 else False), ('Fast path', opts.fast)]
     for label, value in summary:
         dist.print0(f'{label + ":":<25}{value}')
     for note in notes:

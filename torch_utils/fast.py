@@ -45,8 +45,6 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from dnnlib.util import UserError
-
 #----------------------------------------------------------------------------
 # The settings of the fast path on one device: plain data (recorded by
 # bench.py), with per-field overrides for tests and experiments.
@@ -74,11 +72,13 @@ def fast_settings(device: torch.device | str, **overrides: Any) -> FastSettings:
         bf16 = torch.cuda.is_bf16_supported()
         settings = FastSettings(dtype='bfloat16' if bf16 else 'float16', channels_last=True, compile=True,
                                 compile_backend='inductor', compile_mode=None, compile_regions=False,
-                                pool_resample=True, tf32=True, optimizer='fused', pin_memory=True, background_io=True, device_batch=True,
+                                pool_resample=True, tf32=True, optimizer='fused', pin_memory=True, background_io=True,
+                                device_batch=True,
                                 stop_poll_steps=16)
     else:
         settings = FastSettings(dtype=None, channels_last=False, compile=False, compile_backend='inductor',
-                                compile_mode=None, compile_regions=False, pool_resample=False, tf32=False, optimizer='foreach',
+                                compile_mode=None, compile_regions=False, pool_resample=False, tf32=False,
+                                optimizer='foreach',
                                 pin_memory=False, background_io=True, device_batch=False, stop_poll_steps=16)
     return dataclasses.replace(settings, **overrides)
 
@@ -129,17 +129,14 @@ def compile_module(module: torch.nn.Module, settings: FastSettings, fullgraph: b
 # (dynamo would otherwise turn the sizes of the second block shape into
 # symbols), and dynamo's limit on recompiles of one function, which every
 # further block shape uses up, is raised to the number of blocks.
-def compile_regions(module: torch.nn.Module, settings: FastSettings, region_type: type) -> int:
-    """Compile the `region_type` modules of `module` in place; returns how many."""
-    if not hasattr(torch.nn.Module, 'compile'):
-        raise UserError(f'compile_regions needs torch.nn.Module.compile (PyTorch 2.2 or later), not {torch.__version__}')
+def compile_regions(module: torch.nn.Module, settings: FastSettings, region_type: type) -> None:
+    """Compile the `region_type` modules of `module` in place."""
     from torch._dynamo import config as dynamo_config
     regions = [m for m in module.modules() if isinstance(m, region_type)]
     for m in regions:
         m.compile(backend=settings.compile_backend, mode=settings.compile_mode, fullgraph=True, dynamic=False)
     name = 'recompile_limit' if hasattr(dynamo_config, 'recompile_limit') else 'cache_size_limit'
     setattr(dynamo_config, name, max(getattr(dynamo_config, name), len(regions)))
-    return len(regions)
 
 def to_memory_format(module: torch.nn.Module, settings: FastSettings) -> torch.nn.Module:
     return module.to(memory_format=torch.channels_last) if settings.channels_last else module

@@ -338,7 +338,7 @@ def loss_function(loss_fn: Callable, ddp: torch.nn.Module, augment_pipe: Any,
                   fast: FastSettings | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     net = ddp
     if fast is not None and fast.compile and fast.compile_regions:
-        fast_lib.compile_regions(ddp, fast, UNetBlock)
+        fast_lib.compile_regions(ddp, fast, UNetBlock)  # In place: `net` stays the module called.
     elif fast is not None and fast.compile:
         is_ddp = isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
         net = fast_lib.compile_module(ddp, fast, fullgraph=not is_ddp)
