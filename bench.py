@@ -41,7 +41,7 @@ def _stage_list(_ctx: click.Context, _param: click.Parameter, value: str) -> lis
 @click.option('--set', 'overrides', help='Change one fast-path setting for an experiment, e.g. --set=pool_resample=false (torch_utils/fast.py FastSettings; repeatable)', metavar='KEY=VALUE', type=str, multiple=True)
 @click.option('--profile',      help='Add a torch.profiler breakdown of each path\'s training step (device time per kind of work) to its record', is_flag=True)
 @click.option('--timeout',      help='Longest warm-up of one stage and path (compiling included); past it, or past twice the timed blocks\' plan, bench stops with one line and writes every thread\'s stack to a file', metavar='SEC', type=FiniteFloat(min=0, min_open=True), default=900, show_default=True)
-@click.option('--json', 'json_path', help='Append one JSON record per stage and path to this file', metavar='FILE', type=str)
+@click.option('--json', 'json_path', help='Append one JSON record per stage and path to this file, each stage as soon as it is measured', metavar='FILE', type=str)
 @click.option('--markdown',     help='Measure nothing: print the records of this JSON-lines file as docs/performance.md\'s tables', metavar='FILE', type=click.Path(exists=True, dir_okay=False))
 @report_user_errors
 def main(what: list[str], device: str | None, config: str, batch: int | None, seconds: float, compare: bool,
@@ -74,16 +74,17 @@ def main(what: list[str], device: str | None, config: str, batch: int | None, se
     threads = os.environ.get('OMP_NUM_THREADS')
     print(f'Benchmarking {",".join(what)} ({config}) on {bench.device_name(device_obj)}, '
           f'{torch.get_num_threads()} threads (OMP_NUM_THREADS={threads})...', flush=True)
+    def write(stage_records: list[dict]) -> None:  # Each stage as it ends: a later stall loses nothing.
+        if json_path is not None:
+            bench.append_records(json_path, stage_records, command=command)
+            print(f'Appended {len(stage_records)} records to "{json_path}".', flush=True)
     records = bench.run_benchmark(what=what, device=device_obj, config=config, batch=batch, seconds=seconds,
                                   compare=compare, path=path, detector=detector, peak=peak_tflops,
                                   fast_overrides=fast_overrides, augment=augment, profile=profile, timeout=timeout,
                                   stall_dir=os.path.dirname(os.path.abspath(json_path)) if json_path else '.',
-                                  log=lambda line: print(line, flush=True))
+                                  log=lambda line: print(line, flush=True), on_records=write)
     print()
     print(bench.format_table(records))
-    if json_path is not None:
-        bench.append_records(json_path, records, command=command)
-        print(f'Appended {len(records)} records to "{json_path}".')
 
 #----------------------------------------------------------------------------
 

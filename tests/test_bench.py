@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import bench as bench_cli
 from tools import bench
+from torch_utils import fast as fast_lib
 
 FIELDS = ('what', 'path', 'config', 'device', 'device_name', 'dtype', 'batch', 'img_per_s', 'flop_per_img', 'tflops',
           'mfu', 'peak_mem_gb')
@@ -114,9 +115,32 @@ def test_a_stalled_measurement_is_one_line_with_a_stack_file(tmp_path):
     dump = tmp_path / 'bench-stalled-train-fast.txt'
     assert str(dump) in message and 'test_bench.py' in dump.read_text()
 
+def test_records_are_written_stage_by_stage(tmp_path, monkeypatch):
+    # A stage that stalls after another has been measured: the finished stage's records are in the
+    # file already, and the command ends with the stall's one line.
+    real_measure, calls = bench.measure, []
+    def measure(runners, *args, **kwargs):
+        calls.append(runners[0].what)
+        if len(calls) == 2:
+            raise bench.UserError(f'bench: {runners[0].what} on the fast path did not finish its warm-up within 1 s')
+        return real_measure(runners, *args, **kwargs)
+    monkeypatch.setattr(bench, 'measure', measure)
+    out = tmp_path / 'out.jsonl'
+    result = CliRunner().invoke(bench_cli.main, ['--device=cpu', '--config=tiny', '--what=train,generate',
+                                                 '--compare', '--seconds=0.01', f'--json={out}'])
+    assert result.exit_code == 1 and 'Error: bench: generate on the fast path did not finish' in result.output
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r['what'], r['path']) for r in written] == [('train', 'faithful'), ('train', 'fast')]
+    assert written[1]['speedup'] > 0 and written[0]['command'].startswith('python bench.py')
+
 def test_settings_overrides_augmentation_profile_and_compile_counts(micro, tmp_path):
     assert bench.parse_overrides(['pool_resample=false', 'compile_mode=none', 'stop_poll_steps=4', 'dtype=bfloat16']) == \
         dict(pool_resample=False, compile_mode=None, stop_poll_steps=4, dtype='bfloat16')
+    assert bench.parse_overrides(['cudnn_benchmark_limit=0']) == dict(cudnn_benchmark_limit=0)
+    assert bench.parse_overrides(['cudnn_benchmark_limit=none']) == dict(cudnn_benchmark_limit=None)
+    fast = bench.numerics_for('train', fast_lib.fast_settings('cpu', cudnn_benchmark_limit=0))
+    assert fast['cudnn_benchmark'] and fast['cudnn_benchmark_limit'] == 0
+    assert bench.numerics_for('train', None)['cudnn_benchmark_limit'] == fast_lib.PYTORCH_CUDNN_BENCHMARK_LIMIT
     for bad in ('pool_resample', 'no_such=1', 'compile=maybe', 'stop_poll_steps=x'):
         with pytest.raises(bench.UserError, match=f'--set={bad}'):
             bench.parse_overrides([bad])
@@ -133,11 +157,31 @@ def test_settings_overrides_augmentation_profile_and_compile_counts(micro, tmp_p
     assert 'train fast profile:' in table and 'conv forward' in table
     result = CliRunner().invoke(bench_cli.main, ['--device=cpu', '--set=nothing=1'])
     assert result.exit_code == 1 and 'Error: --set=nothing=1' in result.output
+    for bad, said in [('cudnn_benchmark_limit=-1', '0 (every algorithm) or more'), ('optimizer=sgd', 'fused or foreach')]:
+        result = CliRunner().invoke(bench_cli.main, ['--device=cpu', f'--set={bad}'])
+        assert result.exit_code == 1 and f'Error: --set: {bad}: {said}' in result.output
 
-def test_the_gpu_check_script_explains_itself():
-    import subprocess
-    from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / 'scripts' / 'gpu_check.sh'
-    assert subprocess.run(['bash', '-n', str(script)]).returncode == 0
-    result = subprocess.run(['bash', str(script), '--help'], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0 and 'OUTDIR/summary.md' in result.stdout and 'minutes on one H200' in result.stdout
+def test_markdown_tables_of_records(tmp_path):
+    # docs/performance.md's tables: one per bench.py run (its device, date and command), the compile
+    # counts in the notes where something was compiled, the Frechet rows as a list.
+    common = dict(config='cifar10', device='cuda', device_name='NVIDIA H200', date='2026-12-05T10:00:00+00:00',
+                  torch='2.11.0', threads=16, omp_num_threads=None, load=[0.5, 0.4, 0.3], flop_per_img=127e9,
+                  peak_mem_gb=18.0, warmup_s=2.0, command='python bench.py --what=train --compare')
+    records = [dict(common, what='train', path='faithful', dtype='float16', batch=256, img_per_s=1612.0, tflops=204.7,
+                    mfu=0.207),
+               dict(common, what='train', path='fast', dtype='bfloat16', batch=256, img_per_s=3300.0, tflops=419.1,
+                    mfu=0.424, speedup=2.047, warmup_s=95.0, compiled_graphs=1, recompiled_graphs=0, graph_breaks=0),
+               dict(common, what='frechet', formula='eigh', dim=2048, seconds=1.5, speedup=3.9, rel_diff=2e-16,
+                    command='python bench.py --what=frechet')]
+    path = tmp_path / 'records.jsonl'
+    bench.append_records(str(path), records)
+    result = CliRunner().invoke(bench_cli.main, [f'--markdown={path}'])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert '**NVIDIA H200** (cuda, 16 threads, OMP_NUM_THREADS=None), 2026-12-05T10:00:00+00:00, torch 2.11.0' in text
+    assert '`python bench.py --what=train --compare`' in text and '`python bench.py --what=frechet`' in text
+    rows = [line for line in text.splitlines() if line.startswith('| train')]
+    assert rows[0].startswith('| train | faithful | cifar10 | float16 | 256 | 1.61e+03 | 127 |') and '20.7%' in rows[0]
+    assert '| 2.05x |' in rows[1] and 'warm-up 95.0 s; compiled graphs 1, recompiled after the warm-up 0' in rows[1]
+    assert 'compiled graphs' not in rows[0]
+    assert '- Frechet distance, 2048 features, eigh: 1.50 s (3.9x faster, relative difference 2.0e-16)' in text

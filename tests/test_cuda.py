@@ -80,3 +80,11 @@ def test_fast_sampling_network_stays_close():
         result = fast(x, sigma)
     assert result.dtype == torch.float32 and torch.isfinite(result).all()
     assert (result - reference).abs().max().item() < 0.05
+
+# The fast sampling network times cuDNN's algorithms, as many as its settings say.
+def test_fast_sampling_sets_cudnn_search(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark_limit', fast_lib.PYTORCH_CUDNN_BENCHMARK_LIMIT)
+    settings = fast_lib.fast_settings('cuda', compile=False, cudnn_benchmark_limit=0)
+    fast_lib.prepare_sampling_network(small_ddpmpp(), settings)
+    assert torch.backends.cudnn.benchmark and torch.backends.cudnn.benchmark_limit == 0

@@ -31,6 +31,23 @@ def test_cpu_settings_and_overrides():
     assert forced.dtype == 'bfloat16' and forced.compile and forced.optimizer == 'foreach'
     with pytest.raises(TypeError):
         fast_lib.fast_settings('cpu', no_such_field=1)
+    for bad in (dict(dtype='float8'), dict(optimizer='sgd'), dict(stop_poll_steps=0), dict(cudnn_benchmark_limit=-1)):
+        key, value = next(iter(bad.items()))
+        with pytest.raises(ValueError, match=f'^{key}={value}: '):
+            fast_lib.fast_settings('cpu', **bad)
+
+# cuDNN's algorithm search: set only where the settings name a limit and cuDNN is there.
+def test_cudnn_benchmark_limit(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark_limit', 7)
+    monkeypatch.setattr(torch.backends.cudnn, 'is_available', lambda: True)
+    fast_lib.set_cudnn_benchmark_limit(None)
+    fast_lib.set_cudnn_benchmark_limit(fast_lib.fast_settings('cpu'))
+    assert torch.backends.cudnn.benchmark_limit == 7
+    fast_lib.set_cudnn_benchmark_limit(fast_lib.fast_settings('cpu', cudnn_benchmark_limit=0))
+    assert torch.backends.cudnn.benchmark_limit == 0
+    monkeypatch.setattr(torch.backends.cudnn, 'is_available', lambda: False)
+    fast_lib.set_cudnn_benchmark_limit(fast_lib.fast_settings('cpu', cudnn_benchmark_limit=3))
+    assert torch.backends.cudnn.benchmark_limit == 0
 
 def test_compute_dtype_is_set_on_the_live_network_only(tmp_path):
     from torch_utils import persistence

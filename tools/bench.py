@@ -222,19 +222,25 @@ class Runner:
     seconds:    float = 0
     peak_bytes: int = 0
 
-def set_numerics(numerics: dict[str, bool]) -> None:
+def set_numerics(numerics: dict[str, Any]) -> None:
     torch.backends.cuda.matmul.allow_tf32 = numerics['matmul_tf32']
     torch.backends.cudnn.allow_tf32 = numerics['cudnn_tf32']
     torch.backends.cudnn.benchmark = numerics['cudnn_benchmark']
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark_limit = numerics['cudnn_benchmark_limit']
 
 # The faithful tools' switches: training turns TF32 off (EDM), sampling and FID
-# keep PyTorch's defaults; the fast path allows TF32 where its settings say.
-def numerics_for(what: str, fast: FastSettings | None) -> dict[str, bool]:
+# keep PyTorch's defaults; the fast path allows TF32 where its settings say,
+# and times cuDNN's algorithms as many as its settings say (PyTorch's 10 else).
+def numerics_for(what: str, fast: FastSettings | None) -> dict[str, Any]:
+    limit = fast_lib.PYTORCH_CUDNN_BENCHMARK_LIMIT
     if fast is not None:
-        return dict(matmul_tf32=fast.tf32, cudnn_tf32=fast.tf32, cudnn_benchmark=True)
+        if fast.cudnn_benchmark_limit is not None:
+            limit = fast.cudnn_benchmark_limit
+        return dict(matmul_tf32=fast.tf32, cudnn_tf32=fast.tf32, cudnn_benchmark=True, cudnn_benchmark_limit=limit)
     if what == 'train':
-        return dict(matmul_tf32=False, cudnn_tf32=False, cudnn_benchmark=True)
-    return dict(matmul_tf32=False, cudnn_tf32=True, cudnn_benchmark=False)
+        return dict(matmul_tf32=False, cudnn_tf32=False, cudnn_benchmark=True, cudnn_benchmark_limit=limit)
+    return dict(matmul_tf32=False, cudnn_tf32=True, cudnn_benchmark=False, cudnn_benchmark_limit=limit)
 
 def uses_tf32(runner: Runner) -> bool:
     return runner.numerics['matmul_tf32'] or runner.numerics['cudnn_tf32']
@@ -616,6 +622,10 @@ def check_inputs(what: Sequence[str], device: str | None, detector: str, overrid
         raise UserError(str(e) if str(e).startswith('--device') else f'--device={device}: {e}') from None
     ToolOutputs('bench.py', [OutputFile(json_path, '--json')]).check()
     fast_overrides = parse_overrides(overrides)
+    try:
+        fast_lib.fast_settings(device_obj, **fast_overrides)
+    except ValueError as e:
+        raise UserError(f'--set: {e}') from None
     if 'fid' in what and detector not in (DEFAULT_DETECTOR, STANDIN_DETECTOR) and not is_url(detector) \
             and not os.path.isfile(detector):
         raise UserError(f'--detector={detector}: no such file')
@@ -642,17 +652,17 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise UserError(f'--set={item}: expected KEY=VALUE with KEY one of {", ".join(fields)}')
         kind = str(fields[key].type)
         lowered = text.strip().lower()
-        if kind.startswith('bool'):
+        if lowered in ('none', 'null', '') and 'None' in kind:
+            value: Any = None
+        elif kind.startswith('bool'):
             if lowered not in ('true', 'false', '1', '0', 'yes', 'no'):
                 raise UserError(f'--set={item}: {key} is true or false')
-            value: Any = lowered in ('true', '1', 'yes')
+            value = lowered in ('true', '1', 'yes')
         elif kind.startswith('int'):
             try:
                 value = int(text)
             except ValueError:
                 raise UserError(f'--set={item}: {key} is a whole number') from None
-        elif lowered in ('none', 'null', '') and 'None' in kind:
-            value = None
         else:
             value = text.strip()
         overrides[key] = value
@@ -679,6 +689,7 @@ def run_benchmark(
     timeout:      float = 900,              # Longest warm-up of one path (compiling included), in seconds.
     stall_dir:    str | None = None,        # Where the stacks of a stalled measurement go; None = the temp folder.
     log:          Callable[[str], None] = print,
+    on_records:   Callable[[list[dict[str, Any]]], None] | None = None, # Called with each stage's records as it ends.
 ) -> list[dict[str, Any]]:
     device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     unknown = [w for w in what if w not in STAGES + EXTRA_STAGES]
@@ -702,7 +713,10 @@ def run_benchmark(
         for stage in what:
             if stage == 'frechet':
                 log('frechet: timing both formulas once at 2048 features...')
-                records += [dict(common, **r, load=list(os.getloadavg())) for r in frechet_records()]
+                stage_records = [dict(common, **r, load=list(os.getloadavg())) for r in frechet_records()]
+                records += stage_records
+                if on_records is not None:
+                    on_records(stage_records)
                 continue
             log(f'{stage}: setting up {" and ".join(paths)}...')
             load_before = os.getloadavg()
@@ -760,6 +774,8 @@ def run_benchmark(
                 fast_record['speedup'] = round(fast_record['img_per_s'] / faithful['img_per_s'], 3)
                 if stage in ('denoise', 'generate'):
                     fast_record.update(png_difference(runners[0].extra['outdir'], runners[1].extra['outdir']) or {})
+            if on_records is not None:
+                on_records(records[-len(runners):])
             del runners
     return records
 
@@ -843,6 +859,9 @@ def markdown_tables(records: Sequence[dict[str, Any]]) -> str:
                     notes.append(f'detector: {r.get("detector")}; statistics and distance {r.get("frechet_s")} s; '
                                  f'50,000 images: {r.get("fid_50k_s")} s')
                 notes.append(f'warm-up {r["warmup_s"]:.1f} s')
+                if r.get('compiled_graphs') or r.get('recompiled_graphs') or r.get('graph_breaks'):
+                    notes.append(f'compiled graphs {r.get("compiled_graphs", 0)}, recompiled after the warm-up '
+                                 f'{r.get("recompiled_graphs", 0)}, graph breaks {r.get("graph_breaks", 0)}')
                 cells = [r['what'], r['path'], r['config'], r['dtype'], str(r['batch']), f'{r["img_per_s"]:.3g}',
                          f'{r["flop_per_img"] / 1e9:.3g}', f'{r["tflops"]:.3g}',
                          '-' if r['mfu'] is None else f'{r["mfu"]:.1%}', f'{r["peak_mem_gb"]:.2f}',

@@ -20,6 +20,8 @@ another. The choices below were measured with bench.py (docs/performance.md):
                               replaced only when the norm says
                               there are any
     TF32 matmuls/convolutions allowed                              -
+    cuDNN algorithm search    benchmark mode (training and         -
+                              sampling), PyTorch's limit of 10
     Adam                      fused kernel                         foreach kernels
     weight average (EMA)      one foreach lerp                     one foreach lerp
     host <-> device copies    pinned memory, non-blocking          -
@@ -51,19 +53,30 @@ import torch
 
 @dataclasses.dataclass(frozen=True)
 class FastSettings:
-    dtype:            str | None    # Network compute dtype: 'bfloat16', 'float16', or None for float32.
-    channels_last:    bool          # Networks and their image inputs in channels-last memory format?
-    compile:          bool          # torch.compile the network (sampling and training)?
-    compile_backend:  str           # torch.compile backend: 'inductor'; 'aot_eager' needs no C compiler (tests).
-    compile_mode:     str | None    # torch.compile mode, e.g. 'max-autotune-no-cudagraphs'; None = the default.
-    compile_regions:  bool          # Training: compile each block of the network on its own instead of the whole?
-    pool_resample:    bool          # [1, 1] resampling filters as average pooling and nearest upsampling?
-    tf32:             bool          # Allow TF32 in float32 matmuls and convolutions?
-    optimizer:        str           # Adam implementation: 'fused' or 'foreach'.
-    pin_memory:       bool          # Pinned host buffers and non-blocking copies?
-    background_io:    bool          # Read inputs and write PNGs on background threads?
-    device_batch:     bool          # Size sampling batches to the free device memory?
-    stop_poll_steps:  int           # With several processes, poll the stop flag every this many steps.
+    dtype:                 str | None    # Network compute dtype: 'bfloat16', 'float16', or None for float32.
+    channels_last:         bool          # Networks and their image inputs in channels-last memory format?
+    compile:               bool          # torch.compile the network (sampling and training)?
+    compile_backend:       str           # torch.compile backend: 'inductor'; 'aot_eager' needs no C compiler (tests).
+    compile_mode:          str | None    # torch.compile mode, e.g. 'max-autotune-no-cudagraphs'; None = the default.
+    compile_regions:       bool          # Training: compile each block of the network on its own instead of the whole?
+    pool_resample:         bool          # [1, 1] resampling filters as average pooling and nearest upsampling?
+    tf32:                  bool          # Allow TF32 in float32 matmuls and convolutions?
+    optimizer:             str           # Adam implementation: 'fused' or 'foreach'.
+    pin_memory:            bool          # Pinned host buffers and non-blocking copies?
+    background_io:         bool          # Read inputs and write PNGs on background threads?
+    device_batch:          bool          # Size sampling batches to the free device memory?
+    stop_poll_steps:       int           # With several processes, poll the stop flag every this many steps.
+    cudnn_benchmark_limit: int | None    # cuDNN algorithms timed per convolution shape; 0 = all, None = PyTorch's (10).
+
+    def __post_init__(self) -> None:  # Overrides come from users (bench.py --set): name the bad one.
+        if self.dtype not in (None, 'float32', 'bfloat16', 'float16'):
+            raise ValueError(f'dtype={self.dtype}: float32, bfloat16, float16 or none')
+        if self.optimizer not in ('fused', 'foreach'):
+            raise ValueError(f'optimizer={self.optimizer}: fused or foreach')
+        if self.stop_poll_steps < 1:
+            raise ValueError(f'stop_poll_steps={self.stop_poll_steps}: at least 1')
+        if self.cudnn_benchmark_limit is not None and self.cudnn_benchmark_limit < 0:
+            raise ValueError(f'cudnn_benchmark_limit={self.cudnn_benchmark_limit}: 0 (every algorithm) or more')
 
 def fast_settings(device: torch.device | str, **overrides: Any) -> FastSettings:
     """The fast path's choices for `device` (see the table above), with `overrides` applied."""
@@ -73,13 +86,13 @@ def fast_settings(device: torch.device | str, **overrides: Any) -> FastSettings:
         settings = FastSettings(dtype='bfloat16' if bf16 else 'float16', channels_last=True, compile=True,
                                 compile_backend='inductor', compile_mode=None, compile_regions=False,
                                 pool_resample=True, tf32=True, optimizer='fused', pin_memory=True, background_io=True,
-                                device_batch=True,
-                                stop_poll_steps=16)
+                                device_batch=True, stop_poll_steps=16, cudnn_benchmark_limit=None)
     else:
         settings = FastSettings(dtype=None, channels_last=False, compile=False, compile_backend='inductor',
                                 compile_mode=None, compile_regions=False, pool_resample=False, tf32=False,
                                 optimizer='foreach',
-                                pin_memory=False, background_io=True, device_batch=False, stop_poll_steps=16)
+                                pin_memory=False, background_io=True, device_batch=False, stop_poll_steps=16,
+                                cudnn_benchmark_limit=None)
     return dataclasses.replace(settings, **overrides)
 
 def torch_dtype(name: str | None) -> torch.dtype:
@@ -92,6 +105,16 @@ def torch_dtype(name: str | None) -> torch.dtype:
 def set_tf32(allow: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = allow
     torch.backends.cudnn.allow_tf32 = allow
+
+# How many of cuDNN's algorithms benchmark mode times for each convolution
+# shape (cuDNN's v8 interface; PyTorch's default is 10, 0 tries them all).
+# Nearly all of DDPM++'s arithmetic is convolutions, so the fastest algorithm
+# matters; a lever of bench.py (--set=cudnn_benchmark_limit=0).
+PYTORCH_CUDNN_BENCHMARK_LIMIT = 10
+
+def set_cudnn_benchmark_limit(settings: FastSettings | None) -> None:
+    if settings is not None and settings.cudnn_benchmark_limit is not None and torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark_limit = settings.cudnn_benchmark_limit
 
 # The networks of training/networks.py choose their compute dtype from their
 # use_fp16 / use_bf16 attributes (EDM's mechanism: weights are cast to the
@@ -157,6 +180,8 @@ def prepare_sampling_network(net: torch.nn.Module, settings: FastSettings) -> to
     net.eval().requires_grad_(False)
     if settings.tf32:
         set_tf32(True)
+    torch.backends.cudnn.benchmark = True  # Fixed shapes: the batches are padded to one size (below).
+    set_cudnn_benchmark_limit(settings)
     set_compute_dtype(net, settings.dtype)
     set_pool_resample(net, settings.pool_resample)
     net = to_memory_format(net, settings)

@@ -570,6 +570,7 @@ def training_loop(
     _seed_process(seed, rank)
     torch.backends.cudnn.benchmark = cudnn_benchmark
     fast_lib.set_tf32(fast_settings is not None and fast_settings.tf32)
+    fast_lib.set_cudnn_benchmark_limit(fast_settings)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
     # Batch split, data (with extra data: Online SFBD's buffer), network.

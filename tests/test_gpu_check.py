@@ -1,0 +1,99 @@
+"""scripts/gpu_check.sh, the prepared GPU check, run on the CPU at toy sizes (--smoke): every step
+runs and the summary says what issue 17 asks; the budget bounds the whole call; and the summary's
+library functions (tools/gpu_check.py) on their own."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tools import gpu_check
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'scripts' / 'gpu_check.sh'
+
+def run_script(*args: str, env: dict | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHON': sys.executable, **(env or {})}
+    env.pop('OUT', None)
+    return subprocess.run(['bash', str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+def test_the_script_explains_itself_and_refuses_bad_options(tmp_path):
+    assert subprocess.run(['bash', '-n', str(SCRIPT)]).returncode == 0
+    result = run_script('--help')
+    assert result.returncode == 0 and 'OUTDIR/summary.md' in result.stdout and '--budget' in result.stdout
+    assert 'nine minutes' in result.stdout
+    for args, message in (['--bogus'], 'unknown option --bogus'), (['--budget=9'], '--budget=9: a whole number'), \
+                         (['--budget=ten'], '--budget=ten: a whole number'):
+        result = run_script(str(tmp_path / 'out'), *args)
+        assert result.returncode == 2 and message in result.stderr and not (tmp_path / 'out').exists()
+
+#----------------------------------------------------------------------------
+# The whole check at toy sizes (about a minute and a half on one core).
+
+def test_smoke_run_of_every_step(tmp_path):
+    out = tmp_path / 'check'
+    result = run_script(str(out), '--smoke')
+    assert result.returncode == 0, result.stderr
+    summary = (out / 'summary.md').read_text()
+    steps = [line for line in summary.splitlines() if line.startswith('- ')]
+    assert len(steps) == 6 and all(': exit 0, ' in line for line in steps), summary
+    assert 'smoke run' in summary.splitlines()[0]
+    records = [json.loads(line) for line in (out / 'check.jsonl').read_text().splitlines()]
+    assert [(r['what'], r['path'], r['batch']) for r in records[:4]] == \
+        [('train', 'faithful', 16), ('train', 'fast', 16), ('train', 'faithful', 32), ('train', 'fast', 32)]
+    assert 'profile' in records[0] and 'profile' in records[1] and 'profile' not in records[2]
+    assert [r['what'] for r in records[4:]] == ['denoise', 'denoise', 'generate', 'generate', 'fid', 'fid']
+    # train.py's tick lines, its speed against bench.py's, and the tables and profiles.
+    assert '\ntick 1 ' in summary and '\ntick 2 ' in summary
+    assert "train.py --fast: " in summary and "% of bench.py's fast training step at batch 16" in summary
+    assert '| train | fast | tiny |' in summary and 'train fast profile:' in summary
+    assert 'denoise.py --fast' in (out / 'check.log').read_text()
+
+#----------------------------------------------------------------------------
+# The budget: a step that would outlast it is stopped at what is left, and
+# the steps after it are skipped, the summary still written.
+
+def test_the_budget_bounds_the_call(tmp_path):
+    slow_python = tmp_path / 'python'
+    slow_python.write_text(f'#!/bin/sh\ncase "$*" in *bench.py*) sleep 50 ;; esac\nexec "{sys.executable}" "$@"\n')
+    slow_python.chmod(0o755)
+    out = tmp_path / 'check'
+    start = time.monotonic()
+    result = run_script(str(out), '--smoke', '--levers', '--budget=60', env=dict(PYTHON=str(slow_python)))
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0 and elapsed < 60, (elapsed, result.stderr)
+    steps = [line for line in (out / 'summary.md').read_text().splitlines() if line.startswith('- ')]
+    assert len(steps) == 4 and re.match(r'- lever: cuDNN times every algorithm: stopped at its 2\d+s limit', steps[0])
+    assert all(': skipped, ' in line for line in steps[1:]), steps
+    assert 'No records: no bench.py step finished.' in (out / 'summary.md').read_text()
+
+#----------------------------------------------------------------------------
+# The summary's parts.
+
+LOG = '''Compiling the network (torch.compile, inductor) at the first step: on a GPU this takes about a minute, once per run.
+The first step, with compiling, took 95.0 s.
+tick 0     kimg 0.256     time 1m 36s       sec/tick 95.8    sec/kimg 374.22  maintenance 0.5
+tick 1     kimg 30.208    time 1m 50s       sec/tick 12.0    sec/kimg 0.40    maintenance 0.1
+tick 2     kimg 60.416    time 2m 02s       sec/tick 11.9    sec/kimg 0.3125  maintenance 0.0
+Exiting...
+'''
+
+def test_tick_speeds_and_the_verdict():
+    assert gpu_check.tick_speeds(LOG) == [(1, 2500.0), (2, 3200.0)]
+    assert gpu_check.run_lines(LOG)[:2] == LOG.splitlines()[:2] and len(gpu_check.run_lines(LOG)) == 5
+    records = [dict(what='train', path='faithful', batch=256, img_per_s=1600.0),
+               dict(what='train', path='fast', batch=512, img_per_s=9999.0),
+               dict(what='train', path='fast', batch=256, img_per_s=3400.0)]
+    verdict = gpu_check.train_py_verdict(LOG, records, 256)
+    assert verdict.startswith('train.py --fast: 3,200 img/s at tick 2, 94% of') and 'reaches the 90%' in verdict
+    assert 'falls short of the 90%' in gpu_check.train_py_verdict(LOG, [dict(records[2], img_per_s=4000.0)], 256)
+    assert 'no fast training step at batch 128' in gpu_check.train_py_verdict(LOG, records, 128)
+    assert 'no tick after the first' in gpu_check.train_py_verdict(LOG.split('tick 1')[0], records, 256)
+
+def test_the_summary_of_missing_files(tmp_path):
+    text = gpu_check.check_summary(str(tmp_path / 'none.jsonl'), str(tmp_path / 'no-log.txt'), 256)
+    assert 'train.py wrote no log.' in text and 'No records: no bench.py step finished.' in text
+    assert '## train.py' not in gpu_check.check_summary(str(tmp_path / 'none.jsonl'), '', 256)
