@@ -508,6 +508,8 @@ def test_torchrun_network(files, rundir, tmp_path):
     expected = direct_network_fid(nets[0], list(range(6)), files['ref_a'])
     assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
     record = json.loads(log.read_text())  # Written once, by rank 0.
-    assert record['world_size'] == 2 and record['fid'] == pytest.approx(expected, rel=1e-8)
+    # The ranks compute the detector's float32 features in other batches than the direct computation, which
+    # moves the last digits on some CPUs (1.5e-8 relative on an Intel Xeon).
+    assert record['world_size'] == 2 and record['fid'] == pytest.approx(expected, rel=1e-6)
 
 #----------------------------------------------------------------------------
