@@ -9,12 +9,11 @@ compiling included), so the last tick after the first gives the speed of the run
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Sequence
 
-from tools.bench import format_profile, markdown_tables
+from tools.bench import format_profile, markdown_tables, read_records
 
 TRAIN_PY_TARGET = 0.9   # train.py's speed against bench.py's, as issue 17 asks.
 
@@ -56,16 +55,10 @@ def train_py_verdict(log_text: str, records: Sequence[dict[str, Any]], batch: in
 # The whole summary, from the files the check wrote (either may be missing:
 # a step that ran out of time leaves less).
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding='utf-8') as f:
-        return [json.loads(line) for line in f if line.strip()]
-
 def check_summary(records_path: str, train_log_path: str, batch: int) -> str:
     """Markdown: train.py's lines and verdict (none when `train_log_path` is empty: the levers), then
     the records' tables and profiles."""
-    records = read_jsonl(records_path)
+    records = read_records(records_path, 'records') if os.path.isfile(records_path) else []
     parts = []
     if train_log_path:
         if os.path.isfile(train_log_path):
