@@ -1,7 +1,12 @@
 """torch_utils/fast.py: the fast path's settings, background I/O, batch padding and optimizer
 states, on the CPU."""
 
+import dataclasses
+import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -9,6 +14,8 @@ import pytest
 import torch
 
 from torch_utils import fast as fast_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Adam's fused kernel runs on the CPU from torch 2.4 on (on CUDA from 2.0): tests that use it on the CPU
 # need it (CI also runs them with the oldest declared torch, 2.1).
@@ -236,3 +243,57 @@ def test_regional_compile_computes_what_the_network_computes():
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
     for p, q in zip(net.parameters(), regional.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
+
+#----------------------------------------------------------------------------
+# The compile cache: inductor's code kept in the user's cache directory (a
+# TORCHINDUCTOR_CACHE_DIR of the user's own wins), so that the next run, a
+# new process as every SLURM job is, compiles from the cache.
+
+def test_compile_cache_location(tmp_path, monkeypatch):
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR', raising=False)
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'dnnlib'))
+    assert fast_lib.fast_settings('cpu').compile_cache == str(tmp_path / 'dnnlib' / 'torch-compile')
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path / 'own'))
+    assert fast_lib.fast_settings('cpu').compile_cache == str(tmp_path / 'own')
+    settings = fast_lib.fast_settings('cpu', compile=True, compile_cache=str(tmp_path / 'cache'))
+    assert fast_lib.use_compile_cache(settings) == str(tmp_path / 'cache')
+    assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == str(tmp_path / 'cache') and (tmp_path / 'cache').is_dir()
+    other = dataclasses.replace(settings, compile_backend='aot_eager', compile_cache=str(tmp_path / 'unused'))
+    assert fast_lib.use_compile_cache(other) is None and not (tmp_path / 'unused').exists()
+    assert fast_lib.use_compile_cache(dataclasses.replace(settings, compile_cache=None)) is None
+    (tmp_path / 'file').write_text('')
+    unwritable = dataclasses.replace(settings, compile_cache=str(tmp_path / 'file' / 'cache'))
+    with pytest.warns(UserWarning, match='torch.compile cache .*file'):
+        assert fast_lib.use_compile_cache(unwritable) is None
+    assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == str(tmp_path / 'cache')  # PyTorch's choice left as it was.
+
+COMPILE_TWICE = """
+import json, sys, torch
+from torch._dynamo.utils import counters
+from torch_utils import fast as fast_lib
+settings = fast_lib.fast_settings('cpu', compile=True, compile_cache=sys.argv[1])
+net = fast_lib.compile_module(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.SiLU()), settings)
+net(torch.randn(2, 4, requires_grad=True)).sum().backward()
+print(json.dumps(dict(counters['inductor'])))
+"""
+
+# Inductor on the CPU needs a C compiler (CI's machine has one): two processes
+# compile the same forward and backward; the second finds both in the cache.
+# (Inductor caches graphs by default from torch 2.4 on; CI also runs this file
+# with torch 2.1.)
+def inductor_caches_graphs() -> bool:
+    from torch._inductor import config
+    return bool(getattr(config, 'fx_graph_cache', False))
+
+@pytest.mark.skipif(not inductor_caches_graphs(), reason="this torch's inductor does not cache graphs by default")
+def test_a_second_process_compiles_from_the_cache(tmp_path):
+    runs = []
+    for _ in range(2):
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS='1')
+        env.pop('TORCHINDUCTOR_CACHE_DIR', None)
+        out = subprocess.run([sys.executable, '-c', COMPILE_TWICE, str(tmp_path / 'cache')], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert runs[0].get('fxgraph_cache_miss', 0) >= 2 and not runs[0].get('fxgraph_cache_hit'), runs
+    assert runs[1].get('fxgraph_cache_hit', 0) >= 2 and not runs[1].get('fxgraph_cache_miss'), runs

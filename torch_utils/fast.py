@@ -13,6 +13,9 @@ another. The choices below were measured with bench.py (docs/performance.md):
                               backward; sampling: forward); the    took 250 s and ran no faster
                               loss's random draws and the
                               augmentation stay eager
+    compile cache             ~/.cache/dnnlib/torch-compile (or    -
+                              $DNNLIB_CACHE_DIR/...), not /tmp:
+                              later jobs compile from it
     [1, 1] resampling         average pooling and nearest-         EDM's convolutions, so that the
                               neighbour upsampling instead of      CPU's fast path stays bit-identical
                               depthwise (transposed) convolutions  to the faithful one
@@ -42,10 +45,14 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import math
+import os
+import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+import dnnlib
 
 #----------------------------------------------------------------------------
 # The settings of the fast path on one device: plain data (recorded by
@@ -67,6 +74,7 @@ class FastSettings:
     device_batch:          bool          # Size sampling batches to the free device memory?
     stop_poll_steps:       int           # With several processes, poll the stop flag every this many steps.
     cudnn_benchmark_limit: int | None    # cuDNN algorithms timed per convolution shape; 0 = all, None = PyTorch's (10).
+    compile_cache:         str | None    # Directory of inductor's compiled code, kept between runs; None = PyTorch's (/tmp).
 
     def __post_init__(self) -> None:  # Overrides come from users (bench.py --set): name the bad one.
         if self.dtype not in (None, 'float32', 'bfloat16', 'float16'):
@@ -86,13 +94,14 @@ def fast_settings(device: torch.device | str, **overrides: Any) -> FastSettings:
         settings = FastSettings(dtype='bfloat16' if bf16 else 'float16', channels_last=True, compile=True,
                                 compile_backend='inductor', compile_mode=None, compile_regions=False,
                                 pool_resample=True, tf32=True, optimizer='fused', pin_memory=True, background_io=True,
-                                device_batch=True, stop_poll_steps=16, cudnn_benchmark_limit=None)
+                                device_batch=True, stop_poll_steps=16, cudnn_benchmark_limit=None,
+                                compile_cache=default_compile_cache())
     else:
         settings = FastSettings(dtype=None, channels_last=False, compile=False, compile_backend='inductor',
                                 compile_mode=None, compile_regions=False, pool_resample=False, tf32=False,
                                 optimizer='foreach',
                                 pin_memory=False, background_io=True, device_batch=False, stop_poll_steps=16,
-                                cudnn_benchmark_limit=None)
+                                cudnn_benchmark_limit=None, compile_cache=default_compile_cache())
     return dataclasses.replace(settings, **overrides)
 
 def torch_dtype(name: str | None) -> torch.dtype:
@@ -138,9 +147,36 @@ def set_pool_resample(net: torch.nn.Module, enabled: bool) -> None:
         if hasattr(module, 'pool_resample') and isinstance(fir, torch.Tensor):
             module.pool_resample = enabled and fir.shape[-2:] == (2, 2) and bool((fir == 0.25).all())
 
+# Inductor keeps the code it generates in an on-disk cache, keyed by the graph
+# and the device, not by the weights. PyTorch's default place for it is under
+# /tmp, which a cluster node clears between jobs, so every SLURM job (a resumed
+# run, each SFBD round's update, each denoising job) would compile from
+# scratch: the whole DDPM++ step took 135 s on an H200 with an empty cache.
+# The fast path keeps it beside dnnlib's downloads instead, in the user's cache
+# directory ($DNNLIB_CACHE_DIR, else ~/.cache/dnnlib), shared by the nodes; a
+# TORCHINDUCTOR_CACHE_DIR of the user's own wins.
+def default_compile_cache() -> str:
+    return os.environ.get('TORCHINDUCTOR_CACHE_DIR') or dnnlib.util.cache_dir('torch-compile')
+
+def use_compile_cache(settings: FastSettings) -> str | None:
+    """Point inductor at the settings' cache directory; call before the first compile. Returns the
+    directory in use, or None where PyTorch's own applies (another backend, or a directory that
+    cannot be made, which costs the cache, not the run)."""
+    if settings.compile_cache is None or settings.compile_backend != 'inductor':
+        return None
+    path = os.path.abspath(settings.compile_cache)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        warnings.warn(f'torch.compile cache {path}: {e.strerror or e}; using PyTorch\'s default')
+        return None
+    os.environ['TORCHINDUCTOR_CACHE_DIR'] = path
+    return path
+
 def compile_module(module: torch.nn.Module, settings: FastSettings, fullgraph: bool = True) -> torch.nn.Module:
     """torch.compile(module) with the settings' backend and mode. `fullgraph` makes a graph break an
     error rather than a silent fall-back to eager for part of the network."""
+    use_compile_cache(settings)
     return torch.compile(module, backend=settings.compile_backend, mode=settings.compile_mode, fullgraph=fullgraph)
 
 # Regional compilation (FastSettings.compile_regions): every block of the
@@ -156,6 +192,7 @@ def compile_regions(module: torch.nn.Module, settings: FastSettings, region_type
     """Compile the `region_type` modules of `module` in place."""
     from torch._dynamo import config as dynamo_config
     regions = [m for m in module.modules() if isinstance(m, region_type)]
+    use_compile_cache(settings)
     for m in regions:
         m.compile(backend=settings.compile_backend, mode=settings.compile_mode, fullgraph=True, dynamic=False)
     name = 'recompile_limit' if hasattr(dynamo_config, 'recompile_limit') else 'cache_size_limit'

@@ -680,8 +680,10 @@ def training_loop(
     dist.print0(f'Training for {total_kimg:g} kimg' + (f', from {cur_nimg / 1000:g} kimg' if cur_nimg else '') + '...')
     compiling = fast_settings is not None and fast_settings.compile
     if compiling:
-        dist.print0(f'Compiling the network (torch.compile, {fast_settings.compile_backend}) at the first step: '
-                    'on a GPU this takes about a minute, once per run.')
+        cache = fast_lib.use_compile_cache(fast_settings)
+        dist.print0(f'Compiling the network (torch.compile, {fast_settings.compile_backend}) at the first step, '
+                    'once per run: DDPM++ took 135 s on an H200 with an empty cache'
+                    + (f'; compiled code is cached in {cache}' if cache else '') + '.')
     dist.print0()
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
     maintenance_time = tick_start_time - start_time
