@@ -65,11 +65,12 @@ def data(tmp_path_factory) -> Path:
     return root
 
 def run_train(args: list[str], timeout: float = 240, env: dict | None = None, launcher: list[str] | None = None,
-              wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+              wait: bool = True, new_session: bool = False) -> subprocess.CompletedProcess | subprocess.Popen:
     full_env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT), **(env or {}))
     cmd = (launcher or [sys.executable]) + [str(REPO_ROOT / 'train.py')] + [str(a) for a in args]
     if not wait:
-        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=new_session)
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     return result
 
@@ -203,13 +204,18 @@ def test_run_writes_edm_files(reference_run):
 # exactly, ending in the very state of the uninterrupted run.
 
 # Start train.py and send SIGUSR1 during its first step (the loader's worker
-# is still starting); it must stop with the preemption status.
-def stop_during_first_step(args: list) -> None:
-    proc = run_train(args, wait=False)
+# is still starting); it must stop with the preemption status. With
+# `to_group`, SIGTERM goes to the whole process group, the worker included, as
+# SLURM and Kubernetes send it.
+def stop_during_first_step(args: list, to_group: bool = False) -> None:
+    proc = run_train(args, wait=False, new_session=to_group)
     try:
         for line in proc.stdout:
             if line.startswith('Training for'):
-                proc.send_signal(signal.SIGUSR1)
+                if to_group:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                else:
+                    proc.send_signal(signal.SIGUSR1)
                 break
         stdout, _ = proc.communicate(timeout=180)
     finally:
@@ -245,6 +251,16 @@ def test_preempt_and_rerun_continues_exactly(reference_run, data, tmp_path):
     # Once more: the run is complete, nothing to do.
     again = invoke_train(args)
     assert again.exit_code == 0 and 'nothing to do' in again.output
+
+# A SIGTERM to the whole process group while the loader's worker is still
+# starting (before it has shielded itself) stops the run like any other
+# preemption, instead of killing the worker and failing the step.
+def test_a_stop_sent_to_the_process_group_while_the_worker_starts(data, tmp_path):
+    outdir = tmp_path / 'run'
+    stop_during_first_step(['--outdir', outdir, '--nosubdir', '--data', data / 'ds8.zip', '--duration=0.001', *TINY],
+                           to_group=True)
+    assert 'Stop requested' in (outdir / 'log.txt').read_text()
+    assert load_state(training_loop_latest(outdir))['cur_nimg'] == 32
 
 # Without --nosubdir: rerunning the same command continues the newest unfinished run of the same
 # options in --outdir, and says so first; other options, --new-run, a finished run or a run that

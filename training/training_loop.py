@@ -146,6 +146,32 @@ def _init_worker(worker_id: int, parent_pid: int, shield: bool) -> None:
         os._exit(0)  # The parent is gone already.
     if shield:
         _shield_from_stop_signals(worker_id)
+    if STOP_SIGNALS:  # Held since the fork (_stop_signals_held): one sent meanwhile arrives now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+# A worker starts with PyTorch's own SIGTERM handler, which ends it, and runs
+# the shield above only later: a signal sent to the process group in between
+# (a job preempted while its loader starts) would kill it and fail the step.
+# So the stop signals are held while the loader starts its workers (a mask
+# that a spawned worker inherits too); a worker takes any that arrived once
+# shielded, and the training process once the workers are started.
+# Multiprocessing's resource tracker, started with the first spawned process,
+# unblocks SIGTERM behind it, so it is started first.
+STOP_SIGNALS = {sig for sig in (getattr(signal, 'SIGTERM', None), getattr(signal, 'SIGUSR1', None))
+                if sig is not None} if hasattr(signal, 'pthread_sigmask') else set()
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    if not STOP_SIGNALS:
+        yield
+        return
+    from multiprocessing import resource_tracker
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 #----------------------------------------------------------------------------
 # Starting weights from a network pickle (--transfer): EDM's and ours, read as
@@ -354,8 +380,10 @@ def start_data_loader(dataset_obj: Any, sampler: misc.InfiniteSampler, batch_gpu
     kwargs = dict(data_loader_kwargs)
     if fast is not None:
         kwargs.update(persistent_workers=kwargs.get('num_workers', 0) > 0, pin_memory=fast.pin_memory)
-    return iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu,
-                                            worker_init_fn=worker_init_fn, **kwargs))
+    loader = torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu,
+                                         worker_init_fn=worker_init_fn, **kwargs)
+    with _stop_signals_held():  # Workers start here.
+        return iter(loader)
 
 #----------------------------------------------------------------------------
 # Setup of the training loop, part by part.
