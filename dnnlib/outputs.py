@@ -203,6 +203,18 @@ def append_line(path: str, line: str) -> None:
     finally:
         os.close(fd)
 
+# A file that records may be appended to: an empty one, or JSON objects one per
+# line (any command's records: several may share a log). Anything else, such
+# as a dataset, a network or a figure, is not a log and must not grow a line.
+def is_json_lines(path: str) -> bool:
+    if os.path.basename(path) == 'dataset.json':  # One JSON object too, but a dataset's.
+        return False
+    try:
+        with open(path, encoding='utf-8') as f:
+            return all(isinstance(json.loads(line), dict) for line in f if line.strip())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError.
+        return False
+
 #----------------------------------------------------------------------------
 # Records: JSON objects written create-exclusively. The writer is recorded
 # under 'claimed_by' (host and process id), which comparisons ignore.

@@ -203,15 +203,22 @@ def parse_int_list(text: str | list[int]) -> list[int]:
     return values
 
 #----------------------------------------------------------------------------
-# Save one image (uint8, [H, W, C] with C = 1 or 3) as a PNG, atomically.
+# Save one image (uint8, [H, W, C] with C = 1 or 3) as a PNG, atomically,
+# with optional text chunks (`text`: keyword -> value).
 
-def save_png(path: str, image: Any) -> None:
+def save_png(path: str, image: Any, text: dict[str, str] | None = None) -> None:
     import numpy as np
     import PIL.Image
+    import PIL.PngImagePlugin
     image = np.asarray(image)
     mode = 'L' if image.shape[2] == 1 else 'RGB'
     pil = PIL.Image.fromarray(image[:, :, 0] if mode == 'L' else image, mode)
+    info = None
+    if text:
+        info = PIL.PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
     with atomic_write(path, 'wb') as f:
-        pil.save(f, format='png')
+        pil.save(f, format='png', pnginfo=info)
 
 #----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import tqdm
 
-from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, append_line
+from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, append_line, is_json_lines
 from dnnlib.util import UserError, atomic_write, is_url, open_url, save_png
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
@@ -118,10 +118,13 @@ def load_ref_stats(ref: str) -> tuple[np.ndarray, np.ndarray]:
                 if missing:
                     raise UserError(f'{ref}: no "{missing[0]}" array; not FID reference statistics '
                                     f'(it holds {", ".join(data.files) or "nothing"})')
-                mu, sigma = np.asarray(data['mu'], np.float64), np.asarray(data['sigma'], np.float64)
+                mu, sigma = data['mu'], data['sigma']
+                if not all(np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) for a in (mu, sigma)):
+                    raise UserError(f'{ref}: "mu" is {mu.dtype} and "sigma" {sigma.dtype}; expected real numbers')
+                mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise UserError(f'{ref}: not a readable .npz file ({e})') from None
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+    if mu.ndim != 1 or mu.shape[0] == 0 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise UserError(f'{ref}: "mu" has shape {list(mu.shape)} and "sigma" {list(sigma.shape)}; '
                         'expected [D] and [D, D]')
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
@@ -130,6 +133,16 @@ def load_ref_stats(ref: str) -> tuple[np.ndarray, np.ndarray]:
     if np.abs(sigma - sigma.T).max() > tolerance or np.diag(sigma).min() < -tolerance:
         raise UserError(f'{ref}: "sigma" is not a covariance matrix (not symmetric, or negative variances)')
     return mu, sigma
+
+def is_ref_stats_file(path: str) -> bool:
+    """Is `path` reference statistics as `save_ref_stats` writes them (what fid.py ref may replace)?"""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with np.load(path, allow_pickle=False) as data:
+            return sorted(data.files) == ['mu', 'sigma']
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
 
 def save_ref_stats(dest: str, mu: np.ndarray, sigma: np.ndarray) -> None:
     """Write `mu` and `sigma` as EDM's reference `.npz`, atomically."""
@@ -380,7 +393,7 @@ def calc_plan(*, image_path: str | None, network: str | None, ref_path: str, num
         num = len(seed_sets[0])
         pkls = list_snapshots(network, snapshots) if is_rundir else [network]
     inputs = [(image_path, '--images'), (network, '--network'), (ref_path, '--ref'), (detector, '--detector')]
-    outputs = ToolOutputs('fid.py calc', [OutputDir(outdir, '--outdir', OPTIONS_FNAME), OutputFile(json_path, '--json')],
+    outputs = ToolOutputs('fid.py calc', [OutputDir(outdir, '--outdir', OPTIONS_FNAME), OutputFile(json_path, '--json', is_json_lines)],
                           inputs, files_first=True)
     outputs.check()
     images_record = None
@@ -513,7 +526,8 @@ def calc_fid(*, image_path: str | None, network: str | None, ref_path: str, num:
 
 def ref_stats(dataset_path: str, dest_path: str, *, detector: str, detector_sha256: str | None, max_batch_size: int,
               num_workers: int, device: str | None, fast: bool) -> None:
-    outputs = ToolOutputs('fid.py ref', [OutputFile(dest_path, '--dest')], [(dataset_path, '--data'), (detector, '--detector')])
+    outputs = ToolOutputs('fid.py ref', [OutputFile(dest_path, '--dest', is_ref_stats_file)],
+                          [(dataset_path, '--data'), (detector, '--detector')])
     outputs.check()
     dataset = open_image_dataset(dataset_path)
     check_image_count(dataset_path, len(dataset), len(dataset), 1)

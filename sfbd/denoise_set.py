@@ -28,7 +28,7 @@ import tqdm
 from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, is_complete_png
 from dnnlib.util import UserError, atomic_write, file_sha256
 from sfbd.backward import GRID_KEYS, backward_sample, grid_groups, image_seeds
-from sfbd.grids import choose_images, load_png, read_originals, save_comparison_grid
+from sfbd.grids import choose_images, is_comparison_grid, load_png, read_originals, save_comparison_grid
 from sfbd.observations import ObservationSet, with_ext
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
@@ -227,7 +227,7 @@ def denoise_command(network_pkl: str, data: str, outdir: str, *, sigma: float | 
     # Where the outputs go: apart from the inputs, and writable.
     if originals is not None and grid is None:
         raise UserError('--originals adds the originals to the --grid picture; give --grid too')
-    outputs = ToolOutputs('denoise.py', [OutputDir(outdir, '--outdir', OPTIONS_FNAME), OutputFile(grid, '--grid')],
+    outputs = ToolOutputs('denoise.py', [OutputDir(outdir, '--outdir', OPTIONS_FNAME), OutputFile(grid, '--grid', is_comparison_grid)],
                           [(data, '--data'), (network_pkl, '--network'), (originals, '--originals')])
     outputs.check()
     device = dist.resolve_device(device)

@@ -35,8 +35,20 @@ def comparison_grid(columns: Sequence[np.ndarray], cells_per_row: int = 8) -> np
             grid[top:top + h, x0:x0 + w] = stack[i, j].transpose(1, 2, 0)
     return grid
 
+# A saved grid says what it is in a PNG text chunk, so that a rerun may replace
+# its own picture but no other file (an image of a dataset, say).
+GRID_TEXT = {'Software': 'SFBD-EDM comparison grid'}
+
 def save_comparison_grid(path: str, columns: Sequence[np.ndarray], cells_per_row: int = 8) -> None:
-    save_png(path, comparison_grid(columns, cells_per_row))
+    save_png(path, comparison_grid(columns, cells_per_row), text=GRID_TEXT)
+
+def is_comparison_grid(path: str) -> bool:
+    """Is `path` a picture that `save_comparison_grid` wrote?"""
+    try:
+        with PIL.Image.open(path) as img:
+            return img.format == 'PNG' and all(img.info.get(k) == v for k, v in GRID_TEXT.items())
+    except (OSError, ValueError, PIL.UnidentifiedImageError):
+        return False
 
 def load_png(path: str) -> np.ndarray:
     """An 8-bit PNG as a [C, H, W] uint8 array (C = 1 or 3, as stored)."""

@@ -185,3 +185,29 @@ def test_markdown_tables_of_records(tmp_path):
     assert '| 2.05x |' in rows[1] and 'warm-up 95.0 s; compiled graphs 1, recompiled after the warm-up 0' in rows[1]
     assert 'compiled graphs' not in rows[0]
     assert '- Frechet distance, 2048 features, eigh: 1.50 s (3.9x faster, relative difference 2.0e-16)' in text
+
+# --markdown reads bench.py's records only: anything else is one line, not a traceback.
+@pytest.mark.parametrize('content, message', [(b'\xff\n', 'not JSON lines'), (b'[1]\n', 'not a JSON object'),
+                                              (b'{"what": "train"}\n', 'has no "device"'), (b'', 'holds no records')])
+def test_markdown_of_a_file_that_is_not_records(tmp_path, content, message):
+    path = tmp_path / 'records.jsonl'
+    path.write_bytes(content)
+    result = CliRunner().invoke(bench_cli.main, [f'--markdown={path}'])
+    assert result.exit_code == 1 and 'Traceback' not in result.output, result.output
+    assert result.output.count('Error:') == 1 and message in result.output, result.output
+
+# --json appends to a log of records only, never to a file that is not one (an input included);
+# --set names a compile backend or mode that torch.compile has.
+def test_json_and_compile_settings_are_checked(tmp_path):
+    detector = tmp_path / 'detector.pt'
+    detector.write_bytes(b'not a log')
+    cases = [(['--what=fid', f'--detector={detector}', f'--json={detector}'], 'is the input --detector'),
+             ([f'--json={detector}'], 'is not an output of bench.py'),
+             (['--set=compile=true', '--set=compile_backend=bogus'], 'compile_backend=bogus: a torch.compile backend'),
+             (['--set=compile=true', '--set=compile_backend=aot_eager', '--set=compile_mode=max-autotune'], 'a mode of inductor'),
+             (['--set=compile_mode=fastest'], 'compile_mode=fastest: one of')]
+    for args, message in cases:
+        result = CliRunner().invoke(bench_cli.main, ['--device=cpu', *args])
+        assert result.exit_code == 1 and message in result.output and 'Traceback' not in result.output, result.output
+    assert detector.read_bytes() == b'not a log'
+

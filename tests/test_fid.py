@@ -175,6 +175,18 @@ def test_ref_matches_direct_statistics(files):
     np.testing.assert_allclose(sigma, sigma_d, rtol=1e-8, atol=1e-12)
     assert os.listdir(os.path.dirname(files['ref_a'])) == ['a.npz']  # No temporary files left behind.
 
+# A rerun replaces its own statistics; any other file at --dest (here a copy of
+# a dataset's zip) is refused and kept.
+def test_ref_replaces_only_reference_statistics(files, tmp_path):
+    dest = tmp_path / 'a.npz'
+    for _ in range(2):
+        run('ref', f'--data={files["a"]}', f'--dest={dest}', *common(files))
+    other = tmp_path / 'b.zip'
+    other.write_bytes(open(files['b'], 'rb').read())
+    result = run('ref', f'--data={files["a"]}', f'--dest={other}', *common(files), ok=False)
+    assert_one_line_error(result, str(other), 'is not an output of fid.py ref')
+    assert other.read_bytes() == open(files['b'], 'rb').read()
+
 def test_grayscale_images_are_repeated_to_rgb(files, tmp_path):
     gray = random_images(12, channels=1, seed=5)
     gray_path = write_dataset(tmp_path / 'gray', gray)
@@ -275,6 +287,14 @@ def test_reference_without_mu(files, tmp_path):
     np.savez(bad, sigma=np.eye(FEATURES))
     result = run('calc', f'--images={files["a"]}', f'--ref={bad}', '--num=40', *common(files), ok=False)
     assert_one_line_error(result, bad, '"mu"')
+
+@pytest.mark.parametrize('mu, sigma, message', [(np.zeros(0), np.zeros([0, 0]), 'expected [D]'),
+                                                 (np.zeros(FEATURES) + 1j, np.eye(FEATURES), 'expected real numbers')])
+def test_reference_of_no_width_or_complex(files, tmp_path, mu, sigma, message):
+    bad = str(tmp_path / 'bad.npz')
+    np.savez(bad, mu=mu, sigma=sigma)
+    result = run('calc', f'--images={files["a"]}', f'--ref={bad}', '--num=40', *common(files), ok=False)
+    assert_one_line_error(result, bad, message)
 
 def test_reference_of_other_width(files, tmp_path):
     other = str(tmp_path / 'other.npz')

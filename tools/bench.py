@@ -58,7 +58,7 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dnnlib.outputs import OutputFile, ToolOutputs
+from dnnlib.outputs import OutputFile, ToolOutputs, is_json_lines
 from dnnlib.util import UserError, cached_path_for_url, download, is_url
 from sfbd.backward import backward_sample
 from sfbd.denoise_set import denoise_images
@@ -620,7 +620,8 @@ def check_inputs(what: Sequence[str], device: str | None, detector: str, overrid
         device_obj = dist.resolve_device(device)
     except RuntimeError as e:
         raise UserError(str(e) if str(e).startswith('--device') else f'--device={device}: {e}') from None
-    ToolOutputs('bench.py', [OutputFile(json_path, '--json')]).check()
+    inputs = [(detector, '--detector')] if 'fid' in what and os.path.isfile(detector) else []
+    ToolOutputs('bench.py', [OutputFile(json_path, '--json', is_json_lines)], inputs).check()
     fast_overrides = parse_overrides(overrides)
     try:
         fast_lib.fast_settings(device_obj, **fast_overrides)
@@ -631,13 +632,31 @@ def check_inputs(what: Sequence[str], device: str | None, detector: str, overrid
         raise UserError(f'--detector={detector}: no such file')
     return device_obj, fast_overrides
 
-# Records from a JSON-lines file (bench.py --json's), for --markdown.
+# Records from a JSON-lines file (bench.py --json's), for --markdown: each
+# line must be a record of a stage (or of the Frechet distance) with the
+# fields that the tables show.
+RECORD_KEYS = ('what', 'device', 'device_name', 'date')
+STAGE_KEYS = ('path', 'config', 'dtype', 'batch', 'img_per_s', 'flop_per_img', 'tflops', 'mfu', 'peak_mem_gb', 'warmup_s')
+FRECHET_KEYS = ('dim', 'formula', 'seconds')
+
 def read_records(path: str, option: str) -> list[dict]:
-    with open(path, encoding='utf-8') as f:
-        try:
-            return [json.loads(line) for line in f if line.strip()]
-        except json.JSONDecodeError as e:
-            raise UserError(f'{option}={path}: not JSON lines ({e})') from None
+    try:
+        with open(path, encoding='utf-8') as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f'{option}={path}: not JSON lines ({e})') from None
+    except OSError as e:
+        raise UserError(f'{option}={path}: {e.strerror or e}') from None
+    if not records:
+        raise UserError(f'{option}={path}: holds no records')
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise UserError(f'{option}={path}: record {number} is not a JSON object; not bench.py records')
+        keys = RECORD_KEYS + (FRECHET_KEYS if record.get('what') == 'frechet' else STAGE_KEYS)
+        missing = [key for key in keys if key not in record]
+        if missing:
+            raise UserError(f'{option}={path}: record {number} has no "{missing[0]}"; not a bench.py record')
+    return records
 
 #----------------------------------------------------------------------------
 # --set KEY=VALUE: one field of FastSettings, its value read as the field's type.

@@ -58,7 +58,8 @@ def train_py_verdict(log_text: str, records: Sequence[dict[str, Any]], batch: in
 def check_summary(records_path: str, train_log_path: str, batch: int) -> str:
     """Markdown: train.py's lines and verdict (none when `train_log_path` is empty: the levers), then
     the records' tables and profiles."""
-    records = read_records(records_path, 'records') if os.path.isfile(records_path) else []
+    has_records = os.path.isfile(records_path) and os.path.getsize(records_path) > 0
+    records = read_records(records_path, 'records') if has_records else []
     parts = []
     if train_log_path:
         if os.path.isfile(train_log_path):

@@ -58,6 +58,8 @@ import dnnlib
 # The settings of the fast path on one device: plain data (recorded by
 # bench.py), with per-field overrides for tests and experiments.
 
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')  # torch.compile's.
+
 @dataclasses.dataclass(frozen=True)
 class FastSettings:
     dtype:                 str | None    # Network compute dtype: 'bfloat16', 'float16', or None for float32.
@@ -85,6 +87,16 @@ class FastSettings:
             raise ValueError(f'stop_poll_steps={self.stop_poll_steps}: at least 1')
         if self.cudnn_benchmark_limit is not None and self.cudnn_benchmark_limit < 0:
             raise ValueError(f'cudnn_benchmark_limit={self.cudnn_benchmark_limit}: 0 (every algorithm) or more')
+        if self.compile:
+            import torch._dynamo
+            if self.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):  # Debugging ones too.
+                raise ValueError(f'compile_backend={self.compile_backend}: a torch.compile backend, such as '
+                                 f'{", ".join(torch._dynamo.list_backends())}')
+            if self.compile_mode is not None and self.compile_backend != 'inductor':
+                raise ValueError(f'compile_mode={self.compile_mode}: a mode of inductor; none for '
+                                 f'compile_backend={self.compile_backend}')
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f'compile_mode={self.compile_mode}: one of {", ".join(COMPILE_MODES)}, or none')
 
 def fast_settings(device: torch.device | str, **overrides: Any) -> FastSettings:
     """The fast path's choices for `device` (see the table above), with `overrides` applied."""
