@@ -9,6 +9,26 @@ SFBD_EX_PREEMPTED=75
 sfbd_log() { echo "[$(date '+%F %T')] ${SFBD_LOG_NAME:-sfbd}: $*" >&2; }
 sfbd_die() { echo "${SFBD_LOG_NAME:-sfbd}: error: $*" >&2; exit 1; }
 
+# sfbd_positive_int NAME: the variable NAME, if set, is a whole number from 1 to 9999999 (else exit 1).
+sfbd_positive_int() {
+    local value="${!1:-}"
+    [[ -z "$value" || "$value" =~ ^[1-9][0-9]{0,6}$ ]] || sfbd_die "$1=$value is not a positive integer (at most 9999999)"
+}
+
+# sfbd_check_record: RECORD, if set, names a file (not a folder), and RECORD_TAG, if set, is a JSON
+# object. Checked when a script starts, so that a bad value does not fail a job after its work.
+sfbd_check_record() {
+    [[ -n "${RECORD:-}" && -d "$RECORD" ]] && sfbd_die "RECORD=$RECORD is a directory; expected a JSON-lines file"
+    [[ -z "${RECORD_TAG:-}" ]] && return 0
+    RECORD_TAG="$RECORD_TAG" "$(sfbd_python)" -c '
+import json, os, sys
+try:
+    tag = json.loads(os.environ["RECORD_TAG"])
+except ValueError:
+    tag = None
+sys.exit(0 if isinstance(tag, dict) else 1)' || sfbd_die "RECORD_TAG=$RECORD_TAG is not a JSON object (e.g. {\"round\": 2})"
+}
+
 sfbd_python() {
     if [[ -n "${PYTHON:-}" ]]; then
         echo "$PYTHON"

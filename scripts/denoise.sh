@@ -81,8 +81,10 @@ PY="$(sfbd_python)"
 [[ -n "${OUTDIR:-}" ]] || sfbd_die "set OUTDIR to the output directory of the denoised images"
 NUM_TASKS="${NUM_TASKS:-1}"
 TASK_ID="${TASK_ID:-${SLURM_ARRAY_TASK_ID:-0}}"
-[[ "$NUM_TASKS" =~ ^[1-9][0-9]*$ ]] || sfbd_die "NUM_TASKS=$NUM_TASKS is not a positive integer"
-[[ "$TASK_ID" =~ ^[0-9]+$ ]] && ((TASK_ID < NUM_TASKS)) \
+sfbd_positive_int NUM_TASKS
+sfbd_positive_int STEPS
+sfbd_check_record
+[[ "$TASK_ID" =~ ^[0-9]{1,7}$ ]] && ((10#$TASK_ID < NUM_TASKS)) \
     || sfbd_die "task $TASK_ID is outside 0..$((NUM_TASKS - 1)) (NUM_TASKS=$NUM_TASKS): submit --array=0-$((NUM_TASKS - 1))"
 
 network="$(sfbd_resolve_network "$NETWORK" NETWORK)"

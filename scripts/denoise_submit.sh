@@ -70,11 +70,14 @@ if [[ "$NETWORK" == *.pkl && "$NETWORK" != *://* && ! -f "$NETWORK" ]]; then
     sfbd_die "NETWORK=$NETWORK does not exist"
 fi
 NUM_TASKS="${NUM_TASKS:-1}"
-[[ "$NUM_TASKS" =~ ^[1-9][0-9]*$ ]] || sfbd_die "NUM_TASKS=$NUM_TASKS is not a positive integer"
+sfbd_positive_int NUM_TASKS
+sfbd_positive_int STEPS
+sfbd_positive_int MAX_PARALLEL
+sfbd_check_record
+[[ -z "${WAIT_POLL:-}" || "$WAIT_POLL" =~ ^[0-9]+([.][0-9]+)?$ ]] || sfbd_die "WAIT_POLL=$WAIT_POLL is not a number of seconds"
 sfbd_words _checked "${DENOISE_ARGS:-}" DENOISE_ARGS  # Before any task is submitted.
 array="0-$((NUM_TASKS - 1))"
 if [[ -n "${MAX_PARALLEL:-}" ]]; then
-    [[ "$MAX_PARALLEL" =~ ^[1-9][0-9]*$ ]] || sfbd_die "MAX_PARALLEL=$MAX_PARALLEL is not a positive integer"
     array+="%$MAX_PARALLEL"
 fi
 name="${JOB_NAME:-sfbd-denoise}"

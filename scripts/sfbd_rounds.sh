@@ -109,7 +109,10 @@ elif [[ -n "${ONLINE_ARGS:-}" ]]; then
     sfbd_die "ONLINE_ARGS: a setting of ONLINE=1"
 fi
 ROUNDS="${ROUNDS:-1}"
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || sfbd_die "ROUNDS=$ROUNDS is not a positive integer"
+for var in ROUNDS NUM_TASKS MAX_PARALLEL STEPS; do
+    sfbd_positive_int "$var"
+done
+[[ -z "${WAIT_POLL:-}" || "$WAIT_POLL" =~ ^[0-9]+([.][0-9]+)?$ ]] || sfbd_die "WAIT_POLL=$WAIT_POLL is not a number of seconds"
 sfbd_preset _preset train "${PRESET:-none}"  # Checks the name.
 if [[ -n "${PRETRAINED:-}" && "$PRETRAINED" != *://* && ! -e "$PRETRAINED" ]]; then
     sfbd_die "PRETRAINED=$PRETRAINED does not exist"
@@ -119,6 +122,16 @@ CLEAN_DATA="$(sfbd_abspath "$CLEAN_DATA")"
 NOISY_DATA="$(sfbd_abspath "$NOISY_DATA")"
 WORKDIR="$(sfbd_abspath "$WORKDIR")"
 [[ -n "${PRETRAINED:-}" ]] && PRETRAINED="$(sfbd_abspath "$PRETRAINED")"
+# WORKDIR apart from the data: the chain writes under it, and the data are its inputs.
+[[ "$(realpath -m "$CLEAN_DATA")" != "$(realpath -m "$NOISY_DATA")" ]] \
+    || sfbd_die "CLEAN_DATA and NOISY_DATA are the same ($CLEAN_DATA)"
+workdir_real="$(realpath -m "$WORKDIR")"
+for var in CLEAN_DATA NOISY_DATA; do
+    data_real="$(realpath -m "${!var}")"
+    [[ "$workdir_real" != "$data_real" && "$workdir_real" != "$data_real"/* ]] \
+        || sfbd_die "WORKDIR=$WORKDIR is or lies inside the input $var=${!var}; choose a folder apart from the data"
+done
+[[ ! -e "$WORKDIR" || -d "$WORKDIR" ]] || sfbd_die "WORKDIR=$WORKDIR is a file, not a directory"
 prefix="${JOB_PREFIX:-sfbd}"
 record="$WORKDIR/record.jsonl"
 jobs_file="$WORKDIR/jobs.tsv"

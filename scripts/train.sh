@@ -150,6 +150,7 @@ fi
 [[ -n "${OUTDIR:-}" ]] || sfbd_die "set OUTDIR to the run directory (one per run; reruns resume from it)"
 [[ -n "${CLEAN_DATA:-}" ]] || sfbd_die "set CLEAN_DATA to the clean dataset (directory or zip)"
 [[ -e "$CLEAN_DATA" ]] || sfbd_die "CLEAN_DATA=$CLEAN_DATA does not exist"
+sfbd_check_record
 if [[ -n "${DENOISED_DATA:-}" && ! -e "$DENOISED_DATA" ]]; then
     sfbd_die "DENOISED_DATA=$DENOISED_DATA does not exist"
 fi

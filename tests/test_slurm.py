@@ -160,6 +160,46 @@ def test_train_sh_reports_missing_configuration(tmp_path):
     assert result.returncode == 1 and 'network-snapshot' in result.stderr
     assert not (tmp_path / 'run').exists()
 
+# Bad settings of the chain scripts are one error line before anything is
+# submitted or made (sbatch here is a stand-in that notes each call), and a bad
+# RECORD or RECORD_TAG stops train.sh and denoise.sh when they start, not after
+# their work.
+@pytest.mark.parametrize('script, setting, message', [
+    ('sfbd_rounds.sh', dict(NUM_TASKS='abc'), 'NUM_TASKS=abc is not a positive integer'),
+    ('sfbd_rounds.sh', dict(MAX_PARALLEL='0'), 'MAX_PARALLEL=0 is not a positive integer'),
+    ('sfbd_rounds.sh', dict(STEPS='99999999999999999999'), 'STEPS=99999999999999999999 is not a positive integer'),
+    ('sfbd_rounds.sh', dict(WAIT_POLL='soon'), 'WAIT_POLL=soon is not a number'),
+    ('sfbd_rounds.sh', dict(WORKDIR='<clean>/runs'), 'lies inside the input CLEAN_DATA'),
+    ('sfbd_rounds.sh', dict(WORKDIR='<noisy>'), 'lies inside the input NOISY_DATA'),
+    ('sfbd_rounds.sh', dict(NOISY_DATA='<clean>/'), 'CLEAN_DATA and NOISY_DATA are the same'),
+    ('sfbd_rounds.sh', dict(WORKDIR='<file>'), 'is a file, not a directory'),
+    ('denoise_submit.sh', dict(NUM_TASKS='-1'), 'NUM_TASKS=-1 is not a positive integer'),
+    ('denoise_submit.sh', dict(RECORD_TAG='{round: 2}'), 'RECORD_TAG={round: 2} is not a JSON object'),
+    ('denoise.sh', dict(RECORD_TAG='[1]'), 'RECORD_TAG=[1] is not a JSON object'),
+    ('denoise.sh', dict(RECORD='<root>'), 'is a directory; expected a JSON-lines file'),
+    ('train.sh', dict(RECORD_TAG='{"round": 2'), 'is not a JSON object'),
+])
+def test_chain_scripts_check_settings_before_anything_runs(tmp_path, script, setting, message):
+    clean, noisy, stub = tmp_path / 'clean', tmp_path / 'noisy', tmp_path / 'bin'
+    for folder in (clean, noisy, stub):
+        folder.mkdir()
+    (tmp_path / 'file').write_text('')
+    calls = tmp_path / 'sbatch-calls'
+    for name in ('sbatch', 'squeue'):
+        (stub / name).write_text(f'#!/bin/bash\necho "$0 $*" >>{calls}\necho 123\n')
+        (stub / name).chmod(0o755)
+    places = dict(root=tmp_path, clean=clean, noisy=noisy, file=tmp_path / 'file')
+    env = dict(os.environ, PATH=f'{stub}:{os.environ["PATH"]}', CLEAN_DATA=str(clean), NOISY_DATA=str(noisy),
+               WORKDIR=str(tmp_path / 'work'), OUTDIR=str(tmp_path / 'out'), NETWORK=str(tmp_path / 'pretrain'))  # A run directory that a queued job would make.
+    for key, value in setting.items():
+        for name, place in places.items():
+            value = value.replace(f'<{name}>', str(place))
+        env[key] = value
+    result = _run(['bash', str(SCRIPTS / script)], env=env, check=False)
+    errors = [line for line in result.stderr.splitlines() if 'error:' in line]
+    assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stderr
+    assert not calls.exists() and not (tmp_path / 'work').exists() and not (tmp_path / 'out').exists()
+
 #----------------------------------------------------------------------------
 
 def test_local_slurm_is_idempotent(slurm_env):
