@@ -179,12 +179,16 @@ def file_sha256(path_or_url: str) -> str:
 
 #----------------------------------------------------------------------------
 # Parse comma-separated ranges such as '0-63' or '1,2,5-10' (EDM's --seeds).
+# Values are 64-bit integers (seeds go to torch as such), at most
+# MAX_INT_LIST of them, so that a typing slip cannot fill the memory.
+
+MAX_INT_LIST = 100_000_000
 
 def parse_int_list(text: str | list[int]) -> list[int]:
     if isinstance(text, list):
         return text
     values: list[int] = []
-    pattern = re.compile(r'^(\d+)-(\d+)$')
+    pattern = re.compile(r'^([0-9]+)-([0-9]+)$')
     for part in str(text).split(','):
         part = part.strip()
         if not part:
@@ -194,12 +198,16 @@ def parse_int_list(text: str | list[int]) -> list[int]:
             lo, hi = int(m.group(1)), int(m.group(2))
             if hi < lo:
                 raise UserError(f'range "{part}" ends before it starts')
-            values.extend(range(lo, hi + 1))
+            span = [lo, hi]
         else:
-            try:
-                values.append(int(part))
-            except ValueError:
-                raise UserError(f'"{part}" is not an integer or a range like 0-63') from None
+            if not re.fullmatch(r'[+-]?[0-9]+', part):
+                raise UserError(f'"{part}" is not an integer or a range like 0-63')
+            span = [int(part)] * 2
+        if not all(-2**63 <= v < 2**63 for v in span):
+            raise UserError(f'"{part}": values are 64-bit integers')
+        if len(values) + span[1] - span[0] + 1 > MAX_INT_LIST:
+            raise UserError(f'"{part}": more than {MAX_INT_LIST:,} values in all')
+        values.extend(range(span[0], span[1] + 1))
     return values
 
 #----------------------------------------------------------------------------

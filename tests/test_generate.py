@@ -59,6 +59,20 @@ def test_missing_network_is_a_clear_error(tmp_path):
     result = run_generate(f'--network={tmp_path / "nope.pkl"}', f'--outdir={tmp_path}')
     assert result.returncode != 0 and 'nope.pkl: no such file' in result.stderr
 
+# --seeds (generate.py, memorization.py, fid.py): 64-bit integers, a bounded
+# count, ASCII digits; a bad list is a usage error naming the option.
+@pytest.mark.parametrize('seeds, message', [('0-99999999999', 'more than 100,000,000 values'),
+                                            ('99999999999999999999', '64-bit integers'),
+                                            ('\u0663', 'is not an integer'), ('5-2', 'ends before it starts')])
+def test_seed_lists_that_cannot_be_generated(tmp_path, seeds, message):
+    from click.testing import CliRunner
+    import generate
+    import memorization
+    for command, args in ((generate.main, [f'--outdir={tmp_path / "out"}']), (memorization.main, ['--train=x'])):
+        result = CliRunner().invoke(command, ['--network=net.pkl', f'--seeds={seeds}', *args])
+        assert result.exit_code == 2 and "Invalid value for '--seeds'" in result.output and message in result.output
+    assert not (tmp_path / 'out').exists()
+
 @pytest.mark.parametrize('num_seeds, batch, world', [(10, 3, 1), (10, 3, 2), (5, 64, 4)])
 def test_batches_cover_every_seed_once(num_seeds, batch, world):
     seeds = list(range(100, 100 + num_seeds))

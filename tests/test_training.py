@@ -33,6 +33,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--arch=ddpmpp', '--cbase=16', '--cres=1', '--batch=32', '--tick=1', '--snap=1', '--dump=1',
         '--seed=1', '--workers=1']
 
+# Runs in this process compute with one thread, as the subprocess runs do
+# (OMP_NUM_THREADS=1), so that their results agree to the bit whichever tests
+# ran before.
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 #----------------------------------------------------------------------------
 # Datasets in EDM's layout: a zip of PNGs with dataset.json, or .npy arrays.
 
@@ -251,6 +261,20 @@ def test_preempt_and_rerun_continues_exactly(reference_run, data, tmp_path):
     # Once more: the run is complete, nothing to do.
     again = invoke_train(args)
     assert again.exit_code == 0 and 'nothing to do' in again.output
+
+# A run resumed from a state at or past its --duration has nothing to do and
+# makes no run directory (a later rerun would take an empty one for unfinished).
+def test_resume_past_the_duration_makes_no_run(reference_run, data, tmp_path):
+    outdir = tmp_path / 'runs'
+    result = invoke_train(['--outdir', outdir, '--data', data / 'ds8.zip', '--duration=0.0005', *TINY,
+                           '--resume', reference_run])
+    assert result.exit_code == 0 and 'Training already reached 1.024 kimg of 0.5; nothing to do.' in result.output, \
+        result.output
+    assert not outdir.exists() or not list(outdir.iterdir())
+
+def test_a_seed_beyond_64_bits_is_an_option_error(data, tmp_path):
+    result = invoke_train(['--outdir', tmp_path / 'runs', '--data', data / 'ds8.zip', *TINY, '--seed=18446744073709551616', '-n'])
+    assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output
 
 # A SIGTERM to the whole process group while the loader's worker is still
 # starting (before it has shielded itself) stops the run like any other

@@ -61,7 +61,7 @@ def train_options(func: Callable) -> Callable:
         click.option('--tick',          help='Progress line interval', metavar='KIMG',                                   type=click.IntRange(min=1), default=50, show_default=True),
         click.option('--snap',          help='Network snapshot interval', metavar='TICKS',                               type=click.IntRange(min=1), default=50, show_default=True),
         click.option('--dump',          help='Training state interval', metavar='TICKS',                                 type=click.IntRange(min=1), default=500, show_default=True),
-        click.option('--seed',          help='Random seed  [default: random]', metavar='INT',                            type=click.IntRange(min=0)),
+        click.option('--seed',          help='Random seed  [default: random]', metavar='INT',                            type=click.IntRange(min=0, max=2**64 - 1)),
         click.option('--transfer',      help='Initialise network and EMA from a network pickle (the tensors that fit)', metavar='PKL|URL', type=str),
         click.option('--resume',        help='Continue from a training state (this project\'s or EDM\'s), or the newest one in a run directory', metavar='PT|DIR', type=str),
         click.option('--allow-noisy',   help='Take observation sets (noisy images) as training data, as they are',        is_flag=True),

@@ -678,11 +678,11 @@ def training_loop(
     # complete already); then the batches: the loader, the extra data made
     # with the starting network, the random generators restored
     # (training/extra_data.start_batches keeps that order).
-    if start_run is not None:
-        start_run()
     if cur_nimg >= total_kimg * 1000:
         dist.print0(f'Training already reached {cur_nimg / 1000:g} kimg of {total_kimg:g}; nothing to do.')
         return FINISHED
+    if start_run is not None:
+        start_run()
     worker_init_fn = functools.partial(_init_worker, parent_pid=os.getpid(), shield=stop_requested is not None)
     dataset_iterator = start_batches(
         extra,
