@@ -149,6 +149,31 @@ def is_environment_error(e: BaseException) -> bool:
 # Command-line entry points: a UserError (or an environment error) becomes one
 # line on stderr and exit status 1 (click's own usage errors exit with 2),
 # never a traceback.
+#
+# SIGTERM (kill, timeout, a scheduler ending a job) stops a command the way
+# Ctrl-C does, as an exception, so that what it was writing is removed on the
+# way out; the exit status is the shell's for SIGTERM (143). A command that
+# handles SIGTERM itself (train.py's preemption) sets its own handler while
+# it runs.
+
+class Terminated(BaseException):
+    """SIGTERM arrived (see report_user_errors)."""
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    raise Terminated()
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield  # Signals go to the main thread; a handler already set stays in charge.
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     import click
@@ -156,7 +181,8 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with _sigterm_as_exception():
+                return func(*args, **kwargs)
         except UserError as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:
@@ -164,6 +190,9 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             where = f'{e.filename}: ' if e.filename is not None else ''
             raise click.ClickException(f'{where}{e.strerror}') from None
+        except Terminated:
+            click.echo('Stopped by SIGTERM; nothing half-written is left.', err=True)
+            raise SystemExit(143) from None
     return wrapper
 
 #----------------------------------------------------------------------------

@@ -386,6 +386,26 @@ def test_atomic_write_leaves_no_temporary(tmp_path, monkeypatch):
             _ = 1 / 0
     assert os.listdir(tmp_path) == ['f.json'] and target.read_text() == 'old'
 
+# SIGTERM (kill, timeout, a scheduler) ends a command like Ctrl-C: the file it
+# was writing is taken back, one line says why, exit status 143; the handler
+# is the default again afterwards.
+def test_sigterm_leaves_no_temporary(tmp_path):
+    from dnnlib.util import atomic_write, report_user_errors
+
+    @report_user_errors
+    def command() -> None:
+        with atomic_write(str(tmp_path / 'out.json'), 'w') as f:
+            f.write('partial')
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # Not reached: the signal is raised here.
+
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as stopped:
+        command()
+    assert stopped.value.code == 143 and time.monotonic() - started < 5
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
 #----------------------------------------------------------------------------
 # 5. Silently wrong results. Numbers are finite and in range, sampler ranges
 # are not upside down, labels are finite, reference statistics are
