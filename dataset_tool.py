@@ -31,15 +31,19 @@ from tools.datasets import convert_dataset, describe_dataset
 #----------------------------------------------------------------------------
 # Command line. A UserError prints `Error: <message>` and exits with status 1.
 
+MAX_RESOLUTION = 8192  # Per side; far beyond what diffusion datasets use, far below what fills the memory.
+
 class ResolutionType(click.ParamType):
     name = 'WxH'
 
     def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
         if isinstance(value, tuple):
             return value
-        m = re.fullmatch(r'(\d+)[x,](\d+)', str(value))
+        m = re.fullmatch(r'([0-9]+)[x,]([0-9]+)', str(value))
         if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
             self.fail(f'{value!r} is not a resolution like 64x64', param, ctx)
+        if max(int(m.group(1)), int(m.group(2))) > MAX_RESOLUTION:
+            self.fail(f'{value!r}: at most {MAX_RESOLUTION} pixels a side', param, ctx)
         return int(m.group(1)), int(m.group(2))
 
 @click.group(help=__doc__)

@@ -14,6 +14,7 @@ neither overwrites an existing dataset. The observation format is described in d
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -26,7 +27,7 @@ from dnnlib.outputs import check_apart, check_distinct
 from dnnlib.util import EasyDict, UserError, report_user_errors
 from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
                                read_listing, split_record, write_datasets)
-from training.dataset import DatasetFiles, ImageFolderDataset, file_ext
+from training.dataset import NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, read_image, read_npy
 
 #----------------------------------------------------------------------------
 # Random choices of a split. The clean images are the first M of a seeded
@@ -78,6 +79,8 @@ class SigmaType(click.ParamType):
 # only the name of every image's source file (sfbd.observations.split_record),
 # so that an experiment can put originals beside results (denoise.py --originals).
 
+MAX_SIGMA = 1e30  # Observations are stored as float32 (largest 3.4e38): their noise must fit.
+
 def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | tuple[float, float], seed: int = 0,
                   clean_count: int | None = None, clean_fraction: float | None = None,
                   verbose: bool = True) -> dict:
@@ -87,10 +90,10 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
     if (clean_count is None) == (clean_fraction is None):
         raise UserError('split: give exactly one of --clean-count and --clean-fraction')
     if isinstance(sigma, tuple):
-        if not (len(sigma) == 2 and 0 < sigma[0] < sigma[1] < float('inf')):
-            raise UserError(f'split: --sigma={sigma[0]}:{sigma[1]} needs 0 < LO < HI')
-    elif not 0 < sigma < float('inf'):
-        raise UserError(f'split: --sigma must be positive, got {sigma}')
+        if not (len(sigma) == 2 and 0 < sigma[0] < sigma[1] <= MAX_SIGMA):
+            raise UserError(f'split: --sigma={sigma[0]}:{sigma[1]} needs 0 < LO < HI <= {MAX_SIGMA:g}')
+    elif not 0 < sigma <= MAX_SIGMA:
+        raise UserError(f'split: --sigma must be positive and at most {MAX_SIGMA:g}, got {sigma}')
     check_apart([(clean_dest, '--clean'), (noisy_dest, '--noisy')], [(source, '--source')])
     dataset = ImageFolderDataset(source)
     if dataset.is_float:
@@ -182,7 +185,10 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
                 files = DatasetFiles(part.source)
                 for k, fname in enumerate(part.fnames):
                     name = dataset_fname(len(merged_labels), file_ext(fname))
-                    writer.add(name, files.read(fname))
+                    data = files.read(fname)
+                    decode = read_npy if file_ext(fname) == NPY_EXT else read_image
+                    decode(io.BytesIO(data), files.where(fname))  # Copied byte for byte, but only if it decodes.
+                    writer.add(name, data)
                     merged_labels.append([name, None if part.labels is None else part.labels[k]])
                     if part.sigmas is not None:
                         merged_sigmas[name] = float(part.sigmas[k])

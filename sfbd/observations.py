@@ -37,7 +37,8 @@ import torch
 
 from dnnlib.outputs import check_apart, check_output_file
 from dnnlib.util import UserError, current_umask, is_environment_error
-from training.dataset import METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, is_dataset_file, load_metadata
+from training.dataset import (METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, is_dataset_file,
+                              labels_in_order, load_metadata, parse_labels)
 
 #----------------------------------------------------------------------------
 # EDM's file naming: image i is `{i // 1000 * 1000:05d}/img{i:08d}.ext`, so a
@@ -217,11 +218,9 @@ def raw_labels(path: str, fnames: list[str], metadata: dict) -> list[Any] | None
     entries = metadata.get('labels')
     if entries is None:
         return None
-    by_name = {str(name).replace('\\', '/'): label for name, label in entries}
-    missing = [fname for fname in fnames if fname not in by_name]
-    if missing:
-        raise UserError(f'{os.path.join(path, METADATA_FNAME)}: no label for {missing[0]} ({len(missing)} images have none)')
-    return [by_name[fname] for fname in fnames]
+    where = os.path.join(path, METADATA_FNAME)
+    parse_labels(entries, fnames, where)  # Checked as training reads them: what is written can be trained on.
+    return labels_in_order(entries, fnames, where)
 
 #----------------------------------------------------------------------------
 # Provenance written by `dataset_tool.py split` under "split" in each part's

@@ -202,6 +202,58 @@ def test_convert_option_and_destination_errors(tmp_path):
     assert run('convert', f'--source={src}', f'--dest={tmp_path / "o"}', '--max-images=0').exit_code == 2
     assert not (tmp_path / 'o').exists() and leftovers(tmp_path) == []
 
+# Bad input found anywhere in a source is one line naming it, and nothing is
+# written: labels that training would refuse (convert and split check them as
+# training reads them, rather than dropping or copying them), a zip member
+# whose CRC fails, a dataset.json nested too deeply to parse, an infinite
+# noise level, an image that does not decode (merge copies bytes, but checks
+# them), option values that cannot make a dataset.
+def _bad_sources(root):
+    names = [f'a{i}.png' for i in range(4)]
+    for name in names:
+        save_image(str(root / 'imgs' / name), np.full([8, 8, 3], 7, np.uint8))
+    def with_json(folder, text):
+        for name in names:
+            save_image(str(root / folder / name), np.full([8, 8, 3], 7, np.uint8))
+        (root / folder / 'dataset.json').write_text(text)
+    with_json('strlabels', json.dumps({'labels': [[n, 'cat'] for n in names]}))
+    with_json('nolabel', json.dumps({'labels': [[n, 0] for n in names[:3]]}))
+    with_json('deep', '{"labels":' + '[' * 100000 + ']' * 100000 + '}')
+    with_json('inf', '{"labels": null, "sigma": Infinity}')
+    run('convert', f'--source={root / "imgs"}', f'--dest={root / "imgs.zip"}')
+    data = bytearray((root / 'imgs.zip').read_bytes())
+    member = zipfile.ZipFile(root / 'imgs.zip').getinfo('00000/img00000002.png')
+    start = member.header_offset + 30 + len(member.filename) + len(member.extra)
+    data[start + 60:start + 70] = bytes(b ^ 0xff for b in data[start + 60:start + 70])
+    (root / 'crc.zip').write_bytes(bytes(data))
+    with_json('cut', json.dumps({'labels': None}))
+    full = (root / 'cut' / 'a1.png').read_bytes()
+    (root / 'cut' / 'a1.png').write_bytes(full[:len(full) // 2])
+
+BAD_SOURCES = [
+    (['convert', '--source=<strlabels>', '--dest=<out>'], 'each label must be an integer class'),
+    (['convert', '--source=<nolabel>', '--dest=<out>'], 'no label for a3.png'),
+    (['split', '--source=<strlabels>', '--clean=<out>', '--noisy=<out2>', '--clean-count=1', '--sigma=0.5'], 'each label must be'),
+    (['info', '--source=<crc.zip>'], 'Bad CRC-32'),
+    (['merge', '--source=<crc.zip>', '--dest=<out>'], 'Bad CRC-32'),
+    (['info', '--source=<deep>'], 'not valid JSON'),
+    (['info', '--source=<inf>'], 'must be a finite non-negative number'),
+    (['merge', '--source=<cut>', '--dest=<out>'], 'a1.png: cannot decode the image'),
+    (['convert', '--source=<imgs>', '--dest=<out>', '--transform=center-crop-wide', '--resolution=8x16'], 'W >= H'),
+    (['split', '--source=<imgs.zip>', '--clean=<out>', '--noisy=<out2>', '--clean-count=1', '--sigma=1e39'], 'at most 1e+30'),
+]
+
+def test_bad_sources_are_one_line_and_write_nothing(tmp_path):
+    _bad_sources(tmp_path)
+    for args, message in BAD_SOURCES:
+        args = [a.replace('<out>', str(tmp_path / 'out')).replace('<out2>', str(tmp_path / 'out2')) for a in args]
+        args = [a.replace(a[a.index('<'):a.index('>') + 1], str(tmp_path / a[a.index('<') + 1:a.index('>')]))
+                if '<' in a else a for a in args]
+        assert_fails(run(*args), message)
+        assert not (tmp_path / 'out').exists() and not (tmp_path / 'out2').exists() and leftovers(tmp_path) == []
+    result = run('convert', f'--source={tmp_path / "imgs"}', f'--dest={tmp_path / "out"}', '--resolution=99999x8')
+    assert result.exit_code == 2 and 'at most 8192 pixels a side' in result.output
+
 #----------------------------------------------------------------------------
 # info.
 

@@ -19,7 +19,7 @@ from dnnlib.outputs import OutputFile, ToolOutputs
 from dnnlib.util import UserError
 from sfbd.observations import dataset_fname, encode_png, write_datasets
 from training.dataset import (METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext,
-    image_extensions, load_metadata, read_image)
+    image_extensions, load_metadata, parse_labels, read_image)
 
 #----------------------------------------------------------------------------
 # An image source is a count and an iterator of dicts: `img` ([H, W, C] uint8),
@@ -128,7 +128,10 @@ def open_image_files(source: str, *, max_images: int | None) -> ImageSource:
 
     metadata = load_metadata(files)
     if METADATA_FNAME in files.names:
-        labels = {name: label for name, label in metadata.get('labels') or []}
+        entries = metadata.get('labels') or []
+        if entries:  # Every image needs a valid label, as training reads them; none are dropped silently.
+            parse_labels(entries, fnames, files.where(METADATA_FNAME))
+        labels = {str(name).replace('\\', '/'): label for name, label in entries}
     else:
         folders = sorted({name.split('/')[0] for name in fnames if '/' in name})
         class_of = {folder: idx for idx, folder in enumerate(folders)}
@@ -176,6 +179,9 @@ def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
 def make_transform(transform: str | None, width: int | None, height: int | None) -> Callable[[np.ndarray], np.ndarray | None]:
     if transform is not None and (width is None or height is None):
         raise UserError(f'--transform={transform} needs --resolution=WxH')
+    if transform == 'center-crop-wide' and height > width:
+        raise UserError(f'--transform=center-crop-wide needs --resolution=WxH with W >= H (it centres each image on a '
+                        f'WxW canvas), got {width}x{height}')
 
     def scale(img: np.ndarray) -> np.ndarray:
         return img if width is None else _resize(img, width, height)
@@ -231,7 +237,9 @@ def convert_dataset(source: str, dest: str, max_images: int | None = None, trans
             writer.add(fname, encode_png(img.transpose(2, 0, 1)))
             labels.append([fname, item['label']])
         if not labels:
-            raise UserError(f'{source}: no images to write')
+            skipped = ' (center-crop-wide skips images narrower than W or too short to fill H)' \
+                if transform == 'center-crop-wide' else ''
+            raise UserError(f'{source}: no images to write{skipped}')
         writer.commit(dict(labels=labels if all(label is not None for _, label in labels) else None))
     return len(labels)
 

@@ -139,7 +139,10 @@ _PNG_COLOR_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4} # PNG color type => channel
 def probe_image(f: IO[bytes], where: str) -> tuple[int, int, int]:
     """Read only the header of an image file: (channels, height, width)."""
     # 8-bit PNG: the IHDR chunk right after the signature says it all, at a third of PIL's cost.
-    head = f.read(26)
+    try:
+        head = f.read(26)  # Of a small zip member, this reads it all and checks its CRC.
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f'{where}: not a readable image ({e})') from None
     if len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b'IHDR' and head[24] == 8 and head[25] in _PNG_COLOR_CHANNELS:
         return _PNG_COLOR_CHANNELS[head[25]], int.from_bytes(head[20:24], 'big'), int.from_bytes(head[16:20], 'big')
     f.seek(0)
@@ -203,7 +206,7 @@ def read_npy(f: IO[bytes], where: str) -> np.ndarray:
 # a number, a {file name: number} mapping, or null).
 
 def _is_level(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
 
 def load_metadata(files: DatasetFiles) -> dict:
     """The checked contents of `dataset.json`, or {} when the dataset has none."""
@@ -212,7 +215,7 @@ def load_metadata(files: DatasetFiles) -> dict:
     where = files.where(METADATA_FNAME)
     try:
         metadata = json.loads(files.read(METADATA_FNAME))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise UserError(f'{where}: not valid JSON ({e})') from None
     if not isinstance(metadata, dict):
         raise UserError(f'{where}: expected a JSON object')
@@ -220,9 +223,9 @@ def load_metadata(files: DatasetFiles) -> dict:
     if isinstance(sigma, dict):
         bad = next((name for name, value in sigma.items() if not _is_level(value)), None)
         if bad is not None:
-            raise UserError(f'{where}: "sigma" of {bad} must be a non-negative number, got {sigma[bad]!r}')
+            raise UserError(f'{where}: "sigma" of {bad} must be a finite non-negative number, got {sigma[bad]!r}')
     elif sigma is not None and not _is_level(sigma):
-        raise UserError(f'{where}: "sigma" must be a non-negative number, a mapping from file names to numbers, '
+        raise UserError(f'{where}: "sigma" must be a finite non-negative number, a mapping from file names to numbers, '
                         f'or null, got {sigma!r}')
     labels = metadata.get('labels')
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, list) and len(x) == 2 for x in labels)):
@@ -254,7 +257,7 @@ def labels_in_order(entries: list, fnames: Sequence[str], where: str) -> list:
 # bounded so that a stray huge number cannot ask for a one-hot of that width.
 
 MAX_CLASSES = 1 << 16
-def _parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray:
+def parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray:
     labels = labels_in_order(entries, fnames, where)
 
     def is_number(x: Any) -> bool:
@@ -540,7 +543,7 @@ class ImageFolderDataset(Dataset):
         entries = self._metadata.get('labels')
         if entries is None:
             return None
-        return _parse_labels(entries, self._image_fnames, self._files.where(METADATA_FNAME))
+        return parse_labels(entries, self._image_fnames, self._files.where(METADATA_FNAME))
 
     def close(self) -> None:
         files = self.__dict__.get('_files')
