@@ -94,6 +94,10 @@ def open_url(url_or_path: str, *, cache: bool = True, cache_root: str | None = N
     """Open a local path or a URL for binary reading; URLs go through the download cache."""
     if is_url(url_or_path):
         return open(download(url_or_path, cache=cache, cache_root=cache_root, verbose=verbose), 'rb')
+    if not url_or_path:
+        raise UserError('an empty path where a file was expected')
+    if os.path.isdir(url_or_path):
+        raise UserError(f'{url_or_path}: is a directory; expected a file')
     if not os.path.isfile(url_or_path):
         raise UserError(f'{url_or_path}: no such file')
     return open(url_or_path, 'rb')

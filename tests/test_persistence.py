@@ -179,6 +179,35 @@ def test_unknown_class(tmp_path):
     with pytest.raises(UserError, match='unknown class "NoSuchNet"'):
         persistence.load_network_pickle(str(path))
 
+# A crafted or damaged pickle is one error that names the file, whatever
+# breaks: a state of the wrong type, constructor keywords that are not a
+# dict, values the constructor refuses, nesting deeper than Python's limit,
+# or a torch.save file (a training state) given for a network pickle.
+@pytest.mark.parametrize('case, message', [
+    ('state-list', 'has a state of type list'),
+    ('kwargs-list', 'cannot build the network it describes (TypeError'),
+    ('bad-model-type', "cannot build the network it describes (ValueError: unknown model_type 'Nope'"),
+    ('deep', 'RecursionError'),
+    ('torch-save', 'a torch.save file (such as a training-state-*.pt), not a network pickle'),
+])
+def test_crafted_or_damaged_pickles(tmp_path, case, message):
+    path = tmp_path / 'net.pkl'
+    def record(state):
+        return dict(ema=Persistent(dict(type='class', version=6, class_name='EDMPrecond', module_src='', state=state)))
+    kwargs = dict(img_resolution=8, img_channels=3, model_type='Nope')
+    if case == 'torch-save':
+        torch.save(dict(net=tiny_net().state_dict()), path)
+    elif case == 'deep':  # {'ema': [[[...]]]}, 100,000 lists deep, in raw opcodes (pickle.dumps would recurse).
+        depth = 100000
+        path.write_bytes(b'\x80\x02}X\x03\x00\x00\x00ema' + b']' * depth + b'a' * (depth - 1) + b's.')
+    else:
+        state = {'state-list': [1, 2], 'kwargs-list': dict(_init_args=(), _init_kwargs=[1, 2]),
+                 'bad-model-type': dict(_init_args=(), _init_kwargs=kwargs)}[case]
+        path.write_bytes(pickle.dumps(record(state)))
+    with pytest.raises(UserError) as error:
+        persistence.load_network_pickle(str(path))
+    assert str(error.value).startswith(str(path)) and message in str(error.value) and '\n' not in str(error.value)
+
 def test_missing_tensor(tmp_path):
     path = save_with_kwargs(tmp_path, tiny_net(), label_dim=10)
     with pytest.raises(UserError, match=r'missing tensor "model\.map_label\.weight"'):

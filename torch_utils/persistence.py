@@ -209,10 +209,10 @@ def _tensors_of(state: dict, prefix: str, out: dict[str, torch.Tensor]) -> None:
         elif isinstance(child, torch.nn.Module):  # Already rebuilt by a plain pickle.load.
             out.update({f'{prefix}{name}.{k}': v for k, v in child.state_dict().items()})
 
-def _class_for(name: str) -> type:
+def _class_for(name: str, source_name: str = 'network pickle') -> type:
     _import_project_classes()
     if name not in _registry:
-        raise UserError(f'unknown class "{name}" in network pickle; known: {", ".join(sorted(_registry))}')
+        raise UserError(f'{source_name}: unknown class "{name}" in the network pickle; known: {", ".join(sorted(_registry))}')
     return _registry[name]
 
 def _import_project_classes() -> None:
@@ -226,7 +226,9 @@ def _import_project_classes() -> None:
 
 def build_object(record: PersistentRecord, source_name: str = 'network pickle') -> Any:
     """Construct this repository's object for a record and copy the recorded tensors into it."""
-    cls = _class_for(record.class_name)
+    cls = _class_for(record.class_name, source_name)
+    if not isinstance(record.state, dict):
+        raise UserError(f'{source_name}: {record.class_name} has a state of type {type(record.state).__name__}, not a dict')
     args = record.state.get('_init_args', ())
     kwargs = record.state.get('_init_kwargs', {})
     if '_init_kwargs' not in record.state:
@@ -292,16 +294,31 @@ def load_network_pickle(path_or_url: str, *, cache: bool = True) -> dict:
         data = f.read()
     return load_network_pickle_bytes(data, source_name=str(path_or_url))
 
+# What a damaged or crafted pickle raises while it is read or its objects are
+# built (a RuntimeError includes a constructor asking for an absurd amount of
+# memory); each becomes one line that names the file.
+_CORRUPT_PICKLE_ERRORS = (EOFError, pickle.UnpicklingError, ValueError, RuntimeError, IndexError, KeyError, TypeError,
+                          AttributeError, RecursionError, MemoryError, OverflowError)
+
 def load_network_pickle_bytes(data: bytes, *, source_name: str = 'network pickle') -> dict:
+    if data[:2] == b'PK' and b'data.pkl' in data[:4096]:  # torch.save's zip format, e.g. a training state.
+        raise UserError(f'{source_name}: a torch.save file (such as a training-state-*.pt), not a network pickle; '
+                        'continue a run with --resume, or give a network-snapshot-*.pkl')
     try:
         obj = DataOnlyUnpickler(io.BytesIO(data), source_name).load()
     except UserError:
         raise
-    except (EOFError, pickle.UnpicklingError, ValueError, RuntimeError, IndexError, KeyError,
-            TypeError, AttributeError) as e:
+    except _CORRUPT_PICKLE_ERRORS as e:
+        message = ' '.join(str(e).split())  # One line, whatever the error's own layout.
         raise UserError(f'{source_name}: not a readable network pickle (truncated or corrupt: '
-                        f'{type(e).__name__}: {e})') from None
-    obj = _build_all(obj, source_name)
+                        f'{type(e).__name__}: {message})') from None
+    try:
+        obj = _build_all(obj, source_name)
+    except UserError:
+        raise
+    except _CORRUPT_PICKLE_ERRORS as e:
+        message = ' '.join(str(e).split())
+        raise UserError(f'{source_name}: cannot build the network it describes ({type(e).__name__}: {message})') from None
     if isinstance(obj, torch.nn.Module):
         obj = dict(ema=obj)  # A bare network pickle.
     if not isinstance(obj, dict) or not isinstance(obj.get('ema'), torch.nn.Module):
