@@ -254,9 +254,15 @@ def denoise_command(network_pkl: str, data: str, outdir: str, *, sigma: float | 
         net = load_network(network_pkl).to(device)
         check_network(net, obs, network_pkl, data)
         check_sampler_options(net, kwargs)
-        highest = float(np.max(levels))
-        if highest > min(kwargs.get('sigma_max', 80), net.sigma_max):
-            raise UserError(f'noise level {highest:g} is above the highest noise level of the sampler')
+        highest, lowest = float(np.max(levels)), float(np.min(levels))
+        top = min(kwargs.get('sigma_max', 80), float(net.sigma_max))
+        if highest > top:
+            source = '--sigma' if sigma is not None else f'--data={data}'
+            raise UserError(f'{source}: noise level {highest:g} is above the highest noise level of the sampler '
+                            f'({top:g}: --sigma_max, or the network\'s)')
+        if kwargs.get('sigma_min') is not None and not kwargs['sigma_min'] < lowest:
+            raise UserError(f'--sigma_min={kwargs["sigma_min"]:g} is not below the noise level of the observations '
+                            f'({lowest:g}); the backward sampling runs from there down to --sigma_min')
         max_batch_size = fast_lib.sampling_batch_size(net, device, settings, max_batch_size, DEFAULT_BATCH)
         if settings is not None:
             net = fast_lib.prepare_sampling_network(net, settings)

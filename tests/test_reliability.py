@@ -437,12 +437,25 @@ def test_numbers_must_be_finite(inputs, tmp_path, command, args, option):
 @pytest.mark.parametrize('args, message', [
     (['--sigma_min=5', '--sigma_max=1'], '--sigma_min=5 is not below --sigma_max=1'),
     (['--S_churn=10', '--S_min=2', '--S_max=1'], 'the churn would never apply'),
+    (['--sigma_min=100'], '--sigma_min=100 is not below the default --sigma_max (80)'),
+    (['--sigma_max=0.001'], '--sigma_max=0.001 is not above the default --sigma_min (0.002)'),
 ])
 def test_sampler_ranges_the_wrong_way_round(inputs, tmp_path, args, message):
     for command, common in [(generate.main, ['--seeds=0-1']), (denoise.main, ['--data', inputs / 'obs'])]:
         outdir = tmp_path / command.name
         assert_one_error_line(invoke(command, ['--network', inputs / 'net.pkl', '--outdir', outdir, *common, *args]), message)
         assert not os.path.exists(outdir) or os.listdir(outdir) == []
+
+# Denoising runs from the observations' noise level down to --sigma_min: a
+# --sigma_min at or above that level, or a level above the sampler's highest,
+# has no grid to run on.
+@pytest.mark.parametrize('args, message', [(['--sigma_min=0.6'], 'is not below the noise level of the observations (0.5)'),
+                                           (['--sigma=100', '--force-sigma'], '--sigma: noise level 100 is above the highest')])
+def test_denoise_levels_outside_the_grid(inputs, tmp_path, args, message):
+    outdir = tmp_path / 'out'
+    assert_one_error_line(invoke(denoise.main, ['--network', inputs / 'net.pkl', '--outdir', outdir, '--data', inputs / 'obs',
+                                                *args]), message)
+    assert not outdir.exists()
 
 def test_a_network_that_makes_nan_is_refused(inputs, tmp_path):
     from torch_utils.persistence import save_network_pickle

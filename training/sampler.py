@@ -9,6 +9,8 @@ EDM's per-seed protocol so that the same seeds give the same images on the same 
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Callable, Sequence
 
 import numpy as np
@@ -332,6 +334,14 @@ def check_sampler_options(net: torch.nn.Module, sampler_kwargs: dict) -> None:
         raise UserError(f'--sigma_min={lo:g} is not below the highest noise level of the network ({net_hi:g})')
     if hi is not None and not hi > net_lo:
         raise UserError(f'--sigma_max={hi:g} is not above the lowest noise level of the network ({net_lo:g})')
+    if not any(k in kwargs for k in ABLATION_KEYS):  # EDM's sampler: one end given, the other its default.
+        defaults = inspect.signature(edm_sampler).parameters
+        if lo is not None and hi is None and not lo < min(defaults['sigma_max'].default, net_hi):
+            raise UserError(f'--sigma_min={lo:g} is not below the default --sigma_max '
+                            f'({min(defaults["sigma_max"].default, net_hi):g})')
+        if hi is not None and lo is None and not hi > max(defaults['sigma_min'].default, net_lo):
+            raise UserError(f'--sigma_max={hi:g} is not above the default --sigma_min '
+                            f'({max(defaults["sigma_min"].default, net_lo):g})')
     if kwargs.get('S_churn', 0) > 0 and kwargs.get('S_min', 0) > kwargs.get('S_max', float('inf')):
         raise UserError(f'--S_min={kwargs["S_min"]:g} is above --S_max={kwargs["S_max"]:g}: the churn would never apply')
 
