@@ -272,6 +272,23 @@ def test_resume_past_the_duration_makes_no_run(reference_run, data, tmp_path):
         result.output
     assert not outdir.exists() or not list(outdir.iterdir())
 
+# Starts that fail late are one line and leave nothing: a run directory name
+# too long for the file system, a hand-edited training_options.json beside the
+# resumed state, a training state given to --transfer.
+def test_late_start_failures_are_one_line(reference_run, data, tmp_path):
+    import shutil
+    common = ['--data', data / 'ds8.zip', '--duration=0.002', *TINY]
+    result = invoke_train(['--outdir', tmp_path / 'long', *common, '--desc=' + 'a' * 300])
+    assert result.exit_code == 1 and 'File name too long' in error_lines(result)[0] and not (tmp_path / 'long').exists()
+    edited = tmp_path / 'edited'
+    shutil.copytree(reference_run, edited)
+    (edited / 'training_options.json').write_text(json.dumps(dict(network_kwargs=5)))
+    result = invoke_train(['--outdir', tmp_path / 'runs', *common, '--resume', edited, '-n'])
+    assert result.exit_code == 1 and '"network_kwargs" must be a JSON object' in error_lines(result)[0]
+    result = invoke_train(['--outdir', tmp_path / 'runs', *common, '--transfer', reference_run / 'training-state-000001.pt'])
+    assert result.exit_code == 1 and 'continue a run with --resume' in error_lines(result)[0]
+    assert not (tmp_path / 'runs').exists()
+
 def test_a_seed_beyond_64_bits_is_an_option_error(data, tmp_path):
     result = invoke_train(['--outdir', tmp_path / 'runs', '--data', data / 'ds8.zip', *TINY, '--seed=18446744073709551616', '-n'])
     assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output

@@ -342,11 +342,18 @@ def run_starter(opts: dnnlib.EasyDict, c: dnnlib.EasyDict, continue_dir: str | N
         dist.print0('Creating output directory...')
         options_path = os.path.join(c.run_dir, 'training_options.json')
         if continue_dir is None:
-            os.makedirs(opts.outdir, exist_ok=True)
+            made_outdir = not os.path.isdir(opts.outdir)
             try:
+                os.makedirs(opts.outdir, exist_ok=True)
                 os.mkdir(c.run_dir)  # Atomic: of two runs starting at once, one gets the directory.
             except FileExistsError:
                 raise UserError(f'{c.run_dir} already exists; is another run starting in --outdir?') from None
+            except OSError as e:
+                if made_outdir:  # A failed start leaves nothing behind.
+                    with contextlib.suppress(OSError):
+                        os.rmdir(opts.outdir)
+                raise UserError(f'--outdir={opts.outdir}: cannot create {e.filename or c.run_dir} '
+                                f'({e.strerror or e})') from None
             claim.take(c.run_dir)  # Before its options: a run with options is always claimed while it trains.
         else:
             os.makedirs(c.run_dir, exist_ok=True)

@@ -108,6 +108,12 @@ def run_options_beside(state_path: str) -> dict | None:
         raise UserError(f'{path}: not readable JSON ({e})') from None
     if not isinstance(options, dict):
         raise UserError(f'{path}: expected a JSON object')
+    for key in ('network_kwargs', 'dataset_kwargs', 'loss_kwargs', 'optimizer_kwargs', 'augment_kwargs'):
+        if options.get(key) is not None and not isinstance(options[key], dict):
+            raise UserError(f'{path}: "{key}" must be a JSON object or null, got {json.dumps(options[key])[:40]}')
+    parts = (options.get('dataset_kwargs') or {}).get('datasets')
+    if parts is not None and not (isinstance(parts, list) and all(isinstance(part, dict) for part in parts)):
+        raise UserError(f'{path}: "dataset_kwargs" "datasets" must be a list of JSON objects')
     return options
 
 def recorded_schedule(state_path: str, run_options: dict | None) -> dict[str, Any] | None:
