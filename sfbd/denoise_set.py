@@ -115,8 +115,9 @@ def describe_levels(sigma: float | np.ndarray) -> str:
 # names. Written only when every image is present.
 
 def missing_outputs(outdir: str, obs: ObservationSet, indices: range | list[int]) -> list[int]:
-    """Indices whose image is absent, empty or cut short."""
-    return [i for i in indices if not is_complete_png(output_path(outdir, obs.fnames[i]))]
+    """Indices whose image is absent, empty, cut short, or not of the observations' size and channels."""
+    shape = obs.image_shape
+    return [i for i in indices if not is_complete_png(output_path(outdir, obs.fnames[i]), shape)]
 
 def finalize_outdir(outdir: str, obs: ObservationSet) -> int:
     """Write dataset.json if the set is complete, remove it if not; returns the number of images still missing."""

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 from click.testing import CliRunner
 
@@ -301,10 +302,14 @@ def test_empty_or_cut_short_images_count_as_missing(inputs, tmp_path):
     empty, cut = outdir / '00000' / 'img00000001.png', outdir / '00000' / 'img00000007.png'
     empty.write_bytes(b'')
     cut.write_bytes(cut.read_bytes()[:-20])
-    assert denoise_set.missing_outputs(str(outdir), denoise_set.ObservationSet(str(inputs / 'obs')), range(NUM_OBS)) == [1, 7]
-    assert_one_error_line(invoke(denoise.main, args + ['--finalize']), '2 of 10 images are still missing')
+    # Whole PNGs that are not this set's images: another size, grayscale for RGB.
+    small, gray = outdir / '00000' / 'img00000003.png', outdir / '00000' / 'img00000005.png'
+    PIL.Image.new('RGB', (4, 4)).save(small)
+    PIL.Image.new('L', (8, 8)).save(gray)
+    assert denoise_set.missing_outputs(str(outdir), denoise_set.ObservationSet(str(inputs / 'obs')), range(NUM_OBS)) == [1, 3, 5, 7]
+    assert_one_error_line(invoke(denoise.main, args + ['--finalize']), '4 of 10 images are still missing')
     result = invoke(denoise.main, args)
-    assert result.exit_code == 0 and 'Denoising 2 of 10' in result.output, result.output
+    assert result.exit_code == 0 and 'Denoising 4 of 10' in result.output, result.output
     assert read_png_dataset(str(outdir)).keys() == complete.keys()
     assert all(np.array_equal(read_png_dataset(str(outdir))[k], complete[k]) for k in complete)
 
