@@ -59,7 +59,7 @@ def cached_path_for_url(url: str, cache_root: str | None = None) -> str:
     return os.path.join(cache_root or cache_dir(), f'{digest}_{name}')
 
 def download(url: str, *, cache: bool = True, cache_root: str | None = None, timeout: float = 30,
-             num_attempts: int = 3, verbose: bool = True) -> str:
+             num_attempts: int = 3, max_seconds: float = 1800, verbose: bool = True) -> str:
     """Fetch `url` to the download cache (once) and return the local path."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == 'file':
@@ -71,8 +71,13 @@ def download(url: str, *, cache: bool = True, cache_root: str | None = None, tim
     if cache and os.path.isfile(target):
         return target
 
+    # Connecting is retried; a server that accepted but does not answer within
+    # `timeout`, or that sends too slowly to finish within `max_seconds`, is
+    # not (it would not do better on a second try).
+    import time
     import requests  # Imported here: only downloads need it.
     last_error: Exception | None = None
+    deadline = time.monotonic() + max_seconds
     for _attempt in range(num_attempts):
         try:
             with requests.get(url, stream=True, timeout=timeout) as response:
@@ -82,9 +87,14 @@ def download(url: str, *, cache: bool = True, cache_root: str | None = None, tim
                 with atomic_write(target, 'wb') as f:
                     for chunk in response.iter_content(chunk_size=1 << 20):
                         f.write(chunk)
+                        if time.monotonic() > deadline:
+                            raise UserError(f'{url}: download not finished after {max_seconds:g} s; '
+                                            'fetch the file by other means and give its path')
             return target
         except requests.HTTPError as e:
             raise UserError(f'{url}: download failed ({e})') from None
+        except requests.ReadTimeout as e:
+            raise UserError(f'{url}: the server sent nothing for {timeout:g} s ({e})') from None
         except (requests.RequestException, OSError) as e:
             last_error = e
     raise UserError(f'{url}: cannot be reached ({type(last_error).__name__}: {last_error})')

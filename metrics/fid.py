@@ -24,7 +24,7 @@ import torch
 import tqdm
 
 from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, append_line, is_json_lines
-from dnnlib.util import UserError, atomic_write, is_url, open_url, save_png
+from dnnlib.util import UserError, atomic_write, cached_path_for_url, is_url, open_url, save_png
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.detector import Detector, load_detector
@@ -108,6 +108,18 @@ def calculate_fid_from_inception_stats(mu: np.ndarray, sigma: np.ndarray,
 # path or URL (EDM's published files load unchanged).
 
 def load_ref_stats(ref: str) -> tuple[np.ndarray, np.ndarray]:
+    """`mu` and `sigma` of reference statistics (a path or URL), checked. A download that turns out not to
+    be statistics (an error page, say) is removed from the cache, so that a later run fetches it again."""
+    try:
+        return _read_ref_stats(ref)
+    except UserError as e:
+        cached = cached_path_for_url(ref) if is_url(ref) and not ref.startswith('file:') else None
+        if cached is None or not os.path.isfile(cached):
+            raise
+        os.remove(cached)
+        raise UserError(f'{e} (the download was removed from the cache: {cached})') from None
+
+def _read_ref_stats(ref: str) -> tuple[np.ndarray, np.ndarray]:
     with open_url(ref) as f:
         if not zipfile.is_zipfile(f):
             raise UserError(f'{ref}: not an .npz file (FID reference statistics are an .npz with "mu" and "sigma")')

@@ -2,6 +2,7 @@
 detector loading and its checks, all on the CPU with a small TorchScript stand-in for Inception."""
 
 import gc
+import http.server
 import json
 import os
 import pickle
@@ -533,3 +534,45 @@ def test_torchrun_network(files, rundir, tmp_path):
     assert record['world_size'] == 2 and record['fid'] == pytest.approx(expected, rel=1e-6)
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# Downloads of --ref: a file that is not statistics (an error page) is not
+# kept in the cache, so that the next run fetches it again; a server that
+# accepts but never answers fails after the read timeout, once, not after
+# several tries.
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+def test_a_bad_download_is_not_kept_and_a_silent_server_fails_once(files, tmp_path, monkeypatch):
+    import functools
+    import socket
+    import threading
+    from dnnlib.util import UserError, download
+    served = tmp_path / 'served'
+    served.mkdir()
+    (served / 'r.npz').write_text('<html>not here</html>')
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(QuietHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f'http://127.0.0.1:{server.server_address[1]}/r.npz'
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    try:
+        with pytest.raises(UserError, match='removed from the cache'):
+            fid_stats.load_ref_stats(url)
+        assert not os.path.exists(cached_path_for_url(url))
+        shutil.copy(files['ref_a'], served / 'r.npz')
+        assert fid_stats.load_ref_stats(url)[0].shape == (FEATURES,)
+    finally:
+        server.shutdown()
+        server.server_close()
+    silent = socket.socket()
+    silent.bind(('127.0.0.1', 0))
+    silent.listen(4)
+    try:
+        start = time.monotonic()
+        with pytest.raises(UserError, match='the server sent nothing for 1 s'):
+            download(f'http://127.0.0.1:{silent.getsockname()[1]}/r.npz', timeout=1)
+        assert time.monotonic() - start < 2.5
+    finally:
+        silent.close()
