@@ -29,6 +29,13 @@ except ValueError:
 sys.exit(0 if isinstance(tag, dict) else 1)' || sfbd_die "RECORD_TAG=$RECORD_TAG is not a JSON object (e.g. {\"round\": 2})"
 }
 
+# sfbd_check_args KIND VARIABLE [ARG ...]: the options that VARIABLE passes on to train.py (KIND train) or
+# denoise.py (KIND denoise), checked as the tool will parse them, before any job is submitted.
+sfbd_check_args() {
+    local message
+    message="$(cd "$SFBD_ROOT" && "$(sfbd_python)" -m tools.job_args "$@" 2>&1)" || sfbd_die "$message"
+}
+
 sfbd_python() {
     if [[ -n "${PYTHON:-}" ]]; then
         echo "$PYTHON"
@@ -116,7 +123,7 @@ sfbd_preset() {
     _preset_out=()
     [[ -z "${3:-}" || "$3" == none ]] && return 0
     text="$(cd "$SFBD_ROOT" && "$(sfbd_python)" -m sfbd.presets "$3" --for="$2")" \
-        || sfbd_die "PRESET=$3: unknown preset (python -m sfbd.presets lists them)"
+        2>/dev/null || sfbd_die "PRESET=$3: unknown preset (python -m sfbd.presets lists them)"
     [[ -n "$text" ]] && mapfile -t _preset_out <<<"$text"
     return 0
 }

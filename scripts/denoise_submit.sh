@@ -55,7 +55,7 @@ for arg in "$@"; do
     case "$arg" in
         --wait) wait_for_it=1 ;;
         --ids) print_ids=1 ;;
-        --array | --array=*) sfbd_die "do not pass --array: NUM_TASKS decides the array" ;;
+        --array | --array=* | -a | -a?*) sfbd_die "do not pass --array: NUM_TASKS decides the array" ;;
         *) sbatch_opts+=("$arg") ;;
     esac
 done
@@ -76,6 +76,8 @@ sfbd_positive_int MAX_PARALLEL
 sfbd_check_record
 [[ -z "${WAIT_POLL:-}" || "$WAIT_POLL" =~ ^[0-9]+([.][0-9]+)?$ ]] || sfbd_die "WAIT_POLL=$WAIT_POLL is not a number of seconds"
 sfbd_words _checked "${DENOISE_ARGS:-}" DENOISE_ARGS  # Before any task is submitted.
+sfbd_check_args denoise DENOISE_ARGS "${_checked[@]}"
+sfbd_preset _preset denoise "${PRESET:-none}"  # Checks the name.
 array="0-$((NUM_TASKS - 1))"
 if [[ -n "${MAX_PARALLEL:-}" ]]; then
     array+="%$MAX_PARALLEL"

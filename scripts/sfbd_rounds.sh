@@ -89,10 +89,11 @@ sfbd_words extra "${TRAIN_SBATCH_ARGS:-}" TRAIN_SBATCH_ARGS
 train_opts=("${common_opts[@]}" "${extra[@]}")
 sfbd_words extra "${DENOISE_SBATCH_ARGS:-}" DENOISE_SBATCH_ARGS
 denoise_opts=("${common_opts[@]}" "${extra[@]}")
-# The options passed on to the jobs, checked before any job is submitted.
-sfbd_words extra "${PRETRAIN_ARGS:-}" PRETRAIN_ARGS
-sfbd_words extra "${UPDATE_ARGS:-}" UPDATE_ARGS
-sfbd_words extra "${DENOISE_ARGS:-}" DENOISE_ARGS
+# The options passed on to the jobs, checked (below) before any job is submitted.
+sfbd_words pretrain_args "${PRETRAIN_ARGS:-}" PRETRAIN_ARGS
+sfbd_words update_args "${UPDATE_ARGS:-}" UPDATE_ARGS
+sfbd_words online_args "${ONLINE_ARGS:-}" ONLINE_ARGS
+sfbd_words denoise_args "${DENOISE_ARGS:-}" DENOISE_ARGS
 
 command -v sbatch >/dev/null || sfbd_die "sbatch not found: run this on a SLURM login node (or scripts/local_slurm.sh start)"
 [[ -n "${CLEAN_DATA:-}" ]] || sfbd_die "set CLEAN_DATA to the clean dataset"
@@ -114,6 +115,10 @@ for var in ROUNDS NUM_TASKS MAX_PARALLEL STEPS; do
 done
 [[ -z "${WAIT_POLL:-}" || "$WAIT_POLL" =~ ^[0-9]+([.][0-9]+)?$ ]] || sfbd_die "WAIT_POLL=$WAIT_POLL is not a number of seconds"
 sfbd_preset _preset train "${PRESET:-none}"  # Checks the name.
+sfbd_check_args train PRETRAIN_ARGS "${pretrain_args[@]}"
+sfbd_check_args train UPDATE_ARGS "${update_args[@]}"
+sfbd_check_args train ONLINE_ARGS "${online_args[@]}"
+sfbd_check_args denoise DENOISE_ARGS "${denoise_args[@]}"
 if [[ -n "${PRETRAINED:-}" && "$PRETRAINED" != *://* && ! -e "$PRETRAINED" ]]; then
     sfbd_die "PRETRAINED=$PRETRAINED does not exist"
 fi

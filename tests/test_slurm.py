@@ -178,6 +178,11 @@ def test_train_sh_reports_missing_configuration(tmp_path):
     ('denoise.sh', dict(RECORD_TAG='[1]'), 'RECORD_TAG=[1] is not a JSON object'),
     ('denoise.sh', dict(RECORD='<root>'), 'is a directory; expected a JSON-lines file'),
     ('train.sh', dict(RECORD_TAG='{"round": 2'), 'is not a JSON object'),
+    ('sfbd_rounds.sh', dict(UPDATE_ARGS='--duration=abc'), "UPDATE_ARGS: Invalid value for '--duration'"),
+    ('sfbd_rounds.sh', dict(PRETRAIN_ARGS='--outdir=elsewhere'), 'PRETRAIN_ARGS: --outdir is set by the script itself'),
+    ('sfbd_rounds.sh', dict(PRESET='bogus'), 'PRESET=bogus: unknown preset'),
+    ('denoise_submit.sh', dict(DENOISE_ARGS='--stepz=3'), "DENOISE_ARGS: No such option '--stepz'"),
+    ('denoise_submit.sh', dict(DENOISE_ARGS='--shard=1/2'), 'DENOISE_ARGS: --shard is set by the script itself'),
 ])
 def test_chain_scripts_check_settings_before_anything_runs(tmp_path, script, setting, message):
     clean, noisy, stub = tmp_path / 'clean', tmp_path / 'noisy', tmp_path / 'bin'

@@ -66,9 +66,9 @@ def denoise_options(func: Callable) -> Callable:
 def _parser(**_kwargs) -> None:
     pass
 
-def parse_denoise_args(args: Sequence[str], option: str = '--denoise-args') -> dict:
+def parse_denoise_args(args: Sequence[str], option: str = '--denoise-args', setter: str = 'sfbd.rounds') -> dict:
     """The parameters denoise.py would get from `args`, with placeholders for --network, --outdir and --data."""
     return parse_tool_args(_parser, 'denoise.py', args, option, ['--network=.', '--outdir=.', '--data=.'],
-                           SET_BY_ROUNDS).params
+                           SET_BY_ROUNDS, setter).params
 
 #----------------------------------------------------------------------------

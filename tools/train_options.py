@@ -110,8 +110,8 @@ def parse_train_command(args: Sequence[str]) -> tuple[dict, set[str]]:
     return ctx.params, explicit_schedule(ctx)
 
 def parse_train_args(args: Sequence[str], option: str, set_here: Sequence[str] = (),
-                     required: Sequence[str] = ('--outdir=.', '--data=.')) -> dict:
+                     required: Sequence[str] = ('--outdir=.', '--data=.'), setter: str = 'sfbd.rounds') -> dict:
     """The parameters train.py would get from `required` + `args`; an error is one line naming `option`."""
-    return parse_tool_args(_parser, 'train.py', args, option, required, set_here).params
+    return parse_tool_args(_parser, 'train.py', args, option, required, set_here, setter).params
 
 #----------------------------------------------------------------------------

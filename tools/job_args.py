@@ -1,0 +1,43 @@
+"""The options that the cluster scripts pass on to train.py and denoise.py, checked before any job is
+submitted (scripts/sfbd_rounds.sh, scripts/denoise_submit.sh):
+
+    python -m tools.job_args train|denoise VARIABLE [ARG ...]
+
+exits with status 1 and one line naming VARIABLE when the tool would refuse ARG ..., or when they set
+what the script sets itself (the paths, the shard); else prints nothing."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from dnnlib.util import UserError
+
+# What scripts/train.sh and scripts/denoise.sh set from their variables.
+TRAIN_SET_BY_SCRIPTS = ('outdir', 'data', 'noisy', 'transfer', 'nosubdir')
+
+def check_job_args(kind: str, variable: str, args: Sequence[str]) -> None:
+    """Raise a UserError naming `variable` if train.py (`kind` 'train') or denoise.py ('denoise') would
+    not take `args` from a script."""
+    if kind == 'train':
+        from tools.train_options import parse_train_args
+        parse_train_args(args, variable, TRAIN_SET_BY_SCRIPTS, setter='the script')
+    elif kind == 'denoise':
+        from tools.denoise_setup import parse_denoise_args
+        parse_denoise_args(args, variable, setter='the script')
+    else:
+        raise UserError(f'{kind}: train or denoise')
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) < 2:
+        print('usage: python -m tools.job_args train|denoise VARIABLE [ARG ...]', file=sys.stderr)
+        return 2
+    try:
+        check_job_args(argv[0], argv[1], argv[2:])
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
