@@ -87,11 +87,13 @@ sfbd_check_record
 [[ "$TASK_ID" =~ ^[0-9]{1,7}$ ]] && ((10#$TASK_ID < NUM_TASKS)) \
     || sfbd_die "task $TASK_ID is outside 0..$((NUM_TASKS - 1)) (NUM_TASKS=$NUM_TASKS): submit --array=0-$((NUM_TASKS - 1))"
 
+sfbd_words extra "${DENOISE_ARGS:-}" DENOISE_ARGS
+sfbd_check_args denoise "DENOISE_ARGS and the script's arguments" "${extra[@]}" "$@"  # Not the paths or the shard.
+
 network="$(sfbd_resolve_network "$NETWORK" NETWORK)"
 sfbd_preset preset denoise "${PRESET:-none}"
 args=(--network="$network" --data="$NOISY_DATA" --outdir="$OUTDIR" "${preset[@]}")
 [[ -n "${STEPS:-}" ]] && args+=(--steps="$STEPS")
-sfbd_words extra "${DENOISE_ARGS:-}" DENOISE_ARGS
 args+=("${extra[@]}")
 args+=("$@")
 

@@ -177,6 +177,7 @@ def test_train_sh_reports_missing_configuration(tmp_path):
     ('denoise_submit.sh', dict(RECORD_TAG='{round: 2}'), 'RECORD_TAG={round: 2} is not a JSON object'),
     ('denoise.sh', dict(RECORD_TAG='[1]'), 'RECORD_TAG=[1] is not a JSON object'),
     ('denoise.sh', dict(RECORD='<root>'), 'is a directory; expected a JSON-lines file'),
+    ('denoise.sh', dict(DENOISE_ARGS='--shard=1/2'), '--shard is set by the script itself'),
     ('train.sh', dict(RECORD_TAG='{"round": 2'), 'is not a JSON object'),
     ('sfbd_rounds.sh', dict(UPDATE_ARGS='--duration=abc'), "UPDATE_ARGS: Invalid value for '--duration'"),
     ('sfbd_rounds.sh', dict(PRETRAIN_ARGS='--outdir=elsewhere'), 'PRETRAIN_ARGS: --outdir is set by the script itself'),
