@@ -83,8 +83,8 @@ def check_distinct(inputs: Sequence[tuple[str | None, str]]) -> None:
             continue
         for other, other_option in seen:
             if path_relation(path, other) == 'is':
-                same = f'{option}={path} and {other_option}={other} are the same set' if path != other else \
-                       f'{option}={path} is given twice'
+                same = f'{option}={path} is given twice' if (path, option) == (other, other_option) else \
+                       f'{option}={path} and {other_option}={other} are the same set'
                 raise UserError(f'{same}; give each set once (a repeated set would count twice)')
         seen.append((path, option))
 

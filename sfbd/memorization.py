@@ -26,6 +26,7 @@ detector (torch_utils/detector.py) and the output rules (dnnlib/outputs.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 import tqdm
 
-from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs
+from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, check_distinct
 from dnnlib.util import EasyDict, UserError, atomic_write
 from sfbd.observations import read_listing
 from sfbd.plots import new_figure, save_figure
@@ -371,6 +372,7 @@ def memorization_command(*, image_path: str | None, network_pkl: str | None, see
         raise UserError('--detector and --detector-sha256 apply to --features=inception only')
     inputs = [(image_path, '--images'), (network_pkl, '--network'), (detector, '--detector'),
               *[(path, '--train') for path in train_paths]]
+    check_distinct([(image_path, '--images'), *[(path, '--train') for path in train_paths]])  # Samples are not references.
     markers = FIGURES + [os.path.basename(json_path or FIGURES[0])]
     ToolOutputs('memorization.py', [OutputFile(json_path, '--json', is_result_file),  # Only our own earlier output.
                                     OutputDir(outdir, '--outdir', markers=markers)],
@@ -393,12 +395,34 @@ def memorization_command(*, image_path: str | None, network_pkl: str | None, see
         del net
 
     matches = check_memorization(samples, references, space, threshold, max_batch_size, device_obj, verbose=True)
-    if json_path is not None:
-        save_json(json_path, result_record(samples, matches, features, threshold))
-    if outdir is not None:
-        save_pairs_figure(os.path.join(outdir, FIGURES[0]), samples, matches)
-        save_distance_histograms(os.path.join(outdir, FIGURES[1]), matches, threshold)
-    wrote = ([json_path] if json_path else []) + ([os.path.join(outdir, name) for name in FIGURES] if outdir else [])
+    wrote = save_results(outdir, json_path, samples, matches, result_record(samples, matches, features, threshold),
+                         threshold)
     return matches, wrote
+
+# The figures, then the JSON; a failure (a full disk) takes back what this run
+# wrote, and a folder it made, so that the outputs are all there or none.
+def save_results(outdir: str | None, json_path: str | None, samples: Any, matches: list[EasyDict], record: dict,
+                 threshold: float) -> list[str]:
+    wrote: list[str] = []
+    made = outdir is not None and not os.path.isdir(outdir)
+    try:
+        if outdir is not None:
+            pairs, histograms = (os.path.join(outdir, name) for name in FIGURES)
+            save_pairs_figure(pairs, samples, matches)
+            wrote.append(pairs)
+            save_distance_histograms(histograms, matches, threshold)
+            wrote.append(histograms)
+        if json_path is not None:
+            save_json(json_path, record)
+            wrote.append(json_path)
+    except BaseException:
+        for path in wrote:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(outdir)
+        raise
+    return wrote
 
 #----------------------------------------------------------------------------

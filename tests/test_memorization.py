@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 import memorization
+from dnnlib.util import UserError
 from sfbd import memorization as mem
 from sfbd.observations import DatasetWriter, dataset_fname, encode_png
 from torch_utils.persistence import load_network
@@ -165,6 +166,17 @@ def test_json_replaces_only_its_own_output(sets, tmp_path):
         assert json.loads(own.read_text())['threshold'] == float(threshold)
     assert sorted(os.listdir(tmp_path)) == ['data.zip', 'own.json', 'results.json']  # No temporaries left.
 
+# A failure while writing (a full disk at the second figure) takes back what
+# the run wrote: no JSON, no first figure, no folder it made.
+def test_a_failed_write_leaves_no_outputs(sets, tmp_path, monkeypatch):
+    def full_disk(path, *_args):
+        raise UserError(f'{path}: cannot write (No space left on device)')
+    monkeypatch.setattr(mem, 'save_distance_histograms', full_disk)
+    result = run('--images', sets['samples'], '--train', sets['refs'], '--json', tmp_path / 'r.json',
+                 '--outdir', tmp_path / 'figs')
+    assert result.exit_code == 1 and 'No space left on device' in result.output, result.output
+    assert os.listdir(tmp_path) == []
+
 #----------------------------------------------------------------------------
 # Bad input: one line naming the culprit, nothing written.
 
@@ -182,6 +194,8 @@ def test_json_replaces_only_its_own_output(sets, tmp_path):
     (None, ['--images', '{samples}', '--train', '{refs}', '--json={refs}/x.json'], 'is inside the input --train'),
     (None, ['--images', '{samples}', '--train', '{refs}', '--outdir={refs}'], 'kept apart'),
     (None, ['--images', '{samples}', '--train', '{refs}', '--outdir={other}'], 'is a file'),
+    (None, ['--images', '{refs}', '--train', '{refs}'], 'are the same set'),
+    (None, ['--images', '{samples}', '--train', '{refs}', '--train', '{refs}'], 'is given twice'),
 ])
 def test_bad_input_is_one_clear_error(sets, tmp_path, make, args, message):
     bad = str(tmp_path / 'bad')
