@@ -29,7 +29,7 @@ from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, is_complete_png
 from dnnlib.util import UserError, atomic_write, file_sha256
 from sfbd.backward import GRID_KEYS, backward_sample, grid_groups, image_seeds
 from sfbd.grids import choose_images, is_comparison_grid, load_png, read_originals, save_comparison_grid
-from sfbd.observations import ObservationSet, with_ext
+from sfbd.observations import ObservationSet, listing_digest, with_ext
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
@@ -244,7 +244,7 @@ def denoise_command(network_pkl: str, data: str, outdir: str, *, sigma: float | 
     grid_originals = read_originals(obs, originals, grid_indices) if originals is not None else None
 
     record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), data=os.path.abspath(data),
-                  num_observations=len(obs), sigma=sigma_record(np.broadcast_to(levels, [len(obs)])), mode=mode,
+                  data_digest=listing_digest(data), num_observations=len(obs), sigma=sigma_record(np.broadcast_to(levels, [len(obs)])), mode=mode,
                   seed=seed, sampler=kwargs)
 
     # The network must fit the data; only then is the output directory claimed.

@@ -23,6 +23,7 @@ the dataset commands (`split`, `merge`) share. See docs/observations.md.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -212,6 +213,21 @@ def read_listing(path: str) -> tuple[list[str], dict]:
         return [fname for fname in files.names if is_dataset_file(fname)], load_metadata(files)
     finally:
         files.close()
+
+# What a set is, cheaply: its dataset.json (noise levels, labels, the split's
+# seed and sources) and the name and size of every file, not their pixels. A
+# set made again at the same path from another seed or source differs.
+def listing_digest(path: str) -> str:
+    files = DatasetFiles(path)
+    try:
+        digest = hashlib.sha256()
+        for name in sorted(files.names):
+            digest.update(f'{name}\0{files.size(name)}\n'.encode('utf-8'))
+        if METADATA_FNAME in files.names:
+            digest.update(files.read(METADATA_FNAME))
+    finally:
+        files.close()
+    return digest.hexdigest()
 
 def raw_labels(path: str, fnames: list[str], metadata: dict) -> list[Any] | None:
     """Label entries of dataset.json in the order of `fnames`, or None when the dataset has none."""

@@ -187,6 +187,17 @@ def test_an_outdir_of_other_options_is_refused(inputs, tmp_path):
     result = run('--network', inputs['net'], '--data', inputs['obs'], '--outdir', tmp_path / 'o', '--shard=1/4', '--steps=40')
     assert result.exit_code == 1 and 'other options' in result.output and 'sampler' in result.output
 
+# A set made again at the same path (another seed, other labels) is another
+# input: its shards do not finish the first set's outputs.
+def test_a_set_remade_at_the_same_path_is_refused(inputs, tmp_path):
+    data = tmp_path / 'obs'
+    make_observation_set(str(data), random_observations(8, seed=1), sigma=SIGMA)
+    run_ok('--network', inputs['net'], '--data', data, '--outdir', tmp_path / 'o', '--shard=0/2', '--steps=2')
+    shutil.rmtree(data)
+    make_observation_set(str(data), random_observations(8, seed=2), sigma=SIGMA, labels=[i % 3 for i in range(8)])
+    result = run('--network', inputs['net'], '--data', data, '--outdir', tmp_path / 'o', '--shard=1/2', '--steps=2')
+    assert result.exit_code == 1 and 'other options (data_digest differ' in result.output, result.output
+
 def test_torchrun_processes_split_the_work(inputs, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'denoise.py',
