@@ -55,6 +55,24 @@ def test_class_on_unconditional_network_is_a_clear_error(tmp_path):
     assert result.returncode == 0, result.stderr
     assert PIL.Image.open(tmp_path / 'out' / '000001.png').mode == 'L'
 
+# A rerun of the same command resumes: whole images stay as they are, a
+# missing or cut-short one is generated again (the same image, up to the last
+# level: its batch differs).
+def test_a_rerun_resumes(tmp_path, fixtures_dir):
+    args = [f'--network={fixtures_dir / "edm-ddpmpp-tiny-snapshot.pkl"}', f'--outdir={tmp_path / "out"}', '--seeds=0-5',
+            '--steps=4']
+    assert run_generate(*args).returncode == 0
+    first = {p.name: np.asarray(PIL.Image.open(p)).astype(int) for p in (tmp_path / 'out').glob('*.png')}
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'out').glob('*.png')}
+    (tmp_path / 'out' / '000002.png').unlink()
+    cut = tmp_path / 'out' / '000004.png'
+    cut.write_bytes(cut.read_bytes()[:-30])
+    result = run_generate(*args)
+    assert result.returncode == 0 and '4 of 6 images are in' in result.stdout and 'Generating 2 images' in result.stdout
+    for p in (tmp_path / 'out').glob('*.png'):
+        assert np.abs(np.asarray(PIL.Image.open(p)).astype(int) - first[p.name]).max() <= 1
+        assert (p.stat().st_mtime_ns == kept[p.name]) == (p.name not in ('000002.png', '000004.png'))
+
 def test_missing_network_is_a_clear_error(tmp_path):
     result = run_generate(f'--network={tmp_path / "nope.pkl"}', f'--outdir={tmp_path}')
     assert result.returncode != 0 and 'nope.pkl: no such file' in result.stderr

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import tqdm
 
-from dnnlib.outputs import OutputDir, ToolOutputs
+from dnnlib.outputs import OutputDir, ToolOutputs, is_complete_png
 from dnnlib.util import UserError, file_sha256, save_png
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
@@ -129,10 +129,18 @@ def generate_command(network_pkl: str, outdir: str, seeds: Sequence[int], *, sub
 
     record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), class_idx=class_idx, subdirs=subdirs,
                   sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
-    dist.print0(f'Generating {len(seeds)} images to "{outdir}"' + (' (fast path)' if fast else '') + '...')
     with outputs.claim(record, ignore=['network']):
-        generate_to_dir(net, seeds, outdir, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
-                        device=device, sampler_kwargs=sampler_kwargs, fast=settings, source=f'--network={network_pkl}')
+        # A rerun of the same command resumes: images already whole are kept (the record guarantees
+        # they were made with these options), and every process agrees on the rest before any writes.
+        shape = [net.img_channels, net.img_resolution, net.img_resolution]
+        todo = [seed for seed in seeds if not is_complete_png(image_path(outdir, seed, subdirs), shape)]
+        dist.barrier()
+        if len(todo) < len(seeds):
+            dist.print0(f'{len(seeds) - len(todo)} of {len(seeds)} images are in "{outdir}" already.')
+        dist.print0(f'Generating {len(todo)} images to "{outdir}"' + (' (fast path)' if fast else '') + '...')
+        if todo:
+            generate_to_dir(net, todo, outdir, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
+                            device=device, sampler_kwargs=sampler_kwargs, fast=settings, source=f'--network={network_pkl}')
     dist.barrier()
 
 #----------------------------------------------------------------------------
