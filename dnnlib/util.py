@@ -50,7 +50,11 @@ def cache_dir(subdir: str = 'downloads') -> str:
 def is_url(obj: Any) -> bool:
     if not isinstance(obj, str) or '://' not in obj:
         return False
-    return urllib.parse.urlparse(obj).scheme in ('http', 'https', 'file')
+    try:
+        scheme = urllib.parse.urlparse(obj).scheme
+    except ValueError as e:  # E.g. an unclosed IPv6 bracket.
+        raise UserError(f'{obj}: not a valid URL ({e})') from None
+    return scheme in ('http', 'https', 'file')
 
 def cached_path_for_url(url: str, cache_root: str | None = None) -> str:
     digest = hashlib.md5(url.encode('utf-8')).hexdigest()
