@@ -503,6 +503,8 @@ def calc_fid(*, image_path: str | None, network: str | None, ref_path: str, num:
                      repeats=repeats, snapshots=snapshots, outdir=outdir, json_path=json_path, detector=detector,
                      sampler_kwargs=sampler_kwargs)
     dataset = open_image_dataset(image_path) if image_path is not None else None
+    if dataset is not None:
+        check_image_count(image_path, len(dataset), plan.num, repeats)  # Before any download.
     device_obj = init_device(device)
     dist.print0(f'Reading reference statistics "{ref_path}"...')
     with rank0_first():

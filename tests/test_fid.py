@@ -322,6 +322,8 @@ def test_inputs_are_checked_before_the_detector(files, tmp_path):
     pkl = str(tmp_path / 'network-snapshot-000001.pk')
     result = run('calc', f'--network={pkl}', f'--ref={files["ref_a"]}', '--num=2', detector, '--device=cpu', ok=False)
     assert_one_line_error(result, f'--network={pkl}: no such file')
+    result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=100', detector, '--device=cpu', ok=False)
+    assert_one_line_error(result, 'found 40 images, but --num=100 asks for 100')
 
 def test_sha256_mismatch(files, tmp_path, monkeypatch):
     result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', *common(files),
