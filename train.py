@@ -58,8 +58,8 @@ def main(**kwargs: Any) -> None:
     A rerun of the same command continues the newest unfinished run of the same
     options in --outdir, and says so first (--new-run starts a new run instead);
     with --nosubdir it continues from the newest training state in --outdir. On
-    SIGTERM or SIGUSR1 the run finishes its step, writes a snapshot and a training
-    state, and exits with status 75.
+    SIGTERM, SIGUSR1 or a first Ctrl-C the run finishes its step, writes a snapshot
+    and a training state, and exits with status 75 (a second Ctrl-C aborts at once).
     \b
     --resume also takes EDM's training-state-NNNNNN.pt (or its run directory): the
     weights and Adam's state come from it, the EMA from network-snapshot-NNNNNN.pkl

@@ -215,15 +215,15 @@ def test_run_writes_edm_files(reference_run):
 
 # Start train.py and send SIGUSR1 during its first step (the loader's worker
 # is still starting); it must stop with the preemption status. With
-# `to_group`, SIGTERM goes to the whole process group, the worker included, as
-# SLURM and Kubernetes send it.
-def stop_during_first_step(args: list, to_group: bool = False) -> None:
-    proc = run_train(args, wait=False, new_session=to_group)
+# `group_signal`, that signal goes to the whole process group, the worker
+# included, as SLURM and Kubernetes send SIGTERM and a terminal sends Ctrl-C.
+def stop_during_first_step(args: list, group_signal: int | None = None) -> None:
+    proc = run_train(args, wait=False, new_session=group_signal is not None)
     try:
         for line in proc.stdout:
             if line.startswith('Training for'):
-                if to_group:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                if group_signal is not None:
+                    os.killpg(proc.pid, group_signal)
                 else:
                     proc.send_signal(signal.SIGUSR1)
                 break
@@ -293,13 +293,29 @@ def test_a_seed_beyond_64_bits_is_an_option_error(data, tmp_path):
     result = invoke_train(['--outdir', tmp_path / 'runs', '--data', data / 'ds8.zip', *TINY, '--seed=18446744073709551616', '-n'])
     assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output
 
-# A SIGTERM to the whole process group while the loader's worker is still
-# starting (before it has shielded itself) stops the run like any other
-# preemption, instead of killing the worker and failing the step.
-def test_a_stop_sent_to_the_process_group_while_the_worker_starts(data, tmp_path):
+# A first Ctrl-C asks the run to stop and save; a second aborts at once. The
+# handlers are the caller's again afterwards.
+def test_a_second_ctrl_c_aborts():
+    import time
+    from tools.train_run import StopRequest
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with StopRequest() as stop_requested:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            assert stop_requested() and stop_requested.signum == signal.SIGINT
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # Not reached: the second Ctrl-C raises here.
+    assert signal.getsignal(signal.SIGINT) == before
+
+# A SIGTERM, or a Ctrl-C, to the whole process group while the loader's
+# worker is still starting (before it has shielded itself) stops the run like
+# any other preemption, instead of killing the worker and failing the step.
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_sent_to_the_process_group_while_the_worker_starts(data, tmp_path, sig):
     outdir = tmp_path / 'run'
     stop_during_first_step(['--outdir', outdir, '--nosubdir', '--data', data / 'ds8.zip', '--duration=0.001', *TINY],
-                           to_group=True)
+                           group_signal=sig)
     assert 'Stop requested' in (outdir / 'log.txt').read_text()
     assert load_state(training_loop_latest(outdir))['cur_nimg'] == 32
 

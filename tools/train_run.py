@@ -89,17 +89,20 @@ class TeeStream:
 
 #----------------------------------------------------------------------------
 # Preemption: SIGTERM (SLURM, Kubernetes) or SIGUSR1 (`sbatch --signal`) sets
-# a flag that the training loop polls after every step.
+# a flag that the training loop polls after every step. So does a first
+# Ctrl-C (SIGINT), so that stopping by hand keeps the progress since the last
+# state; a second Ctrl-C aborts at once, saving nothing.
 
 class StopRequest:
-    """Context manager: while active, SIGTERM and SIGUSR1 set a flag (calling the object reads it)."""
+    """Context manager: while active, SIGTERM, SIGUSR1 and a first SIGINT set a flag (calling the object
+    reads it); a second SIGINT raises KeyboardInterrupt."""
 
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> 'StopRequest':
-        for sig in (signal.SIGTERM, getattr(signal, 'SIGUSR1', None)):
+        for sig in (signal.SIGTERM, getattr(signal, 'SIGUSR1', None), signal.SIGINT):
             if sig is not None:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -109,6 +112,8 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = signum
 
     def __call__(self) -> bool:

@@ -126,9 +126,11 @@ def _rank0_first(load: Callable[[], Any], device: torch.device) -> Any:
 
 # Data-loading workers leave preemption signals to the training process, which
 # finishes its step, saves and then stops them: a signal sent to the whole
-# process group must not kill them mid-step. SIGUSR1 is ignored; SIGTERM ends
-# a worker only after a grace period, so that nothing can wait on it forever.
+# process group (a Ctrl-C in the terminal too) must not kill them mid-step.
+# SIGUSR1 and SIGINT are ignored; SIGTERM ends a worker only after a grace
+# period, so that nothing can wait on it forever.
 def _shield_from_stop_signals(_worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, 'SIGUSR1'):
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if hasattr(signal, 'alarm'):
@@ -157,7 +159,7 @@ def _init_worker(worker_id: int, parent_pid: int, shield: bool) -> None:
 # shielded, and the training process once the workers are started.
 # Multiprocessing's resource tracker, started with the first spawned process,
 # unblocks SIGTERM behind it, so it is started first.
-STOP_SIGNALS = {sig for sig in (getattr(signal, 'SIGTERM', None), getattr(signal, 'SIGUSR1', None))
+STOP_SIGNALS = {sig for sig in (getattr(signal, 'SIGTERM', None), getattr(signal, 'SIGUSR1', None), signal.SIGINT)
                 if sig is not None} if hasattr(signal, 'pthread_sigmask') else set()
 
 @contextlib.contextmanager
