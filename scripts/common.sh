@@ -29,10 +29,15 @@ except ValueError:
 sys.exit(0 if isinstance(tag, dict) else 1)' || sfbd_die "RECORD_TAG=$RECORD_TAG is not a JSON object (e.g. {\"round\": 2})"
 }
 
-# sfbd_check_args KIND VARIABLE [ARG ...]: the options that VARIABLE passes on to train.py (KIND train) or
-# denoise.py (KIND denoise), checked as the tool will parse them, before any job is submitted.
+# sfbd_check_args KIND VARIABLE [ARG ...] [-- KIND VARIABLE [ARG ...]] ...: the options that each VARIABLE
+# passes on to train.py (KIND train) or denoise.py (KIND denoise), checked as the tool will parse them,
+# before any job is submitted, in one Python process (tools/job_args.py); nothing to check costs nothing.
 sfbd_check_args() {
-    local message
+    local message group=0 arg
+    for arg in "$@"; do
+        case "$arg" in --) group=0 ;; *) ((++group > 2)) && break ;; esac
+    done
+    ((group > 2)) || return 0  # Each group names only its kind and variable: no options given.
     message="$(cd "$SFBD_ROOT" && "$(sfbd_python)" -m tools.job_args "$@" 2>&1)" || sfbd_die "$message"
 }
 

@@ -115,10 +115,8 @@ for var in ROUNDS NUM_TASKS MAX_PARALLEL STEPS; do
 done
 [[ -z "${WAIT_POLL:-}" || "$WAIT_POLL" =~ ^[0-9]+([.][0-9]+)?$ ]] || sfbd_die "WAIT_POLL=$WAIT_POLL is not a number of seconds"
 sfbd_preset _preset train "${PRESET:-none}"  # Checks the name.
-sfbd_check_args train PRETRAIN_ARGS "${pretrain_args[@]}"
-sfbd_check_args train UPDATE_ARGS "${update_args[@]}"
-sfbd_check_args train ONLINE_ARGS "${online_args[@]}"
-sfbd_check_args denoise DENOISE_ARGS "${denoise_args[@]}"
+sfbd_check_args train PRETRAIN_ARGS "${pretrain_args[@]}" -- train UPDATE_ARGS "${update_args[@]}" \
+    -- train ONLINE_ARGS "${online_args[@]}" -- denoise DENOISE_ARGS "${denoise_args[@]}"
 if [[ -n "${PRETRAINED:-}" && "$PRETRAINED" != *://* && ! -e "$PRETRAINED" ]]; then
     sfbd_die "PRETRAINED=$PRETRAINED does not exist"
 fi

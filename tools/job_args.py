@@ -1,10 +1,11 @@
 """The options that the cluster scripts pass on to train.py and denoise.py, checked before any job is
-submitted (scripts/sfbd_rounds.sh, scripts/denoise_submit.sh):
+submitted (scripts/sfbd_rounds.sh, scripts/denoise_submit.sh, scripts/denoise.sh):
 
-    python -m tools.job_args train|denoise VARIABLE [ARG ...]
+    python -m tools.job_args train|denoise VARIABLE [ARG ...] [-- train|denoise VARIABLE [ARG ...]] ...
 
-exits with status 1 and one line naming VARIABLE when the tool would refuse ARG ..., or when they set
-what the script sets itself (the paths, the shard); else prints nothing."""
+exits with status 1 and one line naming the first VARIABLE whose ARG ... the tool would refuse, or which
+set what the script sets itself (the paths, the shard); else prints nothing. Several groups are checked
+in one process, so that the scripts pay for importing the option tables once."""
 
 from __future__ import annotations
 
@@ -29,11 +30,19 @@ def check_job_args(kind: str, variable: str, args: Sequence[str]) -> None:
         raise UserError(f'{kind}: train or denoise')
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) < 2:
-        print('usage: python -m tools.job_args train|denoise VARIABLE [ARG ...]', file=sys.stderr)
+    groups: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == '--':
+            groups.append([])
+        else:
+            groups[-1].append(arg)
+    groups = [group for group in groups if group]
+    if not groups or any(len(group) < 2 for group in groups):
+        print('usage: python -m tools.job_args train|denoise VARIABLE [ARG ...] [-- ...]', file=sys.stderr)
         return 2
     try:
-        check_job_args(argv[0], argv[1], argv[2:])
+        for kind, variable, *args in groups:
+            check_job_args(kind, variable, args)
     except UserError as e:
         print(e, file=sys.stderr)
         return 1
