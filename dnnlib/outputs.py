@@ -56,10 +56,11 @@ def check_apart(outputs: Sequence[tuple[str | None, str]], inputs: Sequence[tupl
     them) are skipped."""
     def local(pairs: Sequence[tuple[str | None, str]]) -> list[tuple[str, str]]:
         return [(path, option) for path, option in pairs if path is not None and not is_url(path)]
-    outs, ins = local(outputs), [(path, option) for path, option in local(inputs) if os.path.exists(path)]
-    empty = next((option for path, option in [*outs, *local(inputs)] if not path), None)
+    outs, given = local(outputs), local(inputs)
+    empty = next((option for path, option in [*outs, *given] if not path), None)
     if empty is not None:
         raise UserError(f'{empty}: an empty path')
+    ins = [(path, option) for path, option in given if os.path.exists(path)]
     for k, (path, option) in enumerate(outs):
         for other, other_option in ins:
             relation = path_relation(path, other)

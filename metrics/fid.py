@@ -113,7 +113,7 @@ def load_ref_stats(ref: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         return _read_ref_stats(ref)
     except UserError as e:
-        cached = cached_path_for_url(ref) if is_url(ref) and not ref.startswith('file:') else None
+        cached = cached_path_for_url(ref) if is_url(ref) else None
         if cached is None or not os.path.isfile(cached):
             raise
         os.remove(cached)

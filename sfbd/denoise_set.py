@@ -244,8 +244,8 @@ def denoise_command(network_pkl: str, data: str, outdir: str, *, sigma: float | 
     grid_originals = read_originals(obs, originals, grid_indices) if originals is not None else None
 
     record = dict(network=network_pkl, network_sha256=file_sha256(network_pkl), data=os.path.abspath(data),
-                  data_digest=listing_digest(data), num_observations=len(obs), sigma=sigma_record(np.broadcast_to(levels, [len(obs)])), mode=mode,
-                  seed=seed, sampler=kwargs)
+                  data_digest=listing_digest(data), num_observations=len(obs),
+                  sigma=sigma_record(np.broadcast_to(levels, [len(obs)])), mode=mode, seed=seed, sampler=kwargs)
 
     # The network must fit the data; only then is the output directory claimed.
     net = None

@@ -19,7 +19,7 @@ from dnnlib.outputs import OutputFile, ToolOutputs
 from dnnlib.util import UserError
 from sfbd.observations import dataset_fname, encode_png, write_datasets
 from training.dataset import (METADATA_FNAME, NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext,
-    image_extensions, load_metadata, parse_labels, read_image)
+    image_extensions, labels_in_order, load_metadata, parse_labels, read_image)
 
 #----------------------------------------------------------------------------
 # An image source is a count and an iterator of dicts: `img` ([H, W, C] uint8),
@@ -128,10 +128,10 @@ def open_image_files(source: str, *, max_images: int | None) -> ImageSource:
 
     metadata = load_metadata(files)
     if METADATA_FNAME in files.names:
-        entries = metadata.get('labels') or []
+        entries, labels = metadata.get('labels'), {}
         if entries:  # Every image needs a valid label, as training reads them; none are dropped silently.
             parse_labels(entries, fnames, files.where(METADATA_FNAME))
-        labels = {str(name).replace('\\', '/'): label for name, label in entries}
+            labels = dict(zip(fnames, labels_in_order(entries, fnames, files.where(METADATA_FNAME))))
     else:
         folders = sorted({name.split('/')[0] for name in fnames if '/' in name})
         class_of = {folder: idx for idx, folder in enumerate(folders)}
