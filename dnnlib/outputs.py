@@ -198,11 +198,17 @@ def is_complete_png(path: str, shape: Sequence[int] | None = None) -> bool:
 #----------------------------------------------------------------------------
 # Appending a line to a log that other runs may share (one write in append
 # mode); a write cut short by a full disk is taken back, so that the file
-# never ends in half a line.
+# never ends in half a line, and a file that this write created goes again.
 
 def append_line(path: str, line: str) -> None:
     data = (line.rstrip('\n') + '\n').encode('utf-8')
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        try:
+            fd, created = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            fd, created = os.open(path, os.O_WRONLY | os.O_APPEND), False
+    except OSError as e:
+        _raise_named(e, path)
     try:
         size = os.fstat(fd).st_size
         try:
@@ -211,6 +217,8 @@ def append_line(path: str, line: str) -> None:
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)
+                if created and os.fstat(fd).st_size == 0:
+                    os.remove(path)
             _raise_named(e, path)
     finally:
         os.close(fd)

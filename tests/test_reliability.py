@@ -358,6 +358,41 @@ def test_a_full_disk_while_splitting_leaves_nothing(inputs, tmp_path, monkeypatc
     assert_one_error_line(result, 'cannot write (No space left on device)')
     assert os.listdir(tmp_path) == []
 
+class _FillsUp:
+    """A file that takes `room` bytes, then fails its writes as a full disk does."""
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return self.f.__exit__(*exc)
+
+# torch.save reports a failed write as a RuntimeError that no longer says why
+# ("unexpected pos"); a training state on a full disk is still one line.
+@pytest.mark.parametrize('room', [0, 5000])
+def test_a_full_disk_while_saving_a_training_state(tmp_path, monkeypatch, room):
+    import torch
+    from training import training_loop
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, 'fdopen', lambda fd, *args, **kwargs: _FillsUp(real_fdopen(fd, *args, **kwargs), room))
+    with pytest.raises(UserError, match=r'training-state-000001\.pt: cannot write \(No space left on device\)'):
+        training_loop._save_state(str(tmp_path / 'training-state-000001.pt'), dict(net=torch.zeros(100_000)))
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    with open(tmp_path / 'other', 'wb') as f, pytest.raises(RuntimeError, match='not an OSError'):
+        training_loop.save_to_file(dict(x=_Unpicklable()), f)  # Other failures keep their own error.
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError('not an OSError')
+
 def test_a_read_only_place_is_one_line(inputs, tmp_path, monkeypatch):
     # Refused up front where the folder says so...
     real_access = os.access
@@ -633,8 +668,18 @@ def test_an_appended_line_is_whole_or_absent(tmp_path, monkeypatch):
     monkeypatch.setattr(os, 'write', half_then_full)
     with pytest.raises(UserError, match=r'scores\.jsonl: cannot write \(No space left on device\)'):
         outputs.append_line(str(path), '{"fid": 2}')
+    # A file that the failed write created is taken back with its line: nothing is left.
+    fresh = tmp_path / 'fresh.jsonl'
+    def full(_fd, _data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, 'write', full)
+    with pytest.raises(UserError, match=r'fresh\.jsonl: cannot write \(No space left on device\)'):
+        outputs.append_line(str(fresh), '{"fid": 3}')
     monkeypatch.undo()
-    assert path.read_text() == '{"fid": 1}\n'
+    assert path.read_text() == '{"fid": 1}\n' and not fresh.exists()
+    # A place where no file can be made is named too (here: a path through a file).
+    with pytest.raises(UserError, match=r'scores\.jsonl/x\.jsonl: cannot write'):
+        outputs.append_line(str(path / 'x.jsonl'), '{"fid": 4}')
 
 #----------------------------------------------------------------------------
 # Kill and rerun: denoise.py killed with SIGKILL at a random point, then run

@@ -289,6 +289,32 @@ def test_late_start_failures_are_one_line(reference_run, data, tmp_path):
     assert result.exit_code == 1 and 'continue a run with --resume' in error_lines(result)[0]
     assert not (tmp_path / 'runs').exists()
 
+# A full disk when the run starts writing: its options refused, the run
+# directory and the --outdir it made go again; its log refused, the run goes
+# on with a warning (its snapshots and states report their own failures).
+def test_a_full_disk_at_the_start_of_a_run(data, tmp_path, monkeypatch):
+    import errno
+    from dnnlib.util import UserError
+    from tools import train_run
+    common = ['--data', data / 'ds8.zip', '--duration=0.001', *TINY]
+    def full(path, *_args):
+        raise UserError(f'{path}: cannot write (No space left on device)')
+    monkeypatch.setattr(train_run, 'create_exclusive', full)
+    for layout in ([], ['--nosubdir']):
+        result = invoke_train(['--outdir', tmp_path / 'runs', *layout, *common])
+        assert result.exit_code == 1 and 'training_options.json: cannot write' in error_lines(result)[0], result.output
+        assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+
+    class FullLog(io.StringIO):
+        def write(self, _text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(train_run, 'open', lambda path, *args, **kwargs: FullLog(), raising=False)
+    result = invoke_train(['--outdir', tmp_path / 'run', '--nosubdir', *common])
+    assert result.exit_code == 0, result.output
+    assert 'run/log.txt: cannot write (No space left on device); the log copy stops here' in result.output
+    assert (tmp_path / 'run' / 'network-snapshot-000001.pkl').is_file()
+
 def test_a_seed_beyond_64_bits_is_an_option_error(data, tmp_path):
     result = invoke_train(['--outdir', tmp_path / 'runs', '--data', data / 'ds8.zip', *TINY, '--seed=18446744073709551616', '-n'])
     assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output

@@ -24,7 +24,7 @@ import torch
 
 import dnnlib
 from dnnlib.outputs import check_apart, check_distinct, check_output_dir, create_exclusive, path_relation
-from dnnlib.util import UserError, atomic_write, report_user_errors
+from dnnlib.util import UserError, atomic_write, is_environment_error, report_user_errors
 from torch_utils import distributed as dist
 from torch_utils import misc
 from training import resume, training_loop
@@ -37,39 +37,59 @@ from tools.train_setup import (ARCHITECTURES, PRECONDITIONINGS, RUN_MARKERS, Run
 #----------------------------------------------------------------------------
 # log.txt: a copy of stdout and stderr. Until the run directory exists the copy
 # stays in memory, so that a run failing at start-up leaves no directory
-# behind, yet the log begins with the first line printed.
+# behind, yet the log begins with the first line printed. A log that can no
+# longer be written (a full disk) stops with a warning on the terminal: the
+# run goes on, and its snapshots and states report their own failures.
 
 class LogTee:
     def __init__(self):
         self._pending: io.StringIO | None = io.StringIO()
         self._file: TextIO | None = None
+        self._path: str | None = None
         self._saved = (sys.stdout, sys.stderr)
         sys.stdout = TeeStream(sys.stdout, self)
         sys.stderr = TeeStream(sys.stderr, self)
 
     def write(self, text: str) -> None:
         if self._file is not None:
-            self._file.write(text)
-            self._file.flush()
+            self._append(text)
         elif self._pending is not None:
             self._pending.write(text)
 
     def write_log_only(self, text: str) -> None:
         if self._file is not None:
-            self._file.write(text)
-            self._file.flush()
+            self._append(text)
 
     def open(self, path: str) -> None:
-        self._file = open(path, 'a', encoding='utf-8')
-        self._file.write(self._pending.getvalue())
-        self._file.flush()
-        self._pending = None
+        try:
+            self._file, self._path = open(path, 'a', encoding='utf-8'), path
+        except OSError as e:
+            if is_environment_error(e):
+                raise UserError(f'{path}: cannot write ({e.strerror})') from None
+            raise
+        pending, self._pending = self._pending.getvalue(), None
+        self._append(pending)
+
+    def _append(self, text: str) -> None:
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except OSError as e:
+            if not is_environment_error(e):
+                raise
+            self.detach()
+            self._saved[1].write(f'Warning: {self._path}: cannot write ({e.strerror}); the log copy stops here\n')
+
+    def detach(self) -> None:
+        """Stop copying into the log file (the terminal goes on as before)."""
+        file, self._file, self._pending = self._file, None, None
+        if file is not None:
+            with contextlib.suppress(OSError):  # Closing flushes what a full disk refused once already.
+                file.close()
 
     def close(self) -> None:
         sys.stdout, sys.stderr = self._saved
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self.detach()
 
 class TeeStream:
     def __init__(self, stream: TextIO, tee: LogTee):
@@ -341,35 +361,64 @@ def show_options(opts: dnnlib.EasyDict, c: dnnlib.EasyDict, device: torch.device
 
 def run_starter(opts: dnnlib.EasyDict, c: dnnlib.EasyDict, continue_dir: str | None, claim: RunClaim,
                 tee: LogTee | None) -> Callable[[], None]:
+    written: list[str] = []  # What this start wrote, taken back if it fails.
+
+    def options_path() -> str:
+        return os.path.join(c.run_dir, 'training_options.json')
+
     def start_run() -> None:
         if dist.get_rank() != 0:
             return
         dist.print0('Creating output directory...')
-        options_path = os.path.join(c.run_dir, 'training_options.json')
-        if continue_dir is None:
-            made_outdir = not os.path.isdir(opts.outdir)
+        made = [d for d in dict.fromkeys([opts.outdir, c.run_dir]) if not os.path.isdir(d)]
+        if continue_dir is not None:
+            os.makedirs(c.run_dir, exist_ok=True)
+        else:
             try:
                 os.makedirs(opts.outdir, exist_ok=True)
                 os.mkdir(c.run_dir)  # Atomic: of two runs starting at once, one gets the directory.
             except FileExistsError:
                 raise UserError(f'{c.run_dir} already exists; is another run starting in --outdir?') from None
             except OSError as e:
-                if made_outdir:  # A failed start leaves nothing behind.
-                    with contextlib.suppress(OSError):
-                        os.rmdir(opts.outdir)
+                undo_start(made)  # A failed start leaves nothing behind.
                 raise UserError(f'--outdir={opts.outdir}: cannot create {e.filename or c.run_dir} '
                                 f'({e.strerror or e})') from None
-            claim.take(c.run_dir)  # Before its options: a run with options is always claimed while it trains.
+        fresh = not os.path.exists(options_path()) and training_loop.find_latest_state(c.run_dir) is None
+        try:
+            if continue_dir is None:
+                claim.take(c.run_dir)  # Before its options: a run with options is always claimed while it trains.
+            write_run_files(fresh)
+        except BaseException:  # A full disk, say: a new run's directory goes again.
+            if fresh:
+                undo_start(made)
+            raise
+
+    # The options (a fresh run's written exclusively), then the log copy.
+    def write_run_files(fresh: bool) -> None:
+        if fresh:
+            if not create_exclusive(options_path(), c):
+                raise UserError(f'--outdir={c.run_dir}: another train.py started in this directory at the same time')
+            written.append(options_path())
         else:
-            os.makedirs(c.run_dir, exist_ok=True)
-        fresh = not os.path.exists(options_path) and training_loop.find_latest_state(c.run_dir) is None
-        if fresh and not create_exclusive(options_path, c):
-            raise UserError(f'--outdir={c.run_dir}: another train.py started in this directory at the same time')
-        if not fresh:
-            with atomic_write(options_path, 'wt') as f:
+            with atomic_write(options_path(), 'wt') as f:
                 json.dump(c, f, indent=2)
         if tee is not None:
-            tee.open(os.path.join(c.run_dir, 'log.txt'))
+            log_path = os.path.join(c.run_dir, 'log.txt')
+            if not os.path.exists(log_path):
+                written.append(log_path)
+            tee.open(log_path)
+
+    # What a failed start of a new run wrote goes again, with the directories it made.
+    def undo_start(made: list[str]) -> None:
+        if tee is not None:
+            tee.detach()
+        claim.release()
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):  # Only if empty: anything else there is not this run's.
+                os.rmdir(directory)
     return start_run
 
 #----------------------------------------------------------------------------

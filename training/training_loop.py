@@ -243,7 +243,29 @@ def _check_same_data(recorded: list[dict] | None, current: list[dict], state_pat
 
 def _save_state(path: str, state: dict[str, Any]) -> None:
     with atomic_write(path, 'wb') as f:
-        torch.save(state, f)
+        save_to_file(state, f)
+
+# torch.save into an open file, failing with the file's own error. torch
+# writes through the file's write() but reports a failed write (a full disk)
+# as a RuntimeError ("unexpected pos ...") that no longer says why; the
+# OSError kept here lets atomic_write name the file and the cause.
+def save_to_file(obj: Any, f: Any) -> None:
+    failed: list[OSError] = []
+    class Writer:
+        def write(self, data: Any) -> int:
+            try:
+                return f.write(data)
+            except OSError as e:
+                failed.append(e)
+                raise
+        def flush(self) -> None:
+            f.flush()
+    try:
+        torch.save(obj, Writer())
+    except RuntimeError:
+        if failed:
+            raise failed[0] from None
+        raise
 
 def _plain(config: Any) -> Any:
     # Options as JSON-style plain data (EasyDicts and tuples become dicts and lists).
