@@ -121,7 +121,7 @@ def check_output_file(path: str, option: str) -> None:
         raise UserError(f'{option}={path}: is a directory; expected a file name')
     _check_parent(path, option)
     if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise UserError(f'{option}={path}: is not writable')
+        raise UserError(f'{option}={path}: the file is not writable')
 
 def check_replaced_file(path: str, option: str, command: str, is_own: Callable[[str], bool]) -> None:
     """An output file that the command replaces as a whole: `check_output_file`, and a file already
@@ -141,7 +141,7 @@ def check_output_dir(path: str, option: str, command: str | None = None,
         raise UserError(f'{option}={path}: is a file, not a directory')
     if os.path.isdir(path):
         if not os.access(path, os.W_OK | os.X_OK):
-            raise UserError(f'{option}={path}: is not writable')
+            raise UserError(f'{option}={path}: the folder is not writable')
     else:
         _check_parent(path, option)
     if command is None or not os.path.isdir(path):
