@@ -211,7 +211,36 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except Terminated:
             click.echo('Stopped by SIGTERM; nothing half-written is left.', err=True)
             raise SystemExit(143) from None
+        except (RuntimeError, MemoryError) as e:
+            message = out_of_memory_message(e)
+            if message is None:
+                raise
+            options = {opt for param in click.get_current_context().command.params for opt in getattr(param, 'opts', [])}
+            if '--batch-gpu' in options:
+                message += '; a smaller --batch-gpu needs less (gradient accumulation keeps --batch)'
+            elif '--batch' in options:
+                message += '; a smaller --batch needs less'
+            raise click.ClickException(message) from None
     return wrapper
+
+# Running out of memory, on a GPU (torch.OutOfMemoryError) or on the host
+# (torch's CPU allocator, or Python's MemoryError), as one line that says how
+# much was asked for; None for any other error.
+def out_of_memory_message(e: BaseException) -> str | None:
+    text = str(e)
+    if type(e).__name__ == 'OutOfMemoryError':  # torch.OutOfMemoryError, without importing torch here.
+        asked = re.search(r'Tried to allocate ([0-9.]+ [KMGT]?i?B)', text)
+        where = re.search(r'GPU (\d+) has a total capacity of ([0-9.]+ [KMGT]?i?B) of which ([0-9.]+ [KMGT]?i?B) is free', text)
+        detail = f' (asked for {asked[1]}' if asked else ''
+        if where:
+            detail += f'{"; " if detail else " ("}GPU {where[1]}: {where[3]} free of {where[2]}'
+        return f'out of GPU memory{detail + ")" if detail else ""}'
+    if isinstance(e, MemoryError):
+        return 'out of memory'
+    asked = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if asked:
+        return f'out of memory (asked for {int(asked[1]) / 2**30:.2f} GiB)'
+    return None
 
 #----------------------------------------------------------------------------
 # Content digest of a local file or a URL (through the download cache).

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from click.testing import CliRunner
 
 import dataset_tool
@@ -378,7 +379,6 @@ class _FillsUp:
 # ("unexpected pos"); a training state on a full disk is still one line.
 @pytest.mark.parametrize('room', [0, 5000])
 def test_a_full_disk_while_saving_a_training_state(tmp_path, monkeypatch, room):
-    import torch
     from training import training_loop
     real_fdopen = os.fdopen
     monkeypatch.setattr(os, 'fdopen', lambda fd, *args, **kwargs: _FillsUp(real_fdopen(fd, *args, **kwargs), room))
@@ -425,6 +425,43 @@ def test_atomic_write_leaves_no_temporary(tmp_path, monkeypatch):
             f.write('new')
             _ = 1 / 0
     assert os.listdir(tmp_path) == ['f.json'] and target.read_text() == 'old'
+
+# Running out of memory is one line that says how much was asked for and
+# which option asks for less: train.py's --batch-gpu, the other tools' --batch.
+CUDA_OOM = ('CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which '
+            '1.25 GiB is free. Including non-PyTorch memory, this process has 77.84 GiB memory in use.')
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+           'allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)')
+
+@pytest.mark.parametrize('error, option, message', [
+    (torch.cuda.OutOfMemoryError(CUDA_OOM), '--batch-gpu',
+     'out of GPU memory (asked for 2.00 GiB; GPU 0: 1.25 GiB free of 79.10 GiB); a smaller --batch-gpu needs less '
+     '(gradient accumulation keeps --batch)'),
+    (RuntimeError(CPU_OOM), '--batch', 'out of memory (asked for 3.00 GiB); a smaller --batch needs less'),
+    (MemoryError(), None, 'out of memory'),
+])
+def test_out_of_memory_is_one_line(error, option, message):
+    import click
+    from dnnlib.util import report_user_errors
+
+    @click.command()
+    @click.option(option or '--other', type=int)
+    @report_user_errors
+    def command(**_kwargs):
+        raise error
+    result = CliRunner().invoke(command, [])
+    assert result.exit_code == 1 and result.output == f'Error: {message}\n', result.output
+
+def test_other_runtime_errors_keep_their_traceback():
+    import click
+    from dnnlib.util import report_user_errors
+
+    @click.command()
+    @report_user_errors
+    def command():
+        raise RuntimeError('a bug')
+    result = CliRunner().invoke(command, [])
+    assert isinstance(result.exception, RuntimeError) and 'Error:' not in result.output
 
 # SIGTERM (kill, timeout, a scheduler) ends a command like Ctrl-C: the file it
 # was writing is taken back, one line says why, exit status 143; the handler
@@ -609,7 +646,6 @@ def test_an_unknown_or_absent_device(inputs, tmp_path, device, message):
     assert os.listdir(tmp_path) == []
 
 def test_cuda_without_a_gpu(inputs, tmp_path):
-    import torch
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')
     result = invoke(generate.main, ['--network', inputs / 'net.pkl', '--outdir', tmp_path / 'g', '--seeds=0', '--device=cuda'])
