@@ -215,7 +215,9 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             message = out_of_memory_message(e)
             if message is None:
                 raise
-            options = {opt for param in click.get_current_context().command.params for opt in getattr(param, 'opts', [])}
+            context = click.get_current_context(silent=True)
+            params = context.command.params if context is not None else []
+            options = {opt for param in params for opt in getattr(param, 'opts', [])}
             if '--batch-gpu' in options:
                 message += '; a smaller --batch-gpu needs less (gradient accumulation keeps --batch)'
             elif '--batch' in options:
@@ -231,10 +233,8 @@ def out_of_memory_message(e: BaseException) -> str | None:
     if type(e).__name__ == 'OutOfMemoryError':  # torch.OutOfMemoryError, without importing torch here.
         asked = re.search(r'Tried to allocate ([0-9.]+ [KMGT]?i?B)', text)
         where = re.search(r'GPU (\d+) has a total capacity of ([0-9.]+ [KMGT]?i?B) of which ([0-9.]+ [KMGT]?i?B) is free', text)
-        detail = f' (asked for {asked[1]}' if asked else ''
-        if where:
-            detail += f'{"; " if detail else " ("}GPU {where[1]}: {where[3]} free of {where[2]}'
-        return f'out of GPU memory{detail + ")" if detail else ""}'
+        parts = ([f'asked for {asked[1]}'] if asked else []) + ([f'GPU {where[1]}: {where[3]} free of {where[2]}'] if where else [])
+        return 'out of GPU memory' + (f' ({"; ".join(parts)})' if parts else '')
     if isinstance(e, MemoryError):
         return 'out of memory'
     asked = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)

@@ -452,6 +452,13 @@ def test_out_of_memory_is_one_line(error, option, message):
     result = CliRunner().invoke(command, [])
     assert result.exit_code == 1 and result.output == f'Error: {message}\n', result.output
 
+def test_out_of_memory_figures_left_out_where_the_message_differs():
+    from dnnlib.util import out_of_memory_message
+    assert out_of_memory_message(torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 MiB.')) == \
+        'out of GPU memory (asked for 20.00 MiB)'
+    assert out_of_memory_message(torch.cuda.OutOfMemoryError('out of memory')) == 'out of GPU memory'
+    assert out_of_memory_message(RuntimeError('shape mismatch')) is None
+
 def test_other_runtime_errors_keep_their_traceback():
     import click
     from dnnlib.util import report_user_errors
