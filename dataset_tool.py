@@ -8,6 +8,8 @@ Examples:
     python dataset_tool.py convert --source=photos/ --dest=datasets/photos-64x64 --transform=center-crop --resolution=64x64
     python dataset_tool.py info --source=datasets/cifar10-32x32.zip
 
+EDM's form without a command, `python dataset_tool.py --source=... --dest=...`, means convert.
+
 A dataset is a directory or an uncompressed zip of images `00000/img00000000.png`, ... (1000 per
 folder, uncompressed PNG), with labels in `dataset.json`. Outputs are written to a temporary file
 or folder beside the destination and renamed into place at the end, so a failed or interrupted
@@ -46,7 +48,16 @@ class ResolutionType(click.ParamType):
             self.fail(f'{value!r}: at most {MAX_RESOLUTION} pixels a side', param, ctx)
         return int(m.group(1)), int(m.group(2))
 
-@click.group(help=__doc__)
+# EDM's dataset_tool.py has no subcommands: `python dataset_tool.py --source=...
+# --dest=...` converts. The same line works here and means `convert`.
+
+class Commands(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0].startswith('--') and args[0] not in self.get_help_option_names(ctx):
+            args = ['convert', *args]
+        return super().parse_args(ctx, args)
+
+@click.group(cls=Commands, help=__doc__)
 def cli() -> None:
     pass
 

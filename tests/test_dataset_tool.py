@@ -87,6 +87,20 @@ def test_convert_cifar10_to_zip(tmp_path):
     assert np.array_equal(ds[7][0], images[7].transpose(2, 0, 1))
     assert leftovers(tmp_path / 'out') == []
 
+def test_edm_command_line_without_a_subcommand_converts(tmp_path):
+    # EDM's own line, `dataset_tool.py --source=... --dest=...`, gives what convert gives, byte for byte.
+    src = str(tmp_path / 'cifar-10-python.tar.gz')
+    make_cifar_tarball(src)
+    for args in [['--source', src], [f'--source={src}']]:
+        dest = tmp_path / f'edm{len(args)}'
+        assert run(*args, f'--dest={dest}', '--max-images=5').exit_code == 0
+    assert run('convert', f'--source={src}', f'--dest={tmp_path / "convert"}', '--max-images=5').exit_code == 0
+    def files(folder):
+        return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob('*') if path.is_file()}
+    assert files(tmp_path / 'edm2') == files(tmp_path / 'edm1') == files(tmp_path / 'convert') != {}
+    assert_fails(run(f'--source={tmp_path / "nothing"}', f'--dest={tmp_path / "x"}'), 'nothing')
+    assert 'Commands:' in run('--help').output  # --help is still the group's.
+
 def test_convert_thousand_per_folder_and_max_images(tmp_path):
     src = str(tmp_path / 'cifar-10-python.tar.gz')
     make_cifar_tarball(src, per_batch=201)
