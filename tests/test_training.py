@@ -345,6 +345,30 @@ def test_a_stop_sent_to_the_process_group_while_the_worker_starts(data, tmp_path
     assert 'Stop requested' in (outdir / 'log.txt').read_text()
     assert load_state(training_loop_latest(outdir))['cur_nimg'] == 32
 
+# The data-loading workers of a library call of the training loop: spawned, as
+# train.py's, unless the caller names a start method; workers that a fork server
+# starts (Python 3.14's default) run too, and still end when their training
+# process is gone (here: not the process that created them).
+@pytest.mark.parametrize('method', [None, 'fork', 'forkserver'])
+def test_data_loading_workers_under_each_start_method(method, monkeypatch):
+    import functools
+    from training import training_loop
+    seen = {}
+    def recording_loader(*args, **kwargs):
+        seen.update(kwargs)
+        return torch.utils.data.dataloader.DataLoader(*args, **kwargs)
+    monkeypatch.setattr(torch.utils.data, 'DataLoader', recording_loader)
+    dataset = torch.utils.data.TensorDataset(torch.arange(8))
+    kwargs = dict(num_workers=1) if method is None else dict(num_workers=1, multiprocessing_context=method)
+    def first_batch(parent_pid):
+        init = functools.partial(training_loop._init_worker, parent_pid=parent_pid, shield=False)
+        return next(training_loop.start_data_loader(dataset, misc.InfiniteSampler(dataset, shuffle=False), 4, kwargs, init))
+    assert first_batch(os.getpid())[0].tolist() == [0, 1, 2, 3]
+    assert seen['multiprocessing_context'] == (method or 'spawn')
+    if method == 'forkserver':
+        with pytest.raises(RuntimeError, match='exited unexpectedly'):
+            first_batch(os.getpid() + 10**6)  # No such process: the worker ends at once.
+
 # Without --nosubdir: rerunning the same command continues the newest unfinished run of the same
 # options in --outdir, and says so first; other options, --new-run, a finished run or a run that
 # another live process holds give a new run directory. A claim left by a process that is gone

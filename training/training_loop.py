@@ -14,6 +14,7 @@ import ctypes
 import dataclasses
 import functools
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -140,12 +141,17 @@ def _shield_from_stop_signals(_worker_id: int) -> None:
 # (SIGKILL, out of memory): PyTorch's own check misses a parent that died while
 # the worker was still starting, and such an orphan keeps the run's output
 # pipes open forever. On Linux the kernel ends the worker with its parent.
+# A worker started by a fork server (a caller's choice of start method) has
+# the server as its parent; the training process, its creator, is then
+# watched through the pipe that multiprocessing keeps open to it.
 def _init_worker(worker_id: int, parent_pid: int, shield: bool) -> None:
     if sys.platform.startswith('linux'):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:
-        os._exit(0)  # The parent is gone already.
+        creator = multiprocessing.parent_process()
+        if creator is None or creator.pid != parent_pid or not creator.is_alive():
+            os._exit(0)  # The training process is gone already.
     if shield:
         _shield_from_stop_signals(worker_id)
     if STOP_SIGNALS:  # Held since the fork (_stop_signals_held): one sent meanwhile arrives now.
@@ -397,11 +403,16 @@ def loss_function(loss_fn: Callable, ddp: torch.nn.Module, augment_pipe: Any,
     return compute_loss
 
 # The training data as an endless iterator of batches. The fast path keeps
-# the workers alive and pins their batches for non-blocking copies.
+# the workers alive and pins their batches for non-blocking copies. Workers
+# are spawned unless the caller names another start method, as train.py does:
+# fork copies a process that runs threads, and a fork server (Python 3.14's
+# default) starts them without the stop signals held.
 def start_data_loader(dataset_obj: Any, sampler: misc.InfiniteSampler, batch_gpu: int, data_loader_kwargs: dict,
                       worker_init_fn: Callable[[int], None] | None = None,
                       fast: FastSettings | None = None) -> Iterator:
     kwargs = dict(data_loader_kwargs)
+    if kwargs.get('num_workers', 0) > 0:
+        kwargs.setdefault('multiprocessing_context', 'spawn')
     if fast is not None:
         kwargs.update(persistent_workers=kwargs.get('num_workers', 0) > 0, pin_memory=fast.pin_memory)
     loader = torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu,
