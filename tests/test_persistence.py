@@ -6,6 +6,7 @@ import http.server
 import os
 import pickle
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -59,6 +60,21 @@ def test_loads_edm_fixture_snapshot(fixtures_dir):
         sigma = net.round_sigma(torch.full([4], s, dtype=torch.float64))
         out = net(reference['x'] * s, sigma, reference['labels'])
         torch.testing.assert_close(out, reference['outputs'][i], rtol=1e-4, atol=1e-5)
+
+# Loading says nothing on stderr. Older torch (2.1) read the storages through
+# TypedStorage and warned, once per process, that it is deprecated.
+def test_loading_warns_of_nothing(fixtures_dir):
+    always_warn = getattr(torch.storage, '_set_always_warn_typed_storage_removal', None)
+    previous = torch.storage._get_always_warn_typed_storage_removal() if always_warn else None
+    if always_warn:
+        always_warn(True)  # Not only once per process: earlier tests may have had the warning.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            persistence.load_network_pickle(str(fixtures_dir / 'edm-ddpmpp-tiny-snapshot.pkl'))
+    finally:
+        if always_warn:
+            always_warn(previous)
 
 #----------------------------------------------------------------------------
 # Round trip through this project's writer, for every preconditioner and backbone.

@@ -199,7 +199,7 @@ def resume_seed(c: dnnlib.EasyDict, given: int | None, where: str) -> list[str]:
     if edm_state.is_edm_training_state(c.resume_state_dump):
         return []
     try:
-        state = torch.load(c.resume_state_dump, map_location='cpu', weights_only=True, mmap=True)
+        state = misc.load_plain(c.resume_state_dump, map_location='cpu', mmap=True)
         recorded = int(state['seed'])
     except Exception:  # Unreadable states are reported when the training loop loads them.
         return []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import re
+import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -126,6 +127,17 @@ class InfiniteSampler(torch.utils.data.Sampler):
         self.window = int(state['window'])
         self.position = int(state['position'])
         self.order = state['order'].numpy().astype(np.int64, copy=True)
+
+#----------------------------------------------------------------------------
+# torch.load() of plain data only (tensors, numbers, strings, lists, dicts):
+# training states, and the storages inside network pickles. Older torch (2.1
+# among them) warns on each such load that TypedStorage is deprecated, a line
+# on stderr that the user can do nothing about; it is left out here.
+
+def load_plain(f: Any, **kwargs: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='TypedStorage is deprecated', category=UserWarning)
+        return torch.load(f, weights_only=True, **kwargs)
 
 #----------------------------------------------------------------------------
 # Parameters and buffers.

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from dnnlib.util import EasyDict, UserError, open_url
+from torch_utils import misc
 
 #----------------------------------------------------------------------------
 # Registry of classes that may appear in network pickles, keyed by class name
@@ -109,7 +110,7 @@ class ModuleRecord:
 
 def _load_storage(data: bytes) -> Any:
     # Tensors in a plain pickle carry their storage as a small legacy torch.save() stream.
-    return torch.load(io.BytesIO(data), weights_only=True)
+    return misc.load_plain(io.BytesIO(data))
 
 def _make_record(meta: Any) -> PersistentRecord:
     return PersistentRecord(meta)

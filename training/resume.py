@@ -32,7 +32,7 @@ import torch
 
 from dnnlib.outputs import differing_keys
 from dnnlib.util import UserError
-from torch_utils import edm_state, fast, persistence
+from torch_utils import edm_state, fast, misc, persistence
 
 OPTIONS_FNAME = 'training_options.json'
 
@@ -120,7 +120,7 @@ def recorded_schedule(state_path: str, run_options: dict | None) -> dict[str, An
     """The schedule of the run that wrote `state_path`: from the state, else its training_options.json."""
     if not edm_state.is_edm_training_state(state_path):
         try:
-            state = torch.load(state_path, map_location='cpu', weights_only=True, mmap=True)
+            state = misc.load_plain(state_path, map_location='cpu', mmap=True)
         except Exception:  # Unreadable states are reported when the training loop loads them.
             state = None
         if isinstance(state, dict) and isinstance(state.get('schedule'), dict):

@@ -56,7 +56,7 @@ def state_nimg(path: str) -> int | None:
         m = edm_state.STATE_PATTERN.match(os.path.basename(path))
         return int(m.group(1)) * 1000 if m else None
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        state = misc.load_plain(path, map_location='cpu', mmap=True)
         return int(state['cur_nimg']) if isinstance(state, dict) and state.get('format') == STATE_FORMAT else None
     except Exception:  # Truncated or foreign files: reported when a run loads them.
         return None
@@ -225,7 +225,7 @@ def check_state_file(path: str) -> None:
 def _load_state(path: str) -> dict[str, Any]:
     check_state_file(path)
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        state = misc.load_plain(path, map_location='cpu')
     except Exception as e:  # Truncated files, EDM's whole-module states, ...
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise UserError(f'{path}: not a training state of this project ({type(e).__name__}'
