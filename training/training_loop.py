@@ -411,10 +411,11 @@ def start_data_loader(dataset_obj: Any, sampler: misc.InfiniteSampler, batch_gpu
                       worker_init_fn: Callable[[int], None] | None = None,
                       fast: FastSettings | None = None) -> Iterator:
     kwargs = dict(data_loader_kwargs)
-    if kwargs.get('num_workers', 0) > 0:
+    has_workers = kwargs.get('num_workers', 0) > 0
+    if has_workers:
         kwargs.setdefault('multiprocessing_context', 'spawn')
     if fast is not None:
-        kwargs.update(persistent_workers=kwargs.get('num_workers', 0) > 0, pin_memory=fast.pin_memory)
+        kwargs.update(persistent_workers=has_workers, pin_memory=fast.pin_memory)
     loader = torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu,
                                          worker_init_fn=worker_init_fn, **kwargs)
     with _stop_signals_held():  # Workers start here.
