@@ -210,12 +210,14 @@ def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, m
     stats = FeatureStats(feature_dim, device)
     batches = [b for b in rank_batches(indices, max_batch_size, dist.get_rank(), dist.get_world_size()) if b]
 
-    # Forked workers would share the parent's open zip file (and its file position);
-    # closed here, it is opened again by each worker on first use.
+    # Workers are spawned, as in training: forking a process that runs threads
+    # can deadlock (Python 3.12+ warns of it). The parent's zip handle is closed
+    # here; each worker, like the parent later, opens the zip on first use.
     dataset.close()
     pin_memory = detector.fast is not None and detector.fast.pin_memory and device.type == 'cuda'
+    worker_kwargs = dict(prefetch_factor=2, multiprocessing_context='spawn') if num_workers > 0 else {}
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                         prefetch_factor=(2 if num_workers > 0 else None), pin_memory=pin_memory)
+                                         pin_memory=pin_memory, **worker_kwargs)
     progress = tqdm.tqdm(total=len(batches), unit='batch', desc='Features', disable=(dist.get_rank() != 0))
     try:
         for images, _labels in loader:

@@ -201,10 +201,17 @@ def test_grayscale_images_are_repeated_to_rgb(files, tmp_path):
 #----------------------------------------------------------------------------
 # calc --images: against the direct computation; identical sets give 0.
 
-def test_calc_images_matches_direct(files, tmp_path):
+def test_calc_images_matches_direct(files, tmp_path, monkeypatch):
+    start_methods = []
+    real_loader = torch.utils.data.DataLoader
+    def loader(*args, **kwargs):
+        start_methods.append(kwargs.get('multiprocessing_context'))
+        return real_loader(*args, **kwargs)
+    monkeypatch.setattr(torch.utils.data, 'DataLoader', loader)
     log = tmp_path / 'log.jsonl'
     result = run('calc', f'--images={files["b"]}', f'--ref={files["ref_a"]}', '--num=30', f'--json={log}',
                  f'--detector={files["detector"]}', '--workers=2', '--batch=7', '--device=cpu')  # Zip read by workers.
+    assert start_methods == ['spawn']  # Not forked from a process with threads.
     mu_a, sigma_a = stats_of(standin_features(files['a_images']))
     mu_b, sigma_b = stats_of(standin_features(files['b_images']))
     expected = direct_fid(mu_b, sigma_b, mu_a, sigma_a)
