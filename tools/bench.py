@@ -710,7 +710,7 @@ def run_benchmark(
     log:          Callable[[str], None] = print,
     on_records:   Callable[[list[dict[str, Any]]], None] | None = None, # Called with each stage's records as it ends.
 ) -> list[dict[str, Any]]:
-    device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(device) if device is not None else dist.default_device()
     unknown = [w for w in what if w not in STAGES + EXTRA_STAGES]
     if unknown:
         raise UserError(f'--what: unknown stage "{unknown[0]}"; choose from {", ".join(STAGES + EXTRA_STAGES)}')
