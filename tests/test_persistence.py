@@ -224,6 +224,26 @@ def test_crafted_or_damaged_pickles(tmp_path, case, message):
         persistence.load_network_pickle(str(path))
     assert str(error.value).startswith(str(path)) and message in str(error.value) and '\n' not in str(error.value)
 
+# The samplers need a preconditioned network under "ema"; anything else there
+# is named in one line, by type.
+def test_ema_that_is_not_a_sampling_network(tmp_path):
+    from training.augment import AugmentPipe
+    unet = networks.SongUNet(img_resolution=8, in_channels=3, out_channels=3, model_channels=16, channel_mult=[1],
+                             num_blocks=1, attn_resolutions=[])
+    path = tmp_path / 'unet.pkl'
+    persistence.save_network_pickle(str(path), dict(ema=unet))
+    assert isinstance(persistence.load_network_pickle(str(path))['ema'], networks.SongUNet)  # --transfer reads it.
+    with pytest.raises(UserError, match=r'unet.pkl: "ema" is not a preconditioned network that can sample \(type SongUNet;'):
+        persistence.load_network(str(path))
+    path = tmp_path / 'augment.pkl'
+    persistence.save_network_pickle(str(path), dict(ema=AugmentPipe(p=0.1)))
+    with pytest.raises(UserError, match=r'augment.pkl: "ema" in the pickle is not a network \(type AugmentPipe\)'):
+        persistence.load_network_pickle(str(path))
+    path = tmp_path / 'none.pkl'
+    persistence.save_network_pickle(str(path), dict(augment_pipe=AugmentPipe(p=0.1)))
+    with pytest.raises(UserError, match=r'none.pkl: no network \("ema"\) in the pickle'):
+        persistence.load_network_pickle(str(path))
+
 def test_missing_tensor(tmp_path):
     path = save_with_kwargs(tmp_path, tiny_net(), label_dim=10)
     with pytest.raises(UserError, match=r'missing tensor "model\.map_label\.weight"'):

@@ -322,13 +322,23 @@ def load_network_pickle_bytes(data: bytes, *, source_name: str = 'network pickle
         raise UserError(f'{source_name}: cannot build the network it describes ({type(e).__name__}: {message})') from None
     if isinstance(obj, torch.nn.Module):
         obj = dict(ema=obj)  # A bare network pickle.
-    if not isinstance(obj, dict) or not isinstance(obj.get('ema'), torch.nn.Module):
+    if not isinstance(obj, dict) or 'ema' not in obj:
         raise UserError(f'{source_name}: no network ("ema") in the pickle')
+    if not isinstance(obj['ema'], torch.nn.Module):
+        raise UserError(f'{source_name}: "ema" in the pickle is not a network (type {type(obj["ema"]).__name__})')
     return obj
 
+# What the samplers read of a network: a preconditioned denoiser (EDMPrecond,
+# VPPrecond, VEPrecond, iDDPMPrecond) has these; a bare U-Net has not.
+SAMPLING_ATTRIBUTES = ('img_resolution', 'img_channels', 'label_dim', 'sigma_min', 'sigma_max', 'round_sigma')
+
 def load_network(path_or_url: str) -> torch.nn.Module:
-    """The `ema` network of a pickle, in eval mode, without gradients."""
+    """The `ema` network of a pickle, in eval mode, without gradients; a UserError unless it is a
+    preconditioned denoiser that the samplers can run."""
     net = load_network_pickle(path_or_url)['ema']
+    if not all(hasattr(net, name) for name in SAMPLING_ATTRIBUTES):
+        raise UserError(f'{path_or_url}: "ema" is not a preconditioned network that can sample (type '
+                        f'{type(net).__name__}; expected EDMPrecond, VPPrecond, VEPrecond or iDDPMPrecond)')
     return net.eval().requires_grad_(False)
 
 def load_pickle_running_code(f: BinaryIO) -> Any:
