@@ -102,7 +102,7 @@ def print_snapshot_table(results: list[dict], repeats: int) -> None:
 @click.option('--ref', 'ref_path',        help='Reference statistics of the dataset', metavar='NPZ|URL',             type=str, required=True)
 @click.option('--num', 'num',             help=f'Number of images per score  [default: {DEFAULT_NUM_IMAGES}, or the --seeds count]', metavar='INT', type=click.IntRange(min=2))
 @click.option('--seed',                   help='First seed (--network) or seed of the image subset (--images)  [default: 0]', metavar='INT', type=click.IntRange(min=0))
-@click.option('--seeds',                  help='Seeds to generate  [default: seed to seed+num*repeats-1]', metavar='LIST', type=IntList())
+@click.option('--seeds',                  help='Seeds to generate  [default: seed to seed+num*repeats-1]', metavar='LIST', type=IntList(distinct=True))
 @click.option('--repeats',                help='Scores to take: --network, seed sets of --num new images each (EDM\'s protocol: 3); --images, disjoint subsets of --num images of the folder; report min, mean, std', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
 @click.option('--snapshots',              help='Snapshots of a run directory to score  [default: all]', metavar='GLOB', type=str)
 @click.option('--outdir',                 help='Also save the generated images here, 1000 per subfolder', metavar='DIR', type=str)

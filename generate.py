@@ -23,7 +23,7 @@ from training.generation import DEFAULT_BATCH, generate_command
 @click.command()
 @click.option('--network', 'network_pkl',  help='Network pickle', metavar='PATH|URL',                                   type=str, required=True)
 @click.option('--outdir',                  help='Where to save the output images', metavar='DIR',                      type=str, required=True)
-@click.option('--seeds',                   help='Random seeds (e.g. 1,2,5-10)', metavar='LIST',                        type=IntList(), default='0-63', show_default=True)
+@click.option('--seeds',                   help='Random seeds (e.g. 1,2,5-10)', metavar='LIST',                        type=IntList(distinct=True), default='0-63', show_default=True)
 @click.option('--subdirs',                 help='Put every 1000 seeds in a subdirectory',                              is_flag=True)
 @click.option('--class', 'class_idx',      help='Class label  [default: random]', metavar='INT',                       type=click.IntRange(min=0), default=None)
 @click.option('--batch', 'max_batch_size', help=f'Maximum batch size  [default: {DEFAULT_BATCH}; with --fast on a GPU, what fits]', metavar='INT', type=click.IntRange(min=1))

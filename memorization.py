@@ -26,7 +26,7 @@ from tools.options import sampler_options
 @click.command()
 @click.option('--images', 'image_path',    help='Generated images to check: directory or zip', metavar='DIR|ZIP', type=str)
 @click.option('--network', 'network_pkl',  help='Or generate them from this network pickle', metavar='PKL|URL', type=str)
-@click.option('--seeds',                   help='Seeds of the generated images (with --network)  [default: 0-9999]', metavar='LIST', type=IntList())
+@click.option('--seeds',                   help='Seeds of the generated images (with --network)  [default: 0-9999]', metavar='LIST', type=IntList(distinct=True))
 @click.option('--train', 'train_paths',    help='Reference set: a dataset of 8-bit images (repeat for several)', metavar='ZIP|DIR', type=str, multiple=True, required=True)
 @click.option('--features',                help='Feature space of the distances', type=click.Choice(mem.FEATURES), default='pixel', show_default=True)
 @click.option('--threshold',               help='A copy: nearest < threshold x second-nearest distance  [default: 1/3]', metavar='FLOAT', type=mem.ThresholdType(), default='1/3')

@@ -17,9 +17,12 @@ from dnnlib.util import UserError, parse_int_list
 class IntList(click.ParamType):
     name = 'LIST'
 
+    def __init__(self, distinct: bool = False):
+        self.distinct = distinct  # Refuse a value given twice (seeds).
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
         try:
-            return parse_int_list(value)
+            return parse_int_list(value, distinct=self.distinct)
         except UserError as e:
             self.fail(str(e), param, ctx)
 

@@ -256,14 +256,16 @@ def file_sha256(path_or_url: str) -> str:
 #----------------------------------------------------------------------------
 # Parse comma-separated ranges such as '0-63' or '1,2,5-10' (EDM's --seeds).
 # Values are 64-bit integers (seeds go to torch as such), at most
-# MAX_INT_LIST of them, so that a typing slip cannot fill the memory.
+# MAX_INT_LIST of them, so that a typing slip cannot fill the memory. With
+# `distinct`, a value given twice is refused (a seed list names each image once).
 
 MAX_INT_LIST = 100_000_000
 
-def parse_int_list(text: str | list[int]) -> list[int]:
+def parse_int_list(text: str | list[int], distinct: bool = False) -> list[int]:
     if isinstance(text, list):
         return text
     values: list[int] = []
+    spans: list[tuple[int, int]] = []
     pattern = re.compile(r'^([0-9]+)-([0-9]+)$')
     for part in str(text).split(','):
         part = part.strip()
@@ -284,7 +286,19 @@ def parse_int_list(text: str | list[int]) -> list[int]:
         if len(values) + span[1] - span[0] + 1 > MAX_INT_LIST:
             raise UserError(f'"{part}": more than {MAX_INT_LIST:,} values in all')
         values.extend(range(span[0], span[1] + 1))
+        spans.append((span[0], span[1]))
+    if distinct:
+        check_distinct_spans(spans)
     return values
+
+# Ranges overlap where one starts at or before the end of an earlier one (in
+# order of their starts); that start is then a value of both.
+def check_distinct_spans(spans: list[tuple[int, int]]) -> None:
+    end = None
+    for lo, hi in sorted(spans):
+        if end is not None and lo <= end:
+            raise UserError(f'{lo} is given more than once')
+        end = hi if end is None else max(end, hi)
 
 #----------------------------------------------------------------------------
 # Save one image (uint8, [H, W, C] with C = 1 or 3) as a PNG, atomically,
