@@ -523,6 +523,7 @@ def test_numbers_must_be_finite(inputs, tmp_path, command, args, option):
     (['--S_churn=10', '--S_min=2', '--S_max=1'], 'the churn would never apply'),
     (['--sigma_min=100'], '--sigma_min=100 is not below the default --sigma_max (80)'),
     (['--sigma_max=0.001'], '--sigma_max=0.001 is not above the default --sigma_min (0.002)'),
+    (['--rho=0.25'], '--rho=0.25: with noise levels from 80 down to 0.002, the lowest time step rounds to 0'),
 ])
 def test_sampler_ranges_the_wrong_way_round(inputs, tmp_path, args, message):
     for command, common in [(generate.main, ['--seeds=0-1']), (denoise.main, ['--data', inputs / 'obs'])]:

@@ -37,6 +37,23 @@ def test_edm_discretisation_matches_eq5():
         expected = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
         assert math.isclose(float(steps[i]), expected, rel_tol=1e-12)
 
+# Below rho = 0.29 EDM's range [0.002, 80] has no float64 grid: its lowest
+# level rounds to 0. Such a rho is refused; a narrower range allows a smaller one,
+# and the other discretisations do not use it.
+def test_a_rho_whose_grid_rounds_to_zero_is_refused():
+    from dnnlib.util import UserError
+    from training.sampler import check_sampler_options
+    net = GaussianDenoiser()
+    for rho in (0.01, 0.2, 0.28):
+        with pytest.raises(UserError, match=f'--rho={rho:g}: .* rounds to 0'):
+            check_sampler_options(net, dict(rho=rho))
+    for kwargs in (dict(rho=0.29), dict(rho=0.3, num_steps=2), dict(rho=0.01, sigma_min=1, sigma_max=1.2),
+                   dict(rho=0.01, discretization='vp'), dict(rho=0.25, num_steps=1)):
+        check_sampler_options(net, kwargs)
+        if kwargs.get('discretization') is None:
+            assert float(edm_sigma_steps(net, kwargs.get('num_steps', 18), kwargs.get('sigma_min', 0.002),
+                                         kwargs.get('sigma_max', 80), kwargs['rho'])[-2]) > 0
+
 def test_discretisation_is_clamped_to_the_network_range():
     net = GaussianDenoiser(sigma_min=0.01, sigma_max=20)
     steps = edm_sigma_steps(net, num_steps=10)

@@ -23,7 +23,7 @@ def sampler_options(func: Callable) -> Callable:
         click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
         click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
         click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
-        click.option('--rho', help='Time step exponent (at least 0.01: smaller ones overflow the grid)', metavar='FLOAT', type=FiniteFloat(min=0.01), default=7, show_default=True),
+        click.option('--rho', help='Time step exponent (one so small that the lowest step rounds to 0, below 0.29 for EDM\'s noise range, is refused)', metavar='FLOAT', type=FiniteFloat(min=0.01), default=7, show_default=True),
         click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
         click.option('--S_min', 'S_min', help='Stochasticity: lowest noise level', metavar='FLOAT', type=FiniteFloat(min=0), default=0, show_default=True),
         click.option('--S_max', 'S_max', help='Stochasticity: highest noise level', metavar='FLOAT', type=FiniteFloat(min=0, allow_inf=True), default='inf', show_default=True),

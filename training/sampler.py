@@ -344,6 +344,21 @@ def check_sampler_options(net: torch.nn.Module, sampler_kwargs: dict) -> None:
                             f'({max(defaults["sigma_min"].default, net_lo):g})')
     if kwargs.get('S_churn', 0) > 0 and kwargs.get('S_min', 0) > kwargs.get('S_max', float('inf')):
         raise UserError(f'--S_min={kwargs["S_min"]:g} is above --S_max={kwargs["S_max"]:g}: the churn would never apply')
+    if kwargs.get('discretization', 'edm') == 'edm':
+        check_edm_levels(net, kwargs)
+
+# EDM's levels are evenly spaced in sigma^(1/rho). For a small rho that spacing
+# spans more orders of magnitude than float64 resolves: the lowest level rounds
+# to 0 (or below), and the sampler would divide by it. With EDM's range
+# [0.002, 80] this happens below rho = 0.29.
+def check_edm_levels(net: torch.nn.Module, kwargs: dict) -> None:
+    num_steps, rho = kwargs.get('num_steps', 18), kwargs.get('rho', 7)
+    lo = max(kwargs.get('sigma_min', 0.002), float(net.sigma_min))
+    hi = min(kwargs.get('sigma_max', 80), float(net.sigma_max))
+    levels = edm_sigma_steps(net, num_steps, lo, hi, rho)[:-1]
+    if not (bool(torch.isfinite(levels).all()) and float(levels.min()) > 0):
+        raise UserError(f'--rho={rho:g}: with noise levels from {hi:g} down to {lo:g}, the lowest time step rounds to '
+                        f'{float(levels[-1]):g}; use a larger --rho (EDM\'s is 7)')
 
 def check_finite(images: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(images).all()):
