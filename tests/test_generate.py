@@ -73,6 +73,32 @@ def test_a_rerun_resumes(tmp_path, fixtures_dir):
         assert np.abs(np.asarray(PIL.Image.open(p)).astype(int) - first[p.name]).max() <= 1
         assert (p.stat().st_mtime_ns == kept[p.name]) == (p.name not in ('000002.png', '000004.png'))
 
+# Each seed names one image: a list that repeats one is refused (fid.py's seed
+# sets would not be disjoint, and the counts would not match the files), while
+# other integer lists (--cres) may repeat values.
+def test_seed_lists_name_each_seed_once():
+    from dnnlib.util import UserError, parse_int_list
+    assert parse_int_list('3,0-2,4-6') == [3, 0, 1, 2, 4, 5, 6]
+    assert parse_int_list('2,2,2') == [2, 2, 2]
+    for text in ('7,7', '0-5,5-9', '0-9,3', '10-20,0-100'):
+        with pytest.raises(UserError, match='is given more than once'):
+            parse_int_list(text, distinct=True)
+    assert parse_int_list('5,-1,0-4', distinct=True) == [5, -1, 0, 1, 2, 3, 4]
+
+# A pickle whose "ema" is a bare U-Net cannot sample: one line, nothing written.
+def test_a_network_that_cannot_sample_is_a_clear_error(tmp_path):
+    from torch_utils import persistence
+    from training import networks
+    unet = networks.SongUNet(img_resolution=8, in_channels=3, out_channels=3, model_channels=16, channel_mult=[1],
+                             num_blocks=1, attn_resolutions=[])
+    pkl = tmp_path / 'unet.pkl'
+    persistence.save_network_pickle(str(pkl), dict(ema=unet))
+    result = run_generate(f'--network={pkl}', f'--outdir={tmp_path / "out"}', '--seeds=0', '--steps=2')
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f'Error: {pkl}: "ema" is not a preconditioned network') and 'SongUNet' in lines[0]
+    assert not (tmp_path / 'out').exists()
+
 def test_missing_network_is_a_clear_error(tmp_path):
     result = run_generate(f'--network={tmp_path / "nope.pkl"}', f'--outdir={tmp_path}')
     assert result.returncode != 0 and 'nope.pkl: no such file' in result.stderr
@@ -81,7 +107,9 @@ def test_missing_network_is_a_clear_error(tmp_path):
 # count, ASCII digits; a bad list is a usage error naming the option.
 @pytest.mark.parametrize('seeds, message', [('0-99999999999', 'more than 100,000,000 values'),
                                             ('99999999999999999999', '64-bit integers'),
-                                            ('\u0663', 'is not an integer'), ('5-2', 'ends before it starts')])
+                                            ('\u0663', 'is not an integer'), ('5-2', 'ends before it starts'),
+                                            ('1,1,0-2', '1 is given more than once'),
+                                            ('0-9,20-29,5-6', '5 is given more than once')])
 def test_seed_lists_that_cannot_be_generated(tmp_path, seeds, message):
     from click.testing import CliRunner
     import generate
