@@ -51,9 +51,9 @@ def path_relation(a: str, b: str) -> str | None:
     return None
 
 def check_apart(outputs: Sequence[tuple[str | None, str]], inputs: Sequence[tuple[str | None, str]] = ()) -> None:
-    """Refuse an output (path, option) that is, lies inside or contains an input or another output.
-    None entries (options not given), URLs and inputs that do not exist (their own check names
-    them) are skipped."""
+    """Refuse an output (path, option) that is, lies inside or contains an input or another output,
+    or that lies inside a set of images (`check_outside_sets`). None entries (options not given),
+    URLs and inputs that do not exist (their own check names them) are skipped."""
     def local(pairs: Sequence[tuple[str | None, str]]) -> list[tuple[str, str]]:
         return [(path, option) for path, option in pairs if path is not None and not is_url(path)]
     outs, given = local(outputs), local(inputs)
@@ -72,6 +72,33 @@ def check_apart(outputs: Sequence[tuple[str | None, str]], inputs: Sequence[tupl
             if relation is not None:
                 raise UserError(f'{option}={path}: {relation} the output {other_option}={other}; '
                                 'each output needs a place of its own')
+    for path, option in outs:
+        check_outside_sets(path, option)
+
+#----------------------------------------------------------------------------
+# Sets of images that other commands read whole, known by the file each keeps
+# at its top: a dataset or an observation set (dataset.json, as EDM's
+# dataset_tool writes it), and the image folders of generate.py, denoise.py and
+# fid.py calc --outdir (their records). Anything written inside one would join
+# the set (an image, a folder of them) or break it (a dataset.json), so no
+# output goes there; the folder itself is `check_output_dir`'s to judge.
+
+SET_MARKERS = ('dataset.json', 'generate_options.json', 'denoise_options.json', 'fid_options.json')
+
+def check_outside_sets(path: str, option: str) -> None:
+    """Refuse an output that lies inside a set of images, or a file named dataset.json."""
+    if os.path.basename(os.path.normpath(path)) == 'dataset.json':
+        raise UserError(f'{option}={path}: dataset.json is the name of a dataset\'s own file; choose another name')
+    folder = os.path.dirname(os.path.realpath(path))
+    while True:
+        marker = next((name for name in SET_MARKERS if os.path.isfile(os.path.join(folder, name))), None)
+        if marker is not None:
+            raise UserError(f'{option}={path}: lies inside {folder}, a set of images ({marker}); '
+                            'outputs must not be written into one')
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
 
 #----------------------------------------------------------------------------
 # Inputs that are read as one (train.py's --data and --noisy, a merge's

@@ -114,9 +114,15 @@ def _refusals(root):
         'fid-calc-images-into-a-dataset': (fid.calc, ['--network', net, '--ref', root / 'r.npz', '--outdir', clean, '--num=2'], clean, 'holds a dataset'),
         'fid-calc-json-over-its-network': (fid.calc, ['--network', net, '--ref', root / 'r.npz', '--json', net], net, 'is the input --network'),
         'fid-ref-inside-its-data':       (fid.ref, ['--data', clean, '--dest', clean / 'ref.npz'], clean, 'is inside the input --data'),
-        'fid-ref-over-another-file':     (fid.ref, ['--data', clean, '--dest', obs / 'dataset.json'], obs, 'is not an output of fid.py ref'),
-        'fid-calc-json-over-a-dataset':  (fid.calc, ['--network', net, '--ref', root / 'r.npz', '--json', clean / 'dataset.json'], clean, 'is not an output of fid.py calc'),
-        'denoise-grid-over-an-image':    (denoise.main, ['--network', net, '--data', obs, '--outdir', root / 'd', '--grid', clean / '00000' / 'img00000000.png'], clean, 'is not an output of denoise.py'),
+        'fid-ref-over-another-file':     (fid.ref, ['--data', clean, '--dest', obs / 'img00000000.npy'], obs, 'lies inside'),
+        'fid-ref-over-a-dataset-json':   (fid.ref, ['--data', clean, '--dest', obs / 'dataset.json'], obs, "dataset.json is the name of a dataset's own file"),
+        'fid-calc-json-over-a-dataset':  (fid.calc, ['--network', net, '--ref', root / 'r.npz', '--json', clean / 'dataset.json'], clean, "dataset.json is the name"),
+        'fid-calc-json-inside-a-dataset': (fid.calc, ['--network', net, '--ref', root / 'r.npz', '--json', clean / 'sub' / 'fid.jsonl'], clean, 'a set of images (dataset.json)'),
+        'generate-inside-a-dataset':     (generate.main, ['--network', net, '--outdir', clean / 'sub', '--seeds=0-1'], clean, 'lies inside'),
+        'denoise-inside-observations':   (denoise.main, ['--network', net, '--data', clean, '--outdir', obs / 'sub'], obs, 'a set of images (dataset.json)'),
+        'denoise-grid-over-an-image':    (denoise.main, ['--network', net, '--data', obs, '--outdir', root / 'd', '--grid', clean / '00000' / 'img00000000.png'], clean, 'lies inside'),
+        'denoise-grid-inside-a-dataset': (denoise.main, ['--network', net, '--data', obs, '--outdir', root / 'd', '--grid', clean / 'grid.png'], clean, 'lies inside'),
+        'train-runs-inside-a-dataset':   (train.main, ['--outdir', obs / 'runs', '--data', clean, '-n'], obs, 'a set of images (dataset.json)'),
         'train-into-a-dataset':          (train.main, ['--outdir', obs, '--nosubdir', '--data', clean, '-n'], obs, 'holds a dataset'),
         'train-into-its-data':           (train.main, ['--outdir', clean, '--nosubdir', '--data', clean, '-n'], clean, 'is the input --data'),
         'train-runs-inside-its-data':    (train.main, ['--outdir', clean, '--data', clean, '-n'], clean, 'is inside the input --data'),
@@ -141,6 +147,26 @@ def test_no_command_writes_into_a_dataset_or_an_input(inputs, case):
     assert_one_error_line(result, message)
     assert tree_digest(protected) == before
     assert not temporaries(inputs)
+
+# Sets of images are known by their top file: a dataset's dataset.json, or the
+# record of the tool that wrote the images. No output goes anywhere below one
+# (a symbolic link to it included); a sibling folder is fine.
+def test_no_output_lies_inside_a_set_of_images(tmp_path):
+    from training import generation
+    assert set(outputs.SET_MARKERS) == {'dataset.json', generation.OPTIONS_FNAME, denoise_set.OPTIONS_FNAME,
+                                        fid_stats.OPTIONS_FNAME}
+    for marker in outputs.SET_MARKERS:
+        root = tmp_path / marker.split('.')[0]
+        (root / 'set' / '00000').mkdir(parents=True)
+        (root / 'set' / marker).write_text('{}')
+        (root / 'link').symlink_to(root / 'set')
+        for path in (root / 'set' / 'grid.png', root / 'set' / '00000' / 'out', root / 'link' / 'new' / 'x.jsonl'):
+            with pytest.raises(UserError, match=f'--out={re.escape(str(path))}: lies inside .*set, a set of images '
+                                                f'\\({re.escape(marker)}\\)'):
+                outputs.check_apart([(str(path), '--out')])
+        outputs.check_apart([(str(root / 'sibling' / 'x.png'), '--out')])
+    with pytest.raises(UserError, match="dataset.json is the name of a dataset's own file"):
+        outputs.check_apart([(str(tmp_path / 'images' / 'dataset.json'), '--json')])
 
 def test_split_with_one_path_for_both_parts_writes_nothing(inputs, tmp_path):
     for clean, noisy in [(tmp_path / 'same', tmp_path / 'same'), (tmp_path / 'a', tmp_path / 'a' / 'b')]:
