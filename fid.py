@@ -24,7 +24,7 @@ import click
 from dnnlib.cli import IntList
 from dnnlib.util import report_user_errors
 from metrics.fid import DEFAULT_NUM_IMAGES, calc_fid, calculate_fid_from_inception_stats, calculate_inception_stats, ref_stats
-from tools.options import sampler_options
+from tools.options import refuse_sampler_options_with_images, sampler_options
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 
@@ -117,8 +117,8 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
     """Calculate FID of images, or of a network's samples.
 
     The FID is the last line printed: with --repeats, the minimum over the repeats; for a run
-    directory, the best snapshot. The sampler options apply to --network. Network pickles are
-    read as data only.
+    directory, the best snapshot. The sampler options apply to --network (with --images they
+    are refused). Network pickles are read as data only.
 
     \b
     --repeats=K means two different things:
@@ -132,6 +132,7 @@ def calc(image_path: str | None, network: str | None, ref_path: str, num: int | 
                  images are scored, so do not report the minimum over subsets of
                  one folder as a 3-seed-set FID.
     """
+    refuse_sampler_options_with_images(image_path, sampler_kwargs)
     plan, results = calc_fid(image_path=image_path, network=network, ref_path=ref_path, num=num, seed=seed, seeds=seeds,
                              repeats=repeats, snapshots=snapshots, outdir=outdir, json_path=json_path, detector=detector,
                              detector_sha256=detector_sha256, max_batch_size=max_batch_size, num_workers=num_workers,

@@ -19,7 +19,7 @@ import click
 from dnnlib.cli import IntList
 from dnnlib.util import report_user_errors
 from sfbd import memorization as mem
-from tools.options import sampler_options
+from tools.options import refuse_sampler_options_with_images, sampler_options
 
 #----------------------------------------------------------------------------
 
@@ -62,6 +62,7 @@ def main(image_path: str | None, network_pkl: str | None, seeds: list[int] | Non
     # Images already generated, in Inception features
     python memorization.py --images=out --train=datasets/clean.zip --features=inception
     """
+    refuse_sampler_options_with_images(image_path, sampler_kwargs)
     matches, wrote = mem.memorization_command(
         image_path=image_path, network_pkl=network_pkl, seeds=seeds, train_paths=train_paths, features=features,
         threshold=threshold, outdir=outdir, json_path=json_path, max_batch_size=max_batch_size, device=device,

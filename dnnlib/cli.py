@@ -27,6 +27,20 @@ class IntList(click.ParamType):
             self.fail(str(e), param, ctx)
 
 #----------------------------------------------------------------------------
+# The options among `names` (parameter names) that the command line or the
+# environment set, as their flags: an option with a default that applies only
+# in some modes can then be refused where it would be ignored.
+
+def given_options(names: Sequence[str]) -> list[str]:
+    ctx = click.get_current_context()
+    given = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name in names else None
+        if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+            given.append(param.opts[0])
+    return given
+
+#----------------------------------------------------------------------------
 # Options of another command in one string, split as a POSIX shell would
 # ("--desc='a b' --lr=1e-4"); unbalanced quotes are refused.
 

@@ -285,6 +285,9 @@ def test_option_conflicts(files):
     assert_one_line_error(run('calc', ref, ok=False), '--images', '--network')
     assert_one_line_error(run('calc', f'--images={files["a"]}', f'--network={files["a"]}', ref, ok=False), '--images')
     assert_one_line_error(run('calc', f'--images={files["a"]}', '--seeds=0-9', ref, ok=False), '--seeds')
+    assert_one_line_error(run('calc', f'--images={files["a"]}', '--steps=3', ref, ok=False),
+                          '--steps needs --network; the sampler options do not apply to --images')
+    assert_one_line_error(run('calc', f'--images={files["a"]}', ref, '--S_churn=1', ok=False), '--S_churn needs --network')
     assert_one_line_error(run('calc', f'--network={files["detector"]}', '--snapshots=*', ref, ok=False), '--snapshots')
     assert_one_line_error(run('calc', f'--network={files["detector"]}', '--seed=1', '--seeds=0-9', ref, ok=False), '--seed')
     result = run('calc', f'--images={files["a"]}', ref, '--detector-sha256=abc', ok=False)

@@ -184,6 +184,7 @@ def test_a_failed_write_leaves_no_outputs(sets, tmp_path, monkeypatch):
     (None, ['--train', '{refs}'], 'exactly one of --images and --network'),
     (None, ['--images', '{samples}', '--network', 'x.pkl', '--train', '{refs}'], 'exactly one'),
     (None, ['--images', '{samples}', '--seeds=0-3', '--train', '{refs}'], '--seeds needs --network'),
+    (None, ['--images', '{samples}', '--steps=3', '--train', '{refs}'], '--steps needs --network'),
     ('one', ['--images', '{samples}', '--train', '{bad}'], 'at least 2'),
     ('big', ['--images', '{samples}', '--train', '{bad}'], 'pixel features need one shape'),
     ('npy', ['--images', '{samples}', '--train', '{bad}'], '.npy arrays'),

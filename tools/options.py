@@ -1,8 +1,9 @@
 """The sampler option table of the command-line tools: EDM's sampler options (generate.py's) as click
 options, shared by generate.py, denoise.py, fid.py, memorization.py and the report (python -m sfbd.report).
 
-A click table only: what the options mean is training/sampler.py's; checking them against a network
-is `training.sampler.check_sampler_options`.
+A click table, and the refusal of sampler options given where no images are generated: what the
+options mean is training/sampler.py's; checking them against a network is
+`training.sampler.check_sampler_options`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Callable
 
 import click
 
-from dnnlib.cli import FiniteFloat
+from dnnlib.cli import FiniteFloat, given_options
+from dnnlib.util import UserError
 from training.sampler import DISCRETIZATIONS, SCALINGS, SCHEDULES, SOLVERS
 
 #----------------------------------------------------------------------------
@@ -38,3 +40,13 @@ def sampler_options(func: Callable) -> Callable:
     return func
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# fid.py calc and memorization.py take images already made (--images) or make
+# them (--network); the sampler options apply only to the latter, so one given
+# with --images would be silently ignored.
+
+def refuse_sampler_options_with_images(image_path: str | None, sampler_kwargs: dict) -> None:
+    ignored = given_options(list(sampler_kwargs)) if image_path is not None else []
+    if ignored:
+        raise UserError(f'{ignored[0]} needs --network; the sampler options do not apply to --images')
