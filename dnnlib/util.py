@@ -35,6 +35,16 @@ class EasyDict(dict):
 class UserError(RuntimeError):
     """Bad input from the user: the message alone says what is wrong."""
 
+# A data-loading worker's UserError reaches the main process re-raised with the
+# worker's traceback in its message ("Caught UserError in DataLoader worker
+# process 0. Original Traceback ... UserError: <message>"): the user's message
+# is the last line, after the exception's name.
+def user_message(e: UserError) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith('Caught '):
+        return lines[-1].split(': ', 1)[-1]
+    return str(e)
+
 #----------------------------------------------------------------------------
 # Download cache. EDM keeps downloads in $DNNLIB_CACHE_DIR, or under the user's
 # cache directory, named `<md5(url)>_<basename>`; the same layout is used here so
@@ -202,7 +212,7 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             with _sigterm_as_exception():
                 return func(*args, **kwargs)
         except UserError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(user_message(e)) from None
         except OSError as e:
             if not is_environment_error(e):
                 raise

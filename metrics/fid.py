@@ -24,7 +24,7 @@ import torch
 import tqdm
 
 from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, append_line, is_json_lines
-from dnnlib.util import UserError, atomic_write, cached_path_for_url, is_url, open_url, save_png
+from dnnlib.util import UserError, atomic_write, cached_path_for_url, is_url, open_url, save_png, user_message
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.detector import Detector, load_detector
@@ -191,14 +191,6 @@ def check_image_count(path: str, found: int, num: int, repeats: int) -> None:
         wanted = f'--num={num}' + (f' x --repeats={repeats}' if repeats > 1 else '')
         raise UserError(f'{path}: found {found} images, but {wanted} asks for {num * repeats}')
 
-# A data-loading worker re-raises its error with a traceback in the message;
-# the original message is on the last line, after the exception's name.
-def _worker_message(e: UserError) -> str:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith('Caught '):
-        return lines[-1].split(': ', 1)[-1]
-    return str(e)
-
 def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, max_batch_size: int = 64,
                   num_workers: int = 3, device: torch.device | str = 'cpu',
                   feature_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +218,7 @@ def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, m
             stats.append(detector.features(images))
             progress.update(1)
     except UserError as e:
-        raise UserError(_worker_message(e)) from None
+        raise UserError(user_message(e)) from None  # One line, not the worker's traceback.
     finally:
         progress.close()
     stats.all_reduce()

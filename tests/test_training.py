@@ -639,6 +639,20 @@ def test_bad_input_from_the_shell(data, tmp_path):
     assert result.stderr.strip().count('\n') == 0 and result.stderr.startswith('Error: ')
     assert not (tmp_path / 'out').exists()
 
+# An image that cannot be decoded fails in a data-loading worker, whose error
+# reaches the training process wrapped in the worker's traceback: the user
+# reads one line that names the file.
+def test_a_damaged_image_read_by_a_worker_is_one_line(data, tmp_path):
+    damaged = tmp_path / 'damaged.zip'
+    with zipfile.ZipFile(data / 'ds8.zip') as source, zipfile.ZipFile(damaged, 'w') as z:
+        for name in source.namelist():
+            content = source.read(name)
+            z.writestr(name, content[:60] if name == '00000/img00000003.png' else content)
+    result = run_train(['--outdir', tmp_path / 'out', '--data', damaged, *TINY, '--duration=0.001'])
+    assert result.returncode == 1
+    assert result.stderr.strip().count('\n') == 0, result.stderr
+    assert result.stderr.startswith('Error: ') and 'img00000003.png: cannot decode the image' in result.stderr
+
 def test_dry_run_prints_and_exits(data, tmp_path):
     (tmp_path / 'copy').mkdir()
     shutil.copy(data / 'ds8.zip', tmp_path / 'copy' / 'ds8.zip')  # Another set of the same name (one set twice is refused).
