@@ -276,6 +276,29 @@ def test_error_corrupt_images(tmp_path):
     with pytest.raises(UserError, match='img00000000.png'):
         ds[0]
 
+# Members that cannot be opened at all: a dangling link, a loop of links, an
+# encrypted zip member (its flag set by hand: zipfile writes none, and refuses
+# to read one without a password).
+def test_error_members_that_cannot_be_opened(tmp_path):
+    write_png_dataset(tmp_path / 'links', random_images(2))
+    os.symlink(tmp_path / 'nowhere.png', tmp_path / 'links' / '00000' / 'img00000002.png')
+    with pytest.raises(UserError, match=r'img00000002.png: cannot read \(No such file or directory\)'):
+        ImageFolderDataset(str(tmp_path / 'links'))
+    os.remove(tmp_path / 'links' / '00000' / 'img00000002.png')
+    os.symlink('loop.png', tmp_path / 'links' / '00000' / 'loop.png')
+    with pytest.raises(UserError, match=r'loop.png: cannot read \(Too many levels of symbolic links\)'):
+        ImageFolderDataset(str(tmp_path / 'links'))
+    png = (tmp_path / 'links' / '00000' / 'img00000000.png').read_bytes()
+    with zipfile.ZipFile(tmp_path / 'locked.zip', 'w') as z:
+        z.writestr('00000/img00000000.png', png)
+        z.writestr('00000/img00000001.png', png)
+    data = bytearray((tmp_path / 'locked.zip').read_bytes())
+    entry = data.rindex(b'PK\x01\x02')  # The second member's central directory entry:
+    data[entry + 8] |= 0x1  # its "encrypted" flag set.
+    (tmp_path / 'locked.zip').write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r'locked.zip/00000/img00000001.png: cannot read \(.*encrypted'):
+        ImageFolderDataset(str(tmp_path / 'locked.zip'))
+
 def test_error_empty_and_missing(tmp_path):
     os.makedirs(tmp_path / 'empty')
     (tmp_path / 'empty' / 'notes.txt').write_text('no images here')

@@ -96,10 +96,19 @@ class DatasetFiles:
         """Name of a member for messages: the dataset path joined with the member name."""
         return os.path.join(self.path, name)
 
+    # A member that cannot be opened (a dangling link, a loop of links, no
+    # permission; an encrypted zip member or one of an unknown compression
+    # method) is a UserError that names it.
     def open(self, name: str) -> IO[bytes]:
-        if self.kind == 'dir':
-            return open(os.path.join(self.path, name), 'rb')
-        return self._get_zipfile().open(name, 'r')
+        try:
+            if self.kind == 'dir':
+                return open(os.path.join(self.path, name), 'rb')
+            return self._get_zipfile().open(name, 'r')
+        except UserError:
+            raise
+        except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise UserError(f'{self.where(name)}: cannot read ({reason})') from None
 
     def read(self, name: str) -> bytes:
         with self.open(name) as f:
