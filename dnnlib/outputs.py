@@ -73,7 +73,20 @@ def check_apart(outputs: Sequence[tuple[str | None, str]], inputs: Sequence[tupl
                 raise UserError(f'{option}={path}: {relation} the output {other_option}={other}; '
                                 'each output needs a place of its own')
     for path, option in outs:
+        check_no_broken_link(path, option)
         check_outside_sets(path, option)
+
+# An output at or below a symbolic link whose target is missing (a disk that
+# is not mounted, say) would fail to be made, or replace the link: refused.
+def check_no_broken_link(path: str, option: str) -> None:
+    current = os.path.abspath(path)
+    while True:
+        if os.path.islink(current) and not os.path.exists(current):
+            raise UserError(f'{option}={path}: {current} is a broken symbolic link (to {os.readlink(current)})')
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
 
 #----------------------------------------------------------------------------
 # Sets of images that other commands read whole, known by the file each keeps

@@ -168,6 +168,19 @@ def test_no_output_lies_inside_a_set_of_images(tmp_path):
     with pytest.raises(UserError, match="dataset.json is the name of a dataset's own file"):
         outputs.check_apart([(str(tmp_path / 'images' / 'dataset.json'), '--json')])
 
+# A symbolic link whose target is missing (an unmounted disk), as an output or
+# on the way to one: one line that names the link, and nothing made.
+def test_an_output_through_a_broken_link_is_refused(inputs, tmp_path):
+    (tmp_path / 'mnt').symlink_to(tmp_path / 'not-mounted' / 'data')
+    (tmp_path / 'gone.zip').symlink_to(tmp_path / 'nowhere.zip')
+    for path in (tmp_path / 'mnt', tmp_path / 'mnt' / 'sub' / 'x.zip', tmp_path / 'gone.zip'):
+        link = tmp_path / ('gone.zip' if path.name == 'gone.zip' else 'mnt')
+        with pytest.raises(UserError, match=f'--dest={re.escape(str(path))}: {re.escape(str(link))} is a broken symbolic link'):
+            outputs.check_apart([(str(path), '--dest')])
+    result = invoke(dataset_tool.cli, ['convert', '--source', inputs / 'clean', '--dest', tmp_path / 'mnt' / 'x.zip'])
+    assert_one_error_line(result, 'mnt is a broken symbolic link (to ')
+    assert sorted(os.listdir(tmp_path)) == ['gone.zip', 'mnt']
+
 def test_split_with_one_path_for_both_parts_writes_nothing(inputs, tmp_path):
     for clean, noisy in [(tmp_path / 'same', tmp_path / 'same'), (tmp_path / 'a', tmp_path / 'a' / 'b')]:
         result = invoke(dataset_tool.cli, ['split', '--source', inputs / 'clean', '--clean', clean, '--noisy', noisy,
