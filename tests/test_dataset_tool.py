@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 import PIL.Image
+import pytest
 from click.testing import CliRunner
 
 import dataset_tool
@@ -200,6 +201,21 @@ def test_cifar_pickles_may_only_hold_arrays(tmp_path):
     result = run('convert', f'--source={tmp_path / "cifar-10-python.tar.gz"}', f'--dest={tmp_path / "o"}')
     assert_fails(result, 'cifar-10-python.tar.gz', 'refusing to load')
     assert 'pwned' not in result.output
+
+# CIFAR-10's labels are class indices 0-9; anything else in a batch (text, NaN,
+# a fraction, -1, 10^9) is refused before any image is written.
+@pytest.mark.parametrize('bad', [['x', 'y'], [1.5, float('nan')], [-1, 3], [10**9, 1], [3, 10]])
+def test_cifar_labels_must_be_classes(tmp_path, bad):
+    with tarfile.open(tmp_path / 'cifar-10-python.tar.gz', 'w:gz') as tar:
+        for k in range(1, 6):
+            data = np.zeros([2, 3072], dtype=np.uint8)
+            payload = pickle.dumps({'data': data, 'labels': bad if k == 3 else [0, 1]}, protocol=2)
+            info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{k}')
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    result = run('convert', f'--source={tmp_path / "cifar-10-python.tar.gz"}', f'--dest={tmp_path / "o.zip"}')
+    assert_fails(result, 'data_batch_3 holds labels that are not CIFAR-10 classes (integers 0-9)')
+    assert not (tmp_path / 'o.zip').exists()
 
 def test_convert_option_and_destination_errors(tmp_path):
     src = str(tmp_path / 'cifar-10-python.tar.gz')

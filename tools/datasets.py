@@ -49,6 +49,8 @@ class _ArrayUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f'refusing to load {module}.{name}')
         return super().find_class(module, name)
 
+CIFAR10_CLASSES = 10
+
 def open_cifar10(tarball: str, *, max_images: int | None) -> ImageSource:
     images, labels = [], []
     try:
@@ -64,10 +66,15 @@ def open_cifar10(tarball: str, *, max_images: int | None) -> ImageSource:
                 batch_images = np.asarray(data['data'])
                 if batch_images.dtype != np.uint8 or batch_images.ndim != 2 or batch_images.shape[1] != 3 * 32 * 32:
                     raise UserError(f'{tarball}: {member} holds {batch_images.dtype} {list(batch_images.shape)}, expected uint8 [N, 3072]')
-                if len(data['labels']) != len(batch_images):
-                    raise UserError(f'{tarball}: {member} has {len(batch_images)} images but {len(data["labels"])} labels')
+                batch_labels = np.asarray(data['labels'])
+                if len(batch_labels) != len(batch_images):
+                    raise UserError(f'{tarball}: {member} has {len(batch_images)} images but {len(batch_labels)} labels')
+                if batch_labels.ndim != 1 or batch_labels.dtype.kind not in 'iu' or \
+                        (len(batch_labels) and not 0 <= batch_labels.min() <= batch_labels.max() < CIFAR10_CLASSES):
+                    raise UserError(f'{tarball}: {member} holds labels that are not CIFAR-10 classes '
+                                    f'(integers 0-{CIFAR10_CLASSES - 1})')
                 images.append(batch_images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)) # NCHW => NHWC
-                labels.extend(int(x) for x in data['labels'])
+                labels.extend(int(x) for x in batch_labels)
     except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as e:
         raise UserError(f'{tarball}: cannot read the CIFAR-10 tarball ({type(e).__name__}: {e})') from None
     images = np.concatenate(images)
