@@ -132,6 +132,12 @@ def test_convert_folder_with_crop_and_folder_labels(tmp_path):
     assert ds.image_shape == [3, 16, 16]
     assert [int(ds[i][1].argmax()) for i in range(3)] == [0, 0, 1] # cat, cat, dog
 
+    # An image beside the class folders has no class: refused, not every label dropped.
+    save_image(str(tmp_path / 'src' / 'loose.png'), rng.integers(0, 256, size=[30, 40, 3], dtype=np.uint8))
+    assert_fails(run('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out2.zip"}'),
+                 'loose.png: an image beside the class folders (cat, dog)')
+    assert not (tmp_path / 'out2.zip').exists()
+
 def test_convert_zip_keeps_dataset_json_labels(tmp_path):
     rng = np.random.default_rng(0)
     with zipfile.ZipFile(tmp_path / 'src.zip', 'w') as zf:

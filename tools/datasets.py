@@ -143,6 +143,10 @@ def open_image_files(source: str, *, max_images: int | None) -> ImageSource:
         folders = sorted({name.split('/')[0] for name in fnames if '/' in name})
         class_of = {folder: idx for idx, folder in enumerate(folders)}
         labels = {name: class_of[name.split('/')[0]] for name in fnames if '/' in name} if len(folders) > 1 else {}
+        loose = next((name for name in fnames if '/' not in name), None)
+        if labels and loose is not None:  # Its class is unknown: the folders' labels would be dropped for all.
+            raise UserError(f'{files.where(loose)}: an image beside the class folders ({", ".join(folders[:3])}'
+                            f'{", ..." if len(folders) > 3 else ""}); move it into one, or give a dataset.json')
     count = _limited(len(fnames), max_images)
 
     def iterate() -> Iterator[dict]:
