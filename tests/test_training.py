@@ -653,6 +653,13 @@ def test_a_damaged_image_read_by_a_worker_is_one_line(data, tmp_path):
     assert result.stderr.strip().count('\n') == 0, result.stderr
     assert result.stderr.startswith('Error: ') and 'img00000003.png: cannot decode the image' in result.stderr
 
+# Adam's first step is lr / (1 - beta1) in float32: a learning rate above 1
+# is a typing slip that would overflow it (1e300 did, as a traceback).
+def test_a_learning_rate_above_one_is_an_option_error(data, tmp_path):
+    result = invoke_train(['--outdir', tmp_path / 'out', '--data', data / 'ds8.zip', *TINY, '--lr=1e300'])
+    assert result.exit_code == 2 and "Invalid value for '--lr': 1e+300 is not in the range 0<x<=1" in result.output
+    assert not (tmp_path / 'out').exists()
+
 def test_dry_run_prints_and_exits(data, tmp_path):
     (tmp_path / 'copy').mkdir()
     shutil.copy(data / 'ds8.zip', tmp_path / 'copy' / 'ds8.zip')  # Another set of the same name (one set twice is refused).

@@ -36,7 +36,7 @@ def train_options(func: Callable) -> Callable:
         click.option('--batch-gpu',     help='Most images per pass on one device (accumulate beyond)', metavar='INT',    type=click.IntRange(min=1)),
         click.option('--cbase',         help='Base channel count  [default: varies]', metavar='INT',                      type=click.IntRange(min=1)),
         click.option('--cres',          help='Channel multiplier per resolution  [default: varies]', metavar='LIST',      type=IntList()),
-        click.option('--lr',            help='Adam learning rate', metavar='FLOAT',                                       type=FiniteFloat(min=0, min_open=True), default=10e-4, show_default=True),
+        click.option('--lr',            help='Adam learning rate', metavar='FLOAT',                                       type=FiniteFloat(min=0, min_open=True, max=1), default=10e-4, show_default=True),
         click.option('--lr-rampup',     help='Learning-rate warm-up length; 0 = none', metavar='KIMG',                   type=FiniteFloat(min=0), default=10000, show_default=True),
         click.option('--ema',           help='Half-life of the weight average', metavar='MIMG',                          type=FiniteFloat(min=0), default=0.5, show_default=True),
         click.option('--ema-rampup',    help='Cap the EMA half-life at this fraction of the images seen; 0 = no cap  [default: 0.05, none with --transfer]', metavar='RATIO', type=FiniteFloat(min=0)),
