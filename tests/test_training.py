@@ -653,6 +653,23 @@ def test_a_damaged_image_read_by_a_worker_is_one_line(data, tmp_path):
     assert result.stderr.strip().count('\n') == 0, result.stderr
     assert result.stderr.startswith('Error: ') and 'img00000003.png: cannot decode the image' in result.stderr
 
+# The folder of run directories is never a dataset: not one with a
+# dataset.json (nor inside one), and not loose images or EDM's numbered
+# folders without it.
+def test_run_directories_do_not_go_into_a_dataset(data, tmp_path):
+    (tmp_path / 'loose').mkdir()
+    PIL.Image.new('RGB', (8, 8)).save(tmp_path / 'loose' / 'a.png')
+    (tmp_path / 'edm' / '00000').mkdir(parents=True)
+    (tmp_path / 'labelled').mkdir()
+    (tmp_path / 'labelled' / 'dataset.json').write_text('{"labels": null}')
+    for outdir, message in [(tmp_path / 'loose', 'holds a dataset (a.png)'), (tmp_path / 'edm', 'holds a dataset (00000)'),
+                            (tmp_path / 'labelled', 'a set of images (dataset.json)'),
+                            (tmp_path / 'labelled' / 'runs', 'a set of images (dataset.json)')]:
+        before = sorted(p.name for p in outdir.parent.rglob('*'))
+        result = invoke_train(['--outdir', outdir, '--data', data / 'ds8.zip', *TINY, '--duration=0.001'])
+        assert result.exit_code == 1 and message in error_lines(result)[0], result.output
+        assert sorted(p.name for p in outdir.parent.rglob('*')) == before
+
 # Adam's first step is lr / (1 - beta1) in float32: a learning rate above 1
 # is a typing slip that would overflow it (1e300 did, as a traceback).
 def test_a_learning_rate_above_one_is_an_option_error(data, tmp_path):

@@ -327,10 +327,23 @@ def check_outputs(opts: dnnlib.EasyDict, run_dir: str) -> None:
     inputs.append((opts.transfer, '--transfer'))
     if opts.resume is not None and path_relation(opts.resume, run_dir) not in ('is', 'is inside'):
         inputs.append((opts.resume, '--resume'))
-    check_apart([(run_dir, '--outdir')], inputs)
+    check_apart([(run_dir, '--outdir')], inputs)  # Refuses an --outdir inside a dataset, or holding a dataset.json.
     check_output_dir(opts.outdir, '--outdir', 'train.py' if opts.nosubdir else None, RUN_MARKERS)
-    if not opts.nosubdir and os.path.isfile(os.path.join(opts.outdir, 'dataset.json')):
-        raise UserError(f'--outdir={opts.outdir}: holds a dataset (dataset.json); run directories go elsewhere')
+    if not opts.nosubdir:
+        check_not_images(opts.outdir, '--outdir')
+
+# The folder of run directories must not be a dataset without a dataset.json:
+# image or .npy files at its top, or EDM's numbered folders of them (00000/).
+def check_not_images(outdir: str, option: str) -> None:
+    from training.dataset import is_dataset_file
+    if not os.path.isdir(outdir):
+        return
+    found = sorted(name for name in os.listdir(outdir) if not name.startswith('.') and (
+        name.isdigit() and os.path.isdir(os.path.join(outdir, name)) or
+        is_dataset_file(name) and os.path.isfile(os.path.join(outdir, name))))
+    if found:
+        shown = ', '.join(found[:3]) + (', ...' if len(found) > 3 else '')
+        raise UserError(f'{option}={outdir}: holds a dataset ({shown}); run directories go elsewhere')
 
 #----------------------------------------------------------------------------
 # The options shown before training: the configuration, a summary and the
