@@ -9,6 +9,7 @@ import math
 import os
 import pickletools
 import unittest.mock
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -255,6 +256,16 @@ def test_hostile_state_runs_nothing(edm_run, tmp_path):
     assert 'refusing to load' in line and 'system' in line
     assert not marker.exists() and not (tmp_path / 'pwned').exists()
     assert not (tmp_path / 'out').exists()
+
+# A file that torch.load reads but that is no state at all (a bare tensor) is
+# refused in one line, with no warning of torch's indexing before it.
+def test_a_bare_tensor_is_not_a_training_state(edm_run, tmp_path):
+    torch.save(torch.zeros(3), tmp_path / 'bare.pt')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        result = invoke(['--outdir', tmp_path / 'out', '--data', edm_run['data'], *TINY, '--resume', tmp_path / 'bare.pt'])
+    assert result.exit_code == 1 and 'bare.pt: not a training state of this project' in result.output
+    assert not [w for w in caught if 'indexing' in str(w.message)] and not (tmp_path / 'out').exists()
 
 def test_repository_states_stay_weights_only(tmp_path):
     # This repository's states are never read through the data-only pickle reader: they load with

@@ -200,8 +200,10 @@ def resume_seed(c: dnnlib.EasyDict, given: int | None, where: str) -> list[str]:
         return []
     try:
         state = misc.load_plain(c.resume_state_dump, map_location='cpu', mmap=True)
-        recorded = int(state['seed'])
+        recorded = int(state['seed']) if isinstance(state, dict) else None
     except Exception:  # Unreadable states are reported when the training loop loads them.
+        return []
+    if recorded is None:  # Not a training state (a bare tensor, say): the same.
         return []
     if given is not None and given != recorded:
         raise UserError(f'--seed={given}: {where} continues a run of seed {recorded}, and a resumed run keeps its seed; '
