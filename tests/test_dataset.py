@@ -325,6 +325,9 @@ def test_error_labels(tmp_path):
     write_png_dataset(tmp_path / 'negative', random_images(1), labels=[-1])
     with pytest.raises(UserError, match='dataset.json.*non-negative'):
         ImageFolderDataset(str(tmp_path / 'negative'), use_labels=True)
+    write_png_dataset(tmp_path / 'no-width', random_images(2), labels=[[], []])
+    with pytest.raises(UserError, match='dataset.json: label vectors are empty'):
+        ImageFolderDataset(str(tmp_path / 'no-width'), use_labels=True)
     write_png_dataset(tmp_path / 'bad', random_images(1))
     (tmp_path / 'bad' / 'dataset.json').write_text('{not json')
     with pytest.raises(UserError, match='dataset.json'):

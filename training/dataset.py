@@ -280,6 +280,8 @@ def parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray
     if all(isinstance(x, list) and all(is_number(v) for v in x) for x in labels):
         if len({len(x) for x in labels}) != 1:
             raise UserError(f'{where}: label vectors differ in length')
+        if not labels[0]:  # Width 0 would condition on nothing: --cond would train an unconditional network.
+            raise UserError(f'{where}: label vectors are empty')
         if not all(math.isfinite(v) for x in labels for v in x):
             raise UserError(f'{where}: label vectors hold NaN or infinite values')
         return np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
