@@ -62,7 +62,7 @@ class SigmaType(click.ParamType):
         if isinstance(value, (float, tuple)):
             return value
         parts = str(value).split(':')
-        if len(parts) > 2:
+        if len(parts) > 2 or not all(part.strip() for part in parts):
             self.fail(f'{value!r}: give one noise level or a range LO:HI such as 0.2:0.8', param, ctx)
         levels = [FiniteFloat(min=0, min_open=True).convert(part, param, ctx) for part in parts]
         if len(levels) == 1:

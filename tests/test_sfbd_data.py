@@ -135,10 +135,12 @@ def test_split_range_on_the_command_line(tmp_path, source):
     assert result.exit_code == 0, result.output
     assert 'sigma 0.3 to 0.6, per image' in result.output
     assert ObservationSet(str(tmp_path / 'n')).sigma_range[0] >= 0.3
-    for bad in ['0.6:0.3', '0.3:0.3', 'a:b', '0', '-1:2', '0.1:0.2:0.3', 'nan']:
+    for bad in ['0.6:0.3', '0.3:0.3', 'a:b', '0', '-1:2', '0.1:0.2:0.3', 'nan', '0.5:', ':0.5', ':']:
         result = CliRunner().invoke(split, ['--source', str(tmp_path / 'src'), '--clean', str(tmp_path / 'c2'),
                                             '--noisy', str(tmp_path / 'n2'), '--clean-count=10', f'--sigma={bad}'])
         assert result.exit_code == 2 and '--sigma' in result.output, (bad, result.output)
+        if bad in ('0.5:', ':0.5', ':'):  # A range with an end missing is named as such.
+            assert 'give one noise level or a range LO:HI' in result.output, (bad, result.output)
     assert not os.path.exists(tmp_path / 'c2') and not os.path.exists(tmp_path / 'n2')
 
     # info reports the range of the levels.
