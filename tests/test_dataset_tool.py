@@ -132,6 +132,13 @@ def test_convert_folder_with_crop_and_folder_labels(tmp_path):
     assert ds.image_shape == [3, 16, 16]
     assert [int(ds[i][1].argmax()) for i in range(3)] == [0, 0, 1] # cat, cat, dog
 
+    # Numbered folders (EDM's layout, generate.py --subdirs) hold chunks of images, not classes.
+    for name in ['000000/a.png', '001000/b.png']:
+        save_image(str(tmp_path / 'gen' / name), rng.integers(0, 256, size=[16, 16, 3], dtype=np.uint8))
+    assert run('convert', f'--source={tmp_path / "gen"}', f'--dest={tmp_path / "gen.zip"}').exit_code == 0
+    with zipfile.ZipFile(tmp_path / 'gen.zip') as z:
+        assert json.loads(z.read('dataset.json')) == dict(labels=None)
+
     # An image beside the class folders has no class: refused, not every label dropped.
     save_image(str(tmp_path / 'src' / 'loose.png'), rng.integers(0, 256, size=[30, 40, 3], dtype=np.uint8))
     assert_fails(run('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out2.zip"}'),

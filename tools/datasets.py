@@ -122,7 +122,9 @@ def open_mnist(images_gz: str, *, max_images: int | None) -> ImageSource:
 #----------------------------------------------------------------------------
 # A directory or zip of image files, in the order of their relative paths.
 # Labels come from dataset.json; without that file, from the names of the
-# top-level folders when there are several (one class per folder).
+# top-level folders when there are several (one class per folder), unless
+# they are all numbers: EDM's layout (00000/, 00001/) and generate.py
+# --subdirs (000000/, 001000/) number chunks of images, not classes.
 
 def open_image_files(source: str, *, max_images: int | None) -> ImageSource:
     files = DatasetFiles(source)
@@ -142,7 +144,9 @@ def open_image_files(source: str, *, max_images: int | None) -> ImageSource:
     else:
         folders = sorted({name.split('/')[0] for name in fnames if '/' in name})
         class_of = {folder: idx for idx, folder in enumerate(folders)}
-        labels = {name: class_of[name.split('/')[0]] for name in fnames if '/' in name} if len(folders) > 1 else {}
+        numbered = all(folder.isdigit() for folder in folders)  # EDM's and generate.py's chunks of 1000, not classes.
+        labels = {name: class_of[name.split('/')[0]] for name in fnames if '/' in name} \
+            if len(folders) > 1 and not numbered else {}
         loose = next((name for name in fnames if '/' not in name), None)
         if labels and loose is not None:  # Its class is unknown: the folders' labels would be dropped for all.
             raise UserError(f'{files.where(loose)}: an image beside the class folders ({", ".join(folders[:3])}'
