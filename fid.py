@@ -76,7 +76,7 @@ def detector_options(func: Callable) -> Callable:
         click.option('--batch', 'max_batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
         click.option('--workers', 'num_workers', help='Data-loading worker processes', metavar='INT', type=click.IntRange(min=0), default=3, show_default=True),
         click.option('--device', help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None),
-        click.option('--fast', help='Fast path: inference mode, non-blocking copies, channels-last on a GPU; --network samples with generate.py --fast\'s network (docs/performance.md)', is_flag=True),
+        click.option('--fast', help='Fast path: inference mode, non-blocking copies, channels-last on a GPU; calc --network also samples with generate.py --fast\'s network (docs/performance.md)', is_flag=True),
     ]
     for option in reversed(options):
         func = option(func)

@@ -76,7 +76,7 @@ DEMO = EasyDict(
 TRAIN_ARGS = ['--arch=ddpmpp', '--cbase=16', '--cres=1,2', '--batch=128', '--lr=2e-3', '--lr-rampup=0',
               '--ema=0.002', '--augment=0', '--dropout=0', '--tick=10', '--snap=1000', '--dump=1000']
 
-# Online SFBD at the rounds' cost with train.py's defaults: 3 x 12 kimg are 281 steps of 128 images,
+# Online SFBD at the rounds' cost with train.py's defaults: 3 x 12 kimg are 282 steps of 128 images,
 # so 14 refreshes every m = 20 steps (the paper's m), and the default 2 refresh passes make them 288
 # images each; with the fill's pass they are the rounds' 3 passes of denoising.
 ONLINE_ARGS: list[str] = []
