@@ -223,3 +223,43 @@ def test_online_and_rounds_options_do_not_mix(args, message, data, tmp_path):
     assert not os.path.exists(tmp_path / 'x')
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# A stop signal sent to the rounds (only to them, as `timeout` or SLURM sends
+# it) reaches the running script once; the rounds wait for it to save and
+# exit with its status 75, or with 128 + the signal's number if it did not
+# save. A stand-in script records what it received.
+
+CHILD = '''
+import os, signal, sys, time
+out = sys.argv[1]
+def stop(signum, _frame):
+    with open(out, 'a') as f:
+        f.write(signal.Signals(signum).name + '\\n')
+    sys.exit(75 if signum != signal.SIGTERM else 0)
+for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(sig, stop)
+open(out + '.ready', 'w').close()
+time.sleep(60)
+'''
+
+@pytest.mark.parametrize('sig, status', [('SIGINT', 75), ('SIGUSR1', 75), ('SIGTERM', 143)])
+def test_a_stop_signal_reaches_the_script_and_the_rounds_wait(tmp_path, sig, status):
+    import signal
+    import subprocess
+    import sys
+    import time
+    child = tmp_path / 'child.py'
+    child.write_text(CHILD)
+    received = tmp_path / 'received.txt'
+    parent = subprocess.Popen([sys.executable, '-c', 'import sys; from tools.rounds import run_script; '
+                               'run_script(sys.argv[1], [sys.argv[2]])', str(child), str(received)],
+                              cwd=rounds.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not os.path.exists(str(received) + '.ready') and time.time() < deadline:
+        time.sleep(0.05)
+    parent.send_signal(getattr(signal, sig))
+    output, _ = parent.communicate(timeout=60)
+    assert received.read_text() == sig + '\n'  # Once, though the script is not in the rounds' process group.
+    assert parent.returncode == status, output
+    assert 'rerun the same command to continue' in output

@@ -32,12 +32,14 @@ the rounds: `<outdir>/online/`, train.py --transfer=<pretraining snapshot> --dat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
-from typing import IO, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 from dnnlib.outputs import OutputClaim, OutputDir, ToolOutputs, read_record
 from dnnlib.util import UserError, atomic_write
@@ -75,14 +77,45 @@ def script_command(script: str, args: Sequence[str], nproc: int = 1) -> list[str
         return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', path, *args]
     return [sys.executable, path, *args]
 
+# A stop signal (Ctrl-C, SIGTERM, a preemption's SIGUSR1) is passed on to the
+# running script once, and the rounds wait for it: train.py saves a training
+# state and exits 75. The script has a session of its own, so that a
+# terminal's Ctrl-C reaches it only through this process (a second Ctrl-C,
+# passed on too, aborts train.py as it would alone).
+STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGUSR1', None)) if sig is not None)
+
+@contextlib.contextmanager
+def passing_stop_signals(child: subprocess.Popen) -> Iterator[list[int]]:
+    received: list[int] = []
+    def pass_on(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+    previous = {sig: signal.signal(sig, pass_on) for sig in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
 def run_script(script: str, args: Sequence[str], nproc: int = 1, log: IO[str] | None = None) -> None:
-    """Run a script of the repository; its output goes to `log` if given, else to the terminal."""
+    """Run a script of the repository; its output goes to `log` if given, else to the terminal. A stop
+    signal goes on to the script; the rounds then stop with status 75 once it has ended (128 + the
+    signal's number for Ctrl-C and SIGTERM when the script did not save), to be rerun."""
     command = script_command(script, args, nproc)
     print('$ ' + shlex.join(command), file=log or sys.stdout, flush=True)
-    status = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT if log is not None else None)
+    with subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log is not None else None,
+                          start_new_session=True) as child:
+        with passing_stop_signals(child) as received:
+            status = child.wait()
     if status == PREEMPTED_EXIT_CODE:
         print(f'{script} was preempted; rerun the same command to continue.', flush=True)
         raise SystemExit(PREEMPTED_EXIT_CODE)
+    if received:
+        name = signal.Signals(received[0]).name
+        print(f'Stopped by {name} ({script} ended with status {status}); rerun the same command to continue.', flush=True)
+        preempted = hasattr(signal, 'SIGUSR1') and received[0] == signal.SIGUSR1
+        raise SystemExit(PREEMPTED_EXIT_CODE if preempted else 128 + received[0])
     if status != 0:
         raise UserError(f'{script} failed with exit status {status}' + (f' (its output is in {log.name})' if log is not None else ''))
 
