@@ -127,8 +127,8 @@ sfbd_preset() {
     local text
     _preset_out=()
     [[ -z "${3:-}" || "$3" == none ]] && return 0
-    text="$(cd "$SFBD_ROOT" && "$(sfbd_python)" -m sfbd.presets "$3" --for="$2")" \
-        2>/dev/null || sfbd_die "PRESET=$3: unknown preset (python -m sfbd.presets lists them)"
+    text="$(cd "$SFBD_ROOT" && "$(sfbd_python)" -m sfbd.presets "$3" --for="$2" 2>/dev/null)" \
+        || sfbd_die "PRESET=$3: unknown preset (python -m sfbd.presets lists them)"
     [[ -n "$text" ]] && mapfile -t _preset_out <<<"$text"
     return 0
 }
