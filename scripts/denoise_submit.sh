@@ -78,6 +78,8 @@ sfbd_check_record
 sfbd_words _checked "${DENOISE_ARGS:-}" DENOISE_ARGS  # Before any task is submitted.
 sfbd_check_args denoise DENOISE_ARGS "${_checked[@]}"
 sfbd_preset _preset denoise "${PRESET:-none}"  # Checks the name.
+# OUTDIR apart from the inputs, outside any set of images, and no broken link on the way (dnnlib/outputs.py).
+sfbd_check_args output OUTDIR "$OUTDIR" NOISY_DATA "$NOISY_DATA" NETWORK "$NETWORK"
 array="0-$((NUM_TASKS - 1))"
 if [[ -n "${MAX_PARALLEL:-}" ]]; then
     array+="%$MAX_PARALLEL"

@@ -135,6 +135,10 @@ for var in CLEAN_DATA NOISY_DATA; do
         || sfbd_die "WORKDIR=$WORKDIR is or lies inside the input $var=${!var}; choose a folder apart from the data"
 done
 [[ ! -e "$WORKDIR" || -d "$WORKDIR" ]] || sfbd_die "WORKDIR=$WORKDIR is a file, not a directory"
+# dnnlib/outputs.py's rules for WORKDIR (no set of images around it, no broken link on the way), and the
+# data as sfbd.rounds checks them: clean images, and observations of the same size.
+sfbd_check_args output WORKDIR "$WORKDIR" CLEAN_DATA "$CLEAN_DATA" NOISY_DATA "$NOISY_DATA" \
+    -- data CLEAN_DATA "$CLEAN_DATA" NOISY_DATA "$NOISY_DATA"
 prefix="${JOB_PREFIX:-sfbd}"
 record="$WORKDIR/record.jsonl"
 jobs_file="$WORKDIR/jobs.tsv"

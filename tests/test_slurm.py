@@ -184,17 +184,23 @@ def test_train_sh_reports_missing_configuration(tmp_path):
     ('sfbd_rounds.sh', dict(PRESET='bogus'), 'PRESET=bogus: unknown preset'),
     ('denoise_submit.sh', dict(DENOISE_ARGS='--stepz=3'), "DENOISE_ARGS: No such option*--stepz"),  # click 8.2: `option: --stepz`.
     ('denoise_submit.sh', dict(DENOISE_ARGS='--shard=1/2'), 'DENOISE_ARGS: --shard is set by the script itself'),
+    ('sfbd_rounds.sh', dict(WORKDIR='<set>/work'), 'WORKDIR=*: lies inside*a set of images (dataset.json)'),
+    ('sfbd_rounds.sh', dict(), 'no image files'),  # The data are checked too (here empty folders).
+    ('denoise_submit.sh', dict(OUTDIR='<noisy>/den'), 'OUTDIR=*: is inside the input NOISY_DATA'),
+    ('denoise_submit.sh', dict(OUTDIR='<set>/den'), 'OUTDIR=*: lies inside*a set of images (dataset.json)'),
 ])
 def test_chain_scripts_check_settings_before_anything_runs(tmp_path, script, setting, message):
     clean, noisy, stub = tmp_path / 'clean', tmp_path / 'noisy', tmp_path / 'bin'
     for folder in (clean, noisy, stub):
         folder.mkdir()
     (tmp_path / 'file').write_text('')
+    (tmp_path / 'set').mkdir()
+    (tmp_path / 'set' / 'dataset.json').write_text('{"labels": null}')
     calls = tmp_path / 'sbatch-calls'
     for name in ('sbatch', 'squeue'):
         (stub / name).write_text(f'#!/bin/bash\necho "$0 $*" >>{calls}\necho 123\n')
         (stub / name).chmod(0o755)
-    places = dict(root=tmp_path, clean=clean, noisy=noisy, file=tmp_path / 'file')
+    places = dict(root=tmp_path, clean=clean, noisy=noisy, file=tmp_path / 'file', set=tmp_path / 'set')
     env = dict(os.environ, PATH=f'{stub}:{os.environ["PATH"]}', CLEAN_DATA=str(clean), NOISY_DATA=str(noisy),
                WORKDIR=str(tmp_path / 'work'), OUTDIR=str(tmp_path / 'out'), NETWORK=str(tmp_path / 'pretrain'))  # A run directory that a queued job would make.
     for key, value in setting.items():
@@ -202,7 +208,7 @@ def test_chain_scripts_check_settings_before_anything_runs(tmp_path, script, set
             value = value.replace(f'<{name}>', str(place))
         env[key] = value
     result = _run(['bash', str(SCRIPTS / script)], env=env, check=False)
-    errors = [line for line in result.stderr.splitlines() if 'error:' in line]
+    errors = [line for line in result.stderr.splitlines() if 'error:' in line.lower()]  # Python's 'Error:' too.
     assert result.returncode == 1 and len(errors) == 1 and all(part in errors[0] for part in message.split('*')), result.stderr
     assert not calls.exists() and not (tmp_path / 'work').exists() and not (tmp_path / 'out').exists()
 

@@ -162,27 +162,28 @@ def _dry_run(option: str, run_dir: str, data: Sequence[str], args: Sequence[str]
     from tools.train_run import dry_run_train
     dry_run_train(option, run_dir, data, args)
 
-def _check_datasets(clean: str, noisy: str) -> None:
+def check_datasets(clean: str, noisy: str, clean_option: str = '--clean', noisy_option: str = '--noisy') -> None:
+    """Clean images and an observation set of the same image size (the options name them in messages)."""
     from sfbd.observations import ObservationSet
     from training.dataset import ImageFolderDataset
-    for path, option in ((clean, '--clean'), (noisy, '--noisy')):
+    for path, option in ((clean, clean_option), (noisy, noisy_option)):
         if not os.path.exists(path):
             raise UserError(f'{option}={path}: no such dataset')
     clean_set = ImageFolderDataset(clean)
     clean_set.close()
     if clean_set.sigma_text:
-        raise UserError(f'--clean={clean}: is an observation set (sigma {clean_set.sigma_text} in dataset.json); '
+        raise UserError(f'{clean_option}={clean}: is an observation set (sigma {clean_set.sigma_text} in dataset.json); '
                         'give the clean images')
-    obs = ObservationSet(noisy, '--noisy')
+    obs = ObservationSet(noisy, noisy_option)
     obs.close()
     if obs.image_shape != clean_set.image_shape:
-        raise UserError(f'--noisy={noisy}: observations are {obs.image_shape} (C, H, W), but the clean images of '
-                        f'{clean} are {clean_set.image_shape}')
+        raise UserError(f'{noisy_option}={noisy}: observations are {obs.image_shape} (C, H, W), but the clean images '
+                        f'of {clean} are {clean_set.image_shape}')
 
 def check_inputs(outdir: str, clean: str, noisy: str, train_args: Sequence[str], round_args: Sequence[str],
                  denoise_args: Sequence[str], nproc: int) -> None:
     from tools.denoise_setup import parse_denoise_args
-    _check_datasets(clean, noisy)
+    check_datasets(clean, noisy)
 
     # The options of each step, as the step will see them.
     for option, args in (('--train-args', train_args), ('--round-args', [*train_args, *round_args])):
@@ -406,7 +407,7 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
     if record is None or record.get('options') != options:  # Checked when first recorded.
         if record is not None and has_outputs():
             claim.claim()  # Refuses the other options at once.
-        _check_datasets(clean, noisy)
+        check_datasets(clean, noisy)
         _check_train_args('--train-args', train_args, nproc)
         _check_train_args('--online-args', [*train_args, *online_args], nproc)
         _dry_run('--train-args', pretrain_dir(outdir), [clean], train_args)
