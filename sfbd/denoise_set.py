@@ -16,10 +16,12 @@ tools/denoise_setup.py).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -226,8 +228,7 @@ def denoise_command(network_pkl: str, data: str, outdir: str, *, sigma: float | 
     leaves it."""
     sampler_kwargs = dict(sampler_kwargs or {})
     # Where the outputs go: apart from the inputs, and writable.
-    if originals is not None and grid is None:
-        raise UserError('--originals adds the originals to the --grid picture; give --grid too')
+    check_grid_options(grid, originals)
     outputs = ToolOutputs('denoise.py', [OutputDir(outdir, '--outdir', OPTIONS_FNAME), OutputFile(grid, '--grid', is_comparison_grid)],
                           [(data, '--data'), (network_pkl, '--network'), (originals, '--originals')])
     outputs.check()
@@ -254,16 +255,7 @@ def denoise_command(network_pkl: str, data: str, outdir: str, *, sigma: float | 
         dist.print0(f'Loading network from "{network_pkl}"...')
         net = load_network(network_pkl).to(device)
         check_network(net, obs, network_pkl, data)
-        check_sampler_options(net, kwargs)
-        highest, lowest = float(np.max(levels)), float(np.min(levels))
-        top = min(kwargs.get('sigma_max', 80), float(net.sigma_max))
-        if highest > top:
-            source = '--sigma' if sigma is not None else f'--data={data}'
-            raise UserError(f'{source}: noise level {highest:g} is above the highest noise level of the sampler '
-                            f'({top:g}: --sigma_max, or the network\'s)')
-        if kwargs.get('sigma_min') is not None and not kwargs['sigma_min'] < lowest:
-            raise UserError(f'--sigma_min={kwargs["sigma_min"]:g} is not below the noise level of the observations '
-                            f'({lowest:g}); the backward sampling runs from there down to --sigma_min')
+        check_levels(net, levels, kwargs, sigma, data)
         max_batch_size = fast_lib.sampling_batch_size(net, device, settings, max_batch_size, DEFAULT_BATCH)
         if settings is not None:
             net = fast_lib.prepare_sampling_network(net, settings)
@@ -279,6 +271,57 @@ def denoise_command(network_pkl: str, data: str, outdir: str, *, sigma: float | 
             missing = finish_set(outdir, obs, finalize)
     obs.close()
     return missing
+
+# --originals go into the --grid picture only.
+def check_grid_options(grid: str | None, originals: str | None) -> None:
+    if originals is not None and grid is None:
+        raise UserError('--originals adds the originals to the --grid picture; give --grid too')
+
+# The sampler options against a network's noise levels, and the observations'
+# levels against the sampler's: each observation's backward pass runs from its
+# own level, inside the sampler's range, down to --sigma_min.
+def check_levels(net: Any, levels: float | np.ndarray, kwargs: dict, sigma: float | None, data: str) -> None:
+    check_sampler_options(net, kwargs)
+    highest, lowest = float(np.max(levels)), float(np.min(levels))
+    top = min(kwargs.get('sigma_max', 80), float(net.sigma_max))
+    if highest > top:
+        source = '--sigma' if sigma is not None else f'--data={data}'
+        raise UserError(f'{source}: noise level {highest:g} is above the highest noise level of the sampler '
+                        f'({top:g}: --sigma_max, or the network\'s)')
+    if kwargs.get('sigma_min') is not None and not kwargs['sigma_min'] < lowest:
+        raise UserError(f'--sigma_min={kwargs["sigma_min"]:g} is not below the noise level of the observations '
+                        f'({lowest:g}); the backward sampling runs from there down to --sigma_min')
+
+# What can be checked of a denoising run before its network exists (sfbd.rounds
+# checks a round's --denoise-args so, before the pretraining): the options
+# together, the device, the noise levels against the data, and the sampler
+# against the widest range of levels a network may support.
+class _AnyNetwork:
+    sigma_min, sigma_max = 0.0, float('inf')
+
+    @staticmethod
+    def round_sigma(sigma: Any) -> torch.Tensor:
+        return torch.as_tensor(sigma)
+
+def check_denoise_options(data: str, *, sigma: float | None = None, force_sigma: bool = False, mode: str = 'ode',
+                          device: str | None = None, grid: str | None = None, originals: str | None = None,
+                          sampler_kwargs: dict | None = None) -> None:
+    check_grid_options(grid, originals)
+    dist.resolve_device(device)
+    obs = ObservationSet(data)
+    try:
+        levels = noise_levels(obs, sigma, force_sigma, data)
+    finally:
+        obs.close()
+    check_levels(_AnyNetwork(), levels, mode_sampler_kwargs(mode, sampler_kwargs or {}), sigma, data)
+
+# The same from denoise.py's parsed options (its click parameters, the sampler's among them).
+def check_denoise_params(data: str, params: dict) -> None:
+    own = set(inspect.signature(denoise_command).parameters)
+    check_denoise_options(data, sigma=params.get('sigma'), force_sigma=params.get('force_sigma', False),
+                          mode=params.get('mode', 'ode'), device=params.get('device'), grid=params.get('grid'),
+                          originals=params.get('originals'),
+                          sampler_kwargs={k: v for k, v in params.items() if k not in own})
 
 # Noise levels: the set's own (one, or one per image) unless --sigma is forced.
 def noise_levels(obs: ObservationSet, sigma: float | None, force_sigma: bool, data: str) -> float | np.ndarray:

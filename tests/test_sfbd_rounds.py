@@ -2,6 +2,7 @@
 extend or refuse."""
 
 import os
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -101,6 +102,29 @@ def test_rounds_layout_record_and_reruns(data, tmp_path, monkeypatch, capsys):
 def test_missing_inputs_are_refused(data, tmp_path):
     with pytest.raises(UserError, match='--noisy'):
         rounds.run_rounds(str(tmp_path / 'x'), str(data / 'clean'), str(data / 'missing'), 1, DURATION, DURATION)
+    assert not os.path.exists(tmp_path / 'x')
+
+# What denoise.py would refuse of the observations, and a refresh plan that
+# the online run's own duration cannot meet, are refused before the
+# pretraining, not after it (when the corrected command would then be
+# refused as other options).
+@pytest.mark.parametrize('denoise_args, message', [
+    (['--device=bogus'], '--denoise-args: --device=bogus: not a device'),
+    (['--sigma=0.3'], '--denoise-args: --sigma=0.3 differs from the noise level 0.5'),
+    (['--mode=sde', '--S_churn=1'], "--denoise-args: --S_churn: the ODE's churn does not apply to --mode=sde"),
+    (['--rho=0.25'], '--denoise-args: --rho=0.25: with noise levels from 80 down to 0.002'),
+    (['--sigma_min=0.6'], '--denoise-args: --sigma_min=0.6 is not below the noise level of the observations (0.5)'),
+])
+def test_denoise_args_are_checked_against_the_observations_first(data, tmp_path, denoise_args, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        rounds.run_rounds(str(tmp_path / 'x'), str(data / 'clean'), str(data / 'noisy'), 1, DURATION, DURATION,
+                          train_args=TRAIN_ARGS, denoise_args=denoise_args)
+    assert not os.path.exists(tmp_path / 'x')
+
+def test_online_args_are_checked_with_the_online_duration_first(data, tmp_path):
+    with pytest.raises(UserError, match=r'--online-args: train.py refuses them: --refresh-passes=5: .* at most 2 passes'):
+        rounds.run_online(str(tmp_path / 'x'), str(data / 'clean'), str(data / 'noisy'), DURATION, DURATION,
+                          train_args=TRAIN_ARGS, online_args=['--refresh-passes=5', '--refresh-every=1'])
     assert not os.path.exists(tmp_path / 'x')
 
 #----------------------------------------------------------------------------

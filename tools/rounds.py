@@ -182,13 +182,17 @@ def check_datasets(clean: str, noisy: str, clean_option: str = '--clean', noisy_
 
 def check_inputs(outdir: str, clean: str, noisy: str, train_args: Sequence[str], round_args: Sequence[str],
                  denoise_args: Sequence[str], nproc: int) -> None:
+    from sfbd.denoise_set import check_denoise_params
     from tools.denoise_setup import parse_denoise_args
     check_datasets(clean, noisy)
 
     # The options of each step, as the step will see them.
     for option, args in (('--train-args', train_args), ('--round-args', [*train_args, *round_args])):
         _check_train_args(option, args, nproc)
-    parse_denoise_args(denoise_args)
+    try:  # What denoise.py would refuse of the observations, before any step runs.
+        check_denoise_params(noisy, parse_denoise_args(denoise_args))
+    except UserError as e:
+        raise UserError(str(e) if str(e).startswith('--denoise-args') else f'--denoise-args: {e}') from None
     _dry_run('--train-args', pretrain_dir(outdir), [clean], train_args)
     # The round's second dataset is the denoised set, here stood in for by the observations.
     _dry_run('--round-args' if round_args else '--train-args (update rounds)',
@@ -411,7 +415,9 @@ def run_online(outdir: str, clean: str, noisy: str, pretrain_duration: float, on
         _check_train_args('--train-args', train_args, nproc)
         _check_train_args('--online-args', [*train_args, *online_args], nproc)
         _dry_run('--train-args', pretrain_dir(outdir), [clean], train_args)
-        _dry_run('--online-args', online_dir(outdir), [clean], [f'--noisy={noisy}', *train_args, *online_args])
+        # With the online run's duration, which its refresh plan depends on.
+        _dry_run('--online-args', online_dir(outdir), [clean],
+                 [f'--noisy={noisy}', f'--duration={online_duration:g}', *train_args, *online_args])
     record = claim.claim()
 
     def finished(key: str) -> str | None:
