@@ -15,6 +15,13 @@ sfbd_positive_int() {
     [[ -z "$value" || "$value" =~ ^[1-9][0-9]{0,6}$ ]] || sfbd_die "$1=$value is not a positive integer (at most 9999999)"
 }
 
+# sfbd_positive_seconds VAR: VAR, if set, is a positive number of seconds (0 would poll the queue nonstop).
+sfbd_positive_seconds() {
+    local value="${!1:-}"
+    [[ -z "$value" || ("$value" =~ ^[0-9]+([.][0-9]+)?$ && "$value" =~ [1-9]) ]] \
+        || sfbd_die "$1=$value is not a positive number of seconds"
+}
+
 # sfbd_check_record: RECORD, if set, names a file (not a folder), and RECORD_TAG, if set, is a JSON
 # object. Checked when a script starts, so that a bad value does not fail a job after its work.
 sfbd_check_record() {

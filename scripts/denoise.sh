@@ -84,6 +84,7 @@ TASK_ID="${TASK_ID:-${SLURM_ARRAY_TASK_ID:-0}}"
 sfbd_positive_int NUM_TASKS
 sfbd_positive_int STEPS
 sfbd_check_record
+[[ "${FINALIZE:-0}" =~ ^[01]$ ]] || sfbd_die "FINALIZE=$FINALIZE: 1 to finalize, 0 (or unset) to denoise"
 [[ "$TASK_ID" =~ ^[0-9]{1,7}$ ]] && ((10#$TASK_ID < NUM_TASKS)) \
     || sfbd_die "task $TASK_ID is outside 0..$((NUM_TASKS - 1)) (NUM_TASKS=$NUM_TASKS): submit --array=0-$((NUM_TASKS - 1))"
 

@@ -74,7 +74,7 @@ sfbd_positive_int NUM_TASKS
 sfbd_positive_int STEPS
 sfbd_positive_int MAX_PARALLEL
 sfbd_check_record
-[[ -z "${WAIT_POLL:-}" || "$WAIT_POLL" =~ ^[0-9]+([.][0-9]+)?$ ]] || sfbd_die "WAIT_POLL=$WAIT_POLL is not a number of seconds"
+sfbd_positive_seconds WAIT_POLL
 sfbd_words _checked "${DENOISE_ARGS:-}" DENOISE_ARGS  # Before any task is submitted.
 sfbd_check_args denoise DENOISE_ARGS "${_checked[@]}"
 sfbd_preset _preset denoise "${PRESET:-none}"  # Checks the name.

@@ -113,7 +113,7 @@ ROUNDS="${ROUNDS:-1}"
 for var in ROUNDS NUM_TASKS MAX_PARALLEL STEPS; do
     sfbd_positive_int "$var"
 done
-[[ -z "${WAIT_POLL:-}" || "$WAIT_POLL" =~ ^[0-9]+([.][0-9]+)?$ ]] || sfbd_die "WAIT_POLL=$WAIT_POLL is not a number of seconds"
+sfbd_positive_seconds WAIT_POLL
 sfbd_preset _preset train "${PRESET:-none}"  # Checks the name.
 sfbd_check_args train PRETRAIN_ARGS "${pretrain_args[@]}" -- train UPDATE_ARGS "${update_args[@]}" \
     -- train ONLINE_ARGS "${online_args[@]}" -- denoise DENOISE_ARGS "${denoise_args[@]}"
