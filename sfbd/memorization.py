@@ -280,9 +280,10 @@ def _pair(sample: np.ndarray, reference: np.ndarray) -> np.ndarray:
     gap = np.full([sample.shape[0], sample.shape[1], 1], 255, dtype=np.uint8)
     return np.concatenate([sample, gap, reference], axis=2).transpose(1, 2, 0)
 
-def save_pairs_figure(path: str, samples: ImageSet | MemoryImageSet, matches: Sequence[EasyDict], count: int = 8) -> None:
+def save_pairs_figure(path: str, samples: ImageSet | MemoryImageSet, matches: Sequence[EasyDict], count: int = 8,
+                      text: dict[str, str] | None = None) -> None:
     """For each reference set, the `count` samples most like copies (smallest ratio): sample |
-    nearest reference, titled with the ratio (red: counted as a copy)."""
+    nearest reference, titled with the ratio (red: counted as a copy). `text`: PNG text chunks."""
     fig = new_figure(1.5 * count, 1.45 * len(matches) + 0.3)
     for subfig, match in zip(np.atleast_1d(fig.subfigures(len(matches), 1)), matches):
         subfig.suptitle(f'{match.path}: {int(match.is_copy.sum())} copies among {len(match.is_copy)} samples',
@@ -301,7 +302,7 @@ def save_pairs_figure(path: str, samples: ImageSet | MemoryImageSet, matches: Se
                       interpolation='nearest')
             ax.set_title(f'{match.ratio[order[j]]:.3f}', fontsize=9, color='red' if match.is_copy[order[j]] else 'black')
     fig.suptitle('sample | nearest reference, ratio nearest/second-nearest distance (red: copy)', fontsize=10)
-    save_figure(fig, path)
+    save_figure(fig, path, text)
 
 def save_distance_histograms(path: str, matches: Sequence[EasyDict], threshold: float) -> None:
     """Nearest distances and ratios of all samples, one histogram per reference set."""

@@ -15,9 +15,10 @@ def new_figure(width: float = 6.4, height: float = 4.0) -> Figure:
     """A figure of the given size in inches, drawn at 100 dpi."""
     return Figure(figsize=(width, height), dpi=100, layout='constrained')
 
-def save_figure(fig: Figure, path: str) -> None:
+def save_figure(fig: Figure, path: str, text: dict[str, str] | None = None) -> None:
+    """Write the figure as a PNG, atomically; `text` adds PNG text chunks (keyword -> value)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format='png')
+    fig.savefig(buffer, format='png', metadata=text)
     atomic_write_bytes(path, buffer.getvalue())
 
 #----------------------------------------------------------------------------

@@ -54,8 +54,9 @@ def test_scores_are_reused_until_something_changes(run_dir):
     assert out.count('scoring') == 2 and 'not finished' in out
     out = run(run_dir)
     assert out.count('reused') == 2 and 'scoring' not in out
-    assert run(run_dir, '--threshold=0.5').count('scoring') == 2  # Other settings: scored again.
     assert 'scoring' not in run(run_dir, '--S_churn=0')  # generate.py's default, spelled out.
+    assert run(run_dir, '--threshold=0.5').count('scoring') == 2  # Other settings: scored again.
+    assert run(run_dir).count('scoring') == 2  # Their figures are not these settings': drawn again.
 
     # A changed reference set, or a changed snapshot, is scored again.
     make_image_dataset(str(run_dir['root'] / 'extra'), 3, seed=9)
@@ -75,6 +76,22 @@ def test_scores_are_reused_until_something_changes(run_dir):
     assert '<code>../sfbd</code>' in page and '<b>copies of clean</b>: of the samples, those whose nearest image' in page
     scores = json.loads((outdir / 'scores.json').read_text())
     assert all(s['num'] == 16 and s['memorization'][0]['images'] == 16 for s in scores.values())
+
+# A sample grid drawn for other settings (here 64 samples, without scores)
+# is not shown under these: the scores are kept, the grid is drawn again.
+def test_a_grid_of_other_settings_is_drawn_again(run_dir, tmp_path):
+    def invoke(*args):
+        result = CliRunner().invoke(report.main, [str(a) for a in ['--rounds', run_dir['rounds'], '--steps=3', '--device=cpu',
+                                                                   '--outdir', tmp_path / 'r', *args]])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+    scored = ['--ref', run_dir['ref'], '--fid-features=pixel', '--num=8']
+    assert invoke(*scored).count('scoring') == 2
+    assert invoke().count('scoring') == 2  # The grids alone: 64 samples each.
+    out = invoke(*scored)
+    assert out.count('scoring') == 2 and 'reused' not in out
+    assert report_lib.figure_key(str(tmp_path / 'r' / 'samples-round-000.png')) in json.loads((tmp_path / 'r' / 'scores.json').read_text())
+    assert invoke(*scored).count('reused') == 2
 
 def test_loss_of_the_whole_run_and_the_sample_grid(run_dir):
     curves = report_lib.loss_curves(run_dir['rounds'], json.loads(open(os.path.join(run_dir['rounds'], 'rounds.json')).read())['rounds'])

@@ -34,6 +34,7 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
+import PIL.Image
 import torch
 
 from dnnlib.outputs import OutputDir, ToolOutputs, check_distinct
@@ -112,6 +113,19 @@ def save_scores(path: str, scores: dict) -> None:
 # Scoring one snapshot. Feature spaces, reference statistics and the
 # features of the --train sets are set up once, on first use.
 
+# A round's sample grid and pairs figure record, in a PNG text chunk, the key
+# of the scores they were drawn for: figures that a run of other settings left
+# (another number of samples, another threshold) are drawn again rather than
+# shown under these settings.
+FIGURE_KEY = 'sfbd-report-scores'
+
+def figure_key(path: str) -> str | None:
+    try:
+        with PIL.Image.open(path) as image:
+            return image.text.get(FIGURE_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+
 def grid_image(images: np.ndarray, min_width: int = 512) -> np.ndarray:
     """The first 64 images, 8 per row, enlarged by whole pixels to at least `min_width`."""
     grid = comparison_grid([images[:GRID_SAMPLES]], cells_per_row=8)
@@ -152,8 +166,9 @@ class Scorer:
             raise UserError(f'--ref={self.settings["fid"]["ref"]}: statistics of {self.ref_stats[0].shape[0]} features, '
                             f'but --fid-features={kind} gives {dim} for images of shape {image_shape}')
 
-    def score(self, snapshot: str, name: str, outdir: str, samples: np.ndarray | None = None) -> dict:
-        """Scores of one snapshot; writes its sample grid and, with --train, its pairs figure."""
+    def score(self, snapshot: str, name: str, outdir: str, samples: np.ndarray | None = None, key: str = '') -> dict:
+        """Scores of one snapshot; writes its sample grid (marked with the scores' `key`) and, with --train,
+        its pairs figure."""
         start = time.time()
         num = self.settings['num'] if (self.ref_stats is not None or self.train) else GRID_SAMPLES
         net = None
@@ -168,7 +183,7 @@ class Scorer:
                                         **self.settings['sampler'])
             del net
         image_set = mem.MemoryImageSet(snapshot, [f'{seed:06d}.png' for seed in range(num)], samples[:num])
-        save_png(os.path.join(outdir, f'samples-{name}.png'), grid_image(image_set.images))
+        save_png(os.path.join(outdir, f'samples-{name}.png'), grid_image(image_set.images), text={FIGURE_KEY: key})
         result: dict = dict(num=num, fid=None, memorization=None)
         features: dict = {}
         def features_in(kind: str) -> torch.Tensor:
@@ -190,7 +205,7 @@ class Scorer:
             matches = [mem.match_reference(feats, reference, ref_feats, memo['threshold'], self.device)
                        for reference, ref_feats in self.references()]
             result['memorization'] = [mem.summarize_match(match) for match in matches]
-            mem.save_pairs_figure(os.path.join(outdir, f'pairs-{name}.png'), image_set, matches)
+            mem.save_pairs_figure(os.path.join(outdir, f'pairs-{name}.png'), image_set, matches, text={FIGURE_KEY: key})
         result['seconds'] = round(time.time() - start, 1)
         return result
 
@@ -450,15 +465,15 @@ def write_report(rounds_dir: str, outdir: str | None = None, ref: str | None = N
             continue
         row['kimg'] = snapshot_kimg(snapshot)
         key = score_key(file_sha256(snapshot), settings)
-        if key in scores and os.path.isfile(os.path.join(outdir, f'samples-{name}.png')) and \
-                (not train or os.path.isfile(os.path.join(outdir, f'pairs-{name}.png'))):
+        if key in scores and figure_key(os.path.join(outdir, f'samples-{name}.png')) == key and \
+                (not train or figure_key(os.path.join(outdir, f'pairs-{name}.png')) == key):
             if verbose:
                 print(f'{round_label(entry["round"])}: scores of {entry["snapshot"]} reused')
         else:
             if verbose:
                 print(f'{round_label(entry["round"])}: scoring {entry["snapshot"]}...', flush=True)
             given = None if samples is None else samples.get(os.path.abspath(snapshot))
-            scores[key] = scorer.score(snapshot, name, outdir, given)
+            scores[key] = scorer.score(snapshot, name, outdir, given, key)
             save_scores(scores_path, scores)
         rows.append(dict(row, **scores[key]))
 
