@@ -72,7 +72,8 @@ def test_scores_are_reused_until_something_changes(run_dir):
     page = (outdir / 'report.html').read_text()
     assert 'src="fid.png"' in page and 'not finished' in page and 'pretraining' in page
     # The header counts the rounds after pretraining, names paths relative to the page, and says what a column means.
-    assert 'pretraining and 2 rounds;' in page and str(run_dir['root']) not in page
+    assert 'pretraining and 2 rounds (1 not finished);' in page and str(run_dir['root']) not in page
+    assert report_lib.describe_runs([]) == 'no step finished yet (the pretraining has not ended)'
     assert '<code>../sfbd</code>' in page and '<b>copies of clean</b>: of the samples, those whose nearest image' in page
     scores = json.loads((outdir / 'scores.json').read_text())
     assert all(s['num'] == 16 and s['memorization'][0]['images'] == 16 for s in scores.values())
@@ -104,6 +105,7 @@ def test_loss_of_the_whole_run_and_the_sample_grid(run_dir):
 
 @pytest.mark.parametrize('args, message', [
     (['--rounds', '{root}'], 'no rounds.json'),
+    (['--rounds', '{online}'], 'an Online SFBD run (online.json), which has no rounds to report'),
     (['--rounds', '{rounds}', '--train', '{root}/missing'], 'no such dataset'),
     (['--rounds', '{rounds}', '--ref', '{small}', '--fid-features=pixel'], 'statistics of 5 features, but --fid-features=pixel gives 192'),
     (['--rounds', '{rounds}', '--threshold=0'], 'threshold'),
@@ -118,8 +120,10 @@ def test_bad_input_is_one_clear_error(run_dir, tmp_path, args, message):
     save_ref_stats(str(tmp_path / 'small.npz'), np.zeros(5), np.eye(5))
     make_image_dataset(str(tmp_path / 'big'), 4, resolution=16)
     make_observation_set(str(tmp_path / 'noisy'), random_observations(4))
+    (tmp_path / 'online').mkdir()
+    (tmp_path / 'online' / 'online.json').write_text('{"options": {}}')
     args = [a.format(root=run_dir['root'], rounds=run_dir['rounds'], small=tmp_path / 'small.npz', big=tmp_path / 'big',
-                     noisy=tmp_path / 'noisy') for a in args]
+                     noisy=tmp_path / 'noisy', online=tmp_path / 'online') for a in args]
     if '--outdir' not in args:
         args += ['--outdir', str(tmp_path / 'out')]
     result = CliRunner().invoke(report.main, args + ['--device=cpu', '--num=4'])

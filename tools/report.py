@@ -42,7 +42,7 @@ from dnnlib.util import EasyDict, UserError, atomic_write, file_sha256, save_png
 from sfbd import memorization as mem
 from sfbd.grids import comparison_grid
 from sfbd.plots import new_figure, save_figure
-from tools.rounds import RECORD_FNAME, load_record
+from tools.rounds import ONLINE_RECORD_FNAME, RECORD_FNAME, load_record
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 from torch_utils.persistence import load_network
@@ -339,8 +339,12 @@ def shown_settings(settings: dict, outdir: str) -> dict:
     return shown
 
 def describe_runs(rows: Sequence[dict]) -> str:
-    rounds = sum(1 for row in rows if row['round'] > 0)
-    return f'pretraining and {rounds} round{"" if rounds == 1 else "s"}'
+    if not rows:
+        return 'no step finished yet (the pretraining has not ended)'
+    rounds = [row for row in rows if row['round'] > 0]
+    unfinished = sum(1 for row in rows if row.get('note') == 'not finished')
+    text = f'pretraining and {len(rounds)} round{"" if len(rounds) == 1 else "s"}'
+    return text + (f' ({unfinished} not finished)' if unfinished else '')
 
 def render_html(report: dict) -> str:
     e = html.escape
@@ -408,6 +412,9 @@ def write_report(rounds_dir: str, outdir: str | None = None, ref: str | None = N
     """Score the rounds in `rounds_dir` and write the report; returns its data. `samples` may give
     images already drawn for a snapshot path (seeds 0 to num-1 with the same sampler settings)."""
     record = load_record(rounds_dir)
+    if record is None and os.path.isfile(os.path.join(rounds_dir, ONLINE_RECORD_FNAME)):
+        raise UserError(f'--rounds={rounds_dir}: an Online SFBD run ({ONLINE_RECORD_FNAME}), which has no rounds to '
+                        'report; score its final snapshot with fid.py calc and memorization.py')
     if record is None:
         raise UserError(f'--rounds={rounds_dir}: no {RECORD_FNAME}; give the --outdir of sfbd.rounds')
     outdir = outdir or os.path.join(rounds_dir, 'report')
