@@ -236,6 +236,7 @@ def test_online_commands_with_a_preset(data, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('args, message', [
     (['--online', '--rounds=2'], '--rounds: options of the rounds'),
+    (['--online', '--rounds=0', '--online-duration=1'], '--rounds: options of the rounds'),
     (['--online'], '--online needs --online-duration'),
     (['--rounds=2'], '--round-duration is required'),
     (['--rounds=2', '--round-duration=1', '--online-duration=1'], 'options of --online'),

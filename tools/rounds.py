@@ -468,7 +468,8 @@ def rounds_command(outdir: str, clean: str, noisy: str, num_rounds: int | None, 
     """What `python -m sfbd.rounds` does with its options."""
     if online:
         given = [name for name, value in (('--rounds', num_rounds), ('--round-duration', round_duration),
-                                          ('--round-args', round_args), ('--denoise-args', denoise_args)) if value]
+                                          ('--round-args', round_args), ('--denoise-args', denoise_args))
+                 if value is not None and value != [] and value != ()]  # --rounds=0 is given too.
         if given:
             raise UserError(f'{", ".join(given)}: options of the rounds; --online runs no rounds')
         if online_duration is None:
