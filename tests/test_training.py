@@ -677,6 +677,29 @@ def test_a_learning_rate_above_one_is_an_option_error(data, tmp_path):
     assert result.exit_code == 2 and "Invalid value for '--lr': 1e+300 is not in the range 0<x<=1" in result.output
     assert not (tmp_path / 'out').exists()
 
+# The loop stops its data-loading workers on an error too, at once: the
+# error's traceback (kept here by pytest.raises) holds the loader, and a
+# worker left to the interpreter's exit got SIGTERM, which a shielded worker
+# heeds only after 30 s.
+def test_an_error_stops_the_data_loading_workers(data, tmp_path):
+    import multiprocessing
+    from dnnlib.util import UserError
+    from training.training_loop import training_loop
+    damaged = tmp_path / 'damaged.zip'
+    with zipfile.ZipFile(data / 'ds8.zip') as source, zipfile.ZipFile(damaged, 'w') as z:
+        for name in source.namelist():
+            z.writestr(name, source.read(name)[:60] if name.endswith('.png') else source.read(name))
+    with pytest.raises(UserError, match='cannot decode the image'):
+        training_loop(
+            run_dir=str(tmp_path / 'run'), seed=0, batch_size=8, total_kimg=0.1, device='cpu',
+            dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=str(damaged)),
+            network_kwargs=dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=16,
+                                channel_mult=[1]),
+            loss_kwargs=dict(class_name='training.loss.EDMLoss'),
+            optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
+            data_loader_kwargs=dict(num_workers=1), stop_requested=lambda: False)
+    assert multiprocessing.active_children() == []
+
 def test_dry_run_prints_and_exits(data, tmp_path):
     (tmp_path / 'copy').mkdir()
     shutil.copy(data / 'ds8.zip', tmp_path / 'copy' / 'ds8.zip')  # Another set of the same name (one set twice is refused).

@@ -421,6 +421,15 @@ def start_data_loader(dataset_obj: Any, sampler: misc.InfiniteSampler, batch_gpu
     with _stop_signals_held():  # Workers start here.
         return iter(loader)
 
+# Stop the workers of a loader started above: asked to finish, they exit at
+# once. Deleting the loader does the same, but an error's traceback may keep
+# it alive until the process exits, when multiprocessing sends the workers
+# SIGTERM instead, which a shielded worker heeds only after its grace period.
+def stop_data_loader(loader: Iterator) -> None:
+    shutdown = getattr(loader, '_shutdown_workers', None)  # PyTorch's iterator over worker processes.
+    if shutdown is not None:
+        shutdown()
+
 #----------------------------------------------------------------------------
 # Setup of the training loop, part by part.
 
@@ -720,10 +729,14 @@ def training_loop(
     if start_run is not None:
         start_run()
     worker_init_fn = functools.partial(_init_worker, parent_pid=os.getpid(), shield=stop_requested is not None)
+    loaders: list[Iterator] = []  # Stopped at the end, whatever happens (stop_data_loader).
+    def start_loader() -> Iterator:
+        loaders.append(start_data_loader(dataset_obj, dataset_sampler, batch_gpu, data_loader_kwargs,
+                                         worker_init_fn=worker_init_fn, fast=fast_settings))
+        return loaders[-1]
     dataset_iterator = start_batches(
         extra,
-        start_loader=lambda: start_data_loader(dataset_obj, dataset_sampler, batch_gpu, data_loader_kwargs,
-                                               worker_init_fn=worker_init_fn, fast=fast_settings),
+        start_loader=start_loader,
         restore_rng=lambda: _set_rng_state(progress.rng, device) if progress.rng is not None else None,
         net=net, ema=ema, cur_nimg=cur_nimg, total_nimg=total_kimg * 1000)
     stats = training_stats.Collector()
@@ -800,7 +813,9 @@ def training_loop(
             if done or preempted:
                 break
     finally:
-        del dataset_iterator  # Stop the data-loading workers now, on errors too.
+        del dataset_iterator
+        for loader in loaders:  # Now, on errors too (a traceback would keep the loader alive).
+            stop_data_loader(loader)
         if stats_jsonl is not None:
             stats_jsonl.close()
 
