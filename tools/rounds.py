@@ -39,6 +39,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from typing import IO, Any, Iterator, Sequence
 
 from dnnlib.outputs import OutputClaim, OutputDir, ToolOutputs, read_record
@@ -91,7 +92,8 @@ def passing_stop_signals(child: subprocess.Popen) -> Iterator[list[int]]:
         received.append(signum)
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signum)
-    previous = {sig: signal.signal(sig, pass_on) for sig in STOP_SIGNALS}
+    in_main_thread = threading.current_thread() is threading.main_thread()  # Where handlers can be set.
+    previous = {sig: signal.signal(sig, pass_on) for sig in STOP_SIGNALS} if in_main_thread else {}
     try:
         yield received
     finally:
