@@ -32,7 +32,7 @@ import socket
 import tempfile
 import time
 import uuid
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from dnnlib.util import UserError, current_umask, is_environment_error, is_url
 
@@ -76,17 +76,21 @@ def check_apart(outputs: Sequence[tuple[str | None, str]], inputs: Sequence[tupl
         check_no_broken_link(path, option)
         check_outside_sets(path, option)
 
+# An absolute path and each folder above it, up to the root.
+def _path_and_parents(path: str) -> Iterator[str]:
+    while True:
+        yield path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
 # An output at or below a symbolic link whose target is missing (a disk that
 # is not mounted, say) would fail to be made, or replace the link: refused.
 def check_no_broken_link(path: str, option: str) -> None:
-    current = os.path.abspath(path)
-    while True:
+    for current in _path_and_parents(os.path.abspath(path)):
         if os.path.islink(current) and not os.path.exists(current):
             raise UserError(f'{option}={path}: {current} is a broken symbolic link (to {os.readlink(current)})')
-        parent = os.path.dirname(current)
-        if parent == current:
-            return
-        current = parent
 
 #----------------------------------------------------------------------------
 # Sets of images that other commands read whole, known by the file each keeps
@@ -102,16 +106,11 @@ def check_outside_sets(path: str, option: str) -> None:
     """Refuse an output that lies inside a set of images, or a file named dataset.json."""
     if os.path.basename(os.path.normpath(path)) == 'dataset.json':
         raise UserError(f'{option}={path}: dataset.json is the name of a dataset\'s own file; choose another name')
-    folder = os.path.dirname(os.path.realpath(path))
-    while True:
+    for folder in _path_and_parents(os.path.dirname(os.path.realpath(path))):
         marker = next((name for name in SET_MARKERS if os.path.isfile(os.path.join(folder, name))), None)
         if marker is not None:
             raise UserError(f'{option}={path}: lies inside {folder}, a set of images ({marker}); '
                             'outputs must not be written into one')
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return
-        folder = parent
 
 #----------------------------------------------------------------------------
 # Inputs that are read as one (train.py's --data and --noisy, a merge's
@@ -137,13 +136,8 @@ def check_distinct(inputs: Sequence[tuple[str | None, str]]) -> None:
 # a file where a directory is expected, a file on the way, a read-only place.
 
 def _nearest_existing(path: str) -> str:
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
+    candidates = list(_path_and_parents(os.path.abspath(path)))
+    return next((folder for folder in candidates if os.path.exists(folder)), candidates[-1])
 
 def _check_parent(path: str, option: str) -> None:
     # The deepest existing folder on the way to `path` must be a folder and writable.

@@ -24,7 +24,7 @@ import torch
 import tqdm
 
 from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, append_line, is_json_lines
-from dnnlib.util import UserError, atomic_write, cached_path_for_url, is_url, open_url, save_png, user_message
+from dnnlib.util import UserError, atomic_write, cached_path_for_url, is_url, open_url, save_png
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils.detector import Detector, load_detector
@@ -211,14 +211,12 @@ def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, m
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                                          pin_memory=pin_memory, **worker_kwargs)
     progress = tqdm.tqdm(total=len(batches), unit='batch', desc='Features', disable=(dist.get_rank() != 0))
-    try:
+    try:  # A worker's UserError comes wrapped in its traceback; the commands show its message (user_message).
         for images, _labels in loader:
             if images.dtype != torch.uint8:
                 images = to_uint8(images)
             stats.append(detector.features(images))
             progress.update(1)
-    except UserError as e:
-        raise UserError(user_message(e)) from None  # One line, not the worker's traceback.
     finally:
         progress.close()
     stats.all_reduce()

@@ -37,8 +37,9 @@ sys.exit(0 if isinstance(tag, dict) else 1)' || sfbd_die "RECORD_TAG=$RECORD_TAG
 }
 
 # sfbd_check_args KIND VARIABLE [ARG ...] [-- KIND VARIABLE [ARG ...]] ...: the options that each VARIABLE
-# passes on to train.py (KIND train) or denoise.py (KIND denoise), checked as the tool will parse them,
-# before any job is submitted, in one Python process (tools/job_args.py); nothing to check costs nothing.
+# passes on to train.py (KIND train) or denoise.py (KIND denoise), checked as the tool will parse them;
+# with KIND output or data, an output folder or the data of the rounds (tools/job_args.py says how).
+# All before any job is submitted, in one Python process; nothing to check costs nothing.
 sfbd_check_args() {
     local message group=0 arg
     for arg in "$@"; do
