@@ -299,6 +299,21 @@ def test_error_members_that_cannot_be_opened(tmp_path):
     with pytest.raises(UserError, match=r'locked.zip/00000/img00000001.png: cannot read \(.*encrypted'):
         ImageFolderDataset(str(tmp_path / 'locked.zip'))
 
+    # A compression method zipfile does not know (NotImplementedError), and a member whose local header is
+    # damaged (BadZipFile).
+    data[entry + 8] &= ~0x1  # Not encrypted again.
+    original = bytes(data)
+    data[entry + 10:entry + 12] = (99).to_bytes(2, 'little')  # The central directory's compression method.
+    (tmp_path / 'unknown.zip').write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r'unknown.zip/00000/img00000001.png: cannot read \(.*compression method'):
+        ImageFolderDataset(str(tmp_path / 'unknown.zip'))
+    data = bytearray(original)
+    header = data.rindex(b'PK\x03\x04')  # The second member's local header.
+    data[header + 3] = 0x05
+    (tmp_path / 'header.zip').write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r'header.zip/00000/img00000001.png: cannot read \(Bad magic number'):
+        ImageFolderDataset(str(tmp_path / 'header.zip'))
+
 def test_error_empty_and_missing(tmp_path):
     os.makedirs(tmp_path / 'empty')
     (tmp_path / 'empty' / 'notes.txt').write_text('no images here')
