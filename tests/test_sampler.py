@@ -59,6 +59,19 @@ def test_discretisation_is_clamped_to_the_network_range():
     steps = edm_sigma_steps(net, num_steps=10)
     assert math.isclose(float(steps[0]), 20) and math.isclose(float(steps[-2]), 0.01)
 
+# EDM's ablation sampler picks each discretisation's range when --sigma_min/--sigma_max are not given;
+# VP's comes from beta_d = 19.1, beta_min = 0.1 at t = 1e-3 and t = 1 (about 0.010467 and 124.58).
+@pytest.mark.parametrize('discretization, schedule, first, last', [
+    ('vp', 'vp', math.sqrt(math.exp(0.5 * 19.1 + 0.1) - 1), math.sqrt(math.exp(0.5 * 19.1 * 1e-6 + 0.1e-3) - 1)),
+    ('ve', 've', 100, 0.02), ('edm', 'linear', 80, 0.002)])
+def test_ablation_default_ranges_are_edms(discretization, schedule, first, last):
+    net = GaussianDenoiser()
+    ablation_sampler(net, torch.randn(1, 3, 4, 4), num_steps=5, solver='euler', discretization=discretization,
+                     schedule=schedule, scaling='vp' if schedule == 'vp' else 'none')
+    assert len(net.calls) == 5
+    assert math.isclose(net.calls[0], first, rel_tol=1e-9) and math.isclose(net.calls[-1], last, rel_tol=1e-9)
+    assert math.isclose(first, 124.5825, rel_tol=1e-6) or discretization != 'vp'
+
 @pytest.mark.parametrize('num_steps, nfe', [(18, 35), (40, 79), (2, 3)])
 def test_heun_step_count_and_nfe(num_steps, nfe):
     net = GaussianDenoiser()

@@ -204,9 +204,10 @@ def ablation_sampler(
         if value not in allowed:
             raise ValueError(f'{name} must be one of {"|".join(allowed)}, not {value!r}')
 
-    # Defaults of each discretisation (VP's from the VP paper's beta_d = 19.9, beta_min = 0.1),
-    # clamped to what the network supports.
-    default_vp_sigma = _vp_schedule(19.9, 0.1)[0]
+    # Defaults of each discretisation, clamped to what the network supports. VP's range is EDM's:
+    # sigma(t) of beta_d = 19.1 (not the 19.9 of VPPrecond), beta_min = 0.1 at t = epsilon_s and t = 1,
+    # that is about [0.010467, 124.58]; EDM's VP baselines were sampled over this range.
+    default_vp_sigma = _vp_schedule(19.1, 0.1)[0]
     if sigma_min is None:
         sigma_min = dict(vp=float(default_vp_sigma(torch.tensor(epsilon_s, dtype=torch.float64))),
                          ve=0.02, iddpm=0.002, edm=0.002)[discretization]
