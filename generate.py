@@ -5,7 +5,9 @@ device: each image has its own random generator seeded with its seed, which draw
 first and then the class label.
 
 The command line only: its option table, one call of training.generation.generate_command (the
-output rules, the network, the loop) and its last message.
+output rules, the network, the loop) and its last message. The names that scripts written for EDM
+import from here (`edm_sampler`, `ablation_sampler`, `StackedRandomGenerator`, `parse_int_list`)
+are the ones of training.sampler and dnnlib.util.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 import click
 
 from dnnlib.cli import IntList
-from dnnlib.util import report_user_errors
+from dnnlib.util import parse_int_list, report_user_errors
 from tools.options import sampler_options
 from torch_utils import distributed as dist
 from training.generation import DEFAULT_BATCH, generate_command
+from training.sampler import StackedRandomGenerator, ablation_sampler, edm_sampler
+
+__all__ = ['edm_sampler', 'ablation_sampler', 'StackedRandomGenerator', 'parse_int_list', 'main']
 
 #----------------------------------------------------------------------------
 

@@ -126,6 +126,7 @@ def sde_backward(
 # (num_steps, sigma_min, sigma_max, rho; for the ODE also the churn options
 # and the ablation options); None values mean "the default".
 
+@torch.no_grad()
 def backward_sample(net: torch.nn.Module, y: torch.Tensor, sigma: float | torch.Tensor,
                     class_labels: torch.Tensor | None = None, mode: str = 'ode',
                     randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,

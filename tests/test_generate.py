@@ -170,3 +170,13 @@ def test_fast_path_with_gpu_settings_stays_within_tolerance(tmp_path, fixtures_d
     assert 0 < mean <= 1 and worst <= 8
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# Scripts written for EDM import its sampler and helpers from generate.py.
+
+def test_edm_names_are_importable_from_generate():
+    import generate
+    from training import sampler
+    assert generate.edm_sampler is sampler.edm_sampler and generate.ablation_sampler is sampler.ablation_sampler
+    assert generate.StackedRandomGenerator is sampler.StackedRandomGenerator
+    assert generate.parse_int_list('1,2,5-7') == [1, 2, 5, 6, 7]

@@ -170,3 +170,16 @@ def test_sampler_option_help_in_every_tool():
         assert result.exit_code == 0, result.output
         (line,) = [line for line in result.output.splitlines() if line.lstrip().startswith('--S_noise')]
         assert line.rstrip().endswith('[default: 1]') and 'None' not in line, (command.name, line)
+
+#----------------------------------------------------------------------------
+# As in EDM, the samplers are plain functions: gradients flow through them when the caller asks
+# (guidance research); generate_images, which the tools call, records none.
+
+def test_gradients_flow_through_the_samplers_as_in_edm():
+    net = GaussianDenoiser()
+    for sampler in (edm_sampler, ablation_sampler):
+        latents = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+        sampler(net, latents, num_steps=3).square().sum().backward()
+        assert latents.grad is not None and latents.grad.abs().sum() > 0
+    from training.sampler import generate_images
+    assert not generate_images(net, [0, 1], num_steps=3).requires_grad

@@ -77,7 +77,6 @@ def churn_gamma(t: torch.Tensor, gamma_max: float, S_min: float, S_max: float) -
 # Without `sigma_start`, x starts as latents * sigma_max; with it, `latents`
 # is a noisy image at noise level sigma_start and is used as it is.
 
-@torch.no_grad()
 def edm_sampler(
     net: torch.nn.Module,
     latents: torch.Tensor,
@@ -174,7 +173,6 @@ DISCRETIZATIONS = ('vp', 've', 'iddpm', 'edm')
 SCHEDULES = ('vp', 've', 'linear')
 SCALINGS = ('vp', 'none')
 
-@torch.no_grad()
 def ablation_sampler(
     net: torch.nn.Module,
     latents: torch.Tensor,
@@ -369,8 +367,10 @@ def check_finite(images: torch.Tensor, what: str) -> None:
 #----------------------------------------------------------------------------
 # Generate one batch of images for the given seeds with EDM's protocol:
 # latents drawn first from each seed's generator, then the class label.
-# Returns float64 images in [-1, 1] units (not clipped).
+# Returns float64 images in [-1, 1] units (not clipped). The samplers themselves, like EDM's,
+# record gradients when asked to (guidance, fine-tuning through the sampler); this does not.
 
+@torch.no_grad()
 def generate_images(net: torch.nn.Module, seeds: Sequence[int], *, class_idx: int | None = None,
                     device: torch.device | str = 'cpu', **sampler_kwargs) -> torch.Tensor:
     device = torch.device(device)
