@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import glob
 import hashlib
+import importlib
 import os
 import re
 import tempfile
@@ -46,16 +48,19 @@ def user_message(e: UserError) -> str:
     return str(e)
 
 #----------------------------------------------------------------------------
-# Download cache. EDM keeps downloads in $DNNLIB_CACHE_DIR, or under the user's
-# cache directory, named `<md5(url)>_<basename>`; the same layout is used here so
-# that files EDM already downloaded are found.
+# Download cache, laid out as EDM's: `$DNNLIB_CACHE_DIR`, else `~/.cache/dnnlib`,
+# with a download of URL u kept as `<md5(u)>_<name>`. Any file of that prefix
+# counts as the download, whatever name followed it, so this repository and EDM
+# find each other's files (EDM names them after the whole URL or the server's
+# file name, this repository after the URL's last path component).
+
+def make_cache_dir_path(*paths: str) -> str:
+    """A path in the dnnlib cache folder (EDM's name)."""
+    root = os.environ.get('DNNLIB_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache', 'dnnlib')
+    return os.path.join(root, *paths)
 
 def cache_dir(subdir: str = 'downloads') -> str:
-    root = os.environ.get('DNNLIB_CACHE_DIR')
-    if root is None:
-        xdg = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-        root = os.path.join(xdg, 'dnnlib')
-    return os.path.join(root, subdir)
+    return make_cache_dir_path(subdir)
 
 def is_url(obj: Any) -> bool:
     if not isinstance(obj, str) or '://' not in obj:
@@ -67,10 +72,16 @@ def is_url(obj: Any) -> bool:
     return scheme in ('http', 'https', 'file')
 
 def cached_path_for_url(url: str, cache_root: str | None = None) -> str:
+    """The cached download of `url` if there is one (EDM's or ours), else where a download goes."""
+    root = cache_root or cache_dir()
     digest = hashlib.md5(url.encode('utf-8')).hexdigest()
+    found = sorted(glob.glob(os.path.join(glob.escape(root), f'{digest}_*')))
+    found = [path for path in found if os.path.isfile(path)]
+    if found:
+        return found[0]
     name = os.path.basename(urllib.parse.urlparse(url).path) or 'download'
     name = re.sub(r'[^0-9A-Za-z._-]', '_', name)
-    return os.path.join(cache_root or cache_dir(), f'{digest}_{name}')
+    return os.path.join(root, f'{digest}_{name}')
 
 def download(url: str, *, cache: bool = True, cache_root: str | None = None, timeout: float = 30,
              num_attempts: int = 3, max_seconds: float = 1800, verbose: bool = True) -> str:
@@ -113,18 +124,22 @@ def download(url: str, *, cache: bool = True, cache_root: str | None = None, tim
             last_error = e
     raise UserError(f'{url}: cannot be reached ({type(last_error).__name__}: {last_error})')
 
-def open_url(url_or_path: str, *, cache: bool = True, cache_root: str | None = None,
-             verbose: bool = True) -> IO[bytes]:
-    """Open a local path or a URL for binary reading; URLs go through the download cache."""
+def open_url(url_or_path: str, cache_dir: str | None = None, num_attempts: int = 3, verbose: bool = True,
+             return_filename: bool = False, cache: bool = True) -> Any:
+    """Open a local path or a URL for binary reading; URLs go through the download cache (in `cache_dir`,
+    default `make_cache_dir_path('downloads')`). EDM's keywords and order; with `return_filename`, the
+    local file's path instead of an open file."""
     if is_url(url_or_path):
-        return open(download(url_or_path, cache=cache, cache_root=cache_root, verbose=verbose), 'rb')
-    if not url_or_path:
-        raise UserError('an empty path where a file was expected')
-    if os.path.isdir(url_or_path):
-        raise UserError(f'{url_or_path}: is a directory; expected a file')
-    if not os.path.isfile(url_or_path):
-        raise UserError(f'{url_or_path}: no such file')
-    return open(url_or_path, 'rb')
+        path = download(url_or_path, cache=cache, cache_root=cache_dir, num_attempts=num_attempts, verbose=verbose)
+    else:
+        if not url_or_path:
+            raise UserError('an empty path where a file was expected')
+        if os.path.isdir(url_or_path):
+            raise UserError(f'{url_or_path}: is a directory; expected a file')
+        if not os.path.isfile(url_or_path):
+            raise UserError(f'{url_or_path}: no such file')
+        path = url_or_path
+    return path if return_filename else open(path, 'rb')
 
 #----------------------------------------------------------------------------
 # Atomic file writes: write a temporary file beside the target, then rename.
@@ -309,6 +324,34 @@ def check_distinct_spans(spans: list[tuple[int, int]]) -> None:
         if end is not None and lo <= end:
             raise UserError(f'{lo} is given more than once')
         end = hi if end is None else max(end, hi)
+
+#----------------------------------------------------------------------------
+# Objects named by their module path, as in configuration dictionaries
+# (`class_name='training.networks.EDMPrecond'`); EDM's names.
+
+def get_obj_by_name(name: str) -> Any:
+    module_name, _, attr = name.rpartition('.')
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f'cannot find "{name}"') from None
+
+def call_func_by_name(*args: Any, func_name: str, **kwargs: Any) -> Any:
+    return get_obj_by_name(func_name)(*args, **kwargs)
+
+def construct_class_by_name(*args: Any, class_name: str, **kwargs: Any) -> Any:
+    return get_obj_by_name(class_name)(*args, **kwargs)
+
+# A duration for logs: "42s", "3m 07s", "2h 05m 09s", "1d 04h 12m".
+def format_time(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f'{s}s'
+    if s < 3600:
+        return f'{s // 60}m {s % 60:02d}s'
+    if s < 86400:
+        return f'{s // 3600}h {s // 60 % 60:02d}m {s % 60:02d}s'
+    return f'{s // 86400}d {s // 3600 % 24:02d}h {s // 60 % 60:02d}m'
 
 #----------------------------------------------------------------------------
 # Save one image (uint8, [H, W, C] with C = 1 or 3) as a PNG, atomically,

@@ -2,9 +2,11 @@
 
 import codecs
 import functools
+import math
 import http.server
 import os
 import pickle
+import re
 import threading
 import warnings
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import dnnlib.util
 from dnnlib.util import UserError, cached_path_for_url, current_umask
 from torch_utils import persistence
 from training import networks
@@ -298,6 +301,40 @@ def test_url_download_is_cached(tmp_path, monkeypatch):
     assert os.path.isfile(cached) and os.path.dirname(cached) == str(tmp_path / 'cache' / 'downloads')
     second = persistence.load_network(url)  # The server is gone: this comes from the cache.
     torch.testing.assert_close(outputs(first), outputs(second))
+
+# A cache that EDM filled: EDM names a download after the whole URL (or the server's file name) behind
+# the URL's md5, and ignores XDG_CACHE_HOME; any file of that prefix is the download, here as in EDM.
+def test_a_download_that_edm_cached_is_found(tmp_path, monkeypatch):
+    import hashlib
+    url = 'https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-tiny.pkl'
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    assert dnnlib.util.make_cache_dir_path('downloads') == str(tmp_path / 'cache' / 'downloads')
+    edm_name = hashlib.md5(url.encode()).hexdigest() + '_' + re.sub(r'[^0-9A-Za-z._-]', '_', url)
+    os.makedirs(tmp_path / 'cache' / 'downloads')
+    persistence.save_network_pickle(str(tmp_path / 'cache' / 'downloads' / edm_name), dict(ema=tiny_net()))
+    assert cached_path_for_url(url) == str(tmp_path / 'cache' / 'downloads' / edm_name)
+    assert dnnlib.util.open_url(url, return_filename=True) == cached_path_for_url(url)  # No network needed.
+    persistence.load_network(url)
+    monkeypatch.delenv('DNNLIB_CACHE_DIR')
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert dnnlib.util.make_cache_dir_path('downloads') == str(tmp_path / 'home' / '.cache' / 'dnnlib' / 'downloads')
+
+# EDM's helpers keep their names, keywords and positions.
+def test_edm_helpers_of_dnnlib_util(tmp_path):
+    path = tmp_path / 'a.bin'
+    path.write_bytes(b'abc')
+    assert dnnlib.util.open_url(str(path), None, 10, False, True) == str(path)
+    with dnnlib.util.open_url(str(path), cache_dir=str(tmp_path), num_attempts=1, verbose=False) as f:
+        assert f.read() == b'abc'
+    net = dnnlib.util.construct_class_by_name(class_name='training.networks.EDMPrecond', img_resolution=8,
+                                              img_channels=3, model_type='SongUNet', model_channels=16,
+                                              channel_mult=[1], num_blocks=1, attn_resolutions=[])
+    assert type(net).__name__ == 'EDMPrecond'
+    assert dnnlib.util.call_func_by_name(3, func_name='math.sqrt') == math.sqrt(3)
+    with pytest.raises(ValueError, match='cannot find "training.networks.Nothing"'):
+        dnnlib.util.get_obj_by_name('training.networks.Nothing')
+    assert [dnnlib.util.format_time(s) for s in (5, 187, 7509, 101_520)] == ['5s', '3m 07s', '2h 05m 09s', '1d 04h 12m']
 
 #----------------------------------------------------------------------------
 # Live copies and loads leave the random stream alone and keep the device.

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 import train
 from tools import train_setup
 from training.augment import AUGMENTATIONS
+import dnnlib.util
 from dnnlib.util import UserError
 from torch_utils import edm_state, misc, persistence
 from training import resume
@@ -99,7 +100,7 @@ def make_edm_run(root: Path, marker: Path, lr: float = 2e-3) -> dict:
 
     torch.manual_seed(11)
     kwargs = tiny_network_kwargs()
-    net = misc.construct_class_by_name(**kwargs, img_resolution=8, img_channels=3, label_dim=0).train().requires_grad_(True)
+    net = dnnlib.util.construct_class_by_name(**kwargs, img_resolution=8, img_channels=3, label_dim=0).train().requires_grad_(True)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     for _ in range(2):  # Moments that differ from a fresh optimizer's, weights away from the initial ones.
         optimizer.zero_grad()
@@ -114,7 +115,7 @@ def make_edm_run(root: Path, marker: Path, lr: float = 2e-3) -> dict:
         torch.save(dict(net=with_edm_numpy_scalars(net), optimizer_state=optimizer.state_dict()),
                    run_dir / f'training-state-{KIMG:06d}.pt')
 
-    ema = misc.construct_class_by_name(**kwargs, img_resolution=8, img_channels=3, label_dim=0).eval().requires_grad_(False)
+    ema = dnnlib.util.construct_class_by_name(**kwargs, img_resolution=8, img_channels=3, label_dim=0).eval().requires_grad_(False)
     persistence.save_network_pickle(str(run_dir / f'network-snapshot-{KIMG:06d}.pkl'),
                                     dict(ema=ema, loss_fn=None, augment_pipe=None, dataset_kwargs={}))
     names = [name for name, _ in net.named_parameters()]
@@ -359,7 +360,7 @@ def test_transfer_between_label_dimensions(source_classes, target_classes, fixtu
     source_path = str(fixtures_dir / 'edm-ddpmpp-tiny-snapshot.pkl')
     source = persistence.load_network(source_path)
     if source_classes == 0:  # The fixture's network without its label embedding.
-        uncond = misc.construct_class_by_name(class_name='training.networks.EDMPrecond', img_resolution=16,
+        uncond = dnnlib.util.construct_class_by_name(class_name='training.networks.EDMPrecond', img_resolution=16,
                                               img_channels=3, label_dim=0, **arch)
         assert misc.copy_params_and_buffers(source, uncond) == []
         source_path = str(tmp_path / 'uncond.pkl')
@@ -381,7 +382,7 @@ def test_transfer_between_label_dimensions(source_classes, target_classes, fixtu
     ema = persistence.load_network(str(tmp_path / 'network-snapshot-000000.pkl')).state_dict()
     src = source.state_dict()
     torch.manual_seed(0)  # The loop's initial weights (seeded with --seed).
-    initial = misc.construct_class_by_name(**network_kwargs, img_resolution=16, img_channels=3,
+    initial = dnnlib.util.construct_class_by_name(**network_kwargs, img_resolution=16, img_channels=3,
                                            label_dim=target_classes).state_dict()
     kept = [k for k in ema if k not in src or src[k].shape != ema[k].shape]
     # The label embedding: its weight has another shape (or is missing), its bias fits when present.

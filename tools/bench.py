@@ -59,7 +59,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dnnlib.outputs import OutputFile, ToolOutputs, is_json_lines
-from dnnlib.util import UserError, cached_path_for_url, download, is_url
+from dnnlib.util import UserError, cached_path_for_url, construct_class_by_name, download, is_url
 from sfbd.backward import backward_sample
 from sfbd.denoise_set import denoise_images
 from sfbd.observations import DatasetWriter, ObservationSet, dataset_fname, encode_npy
@@ -270,7 +270,7 @@ def train_runner(config: str, path: str, device: torch.device, batch: int, data_
                           xflip=False, cache=True)
     data_loader_kwargs = dict(pin_memory=(device.type == 'cuda'), num_workers=1, prefetch_factor=2,
                               multiprocessing_context='spawn')
-    dataset_obj = misc.construct_class_by_name(**dataset_kwargs)
+    dataset_obj = construct_class_by_name(**dataset_kwargs)
     sampler = misc.InfiniteSampler(dataset=dataset_obj, seed=0)
     net = _network(config, device, use_fp16=(fast is None and device.type == 'cuda'),
                    augment_dim=AUGMENT_DIM if augment > 0 else 0).train().requires_grad_(True)

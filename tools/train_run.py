@@ -24,9 +24,8 @@ import torch
 
 import dnnlib
 from dnnlib.outputs import check_apart, check_distinct, check_output_dir, create_exclusive, path_relation
-from dnnlib.util import UserError, atomic_write, is_environment_error, report_user_errors
+from dnnlib.util import UserError, atomic_write, construct_class_by_name, is_environment_error, report_user_errors
 from torch_utils import distributed as dist
-from torch_utils import misc
 from training import resume, training_loop
 from training.augment import AUGMENT_DIM, AUGMENTATIONS
 from tools.train_options import parse_train_command
@@ -199,7 +198,7 @@ def training_config(opts: dnnlib.EasyDict, device: torch.device) -> tuple[dnnlib
     c.online_kwargs = online_options(opts)
 
     # Dataset.
-    dataset_obj = misc.construct_class_by_name(**c.dataset_kwargs)
+    dataset_obj = construct_class_by_name(**c.dataset_kwargs)
     parts = dataset_obj.parts if len(opts.data) > 1 else [dataset_obj]
     for path, part in zip(opts.data, parts):
         if part.sigma_text and not opts.allow_noisy:

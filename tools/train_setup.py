@@ -50,7 +50,7 @@ PRECONDITIONINGS = {'vp': ('VPPrecond', 'VPLoss'), 've': ('VEPrecond', 'VELoss')
 def check_network_options(network_kwargs: dict, resolution: int, channels: int, label_dim: int, options: str) -> None:
     try:
         with torch.random.fork_rng(devices=[]), torch.device('meta'), torch.no_grad():
-            net = misc.construct_class_by_name(**network_kwargs, img_resolution=resolution, img_channels=channels,
+            net = dnnlib.util.construct_class_by_name(**network_kwargs, img_resolution=resolution, img_channels=channels,
                                                label_dim=label_dim)
             augment_dim = network_kwargs.get('augment_dim', 0)
             net(torch.zeros([1, channels, resolution, resolution]), torch.ones([1]), torch.zeros([1, label_dim]),

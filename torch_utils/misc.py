@@ -4,7 +4,6 @@ and a module summary table."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import re
 import warnings
 from typing import Any, Iterator, Sequence
@@ -13,18 +12,6 @@ import numpy as np
 import torch
 
 from torch_utils import distributed as dist
-
-#----------------------------------------------------------------------------
-# Build an object from a dotted class name and keywords, the form in which
-# training_options.json records datasets, networks, losses and optimizers.
-
-def construct_class_by_name(class_name: str, *args: Any, **kwargs: Any) -> Any:
-    module_name, _, attr = class_name.rpartition('.')
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f'cannot find class "{class_name}"') from None
-    return cls(*args, **kwargs)
 
 #----------------------------------------------------------------------------
 # Endless stream of dataset indices, split between processes.

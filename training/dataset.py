@@ -29,8 +29,7 @@ import PIL.Image
 import torch
 
 import dnnlib
-from dnnlib.util import UserError
-from torch_utils import misc
+from dnnlib.util import UserError, construct_class_by_name
 
 try:
     import pyspng
@@ -609,7 +608,7 @@ class UnionDataset(Dataset):
         kwargs = dict(path=part) if isinstance(part, str) else dict(part)
         kwargs.setdefault('class_name', 'training.dataset.ImageFolderDataset')
         kwargs.setdefault('use_labels', use_labels)
-        return misc.construct_class_by_name(**kwargs)
+        return construct_class_by_name(**kwargs)
 
     # Index of the part holding raw item `raw_idx`, and the item's index within that part.
     def _locate(self, raw_idx: int) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from torch_utils import misc
+from dnnlib.util import construct_class_by_name
 
 #----------------------------------------------------------------------------
 # What a source needs at setup: its own options (plain data of the run's
@@ -24,7 +24,7 @@ from torch_utils import misc
 
 def make_extra_data(kwargs: dict, clean: Any, batch_size: int, batch_gpu: int, device: torch.device) -> ExtraData:
     """The source of `kwargs` (class_name and options) for a run on the dataset `clean`."""
-    extra = misc.construct_class_by_name(**kwargs, clean=clean, batch_size=batch_size, batch_gpu=batch_gpu, device=device)
+    extra = construct_class_by_name(**kwargs, clean=clean, batch_size=batch_size, batch_gpu=batch_gpu, device=device)
     if not isinstance(extra, ExtraData):
         raise TypeError(f'{kwargs.get("class_name")}: not extra data of the training loop (training.extra_data.ExtraData)')
     return extra

@@ -27,7 +27,7 @@ import numpy as np
 import psutil
 import torch
 
-from dnnlib.util import UserError, atomic_write, is_url
+from dnnlib.util import UserError, atomic_write, construct_class_by_name, format_time, is_url
 from torch_utils import distributed as dist
 from torch_utils import edm_state, misc, persistence, training_stats
 from torch_utils import fast as fast_lib
@@ -289,16 +289,6 @@ def _total(stats: training_stats.Collector, name: str) -> int:
     # Sum of a 0/1 statistic over the last tick (a count).
     return int(round(stats.num(name) * stats.mean(name))) if stats.num(name) else 0
 
-def _format_time(seconds: float) -> str:
-    s = int(round(seconds))
-    if s < 60:
-        return f'{s}s'
-    if s < 3600:
-        return f'{s // 60}m {s % 60:02d}s'
-    if s < 86400:
-        return f'{s // 3600}h {s // 60 % 60:02d}m {s % 60:02d}s'
-    return f'{s // 86400}d {s // 3600 % 24:02d}h {s // 60 % 60:02d}m'
-
 #----------------------------------------------------------------------------
 # One optimizer step, the body of the training loop (bench.py times this very
 # function): the gradients of one batch, accumulated over rounds of at most
@@ -451,7 +441,7 @@ def split_batch_size(batch_size: int, batch_gpu: int | None, world_size: int) ->
 def _setup_data(dataset_kwargs: dict, extra_kwargs: dict | None, seed: int, batch_size: int, batch_gpu: int,
                 device: torch.device) -> tuple[Any, ExtraData | None, misc.InfiniteSampler]:
     dist.print0('Loading dataset...')
-    dataset_obj = misc.construct_class_by_name(**dataset_kwargs)
+    dataset_obj = construct_class_by_name(**dataset_kwargs)
     extra = None
     if extra_kwargs is not None:
         extra = make_extra_data(extra_kwargs, clean=dataset_obj, batch_size=batch_size, batch_gpu=batch_gpu, device=device)
@@ -467,7 +457,7 @@ def _build_network(network_kwargs: dict, dataset_obj: Any, seed: int, device: to
                             label_dim=dataset_obj.label_dim)
     with torch.random.fork_rng(devices=[]):  # The same initial weights on every rank, bit for bit.
         torch.manual_seed(seed)
-        net = misc.construct_class_by_name(**network_kwargs, **interface_kwargs)
+        net = construct_class_by_name(**network_kwargs, **interface_kwargs)
     net.to(device).train().requires_grad_(True)
     if fast_settings is not None:
         net = fast_lib.to_memory_format(net, fast_settings)
@@ -579,7 +569,7 @@ def end_tick(stats: training_stats.Collector, extra: ExtraData | None, device: t
     fields = [
         f'tick {cur_tick:<5d}',
         f'kimg {cur_nimg / 1000:<9.3f}',
-        f'time {_format_time(tick_end_time - start_time):<12s}',
+        f'time {format_time(tick_end_time - start_time):<12s}',
         f'sec/tick {tick_sec:<7.1f}',
         f'sec/kimg {sec_per_kimg:<7.2f}',
         f'maintenance {maintenance_time:<6.1f}',
@@ -590,7 +580,7 @@ def end_tick(stats: training_stats.Collector, extra: ExtraData | None, device: t
         f'nonfinite-loss {_total(stats, "Loss/nonfinite"):<3d}',
         f'nonfinite-grad {_total(stats, "Loss/nonfinite_grad"):<3d}',
         *extra_fields,
-        f'eta {_format_time(eta)}',
+        f'eta {format_time(eta)}',
     ]
     return tick_stats, ' '.join(fields), tick_end_time
 
@@ -654,9 +644,9 @@ def training_loop(
 
     # Loss, augmentation and optimizer.
     dist.print0('Setting up optimizer...')
-    loss_fn = misc.construct_class_by_name(**loss_kwargs)
-    augment_pipe = misc.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
-    optimizer = misc.construct_class_by_name(params=net.parameters(), **optimizer_kwargs,
+    loss_fn = construct_class_by_name(**loss_kwargs)
+    augment_pipe = construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
+    optimizer = construct_class_by_name(params=net.parameters(), **optimizer_kwargs,
                                              **fast_lib.optimizer_flags(fast_settings))
 
     # Starting weights (--transfer; a training state to resume from supersedes
