@@ -65,7 +65,7 @@ def cli() -> None:
 @click.option('--source',     help='Input: directory, zip, cifar-10-python.tar.gz or train-images-idx3-ubyte.gz (or its directory)', metavar='PATH', type=str, required=True)
 @click.option('--dest',       help='Output: a new directory or .zip file', metavar='PATH', type=str, required=True)
 @click.option('--max-images', help='Convert at most this many images', metavar='INT', type=click.IntRange(min=1))
-@click.option('--transform',  help='Crop before resizing (needs --resolution)', type=click.Choice(['center-crop', 'center-crop-wide']))
+@click.option('--transform',  help='Crop before resizing (needs --resolution); the result is RGB, as in EDM', type=click.Choice(['center-crop', 'center-crop-wide']))
 @click.option('--resolution', help='Output size, e.g. 64x64', metavar='WxH', type=ResolutionType())
 @report_user_errors
 def convert(source: str, dest: str, max_images: int | None, transform: str | None, resolution: tuple[int, int] | None) -> None:

@@ -167,6 +167,20 @@ def test_convert_center_crop_wide_skips_small_images(tmp_path):
     assert len(ds) == 1 and ds.image_shape == [3, 32, 32]
     assert ds[0][0][:, 0].max() == 0 and ds[0][0][:, 16].min() > 150 # Black bars above and below.
 
+# As in EDM, both crops write RGB, also for grayscale sources (three equal channels); without a
+# transform, grayscale stays one channel.
+@pytest.mark.parametrize('transform, size', [('center-crop', '16x16'), ('center-crop-wide', '16x8')])
+def test_crops_of_grayscale_images_are_rgb(tmp_path, transform, size):
+    gray = np.random.default_rng(0).integers(0, 256, size=[20, 24], dtype=np.uint8)
+    PIL.Image.fromarray(gray).save(tmp_path / 'src.png')
+    (tmp_path / 'src').mkdir()
+    os.replace(tmp_path / 'src.png', tmp_path / 'src' / 'a.png')
+    result = run('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out"}', f'--transform={transform}',
+                 f'--resolution={size}')
+    assert result.exit_code == 0, result.output
+    out = np.asarray(PIL.Image.open(tmp_path / 'out' / '00000' / 'img00000000.png'))
+    assert out.shape == (16, 16, 3) and np.array_equal(out[..., 0], out[..., 2]) and out.max() > 0
+
 #----------------------------------------------------------------------------
 # convert: errors name the culprit, exit with status 1 and leave nothing behind.
 

@@ -201,11 +201,15 @@ def make_transform(transform: str | None, width: int | None, height: int | None)
     def scale(img: np.ndarray) -> np.ndarray:
         return img if width is None else _resize(img, width, height)
 
+    # The crops give RGB, grayscale images included, as EDM's do.
+    def rgb(img: np.ndarray) -> np.ndarray:
+        return img.repeat(3, axis=2) if img.shape[2] == 1 else img
+
     def center_crop(img: np.ndarray) -> np.ndarray:
         h, w = img.shape[:2]
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        return _resize(img[top : top + side, left : left + side], width, height)
+        return _resize(rgb(img[top : top + side, left : left + side]), width, height)
 
     def center_crop_wide(img: np.ndarray) -> np.ndarray | None:
         h, w = img.shape[:2]
@@ -213,7 +217,7 @@ def make_transform(transform: str | None, width: int | None, height: int | None)
         if w < width or crop_h < height:
             return None
         top = (h - crop_h) // 2
-        img = _resize(img[top : top + crop_h], width, height)
+        img = _resize(rgb(img[top : top + crop_h]), width, height)
         canvas = np.zeros([width, width, img.shape[2]], dtype=np.uint8)
         canvas[(width - height) // 2 : (width - height) // 2 + height] = img
         return canvas
