@@ -223,6 +223,23 @@ def test_calc_images_matches_direct(files, tmp_path, monkeypatch):
     assert record['detector_sha256'] == file_sha256(files['detector'])
     assert {'time', 'seconds', 'detector'} <= set(record)
 
+# EDM's entry point keeps its arguments and their order (prefetch_factor before device); the device
+# defaults to CUDA where there is one.
+def test_calculate_inception_stats_keeps_edms_signature(files, monkeypatch):
+    import inspect
+    from torch_utils.detector import load_detector
+    names = list(inspect.signature(fid.calculate_inception_stats).parameters)
+    assert names[:7] == ['image_path', 'num_expected', 'seed', 'max_batch_size', 'num_workers', 'prefetch_factor', 'device']
+    detector = load_detector(files['detector'], verbose=False)
+    mu, sigma = fid.calculate_inception_stats(files['a'], None, 0, 16, 0, 2, 'cpu', detector=detector)
+    expected_mu, expected_sigma = stats_of(standin_features(files['a_images']))
+    np.testing.assert_allclose(mu, expected_mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sigma, expected_sigma, rtol=1e-4, atol=1e-6)
+    devices = []
+    monkeypatch.setattr(fid_stats, 'dataset_stats', lambda *args, device, **kwargs: devices.append(device))
+    fid.calculate_inception_stats(files['a'], num_workers=0, detector=detector)
+    assert devices == [torch.device('cuda' if torch.cuda.is_available() else 'cpu')]
+
 def test_identical_images_give_zero(files):
     result = run('calc', f'--images={files["a"]}', f'--ref={files["ref_a"]}', '--num=40', *common(files))
     assert abs(last_float(result)) < 1e-6
