@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import warnings
 import zipfile
 
 import numpy as np
@@ -375,3 +376,86 @@ def test_error_wrong_resolution(tmp_path):
         ImageFolderDataset(str(tmp_path / 'ds'), resolution=32)
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# What a dataset is made of: hidden files and folders (macOS's `._a.png` and
+# `__MACOSX/`, `.ipynb_checkpoints/`) are not part of it; links to folders are
+# followed, each folder once; zip members stay inside the archive and are unique.
+
+def test_hidden_files_and_macos_leftovers_are_not_images(tmp_path):
+    images = random_images(2)
+    write_png_dataset(tmp_path / 'd', images, names=['cat/a.png', 'dog/b.png'])
+    (tmp_path / 'd' / 'cat' / '._a.png').write_bytes(b'\x00\x05\x16\x07 AppleDouble')
+    (tmp_path / 'd' / '__MACOSX' / 'cat').mkdir(parents=True)
+    (tmp_path / 'd' / '__MACOSX' / 'cat' / '._a.png').write_bytes(b'\x00\x05\x16\x07')
+    save_png(str(tmp_path / 'd' / '.ipynb_checkpoints' / 'a-checkpoint.png'), images[0])
+    for path in (tmp_path / 'd', zip_dir(tmp_path / 'd', tmp_path / 'd.zip')):
+        ds = ImageFolderDataset(str(path))
+        assert ds._image_fnames == ['cat/a.png', 'dog/b.png']
+        assert np.array_equal(ds[1][0], images[1].transpose(2, 0, 1))
+
+def test_links_to_folders_are_followed_once(tmp_path):
+    images = random_images(3)
+    write_png_dataset(tmp_path / 'elsewhere', images[:2], names=['cat/x.png', 'cat/y.png'])
+    write_png_dataset(tmp_path / 'd', images[2:], names=['dog/z.png'])
+    os.symlink(tmp_path / 'elsewhere' / 'cat', tmp_path / 'd' / 'cat')
+    os.symlink(tmp_path / 'd', tmp_path / 'd' / 'dog' / 'loop')  # A loop back to the top.
+    ds = ImageFolderDataset(str(tmp_path / 'd'))
+    assert ds._image_fnames == ['cat/x.png', 'cat/y.png', 'dog/z.png']
+
+@pytest.mark.parametrize('member, message', [
+    ('../../escaped.png', 'points outside the archive'), ('/etc/a.png', 'points outside the archive'),
+    ('C:/a.png', 'points outside the archive'), ('cat\\a.png', 'points outside the archive'),
+    ('00000/a.png', 'is in the zip more than once')])
+def test_zip_members_must_stay_inside_and_be_unique(tmp_path, member, message):
+    save_png(str(tmp_path / 'a.png'), np.zeros([8, 8, 3], np.uint8))
+    with zipfile.ZipFile(tmp_path / 'd.zip', 'w') as zf, warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # zipfile warns of the duplicate name.
+        zf.write(tmp_path / 'a.png', '00000/a.png')
+        info = zipfile.ZipInfo('a.png')
+        info.filename = member  # ZipInfo() itself would strip a leading slash; other tools do not.
+        zf.writestr(info, (tmp_path / 'a.png').read_bytes())
+    with pytest.raises(UserError, match=f'd.zip: the member .* {message}'):
+        ImageFolderDataset(str(tmp_path / 'd.zip'))
+
+#----------------------------------------------------------------------------
+# Pixel formats: one rule for every decoder. Alpha channels and 16-bit PNGs are
+# refused, naming the file; JSON numbers beyond float's range are one line.
+
+@pytest.mark.parametrize('mode, message', [('RGBA', 'the image has an alpha channel'), ('LA', 'the image has an alpha channel'),
+                                           ('RGB16', 'a 16-bit PNG'), ('I;16', 'a 16-bit PNG')])
+def test_alpha_and_16_bit_images_are_refused(tmp_path, mode, message):
+    path = tmp_path / 'd' / 'a.png'
+    path.parent.mkdir()
+    if mode == 'RGB16':  # PIL writes no 16-bit RGB PNG: a minimal one by hand.
+        import struct
+        import zlib
+        def chunk(kind, data):
+            return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+        raw = b''.join(b'\x00' + bytes(8 * 6) for _ in range(8))
+        path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 8, 8, 16, 2, 0, 0, 0))
+                         + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+    elif mode == 'I;16':
+        PIL.Image.fromarray(np.zeros([8, 8], np.uint16)).save(path)
+    else:
+        PIL.Image.new(mode, (8, 8)).save(path)
+    with pytest.raises(UserError, match=f'a.png: {message}.*8-bit grayscale or RGB'):
+        ImageFolderDataset(str(tmp_path / 'd'))[0]
+
+def test_a_file_that_is_no_image_is_named_plainly(tmp_path):
+    (tmp_path / 'd').mkdir()
+    (tmp_path / 'd' / 'a.png').write_bytes(b'not an image at all')
+    with pytest.raises(UserError) as e:
+        ImageFolderDataset(str(tmp_path / 'd'))
+    assert str(e.value).endswith("a.png: not a readable image (not an image format that PIL can read)")
+
+@pytest.mark.parametrize('meta, message', [
+    ('{"sigma": 1%s}' % ('0' * 400), '"sigma" must be a finite'),
+    ('{"labels": [["a.png", 1%s]]}' % ('0' * 400), 'class labels must be non-negative integers'),
+    ('{"labels": [["a.png", [1e308]]]}', "beyond float32's range"),
+    ('{"labels": [["a.png", [-1%s]]]}' % ('0' * 400), "beyond float32's range")])
+def test_numbers_beyond_float_range_in_dataset_json(tmp_path, meta, message):
+    write_png_dataset(tmp_path / 'd', random_images(1), names=['a.png'])
+    (tmp_path / 'd' / 'dataset.json').write_text(meta)
+    with pytest.raises(UserError, match=message):
+        ImageFolderDataset(str(tmp_path / 'd'), use_labels=True).get_label(0)

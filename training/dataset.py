@@ -58,8 +58,44 @@ def is_dataset_file(fname: str) -> bool:
 
 #----------------------------------------------------------------------------
 # Read access to the files of a directory or a zip. Names are relative paths
-# with forward slashes, sorted. The zip handle is opened on first use and left
-# out of pickles, so that every data-loader worker opens its own.
+# with forward slashes, sorted. Hidden files and folders (a name starting with a
+# dot: `.DS_Store`, macOS's `._a.png`, `.ipynb_checkpoints/`, this repository's
+# temporaries) and `__MACOSX/` are not part of a dataset. Links to folders are
+# followed, each folder once. A zip member's name must stay inside the dataset
+# (no absolute path, no `..`) and be unique, since every name leads to a file
+# read or written. The zip handle is opened on first use and left out of
+# pickles, so that every data-loader worker opens its own.
+
+def is_hidden(name: str) -> bool:
+    """Is a relative path hidden: one of its parts starts with a dot, or is __MACOSX?"""
+    return any(part.startswith('.') or part == '__MACOSX' for part in name.split('/') if part not in ('', '.'))
+
+def _walk_files(path: str) -> list[str]:
+    names = []
+    seen = {os.path.realpath(path)}
+    for root, dirs, files in os.walk(path, followlinks=True):
+        kept = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if not is_hidden(d) and real not in seen:
+                seen.add(real)
+                kept.append(d)
+        dirs[:] = kept
+        names += [os.path.relpath(os.path.join(root, fname), path).replace(os.sep, '/')
+                  for fname in files if not is_hidden(fname)]
+    return names
+
+def _check_member_names(path: str, names: list[str]) -> None:
+    for name in names:
+        parts = name.split('/')
+        if name.startswith('/') or '\\' in name or '..' in parts or (len(parts[0]) == 2 and parts[0][1] == ':'):
+            raise UserError(f'{path}: the member {name!r} points outside the archive (an absolute path, a drive, a '
+                            f'backslash or ".."); a dataset zip holds relative paths only')
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise UserError(f'{path}: the member {name!r} is in the zip more than once')
+        seen.add(name)
 
 class DatasetFiles:
     def __init__(self, path: str):
@@ -68,11 +104,12 @@ class DatasetFiles:
         self._zip_pid = os.getpid()
         if os.path.isdir(path):
             self.kind = 'dir'
-            names = [os.path.relpath(os.path.join(root, fname), path).replace(os.sep, '/')
-                for root, _dirs, files in os.walk(path) for fname in files]
+            names = _walk_files(path)
         elif os.path.isfile(path) and file_ext(path) == '.zip':
             self.kind = 'zip'
             names = [name for name in self._get_zipfile().namelist() if not name.endswith('/')]
+            _check_member_names(path, names)
+            names = [name for name in names if not is_hidden(name)]
         elif os.path.exists(path):
             raise UserError(f'{path}: a dataset must be a directory or a .zip file')
         else:
@@ -129,20 +166,36 @@ class DatasetFiles:
 
 #----------------------------------------------------------------------------
 # Decoding single files. Every failure is a UserError that names the file.
-# Images come back as [H, W, C] uint8; palette, bilevel and CMYK images are
-# converted to RGB or L, other pixel formats (16-bit, float) are refused.
+# Images come back as [H, W, C] uint8, grayscale or RGB, as EDM's dataset tool
+# requires; palette, bilevel, CMYK and YCbCr images are converted to RGB or L.
+# Other pixel formats are refused, whichever decoder would read them: an alpha
+# channel (LA, RGBA: no tool can write or score such a network's images),
+# 16-bit PNGs (PIL would cut RGB ones to 8 bits and refuse grayscale ones) and
+# float images. pyspng, where installed, decodes what has a PNG signature.
 
-_MODE_CHANNELS = {'L': 1, 'LA': 2, 'RGB': 3, 'RGBA': 4}
+_MODE_CHANNELS = {'L': 1, 'RGB': 3}
 _MODE_CONVERSIONS = {'1': 'L', 'P': 'RGB', 'CMYK': 'RGB', 'YCbCr': 'RGB'}
+FORMAT_HINT = 'datasets hold 8-bit grayscale or RGB images'
 
 def _target_mode(mode: str, where: str) -> str:
     target = _MODE_CONVERSIONS.get(mode, mode)
+    if target in ('LA', 'RGBA', 'PA'):
+        raise UserError(f'{where}: the image has an alpha channel (mode {mode!r}); {FORMAT_HINT}')
     if target not in _MODE_CHANNELS:
-        raise UserError(f'{where}: unsupported pixel format {mode!r} (expected 8-bit grayscale or RGB)')
+        raise UserError(f'{where}: unsupported pixel format {mode!r}; {FORMAT_HINT}')
     return target
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-_PNG_COLOR_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4} # PNG color type => channels after decoding (palette => RGB).
+_PNG_COLOR_CHANNELS = {0: 1, 2: 3, 3: 3} # PNG color type => channels after decoding (palette => RGB).
+
+def _check_png_depth(head: bytes, where: str) -> None:
+    if len(head) >= 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b'IHDR' and head[24] == 16:
+        raise UserError(f'{where}: a 16-bit PNG; {FORMAT_HINT}')
+
+def _pil_message(e: Exception) -> str:
+    if isinstance(e, PIL.UnidentifiedImageError):
+        return 'not an image format that PIL can read'
+    return str(e)
 
 def probe_image(f: IO[bytes], where: str) -> tuple[int, int, int]:
     """Read only the header of an image file: (channels, height, width)."""
@@ -151,6 +204,7 @@ def probe_image(f: IO[bytes], where: str) -> tuple[int, int, int]:
         head = f.read(26)  # Of a small zip member, this reads it all and checks its CRC.
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f'{where}: not a readable image ({e})') from None
+    _check_png_depth(head, where)
     if len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b'IHDR' and head[24] == 8 and head[25] in _PNG_COLOR_CHANNELS:
         return _PNG_COLOR_CHANNELS[head[25]], int.from_bytes(head[20:24], 'big'), int.from_bytes(head[16:20], 'big')
     f.seek(0)
@@ -158,24 +212,28 @@ def probe_image(f: IO[bytes], where: str) -> tuple[int, int, int]:
         with PIL.Image.open(f) as img:
             mode, (width, height) = img.mode, img.size
     except Exception as e: # PIL raises many kinds of errors for broken files.
-        raise UserError(f'{where}: not a readable image ({e})') from None
+        raise UserError(f'{where}: not a readable image ({_pil_message(e)})') from None
     return _MODE_CHANNELS[_target_mode(mode, where)], height, width
 
 def read_image(f: IO[bytes], where: str, use_pyspng: bool = False) -> np.ndarray:
     """Decode an image file to a [H, W, C] uint8 array."""
     try:
-        if use_pyspng and pyspng is not None and file_ext(where) == '.png':
-            image = pyspng.load(f.read())
+        data = f.read()
+        _check_png_depth(data[:26], where)
+        if use_pyspng and pyspng is not None and data[:8] == _PNG_SIGNATURE:
+            image = pyspng.load(data)
+            if image.ndim == 3 and image.shape[2] in (2, 4):
+                raise UserError(f'{where}: the image has an alpha channel; {FORMAT_HINT}')
         else:
-            with PIL.Image.open(f) as img:
+            with PIL.Image.open(io.BytesIO(data)) as img:
                 target = _target_mode(img.mode, where)
                 image = np.array(img if img.mode == target else img.convert(target))
     except UserError:
         raise
     except Exception as e: # Truncated or corrupt data.
-        raise UserError(f'{where}: cannot decode the image ({e})') from None
+        raise UserError(f'{where}: cannot decode the image ({_pil_message(e)})') from None
     if image.dtype != np.uint8:
-        raise UserError(f'{where}: unsupported pixel format {image.dtype} (expected 8-bit grayscale or RGB)')
+        raise UserError(f'{where}: unsupported pixel format {image.dtype}; {FORMAT_HINT}')
     return image.reshape(image.shape[0], image.shape[1], -1)
 
 def probe_npy(f: IO[bytes], where: str) -> tuple[int, int, int]:
@@ -213,8 +271,19 @@ def read_npy(f: IO[bytes], where: str) -> np.ndarray:
 # pairs, or null) and optional "sigma" (the noise level of the observations:
 # a number, a {file name: number} mapping, or null).
 
+# A JSON number as a finite float, else None (JSON integers may exceed any float).
+def _finite(value: Any) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
 def _is_level(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+    level = _finite(value)
+    return level is not None and level >= 0
 
 def load_metadata(files: DatasetFiles) -> dict:
     """The checked contents of `dataset.json`, or {} when the dataset has none."""
@@ -271,7 +340,7 @@ def parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray
     def is_number(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
     if all(is_number(x) for x in labels):
-        if not all(math.isfinite(x) and float(x).is_integer() and x >= 0 for x in labels):
+        if not all(_finite(x) is not None and float(x).is_integer() and x >= 0 for x in labels):
             raise UserError(f'{where}: class labels must be non-negative integers')
         if max(labels) >= MAX_CLASSES:
             raise UserError(f'{where}: class label {int(max(labels))} is out of range; labels are class indices below {MAX_CLASSES}')
@@ -281,8 +350,9 @@ def parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray
             raise UserError(f'{where}: label vectors differ in length')
         if not labels[0]:  # Width 0 would condition on nothing: --cond would train an unconditional network.
             raise UserError(f'{where}: label vectors are empty')
-        if not all(math.isfinite(v) for x in labels for v in x):
-            raise UserError(f'{where}: label vectors hold NaN or infinite values')
+        largest = float(np.finfo(np.float32).max)
+        if not all(_finite(v) is not None and abs(float(v)) <= largest for x in labels for v in x):
+            raise UserError(f'{where}: label vectors hold NaN, infinite or values beyond float32\'s range')
         return np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
     raise UserError(f'{where}: each label must be an integer class or a list of numbers, all of one kind')
 
