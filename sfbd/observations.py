@@ -253,10 +253,23 @@ def split_record(source: str, seed: int, part: str, names: list[list[str]]) -> d
 # records a positive sigma, for all or per image. Arrays are checked as they
 # are read (float, [C,H,W] like the first, finite) by training.dataset.
 
+# Each observation's denoised image is written under its name with `.png`; two
+# names that would give one output (`a.npy` and `a.NPY`, or names that differ
+# only in case, one file on macOS and Windows) are refused before any work.
+def check_output_names(path: str, option: str, fnames: Sequence[str]) -> None:
+    seen: dict[str, str] = {}
+    for fname in fnames:
+        key = with_ext(fname, '.png').casefold()
+        if key in seen:
+            raise UserError(f'{option}={path}: {seen[key]} and {fname} would both be denoised to '
+                            f'{with_ext(fname, ".png")}; rename one of them')
+        seen[key] = fname
+
 class ObservationSet:
     def __init__(self, path: str, option: str = '--data', cache: bool = False):
         self.path = path
         self.fnames, metadata = read_listing(path)
+        check_output_names(path, option, self.fnames)
         self.dataset = ImageFolderDataset(path, use_labels=(metadata.get('labels') is not None), cache=cache)
         if len(self.fnames) != len(self.dataset):
             raise RuntimeError(f'{path}: listed {len(self.fnames)} files, the dataset holds {len(self.dataset)}')

@@ -197,7 +197,11 @@ def test_convert_errors(tmp_path):
     assert_fails(run('convert', f'--source={tmp_path / "corrupt"}', f'--dest={tmp_path / "o4"}'), 'b.png')
     os.makedirs(tmp_path / 'empty')
     assert_fails(run('convert', f'--source={tmp_path / "empty"}', f'--dest={tmp_path / "o5"}'), 'empty', 'no image files')
-    for name in ['o1', 'o2.zip', 'o3', 'o4', 'o5']:
+    save_image(str(tmp_path / 'gray-rgb' / 'a.png'), np.zeros([8, 8, 3], np.uint8))
+    save_image(str(tmp_path / 'gray-rgb' / 'b.png'), np.zeros([8, 8], np.uint8))
+    assert_fails(run('convert', f'--source={tmp_path / "gray-rgb"}', f'--dest={tmp_path / "o6"}'),
+                 'b.png: is grayscale, but ', 'a.png is RGB', '--transform=center-crop makes every image RGB')
+    for name in ['o1', 'o2.zip', 'o3', 'o4', 'o5', 'o6']:
         assert not (tmp_path / name).exists()
     assert leftovers(tmp_path) == []
 

@@ -228,6 +228,19 @@ def _bad_set(root, kind):
         make_observation_set(path, good)
     elif kind == 'pngs':
         make_image_dataset(path, 4)
+    elif kind == 'case':  # a.npy and a.NPY would both be denoised to a.png.
+        make_observation_set(path, good[:2])
+        os.rename(os.path.join(path, '00000', 'img00000001.npy'), os.path.join(path, '00000', 'img00000000.NPY'))
+        with open(os.path.join(path, 'dataset.json'), 'w') as f:
+            json.dump(dict(sigma=0.5, labels=None), f)
+    elif kind == 'escape':  # A zip member that would be written two folders above --outdir.
+        import zipfile
+        make_observation_set(path, good[:1])
+        with zipfile.ZipFile(path + '.zip', 'w') as zf:
+            zf.write(os.path.join(path, '00000', 'img00000000.npy'), '00000/img00000000.npy')
+            zf.write(os.path.join(path, '00000', 'img00000000.npy'), '../../escaped.npy')
+            zf.writestr('dataset.json', json.dumps(dict(sigma=0.5, labels=None)))
+        path += '.zip'
     return path
 
 @pytest.mark.parametrize('kind, extra, message', [
@@ -237,6 +250,8 @@ def _bad_set(root, kind):
     ('ragged', [], 'img00000001.npy'),
     ('nan', [], 'NaN'),
     ('pngs', [], 'not observations'),
+    ('case', [], 'img00000000.npy would both be denoised to 00000/img00000000.png'),
+    ('escape', [], "the member '../../escaped.npy' points outside the archive"),
     ('good', ['--net16'], 'expects 3x16x16'),
     ('good', ['--net1ch'], 'expects 1x8x8'),
     ('good', ['--cond'], 'has no labels'),
@@ -264,6 +279,7 @@ def test_bad_input_is_one_clear_error(inputs, tmp_path, kind, extra, message):
     assert result.exit_code in (1, 2), result.output
     assert message in result.output and 'Traceback' not in result.output
     assert not read_png_dataset(str(tmp_path / 'out')) if os.path.isdir(tmp_path / 'out') else True
+    assert not any(name.endswith('.png') for name in os.listdir(tmp_path.parent))  # Nothing escaped.
 
 def test_a_forced_sigma_is_used(inputs, tmp_path):
     run_ok('--network', inputs['net'], '--data', inputs['obs'], '--outdir', tmp_path / 'f', '--sigma=0.4', '--force-sigma')

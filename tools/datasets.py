@@ -249,9 +249,13 @@ def convert_dataset(source: str, dest: str, max_images: int | None = None, trans
                 if w & (w - 1) != 0:
                     raise UserError(f'{item["name"]}: becomes {w}x{h}; the size must be a power of two (see --resolution)')
                 first = (item['name'], h, w, c)
-            elif (h, w, c) != first[1:]:
-                raise UserError(f'{item["name"]}: becomes {w}x{h} with {c} channels, but {first[0]} became '
-                    f'{first[2]}x{first[1]} with {first[3]}; all images must be alike (see --resolution)')
+            elif (h, w) != first[1:3]:
+                raise UserError(f'{item["name"]}: becomes {w}x{h}, but {first[0]} became {first[2]}x{first[1]}; all '
+                                'images must be alike (see --resolution)')
+            elif c != first[3]:
+                kinds = {1: 'grayscale', 3: 'RGB'}
+                raise UserError(f'{item["name"]}: is {kinds[c]}, but {first[0]} is {kinds[first[3]]}; all images must be '
+                                'alike (--transform=center-crop makes every image RGB)')
             fname = dataset_fname(len(labels), '.png')
             writer.add(fname, encode_png(img.transpose(2, 0, 1)))
             labels.append([fname, item['label']])
