@@ -45,7 +45,12 @@ def user_message(e: UserError) -> str:
     lines = [line for line in str(e).splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith('Caught '):
         return lines[-1].split(': ', 1)[-1]
-    return str(e)
+    return one_line(str(e))
+
+# A message as one line: control characters (a newline in a file name, say)
+# are shown escaped, as Python writes them in a string.
+def one_line(text: str) -> str:
+    return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 #----------------------------------------------------------------------------
 # Download cache, laid out as EDM's: `$DNNLIB_CACHE_DIR`, else `~/.cache/dnnlib`,
@@ -232,7 +237,7 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if not is_environment_error(e):
                 raise
             where = f'{e.filename}: ' if e.filename is not None else ''
-            raise click.ClickException(f'{where}{e.strerror}') from None
+            raise click.ClickException(one_line(f'{where}{e.strerror}')) from None
         except Terminated:
             click.echo('Stopped by SIGTERM; nothing half-written is left.', err=True)
             raise SystemExit(143) from None

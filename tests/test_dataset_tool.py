@@ -355,3 +355,14 @@ def test_command_line_process(tmp_path):
     assert proc.returncode != 0 and proc.stderr.startswith('Error: ') and 'nothing' in proc.stderr
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# A file name with a newline (or bytes that are not UTF-8) stays on the error's one line, escaped.
+
+def test_a_file_name_with_a_newline_is_one_line(tmp_path):
+    save_image(str(tmp_path / 'src' / 'a.png'), np.zeros([8, 8, 3], np.uint8))
+    (tmp_path / 'src' / 'b\nc.png').write_bytes(b'garbage')
+    result = run('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out"}')
+    assert_fails(result, 'b\\nc.png: cannot decode the image (not an image format that PIL can read)')
+    assert result.stderr.endswith('(not an image format that PIL can read)\n')
+    assert not (tmp_path / 'out').exists()
