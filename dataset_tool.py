@@ -83,6 +83,12 @@ def convert(source: str, dest: str, max_images: int | None, transform: str | Non
     \b
     --dest path/                        a new directory
     --dest dataset.zip                  a new uncompressed zip (better on network file systems)
+
+    \b
+    Images must be 8-bit grayscale or RGB (palette, bilevel and CMYK images are
+    converted; alpha channels and 16-bit PNGs are refused). Hidden files and
+    folders and __MACOSX/ are skipped. As in EDM, the pixels are taken as stored:
+    an EXIF orientation tag is not applied, so rotate such photos first.
     """
     count = convert_dataset(source, dest, max_images=max_images, transform=transform, resolution=resolution)
     print(f'Wrote {count} images to {dest}')
