@@ -1,5 +1,6 @@
 """Tests for training/dataset.py: layouts, labels, float .npy data, unions, subsets, flips and errors."""
 
+import io
 import json
 import os
 import pickle
@@ -459,3 +460,25 @@ def test_numbers_beyond_float_range_in_dataset_json(tmp_path, meta, message):
     (tmp_path / 'd' / 'dataset.json').write_text(meta)
     with pytest.raises(UserError, match=message):
         ImageFolderDataset(str(tmp_path / 'd'), use_labels=True).get_label(0)
+
+# With pyspng installed (EDM's environment), it decodes only what has a PNG signature: a JPEG
+# named .png is read by PIL, as it is without pyspng, and pyspng's RGBA is refused like PIL's.
+def test_pyspng_decodes_only_pngs(tmp_path, monkeypatch):
+    import training.dataset as dataset_module
+    calls = []
+    class FakePyspng:
+        @staticmethod
+        def load(data):
+            calls.append(data[:8])
+            return np.asarray(PIL.Image.open(io.BytesIO(data)))
+    monkeypatch.setattr(dataset_module, 'pyspng', FakePyspng)
+    image = random_images(1)[0]
+    (tmp_path / 'd').mkdir()
+    PIL.Image.fromarray(image).save(tmp_path / 'd' / 'a.png', format='jpeg', quality=100)
+    save_png(str(tmp_path / 'd' / 'b.png'), image)
+    ds = ImageFolderDataset(str(tmp_path / 'd'), use_pyspng=True)
+    assert ds[0][0].shape == (3, 8, 8) and np.array_equal(ds[1][0], image.transpose(2, 0, 1))
+    assert calls == [b'\x89PNG\r\n\x1a\n']
+    PIL.Image.new('RGBA', (8, 8)).save(tmp_path / 'd' / 'c.png')
+    with open(tmp_path / 'd' / 'c.png', 'rb') as f, pytest.raises(UserError, match='c.png: the image has an alpha channel'):
+        dataset_module.read_image(f, str(tmp_path / 'd' / 'c.png'), use_pyspng=True)
