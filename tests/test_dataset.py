@@ -345,6 +345,10 @@ def test_error_labels(tmp_path):
     write_png_dataset(tmp_path / 'no-width', random_images(2), labels=[[], []])
     with pytest.raises(UserError, match='dataset.json: label vectors are empty'):
         ImageFolderDataset(str(tmp_path / 'no-width'), use_labels=True)
+    names = write_png_dataset(tmp_path / 'twice', random_images(2), labels=[0, 1])
+    (tmp_path / 'twice' / 'dataset.json').write_text(json.dumps(dict(labels=[[names[0], 0], [names[1], 1], [names[0], 5]])))
+    with pytest.raises(UserError, match=f'dataset.json: "labels" names {names[0]} more than once'):
+        ImageFolderDataset(str(tmp_path / 'twice'), use_labels=True)
     write_png_dataset(tmp_path / 'bad', random_images(1))
     (tmp_path / 'bad' / 'dataset.json').write_text('{not json')
     with pytest.raises(UserError, match='dataset.json'):

@@ -323,7 +323,12 @@ def sigmas_in_order(mapping: dict, fnames: Sequence[str], where: str) -> np.ndar
 
 def labels_in_order(entries: list, fnames: Sequence[str], where: str) -> list:
     """The labels of `entries` ([file name, label] pairs from `where`) in the order of `fnames`; each file must have one."""
-    by_name = {str(name).replace('\\', '/'): label for name, label in entries}
+    by_name: dict[str, Any] = {}
+    for name, label in entries:
+        key = str(name).replace('\\', '/')
+        if key in by_name:
+            raise UserError(f'{where}: "labels" names {key} more than once')
+        by_name[key] = label
     missing = [fname for fname in fnames if fname not in by_name]
     if missing:
         raise UserError(f'{where}: no label for {missing[0]} ({len(missing)} images have none)')
