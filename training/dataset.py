@@ -357,7 +357,7 @@ def parse_labels(entries: list, fnames: Sequence[str], where: str) -> np.ndarray
             raise UserError(f'{where}: label vectors are empty')
         largest = float(np.finfo(np.float32).max)
         if not all(_finite(v) is not None and abs(float(v)) <= largest for x in labels for v in x):
-            raise UserError(f'{where}: label vectors hold NaN, infinite or values beyond float32\'s range')
+            raise UserError(f'{where}: label vectors hold NaN or infinite values, or values beyond float32\'s range')
         return np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
     raise UserError(f'{where}: each label must be an integer class or a list of numbers, all of one kind')
 
