@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 from typing import Any
 
 import click
@@ -31,16 +32,26 @@ from training.dataset import NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext
 
 #----------------------------------------------------------------------------
 # Random choices of a split. The clean images are the first M of a seeded
-# permutation; the noise of image i comes from its own stream keyed by
-# (seed, i), so it depends neither on M nor on the order of processing.
+# permutation. The noise of image i comes from its own stream keyed by
+# (noise key, i), so it depends neither on M nor on the order of processing.
+#
+# The noise key is the secret that protects the originals: whoever knows it
+# regenerates every draw and subtracts it (y - sigma*e = x, exactly). It is
+# therefore fresh randomness from the operating system (128 bits) that is
+# written nowhere, unless an experiment asks for reproducible noise with
+# --noise-seed; such a set must not be published, since a seed, unlike 128
+# bits, is found by trying.
 
 def choose_clean(num_images: int, num_clean: int, seed: int) -> np.ndarray:
     """Sorted source indices of the images kept clean."""
     order = np.random.default_rng([seed, 0]).permutation(num_images)
     return np.sort(order[:num_clean])
 
-def noise_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 1, index])
+def secret_noise_key() -> int:
+    return secrets.randbits(128)
+
+def noise_rng(noise_key: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([noise_key, 1, index])
 
 # The noise level of image i for --sigma=LO:HI: uniform on [LO, HI), from a
 # stream of its own keyed by (seed, i), drawn without looking at the image.
@@ -83,10 +94,12 @@ MAX_SIGMA = 1e30  # Observations are stored as float32 (largest 3.4e38): their n
 
 def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | tuple[float, float], seed: int = 0,
                   clean_count: int | None = None, clean_fraction: float | None = None,
-                  verbose: bool = True) -> dict:
+                  noise_seed: int | None = None, verbose: bool = True) -> dict:
     """Split `source` into an image dataset `clean_dest` and an observation set `noisy_dest`, with
     noise level `sigma`, or per-image levels uniform on (LO, HI) when `sigma` is a pair.
-    Give exactly one of `clean_count` and `clean_fraction`. Returns {'clean': M, 'noisy': N - M}."""
+    Give exactly one of `clean_count` and `clean_fraction`. `seed` fixes the choice of clean images
+    (and the per-image levels); the noise is secret unless `noise_seed` fixes it (experiments only).
+    Returns {'clean': M, 'noisy': N - M}."""
     if (clean_count is None) == (clean_fraction is None):
         raise UserError('split: give exactly one of --clean-count and --clean-fraction')
     if isinstance(sigma, tuple):
@@ -105,6 +118,7 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
     if not 1 <= num_clean < num_images:
         raise UserError(f'split: {num_clean} clean images out of {num_images}; both parts must be non-empty')
 
+    noise_key = secret_noise_key() if noise_seed is None else noise_seed
     is_clean = np.zeros(num_images, dtype=bool)
     is_clean[choose_clean(num_images, num_clean, seed)] = True
     clean_labels: list = []  # [name, label] pairs of each part, in order.
@@ -124,16 +138,17 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
             else:
                 name = dataset_fname(len(noisy_labels), '.npy')
                 level = noise_level(sigma, seed, idx)
-                noisy.add(name, encode_npy(add_noise(image, level, noise_rng(seed, idx))))
+                noisy.add(name, encode_npy(add_noise(image, level, noise_rng(noise_key, idx))))
                 noisy_labels.append([name, label])
                 noisy_sources.append([name, fnames[idx]])
                 noisy_sigmas[name] = level
         source_path = os.path.abspath(source)
+        noise = 'secret' if noise_seed is None else 'seeded'
         commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels,
-                                              split=split_record(source_path, seed, 'clean', clean_sources)),
+                                              split=split_record(source_path, seed, 'clean', clean_sources, noise)),
                                          dict(sigma=noisy_sigmas if isinstance(sigma, tuple) else sigma,
                                               labels=None if labels is None else noisy_labels,
-                                              split=split_record(source_path, seed, 'noisy', noisy_sources))])
+                                              split=split_record(source_path, seed, 'noisy', noisy_sources, noise))])
     dataset.close()
     return dict(clean=len(clean_labels), noisy=len(noisy_labels))
 
@@ -211,26 +226,31 @@ def merge_datasets(sources: list[str], dest: str, verbose: bool = True) -> int:
 @click.option('--clean-fraction',  help='Share of the images kept clean', metavar='FLOAT',                  type=FiniteFloat(min=0, max=1, min_open=True, max_open=True))
 @click.option('--clean-count',     help='Number of images kept clean', metavar='INT',                       type=click.IntRange(min=1))
 @click.option('--sigma',           help='Noise level of the observations in [-1, 1] pixel units, or LO:HI for a level per image drawn uniformly', metavar='FLOAT|LO:HI', type=SigmaType(), required=True)
-@click.option('--seed',            help='Seed for the choice of clean images and the noise', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--seed',            help='Seed for the choice of clean images (and the levels of --sigma=LO:HI)', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--noise-seed',      help='Seed for the noise, for reproducible experiments only: whoever knows or guesses it removes the noise  [default: secret, from the OS]', metavar='INT', type=click.IntRange(min=0))
 @report_user_errors
 def split(source: str, clean: str, noisy: str, clean_fraction: float | None, clean_count: int | None,
-          sigma: float | tuple[float, float], seed: int) -> None:
+          sigma: float | tuple[float, float], seed: int, noise_seed: int | None) -> None:
     """Split a dataset into clean images and noisy observations (SFBD's setting).
 
     \b
     Every image goes to exactly one part: a chosen few stay clean (an EDM image
     dataset), the rest become observations y = x/127.5 - 1 + sigma*e stored as
-    float32 .npy arrays (docs/observations.md). The seed fixes both the choice
-    and the noise. Labels travel with their images. --sigma=LO:HI gives each
-    observation its own noise level, uniform on [LO, HI) and independent of
-    the image, recorded per file in dataset.json.
+    float32 .npy arrays (docs/observations.md). --seed fixes the choice; the
+    noise is drawn from 128 secret bits that are written nowhere, so the
+    observations can be published: nobody, this tool included, can take the
+    noise out again. --noise-seed makes the noise reproducible instead, for
+    experiments on data that is public anyway. Labels travel with their images.
+    --sigma=LO:HI gives each observation its own noise level, uniform on
+    [LO, HI) and independent of the image, recorded per file in dataset.json.
 
     \b
     Example:
     python dataset_tool.py split --source=cifar10-32x32.zip --clean=clean.zip \\
         --noisy=noisy.zip --clean-fraction=0.04 --sigma=0.59 --seed=0
     """
-    counts = split_dataset(source, clean, noisy, sigma, seed, clean_count=clean_count, clean_fraction=clean_fraction)
+    counts = split_dataset(source, clean, noisy, sigma, seed, clean_count=clean_count, clean_fraction=clean_fraction,
+                           noise_seed=noise_seed)
     print(f'{counts["clean"]} clean images in {clean}, {counts["noisy"]} observations ({describe_sigma(sigma)}) in {noisy}')
 
 @click.command()

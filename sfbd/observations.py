@@ -240,13 +240,15 @@ def raw_labels(path: str, fnames: list[str], metadata: dict) -> list[Any] | None
 
 #----------------------------------------------------------------------------
 # Provenance written by `dataset_tool.py split` under "split" in each part's
-# dataset.json: the source dataset, the seed, which part this is, and for every
-# file of the part the name of the source image it came from, as [name, source
-# name] pairs like EDM's labels. Names only: nothing of the source images is
-# in the part. Readers that do not know the key ignore it.
+# dataset.json: the source dataset, the seed of the choice of clean images,
+# which part this is, for every file of the part the name of the source image
+# it came from, as [name, source name] pairs like EDM's labels, and whether the
+# noise is secret or came from --noise-seed (the noise seed itself is never
+# written). Names only: nothing of the source images is in the part. Readers
+# that do not know the key ignore it.
 
-def split_record(source: str, seed: int, part: str, names: list[list[str]]) -> dict:
-    return dict(source=source, seed=seed, part=part, source_names=names)
+def split_record(source: str, seed: int, part: str, names: list[list[str]], noise: str) -> dict:
+    return dict(source=source, seed=seed, part=part, source_names=names, noise=noise)
 
 #----------------------------------------------------------------------------
 # Reading an observation set: a dataset of .npy arrays whose dataset.json

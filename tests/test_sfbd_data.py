@@ -79,14 +79,39 @@ def test_split_partitions_the_source_and_adds_noise_of_the_given_level(tmp_path,
     assert obs.source_names([0, 5]) == [dataset_fname(nearest[0], '.png'), dataset_fname(nearest[5], '.png')]
 
 def test_split_is_fixed_by_the_seed(tmp_path, source):
-    a_clean, a_noisy, _ = _split(tmp_path, seed=3, clean_count=30)
-    b_clean, b_noisy, _ = _split(tmp_path, seed=3, clean_count=30, zip_noisy=True)
-    c_clean, _c_noisy, _ = _split(tmp_path, seed=4, clean_count=30)
+    a_clean, a_noisy, _ = _split(tmp_path, seed=3, clean_count=30, noise_seed=11)
+    b_clean, b_noisy, _ = _split(tmp_path, seed=3, clean_count=30, zip_noisy=True, noise_seed=11)
+    c_clean, _c_noisy, _ = _split(tmp_path, seed=4, clean_count=30, noise_seed=11)
     a_images, b_images, c_images = read_png_dataset(a_clean), read_png_dataset(b_clean), read_png_dataset(c_clean)
     assert len(a_images) == 30 and all(np.array_equal(a_images[k], b_images[k]) for k in a_images)
     assert not all(np.array_equal(a_images[k], c_images[k]) for k in a_images)
     a, b = ObservationSet(a_noisy), ObservationSet(b_noisy)
     assert np.array_equal(a.load(list(range(170)))[0].numpy(), b.load(list(range(170)))[0].numpy())
+    assert read_json(os.path.join(a_noisy, 'dataset.json'))['split']['noise'] == 'seeded'
+
+# The release's defect in another form: noise that follows from what the set records (the seed, the
+# source names) can be regenerated and subtracted. Without --noise-seed the noise comes from secret
+# randomness: two splits of one seed share their clean part, not their noise, and neither the recorded
+# seed nor any small one regenerates it.
+def test_published_observations_do_not_give_back_their_originals(tmp_path, source):
+    from sfbd.dataset_commands import noise_rng
+    a_clean, a_noisy, _ = _split(tmp_path, seed=3, clean_count=30)
+    b_clean, b_noisy, _ = _split(tmp_path, seed=3, clean_count=30)
+    assert read_png_dataset(a_clean).keys() == read_png_dataset(b_clean).keys()
+    a, b = ObservationSet(a_noisy), ObservationSet(b_noisy)
+    ya, yb = a.load([0])[0].numpy()[0].astype(np.float64), b.load([0])[0].numpy()[0].astype(np.float64)
+    assert not np.allclose(ya, yb)
+    metadata = read_json(os.path.join(a_noisy, 'dataset.json'))
+    assert metadata['split']['noise'] == 'secret' and 'noise_seed' not in json.dumps(metadata)
+    source_index = int(metadata['split']['source_names'][0][1].split('img')[1].split('.')[0])
+    original = source[source_index].astype(np.float64) / 127.5 - 1
+    def undo(y, key):
+        return y - 0.3 * noise_rng(key, source_index).standard_normal(y.shape)
+    for key in range(20):  # The recorded seed and other small keys.
+        assert np.abs(undo(ya, key) - original).max() > 0.5
+    # What this guards against: a seeded set (an experiment's) gives its originals back to its seed.
+    _clean, seeded, _ = _split(tmp_path, seed=3, clean_count=30, noise_seed=7)
+    assert np.abs(undo(ObservationSet(seeded).load([0])[0].numpy()[0].astype(np.float64), 7) - original).max() < 1e-6
 
 def test_split_without_labels_and_its_cli(tmp_path):
     make_image_dataset(str(tmp_path / 'plain'), num_images=10, channels=1)
@@ -104,9 +129,9 @@ def test_split_without_labels_and_its_cli(tmp_path):
 # with one level, only scaled.
 
 def test_split_with_a_range_gives_each_observation_its_own_level(tmp_path, source):
-    _clean, fixed, _ = _split(tmp_path, seed=5, sigma=0.5, clean_count=20)
-    _clean, ranged, _ = _split(tmp_path, seed=5, sigma=(0.2, 0.8), clean_count=20)
-    _clean, again, _ = _split(tmp_path, seed=5, sigma=(0.2, 0.8), clean_count=40, zip_noisy=True)
+    _clean, fixed, _ = _split(tmp_path, seed=5, sigma=0.5, clean_count=20, noise_seed=6)
+    _clean, ranged, _ = _split(tmp_path, seed=5, sigma=(0.2, 0.8), clean_count=20, noise_seed=6)
+    _clean, again, _ = _split(tmp_path, seed=5, sigma=(0.2, 0.8), clean_count=40, zip_noisy=True, noise_seed=6)
     a, b, c = ObservationSet(fixed), ObservationSet(ranged), ObservationSet(again)
     assert b.sigma is None and len(b.sigmas) == 180
     assert 0.2 <= b.sigmas.min() and b.sigmas.max() < 0.8 and b.sigmas.std() > 0.1

@@ -163,7 +163,9 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
             f'with noise sigma={cfg.sigma}')
         if not os.path.isdir(source):
             write_image_dataset(source, draw_blobs(cfg.num_images, cfg.resolution, seed=2 * seed))
-        split_dataset(source, clean, noisy, cfg.sigma, seed, clean_count=cfg.clean_count, verbose=False)
+        # Public stand-in images: the noise may be reproducible, so that the demo's figures are.
+        split_dataset(source, clean, noisy, cfg.sigma, seed, clean_count=cfg.clean_count, noise_seed=seed,
+                      verbose=False)
 
     # Training: SFBD's pretraining and rounds (one round at a time, to time
     # each), Online SFBD from the same pretrained model, the naive model, and
