@@ -183,3 +183,16 @@ def test_gradients_flow_through_the_samplers_as_in_edm():
         assert latents.grad is not None and latents.grad.abs().sum() > 0
     from training.sampler import generate_images
     assert not generate_images(net, [0, 1], num_steps=3).requires_grad
+
+# A network that knows only some noise levels (iDDPM) rounds a start level between two of them to the
+# nearer one; rounding down must not take the square root of a negative number.
+def test_a_start_level_that_rounds_down_stays_finite():
+    class Discrete(GaussianDenoiser):
+        levels = torch.tensor([0.002, 0.1, 0.3, 0.55, 0.7, 1.0, 5.0, 80.0], dtype=torch.float64)
+        def round_sigma(self, sigma):
+            sigma = torch.as_tensor(sigma, dtype=torch.float64)
+            return self.levels[(sigma.reshape(-1, 1) - self.levels).abs().argmin(dim=1)].reshape(sigma.shape)
+    net = Discrete()
+    y = torch.randn(2, 3, 4, 4, dtype=torch.float64) * 0.59
+    out = edm_sampler(net, y, num_steps=18, sigma_start=0.59)
+    assert torch.isfinite(out).all() and net.calls[0] == 0.55

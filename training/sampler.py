@@ -106,9 +106,12 @@ def edm_sampler(
         x_cur = x_next
 
         # Churn: raise the noise level from t_cur to t_hat by adding fresh noise.
+        # A start level between the levels of a network that knows only some
+        # (iDDPM) may round down; nothing is added then (EDM's own grids are
+        # the network's levels, where t_hat >= t_cur always holds).
         gamma = churn_gamma(t_cur, gamma_max, S_min, S_max)
         t_hat = net.round_sigma(t_cur + gamma * t_cur)
-        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
+        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).clip(min=0).sqrt() * S_noise * randn_like(x_cur)
 
         # Euler step along dx/dt = (x - D(x; t)) / t.
         slope = (x_hat - net(x_hat, t_hat, class_labels).to(torch.float64)) / t_hat
