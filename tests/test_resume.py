@@ -397,6 +397,33 @@ def test_transfer_between_label_dimensions(source_classes, target_classes, fixtu
     if source_classes and not target_classes:
         assert 'Not used from the pickle (2): model.map_label.weight, model.map_label.bias' in out
 
+# Weights of another preconditioning are copied as EDM copies them, and the log says so; an "ema" that
+# is a bare U-Net is one line.
+def test_transfer_from_another_preconditioning_is_announced(fixtures_dir, tmp_path, capsys):
+    from training.training_loop import training_loop
+    arch = fixture_arch(fixtures_dir)
+    def save(name, class_name, **kwargs):
+        net = dnnlib.util.construct_class_by_name(class_name=class_name, img_resolution=16, **kwargs)
+        persistence.save_network_pickle(str(tmp_path / name), dict(ema=net.eval(), loss_fn=None, augment_pipe=None,
+                                                                   dataset_kwargs={}))
+        return str(tmp_path / name)
+    vp = save('vp.pkl', 'training.networks.VPPrecond', img_channels=3, label_dim=0, **arch)
+    bare = save('bare.pkl', 'training.networks.SongUNet', in_channels=3, out_channels=3, label_dim=0,
+                **{k: v for k, v in arch.items() if k != 'model_type'})
+    make_image_dataset(str(tmp_path / 'data'), 4, resolution=16)
+    def train(source, run_dir):
+        return training_loop(
+            run_dir=str(tmp_path / run_dir), seed=0, batch_size=4, total_kimg=0.004, ema_rampup_ratio=None,
+            device='cpu', dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=str(tmp_path / 'data')),
+            network_kwargs=dict(class_name='training.networks.EDMPrecond', use_fp16=False, **arch),
+            loss_kwargs=dict(class_name='training.loss.EDMLoss'), augment_kwargs=None,
+            optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
+            resume_pkl=source)
+    assert train(vp, 'a') == 'finished'
+    assert "Note: the pickle's network is VPPrecond, this run's EDMPrecond" in capsys.readouterr().out
+    with pytest.raises(UserError, match='the "ema" of .*bare.pkl is a SongUNet, not a preconditioned network'):
+        train(bare, 'b')
+
 def test_transfer_of_another_channel_count_is_refused(fixtures_dir, tmp_path):
     data = tmp_path / 'gray'
     make_image_dataset(str(data), 4, channels=1, resolution=16)

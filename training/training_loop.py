@@ -186,12 +186,17 @@ def _stop_signals_held() -> Iterator[None]:
 # data. As in EDM, every tensor the pickle has under the same name and shape is
 # copied; the others (e.g. the label embedding of a network with another label
 # dimension) keep their initial values and are listed. Only a network of
-# another resolution or channel count is refused.
+# another resolution or channel count is refused. Weights of another
+# preconditioning (VP, VE, iDDPM into EDM) are copied as in EDM, but they were
+# trained for other input and output scalings, so the log says so.
 
 def _load_transfer(source: str, net: torch.nn.Module, device: torch.device) -> None:
     src = _rank0_first(lambda: persistence.load_network_pickle(source)['ema'], device)
     have = (getattr(src, 'img_resolution', None), getattr(src, 'img_channels', None))
     want = (net.img_resolution, net.img_channels)
+    if None in have:
+        raise UserError(f'--transfer: the "ema" of {source} is a {type(src).__name__}, not a preconditioned network '
+                        '(EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond)')
     if have != want:
         raise UserError(f'--transfer: {source} holds a {have[0]}x{have[0]} network with {have[1]} channels, but the '
                         f'dataset needs {want[0]}x{want[0]} with {want[1]} channels')
@@ -201,6 +206,9 @@ def _load_transfer(source: str, net: torch.nn.Module, device: torch.device) -> N
     if len(kept) == len(dst_tensors):
         raise UserError(f'--transfer: {source} shares no tensor with the network of these options')
     dist.print0(f'Copied {len(dst_tensors) - len(kept)} of {len(dst_tensors)} tensors from the pickle.')
+    if type(src).__name__ != type(net).__name__:
+        dist.print0(f'Note: the pickle\'s network is {type(src).__name__}, this run\'s {type(net).__name__}: the '
+                    'copied weights were trained for another preconditioning (see --precond).')
     if kept:
         dist.print0(f'{len(kept)} tensors keep their initial values (not in the pickle, or of another shape there):')
         for name in kept:
