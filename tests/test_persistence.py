@@ -198,6 +198,28 @@ def test_unknown_class(tmp_path):
     with pytest.raises(UserError, match='unknown class "NoSuchNet"'):
         persistence.load_network_pickle(str(path))
 
+# The tools that need only the network build only "ema", as EDM reads only that entry: a snapshot
+# whose loss is a fork's class still samples and transfers.
+def test_only_the_network_is_built_for_the_tools(tmp_path):
+    net = tiny_net()
+    loss = Persistent(dict(type='class', version=6, class_name='fork.loss.SFBDLoss', module_src='',
+                           state={'_init_kwargs': {}}))
+    path = tmp_path / 'fork.pkl'
+    persistence.save_network_pickle(str(path), dict(ema=net, loss_fn=loss, augment_pipe=None))
+    with pytest.raises(UserError, match='unknown class "fork.loss.SFBDLoss"'):
+        persistence.load_network_pickle(str(path))
+    assert list(persistence.load_network_pickle(str(path), keys=['ema'])) == ['ema']
+    torch.testing.assert_close(outputs(persistence.load_network(str(path))), outputs(net))
+
+# A parameter that carries Python attributes (torch pickles it with its state) is data too.
+def test_a_parameter_with_attributes_loads(tmp_path):
+    net = tiny_net()
+    net.model.enc['8x8_conv'].weight.note = 'tagged'
+    path = tmp_path / 'tagged.pkl'
+    persistence.save_network_pickle(str(path), dict(ema=net))
+    assert b'_rebuild_parameter_with_state' in path.read_bytes()
+    torch.testing.assert_close(outputs(persistence.load_network(str(path))), outputs(net))
+
 # A crafted or damaged pickle is one error that names the file, whatever
 # breaks: a state of the wrong type, constructor keywords that are not a
 # dict, values the constructor refuses, nesting deeper than Python's limit,

@@ -22,7 +22,7 @@ import io
 import pickle
 import sys
 import types
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 import torch
@@ -139,6 +139,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ('torch._utils', '_rebuild_tensor'): torch._utils._rebuild_tensor,
     ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
     ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
+    ('torch._utils', '_rebuild_parameter_with_state'): torch._utils._rebuild_parameter_with_state,  # Attributes: data.
     ('torch.storage', '_load_from_bytes'): _load_storage,
     ('builtins', 'bytes'): _protocol2_empty_bytes,
     ('numpy', 'dtype'): np.dtype,
@@ -285,15 +286,17 @@ def _build_all(obj: Any, source_name: str) -> Any:
 #----------------------------------------------------------------------------
 # Public entry points.
 
-def load_network_pickle(path_or_url: str, *, cache: bool = True) -> dict:
+def load_network_pickle(path_or_url: str, *, cache: bool = True, keys: Sequence[str] | None = None) -> dict:
     """Read a network pickle (EDM's or this project's) from a path or URL, as data only.
 
     Returns the pickled dict (`ema`, `loss_fn`, `augment_pipe`, `dataset_kwargs`, ...) with every
-    persistent object rebuilt from this repository's classes. Nothing stored in the file runs.
+    persistent object rebuilt from this repository's classes, or only the entries `keys` (so that a
+    loss or augmentation of another fork's classes does not stand in the way of its `ema`). Nothing
+    stored in the file runs.
     """
     with open_url(path_or_url, cache=cache) as f:
         data = f.read()
-    return load_network_pickle_bytes(data, source_name=str(path_or_url))
+    return load_network_pickle_bytes(data, source_name=str(path_or_url), keys=keys)
 
 # What a damaged or crafted pickle raises while it is read or its objects are
 # built (a RuntimeError includes a constructor asking for an absurd amount of
@@ -301,7 +304,8 @@ def load_network_pickle(path_or_url: str, *, cache: bool = True) -> dict:
 _CORRUPT_PICKLE_ERRORS = (EOFError, pickle.UnpicklingError, ValueError, RuntimeError, IndexError, KeyError, TypeError,
                           AttributeError, RecursionError, MemoryError, OverflowError)
 
-def load_network_pickle_bytes(data: bytes, *, source_name: str = 'network pickle') -> dict:
+def load_network_pickle_bytes(data: bytes, *, source_name: str = 'network pickle',
+                              keys: Sequence[str] | None = None) -> dict:
     if data[:2] == b'PK' and b'data.pkl' in data[:4096]:  # torch.save's zip format, e.g. a training state.
         raise UserError(f'{source_name}: a torch.save file (such as a training-state-*.pt), not a network pickle; '
                         'continue a run with --resume, or give a network-snapshot-*.pkl')
@@ -313,6 +317,8 @@ def load_network_pickle_bytes(data: bytes, *, source_name: str = 'network pickle
         message = ' '.join(str(e).split())  # One line, whatever the error's own layout.
         raise UserError(f'{source_name}: not a readable network pickle (truncated or corrupt: '
                         f'{type(e).__name__}: {message})') from None
+    if keys is not None and isinstance(obj, dict):
+        obj = {key: value for key, value in obj.items() if key in keys}
     try:
         obj = _build_all(obj, source_name)
     except UserError:
@@ -335,7 +341,7 @@ SAMPLING_ATTRIBUTES = ('img_resolution', 'img_channels', 'label_dim', 'sigma_min
 def load_network(path_or_url: str) -> torch.nn.Module:
     """The `ema` network of a pickle, in eval mode, without gradients; a UserError unless it is a
     preconditioned denoiser that the samplers can run."""
-    net = load_network_pickle(path_or_url)['ema']
+    net = load_network_pickle(path_or_url, keys=['ema'])['ema']
     if not all(hasattr(net, name) for name in SAMPLING_ATTRIBUTES):
         raise UserError(f'{path_or_url}: "ema" is not a preconditioned network that can sample (type '
                         f'{type(net).__name__}; expected EDMPrecond, VPPrecond, VEPrecond or iDDPMPrecond)')

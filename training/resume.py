@@ -230,7 +230,7 @@ def restore_edm_state(path: str, net: torch.nn.Module, ema: torch.nn.Module,
         fast.load_optimizer_state(optimizer, edm_state.optimizer_state_for(state, net))  # Keeps this run's Adam.
     except (ValueError, KeyError) as e:
         raise UserError(f'{path}: the optimizer state does not fit ({e})') from None
-    source = persistence.load_network_pickle(snapshot)['ema']
+    source = persistence.load_network_pickle(snapshot, keys=['ema'])['ema']
     _copy_exactly(source.state_dict(), ema, snapshot)
     return state.kimg * 1000
 

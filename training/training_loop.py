@@ -191,7 +191,7 @@ def _stop_signals_held() -> Iterator[None]:
 # trained for other input and output scalings, so the log says so.
 
 def _load_transfer(source: str, net: torch.nn.Module, device: torch.device) -> None:
-    src = _rank0_first(lambda: persistence.load_network_pickle(source)['ema'], device)
+    src = _rank0_first(lambda: persistence.load_network_pickle(source, keys=['ema'])['ema'], device)
     have = (getattr(src, 'img_resolution', None), getattr(src, 'img_channels', None))
     want = (net.img_resolution, net.img_channels)
     if None in have:
