@@ -419,6 +419,55 @@ def test_a_plain_rerun_continues_the_unfinished_run(reference_run, data, tmp_pat
     result = invoke_train(args + ['--new-run', '--nosubdir'])
     assert result.exit_code == 1 and error_lines(result)[0].startswith('Error: --new-run and --nosubdir')
 
+# With --nosubdir, a second train.py in a directory that a live one trains in is refused before it
+# reads anything (two would overwrite each other's states). A claim of another host counts until it is
+# stale, one of an earlier run of the same requeued SLURM job never does, and a dead process's is set aside.
+def test_a_second_train_py_in_a_nosubdir_run_is_refused(data, tmp_path, monkeypatch):
+    import socket
+    import time
+    run_dir = tmp_path / 'run'
+    args = ['--outdir', run_dir, '--nosubdir', '--data', data / 'ds8.zip', '--duration=0.001', *TINY]
+    stop_during_first_step(args)
+    claim = run_dir / train_setup.CLAIM_FNAME
+    assert not claim.exists()
+    def holds(**owner):
+        claim.write_text(json.dumps(dict(claimed_by=owner)))
+    holds(host=socket.gethostname(), pid=os.getpid())
+    result = invoke_train(args + ['-n'])
+    assert result.exit_code == 1
+    (line,) = error_lines(result)
+    assert line.startswith(f'Error: --outdir: process {os.getpid()} on {socket.gethostname()} is training in {run_dir}')
+    holds(host='elsewhere', pid=1)
+    assert invoke_train(args + ['-n']).exit_code == 1  # Renewed just now.
+    stale = time.time() - train_setup.STALE_SECONDS - 5
+    os.utime(claim, (stale, stale))
+    assert invoke_train(args + ['-n']).exit_code == 0
+    monkeypatch.setenv('SLURM_JOB_ID', '77')
+    monkeypatch.setenv('SLURM_RESTART_COUNT', '1')
+    holds(host='elsewhere', pid=1, slurm_job='77', slurm_restart=0)  # The job's run before its requeue.
+    assert invoke_train(args + ['-n']).exit_code == 0
+    holds(host='elsewhere', pid=1, slurm_job='78', slurm_restart=0)  # Another job, renewed just now.
+    assert invoke_train(args + ['-n']).exit_code == 1
+    gone = subprocess.Popen(['true'])
+    gone.wait()
+    holds(host=socket.gethostname(), pid=gone.pid)
+    result = invoke_train(args)
+    assert result.exit_code == 0, result.output
+    assert not claim.exists()
+
+# The holder renews its claim while it trains, so that other hosts see it alive.
+def test_a_claim_is_renewed_until_released(tmp_path, monkeypatch):
+    import time
+    monkeypatch.setattr(train_setup, 'HEARTBEAT_SECONDS', 0.05)
+    claim = train_setup.RunClaim()
+    assert claim.take(str(tmp_path)) is None
+    path = tmp_path / train_setup.CLAIM_FNAME
+    os.utime(path, (0, 0))
+    time.sleep(0.5)
+    assert os.path.getmtime(path) > time.time() - 5
+    claim.release()
+    assert not path.exists()
+
 # Several processes continue one run: rank 0 chooses and claims it, the others take its choice
 # (choosing for themselves, they would find it claimed by rank 0).
 def test_processes_agree_on_the_run_they_continue(reference_run, data, tmp_path):

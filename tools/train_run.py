@@ -30,7 +30,7 @@ from training import resume, training_loop
 from training.augment import AUGMENT_DIM, AUGMENTATIONS
 from tools.train_options import parse_train_command
 from tools.train_setup import (ARCHITECTURES, PRECONDITIONINGS, RUN_MARKERS, RunClaim, check_network_options,
-                               check_resume, from_rank0, next_run_dir, online_options, plan_online, refresh_defaulted,
+                               check_resume, from_rank0, holder_message, next_run_dir, online_options, plan_online, refresh_defaulted,
                                resume_seed, run_to_continue)
 
 #----------------------------------------------------------------------------
@@ -269,6 +269,17 @@ def resume_point(opts: dnnlib.EasyDict, c: dnnlib.EasyDict, claim: RunClaim) -> 
         c.ema_rampup_ratio = None if opts.transfer is not None else 0.05
     resume_note = None
     continue_dir = opts.outdir if opts.nosubdir else None
+    if opts.nosubdir and os.path.isdir(opts.outdir):  # Another train.py may be training in it: then not this one.
+        held = None
+        if dist.get_rank() == 0:
+            try:
+                holder = claim.take(opts.outdir)
+                held = None if holder is None else UserError(f'--outdir: {holder_message(opts.outdir, holder)}')
+            except UserError as e:
+                held = e
+        held = from_rank0(held)
+        if held is not None:
+            raise held
     if not opts.nosubdir and opts.resume is None and not opts.new_run:
         chosen = (None, None)
         if dist.get_rank() == 0:
@@ -397,8 +408,10 @@ def run_starter(opts: dnnlib.EasyDict, c: dnnlib.EasyDict, continue_dir: str | N
                                 f'({e.strerror or e})') from None
         fresh = not os.path.exists(options_path()) and training_loop.find_latest_state(c.run_dir) is None
         try:
-            if continue_dir is None:
-                claim.take(c.run_dir)  # Before its options: a run with options is always claimed while it trains.
+            if claim.path is None:  # Before its options: a run with options is always claimed while it trains.
+                holder = claim.take(c.run_dir)
+                if holder is not None:  # Another --nosubdir run that started in the same new directory.
+                    raise UserError(f'--outdir: {holder_message(c.run_dir, holder)}')
             write_run_files(fresh)
         except BaseException:  # A full disk, say: a new run's directory goes again.
             if fresh:

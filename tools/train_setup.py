@@ -13,6 +13,8 @@ import contextlib
 import os
 import re
 import socket
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -85,18 +87,31 @@ def next_run_dir(outdir: str, desc: str) -> str:
 # short of its duration, or it has none. The process that trains in a run
 # directory holds a claim there (CLAIM_FNAME, created exclusively, naming
 # host and process), so that two reruns started together never continue the
-# same run; a claim whose process is gone (same host) is set aside. Only
+# same run (with --nosubdir, a second train.py in the directory is refused);
+# a claim whose process is gone is set aside. Gone means: on this host, no
+# such process; on another host, a claim not renewed for STALE_SECONDS (its
+# holder touches it every HEARTBEAT_SECONDS), or one of an earlier run of this
+# very SLURM job (requeued: SLURM runs one instance of a job at a time). Only
 # rank 0 decides; the other processes take its decision.
 
 CLAIM_FNAME = '.train-claim.json'
+HEARTBEAT_SECONDS = 60
+STALE_SECONDS = 600
 RUN_ID = re.compile(r'^(\d+)-')
+
+def _claim_owner() -> dict:
+    owner: dict[str, Any] = dict(host=socket.gethostname(), pid=os.getpid())
+    if os.environ.get('SLURM_JOB_ID'):
+        owner.update(slurm_job=os.environ['SLURM_JOB_ID'], slurm_restart=int(os.environ.get('SLURM_RESTART_COUNT') or 0))
+    return owner
 
 class RunClaim:
     """This process's claim on a run directory (rank 0)."""
 
     def __init__(self):
         self.path: str | None = None
-        self.owner = dict(host=socket.gethostname(), pid=os.getpid())
+        self.owner = _claim_owner()
+        self._stop_heartbeat = threading.Event()
 
     def take(self, run_dir: str) -> dict | None:
         """Claim `run_dir`: None when claimed, else the record of the process that holds it."""
@@ -104,12 +119,14 @@ class RunClaim:
         for _attempt in range(3):
             if create_exclusive(path, {OWNER_KEY: self.owner}):
                 self.path = path
+                self._stop_heartbeat.clear()
+                threading.Thread(target=self._heartbeat, args=(path,), daemon=True).start()
                 return None
             try:
                 holder = read_record(path)
             except UserError:
                 holder = {}  # Unreadable: written by a run that died while writing it.
-            if holder is not None and may_be_running(holder):
+            if holder is not None and self._alive(holder, path):
                 return holder
             with contextlib.suppress(FileNotFoundError):  # Gone: set it aside (one process only can).
                 aside = f'{path}.{uuid.uuid4().hex}.stale'
@@ -117,13 +134,38 @@ class RunClaim:
                 os.remove(aside)
         raise UserError(f'{path}: keeps changing; is another train.py starting in {run_dir}?')
 
+    def _alive(self, holder: dict, path: str) -> bool:
+        owner, mine = holder.get(OWNER_KEY), self.owner
+        if not isinstance(owner, dict):
+            return False
+        if mine.get('slurm_job') is not None and owner.get('slurm_job') == mine['slurm_job'] \
+                and isinstance(owner.get('slurm_restart'), int) and owner['slurm_restart'] < mine['slurm_restart']:
+            return False
+        if owner.get('host') != mine['host']:
+            try:
+                return time.time() - os.path.getmtime(path) < STALE_SECONDS
+            except OSError:
+                return False
+        return may_be_running(holder)
+
+    def _heartbeat(self, path: str) -> None:
+        while not self._stop_heartbeat.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
     def release(self) -> None:
+        self._stop_heartbeat.set()
         if self.path is None:
             return
         with contextlib.suppress(OSError, UserError):
             if (read_record(self.path) or {}).get(OWNER_KEY) == self.owner:
                 os.remove(self.path)
         self.path = None
+
+def holder_message(run_dir: str, holder: dict) -> str:
+    owner = holder.get(OWNER_KEY, {})
+    return (f'process {owner.get("pid")} on {owner.get("host")} is training in {run_dir}; stop it, or wait for it to '
+            f'end (a claim of another host counts until it has not been renewed for {STALE_SECONDS} s)')
 
 def run_to_continue(outdir: str, c: dict, seed_given: bool, claim: RunClaim,
                     refresh_default: bool = False) -> tuple[str | None, str | None]:
