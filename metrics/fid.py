@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fnmatch
+import functools
 import json
 import os
 import time
@@ -27,6 +28,7 @@ from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, append_line, is_j
 from dnnlib.util import UserError, atomic_write, cached_path_for_url, is_url, open_url, save_png
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
+from torch_utils import workers
 from torch_utils.detector import Detector, load_detector
 from torch_utils.frechet import frechet_distance
 from torch_utils.persistence import load_network
@@ -207,7 +209,9 @@ def dataset_stats(dataset: Any, indices: Sequence[int], detector: Detector, *, m
     # here; each worker, like the parent later, opens the zip on first use.
     dataset.close()
     pin_memory = detector.fast is not None and detector.fast.pin_memory and device.type == 'cuda'
-    worker_kwargs = dict(prefetch_factor=prefetch_factor, multiprocessing_context='spawn') if num_workers > 0 else {}
+    worker_kwargs = dict(prefetch_factor=prefetch_factor, multiprocessing_context='spawn',
+                         worker_init_fn=functools.partial(workers.init_worker, parent_pid=os.getpid())) \
+        if num_workers > 0 else {}
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                                          pin_memory=pin_memory, **worker_kwargs)
     progress = tqdm.tqdm(total=len(batches), unit='batch', desc='Features', disable=(dist.get_rank() != 0))

@@ -1,6 +1,7 @@
 """fid.py: reference statistics, scores of image folders and of networks, run directories, repeats,
 detector loading and its checks, all on the CPU with a small TorchScript stand-in for Inception."""
 
+import contextlib
 import gc
 import http.server
 import json
@@ -202,16 +203,19 @@ def test_grayscale_images_are_repeated_to_rgb(files, tmp_path):
 # calc --images: against the direct computation; identical sets give 0.
 
 def test_calc_images_matches_direct(files, tmp_path, monkeypatch):
-    start_methods = []
+    start_methods, init_fns = [], []
     real_loader = torch.utils.data.DataLoader
     def loader(*args, **kwargs):
         start_methods.append(kwargs.get('multiprocessing_context'))
+        init_fns.append(kwargs.get('worker_init_fn'))
         return real_loader(*args, **kwargs)
     monkeypatch.setattr(torch.utils.data, 'DataLoader', loader)
     log = tmp_path / 'log.jsonl'
     result = run('calc', f'--images={files["b"]}', f'--ref={files["ref_a"]}', '--num=30', f'--json={log}',
                  f'--detector={files["detector"]}', '--workers=2', '--batch=7', '--device=cpu')  # Zip read by workers.
     assert start_methods == ['spawn']  # Not forked from a process with threads.
+    from torch_utils import workers  # Workers end with this process, even when it is killed while they start.
+    assert init_fns[0].func is workers.init_worker and init_fns[0].keywords == dict(parent_pid=os.getpid())
     mu_a, sigma_a = stats_of(standin_features(files['a_images']))
     mu_b, sigma_b = stats_of(standin_features(files['b_images']))
     expected = direct_fid(mu_b, sigma_b, mu_a, sigma_a)
@@ -296,6 +300,31 @@ def test_broken_image_in_a_worker(files, tmp_path):
     assert_one_line_error(result, 'img00000002.png')
     del result
     gc.collect()  # Shuts the failed loader's worker down here; torch takes about 5 s for that.
+
+# fid.py killed while its data-loading workers start: the workers end with it (an orphan would keep
+# the command's output pipes open, and whoever reads them would wait forever).
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='the kernel ends the workers on Linux')
+def test_workers_end_with_a_killed_fid(files, tmp_path):
+    import psutil
+    path = write_dataset(tmp_path / 'many', random_images(400, seed=3))
+    proc = subprocess.Popen([sys.executable, 'fid.py', 'ref', f'--data={path}', f'--dest={tmp_path / "r.npz"}',
+                             f'--detector={files["detector"]}', '--workers=2', '--batch=4', '--device=cpu'],
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    workers = []
+    while not workers and time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            workers = [p for p in parent.children() if 'resource_tracker' not in ' '.join(p.cmdline())]
+        time.sleep(0.05)
+    assert workers, 'no worker process was seen'
+    proc.kill()
+    proc.wait()
+    _gone, alive = psutil.wait_procs(workers, timeout=20)
+    for p in alive:
+        p.kill()
+    assert not alive, [p.pid for p in alive]
 
 def test_option_conflicts(files):
     ref = f'--ref={files["ref_a"]}'

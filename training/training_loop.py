@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import dataclasses
 import functools
 import json
-import multiprocessing
 import os
 import random
 import signal
-import sys
 import time
 import zipfile
 from typing import Any, Callable, Iterator
@@ -29,7 +26,7 @@ import torch
 
 from dnnlib.util import UserError, atomic_write, construct_class_by_name, format_time, is_url
 from torch_utils import distributed as dist
-from torch_utils import edm_state, misc, persistence, training_stats
+from torch_utils import edm_state, misc, persistence, training_stats, workers
 from torch_utils import fast as fast_lib
 from torch_utils.fast import FastSettings
 from training import resume, run_files
@@ -137,21 +134,10 @@ def _shield_from_stop_signals(_worker_id: int) -> None:
     if hasattr(signal, 'alarm'):
         signal.signal(signal.SIGTERM, lambda _signum, _frame: signal.alarm(30))
 
-# A worker must not outlive a training process that dies without stopping it
-# (SIGKILL, out of memory): PyTorch's own check misses a parent that died while
-# the worker was still starting, and such an orphan keeps the run's output
-# pipes open forever. On Linux the kernel ends the worker with its parent.
-# A worker started by a fork server (a caller's choice of start method) has
-# the server as its parent; the training process, its creator, is then
-# watched through the pipe that multiprocessing keeps open to it.
+# A training worker ends with the training process (torch_utils/workers.py),
+# is shielded from stop signals, and takes those that arrived while it started.
 def _init_worker(worker_id: int, parent_pid: int, shield: bool) -> None:
-    if sys.platform.startswith('linux'):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:
-        creator = multiprocessing.parent_process()
-        if creator is None or creator.pid != parent_pid or not creator.is_alive():
-            os._exit(0)  # The training process is gone already.
+    workers.end_with_parent(parent_pid)
     if shield:
         _shield_from_stop_signals(worker_id)
     if STOP_SIGNALS:  # Held since the fork (_stop_signals_held): one sent meanwhile arrives now.
@@ -412,6 +398,8 @@ def start_data_loader(dataset_obj: Any, sampler: misc.InfiniteSampler, batch_gpu
     has_workers = kwargs.get('num_workers', 0) > 0
     if has_workers:
         kwargs.setdefault('multiprocessing_context', 'spawn')
+        if worker_init_fn is None:
+            worker_init_fn = functools.partial(workers.init_worker, parent_pid=os.getpid())
     if fast is not None:
         kwargs.update(persistent_workers=has_workers, pin_memory=fast.pin_memory)
     loader = torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu,
