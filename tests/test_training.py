@@ -468,6 +468,26 @@ def test_a_claim_is_renewed_until_released(tmp_path, monkeypatch):
     claim.release()
     assert not path.exists()
 
+# A --nosubdir command that resumed from a state elsewhere (a job script's --resume), rerun after a
+# stop, continues from its own newest state once that is further, and says so.
+def test_a_rerun_with_resume_elsewhere_continues_its_own_progress(reference_run, data, tmp_path):
+    first = tmp_path / 'first'
+    common = ['--data', data / 'ds8.zip', '--duration=0.001', *TINY]
+    stop_during_first_step(['--outdir', first, '--nosubdir', *common])
+    given = training_loop_latest(first)
+    second = tmp_path / 'second'
+    args = ['--outdir', second, '--nosubdir', '--resume', given, *common]
+    stop_during_first_step(args)
+    own = training_loop_latest(second)
+    result = invoke_train(args + ['-n'])
+    assert result.exit_code == 0, result.output
+    assert f'Resuming from the newest training state in the run directory, "{own}" (0.064 kimg), which is further ' \
+           f'than --resume={given} (0.032 kimg)' in result.output
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
+        assert_same(load_state(training_loop_latest(second))[key], load_state(reference_run / 'training-state-000001.pt')[key], key)
+
 # Several processes continue one run: rank 0 chooses and claims it, the others take its choice
 # (choosing for themselves, they would find it claimed by rank 0).
 def test_processes_agree_on_the_run_they_continue(reference_run, data, tmp_path):
