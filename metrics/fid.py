@@ -25,7 +25,7 @@ import torch
 import tqdm
 
 from dnnlib.outputs import OutputDir, OutputFile, ToolOutputs, append_line, is_json_lines
-from dnnlib.util import UserError, atomic_write, cached_path_for_url, is_url, open_url, save_png
+from dnnlib.util import UserError, atomic_write, cached_path_for_url, file_sha256, is_url, open_url, save_png
 from torch_utils import distributed as dist
 from torch_utils import fast as fast_lib
 from torch_utils import workers
@@ -408,9 +408,13 @@ def calc_plan(*, image_path: str | None, network: str | None, ref_path: str, num
     outputs.check()
     images_record = None
     if outdir is not None:
+        # A pickle's content too, as generate.py records it: images of another network at the same
+        # path are not mixed in. (A run directory's snapshots are never replaced.)
         images_record = dict(network=network if is_url(network) else os.path.abspath(network), snapshots=snapshots,
                              seeds=format_int_list([s for ss in seed_sets for s in ss]),
                              sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
+        if not is_rundir:
+            images_record['network_sha256'] = file_sha256(network)
     return CalcPlan(is_rundir, seed_sets, pkls, num or DEFAULT_NUM_IMAGES, seed or 0, outputs, images_record)
 
 #----------------------------------------------------------------------------

@@ -485,6 +485,14 @@ def test_network_end_to_end(files, rundir, tmp_path):
     assert sorted(os.listdir(outdir / '000000')) == [f'{s:06d}.png' for s in range(6)]
     again = run('calc', f'--images={outdir}', f'--ref={files["ref_a"]}', '--num=6', *common(files))
     assert last_float(again) == last_float(result)
+    # Another network at the same path: its images are not mixed into the folder.
+    copy = tmp_path / 'net.pkl'
+    shutil.copy(pkl, copy)
+    args = ['calc', f'--network={copy}', f'--ref={files["ref_a"]}', '--num=6', '--steps=2', '--batch=4',
+            f'--outdir={tmp_path / "images2"}', *common(files)]
+    run(*args)
+    shutil.copy(os.path.join(root, 'network-snapshot-000010.pkl'), copy)
+    assert_one_line_error(run(*args, ok=False), 'network_sha256')
 
 # --fast on the CPU changes no arithmetic (inference mode, the same network):
 # the same scores for images and for a network's samples.
