@@ -30,6 +30,7 @@ import contextlib
 import json
 import math
 import os
+import uuid
 from typing import Any, Sequence
 
 import click
@@ -208,16 +209,22 @@ def open_references(reference_paths: Sequence[str]) -> list[ImageSet]:
         references.append(reference)
     return references
 
+# Pixel distances need samples and references of one shape.
+def check_shapes(references: Sequence[ImageSet | MemoryImageSet], sample_shape: Sequence[int],
+                 space: PixelFeatures | Detector) -> None:
+    for reference in references:
+        if isinstance(space, PixelFeatures) and list(reference.image_shape) != list(sample_shape):
+            raise UserError(f'--train={reference.path}: images are {reference.image_shape} (C, H, W), the samples '
+                            f'{list(sample_shape)}; pixel features need one shape (--features=inception does not)')
+
 def check_memorization(samples: ImageSet | MemoryImageSet, references: Sequence[ImageSet | MemoryImageSet],
                        space: PixelFeatures | Detector, threshold: float = DEFAULT_THRESHOLD, batch_size: int = 256,
                        device: torch.device | str = 'cpu', verbose: bool = False) -> list[EasyDict]:
     """Match every sample against every reference set (see the module docstring)."""
+    check_shapes(references, samples.image_shape, space)
     sample_features = image_features(samples, space, batch_size, verbose, desc='Features of the samples')
     matches = []
     for reference in references:
-        if isinstance(space, PixelFeatures) and reference.image_shape != samples.image_shape:
-            raise UserError(f'--train={reference.path}: images are {reference.image_shape} (C, H, W), the samples '
-                            f'{samples.image_shape}; pixel features need one shape (--features=inception does not)')
         features = image_features(reference, space, batch_size, verbose, desc=f'Features of {reference.path}')
         matches.append(match_reference(sample_features, reference, features, threshold, device))
     return matches
@@ -390,6 +397,8 @@ def memorization_command(*, image_path: str | None, network_pkl: str | None, see
             raise UserError('--seeds names no seeds')
         print(f'Loading network from "{network_pkl}"...')
         net = load_network(network_pkl).to(device_obj)
+        shape = [net.img_channels, net.img_resolution, net.img_resolution]
+        check_shapes(references, shape, space)  # Before sampling, which may take long.
         print(f'Generating {len(seeds)} images...')
         samples = generated_image_set(net, network_pkl, seeds, device=device_obj, max_batch_size=max_batch_size,
                                       verbose=True, **sampler_kwargs)
@@ -400,26 +409,34 @@ def memorization_command(*, image_path: str | None, network_pkl: str | None, see
                          threshold)
     return matches, wrote
 
-# The figures, then the JSON; a failure (a full disk) takes back what this run
-# wrote, and a folder it made, so that the outputs are all there or none.
+# The figures and the JSON are written under hidden temporary names first and
+# renamed into place together at the end, so that a failure or a stop (a full
+# disk, SIGTERM) leaves the outputs of the run before, all of them, and a
+# folder this run made goes again; the outputs of one run never sit beside
+# another's but for the instant of the renames.
 def save_results(outdir: str | None, json_path: str | None, samples: Any, matches: list[EasyDict], record: dict,
                  threshold: float) -> list[str]:
-    wrote: list[str] = []
     made = outdir is not None and not os.path.isdir(outdir)
+    staged: list[tuple[str, str]] = []  # (temporary, final) paths.
+    def stage(path: str) -> str:
+        directory, name = os.path.split(os.path.abspath(path))
+        staged.append((os.path.join(directory, f'.{name}.{uuid.uuid4().hex[:8]}.tmp'), path))
+        return staged[-1][0]
     try:
         if outdir is not None:
             pairs, histograms = (os.path.join(outdir, name) for name in FIGURES)
-            save_pairs_figure(pairs, samples, matches)
-            wrote.append(pairs)
-            save_distance_histograms(histograms, matches, threshold)
-            wrote.append(histograms)
+            save_pairs_figure(stage(pairs), samples, matches)
+            save_distance_histograms(stage(histograms), matches, threshold)
         if json_path is not None:
-            save_json(json_path, record)
-            wrote.append(json_path)
+            save_json(stage(json_path), record)
+        wrote = [final for _tmp, final in staged]
+        while staged:
+            os.replace(*staged[0])
+            staged.pop(0)
     except BaseException:
-        for path in wrote:
+        for tmp, _final in staged:
             with contextlib.suppress(OSError):
-                os.remove(path)
+                os.remove(tmp)
         if made:
             with contextlib.suppress(OSError):
                 os.rmdir(outdir)

@@ -134,7 +134,7 @@ def test_duplicated_references_and_the_ratio():
 # Samples generated from a network: the same seeds as a reference set of the
 # network's own images are all exact copies, named as generate.py names them.
 
-def test_network_samples(tmp_path):
+def test_network_samples(tmp_path, monkeypatch):
     pkl = save_tiny_network(str(tmp_path / 'net.pkl'))
     images = mem.sample_images(load_network(pkl), list(range(4, 12)), num_steps=4)
     write_images(str(tmp_path / 'own'), images)
@@ -144,6 +144,11 @@ def test_network_samples(tmp_path):
     assert [e['image'] for e in record['images']] == [f'{s:06d}.png' for s in range(4, 12)]
     assert all(e['copy'] and e['distance'] == 0 for e in record['images'])
     assert [e['nearest'] for e in record['images']] == [f'00000/img{i:08d}.png' for i in range(8)]
+    # References of another shape are refused before any image is generated.
+    write_images(str(tmp_path / 'big'), np.zeros([2, 3, 16, 16], np.uint8))
+    monkeypatch.setattr(mem, 'generated_image_set', lambda *args, **kwargs: pytest.fail('generated'))
+    result = run('--network', pkl, '--seeds=4-11', '--train', tmp_path / 'big')
+    assert result.exit_code == 1 and 'pixel features need one shape' in result.output, result.output
 
 #----------------------------------------------------------------------------
 # --json replaces only memorization.py's own earlier output; any other file
@@ -167,15 +172,25 @@ def test_json_replaces_only_its_own_output(sets, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['data.zip', 'own.json', 'results.json']  # No temporaries left.
 
 # A failure while writing (a full disk at the second figure) takes back what
-# the run wrote: no JSON, no first figure, no folder it made.
+# the run wrote: no JSON, no first figure, no folder it made. Over an earlier
+# run's outputs, those stay as they were, all of them.
 def test_a_failed_write_leaves_no_outputs(sets, tmp_path, monkeypatch):
     def full_disk(path, *_args):
         raise UserError(f'{path}: cannot write (No space left on device)')
-    monkeypatch.setattr(mem, 'save_distance_histograms', full_disk)
-    result = run('--images', sets['samples'], '--train', sets['refs'], '--json', tmp_path / 'r.json',
-                 '--outdir', tmp_path / 'figs')
+    args = ['--images', sets['samples'], '--train', sets['refs'], '--json', tmp_path / 'figs' / 'r.json',
+            '--outdir', tmp_path / 'figs']
+    with monkeypatch.context() as patch:
+        patch.setattr(mem, 'save_distance_histograms', full_disk)
+        result = run(*args)
+        assert result.exit_code == 1 and 'No space left on device' in result.output, result.output
+        assert os.listdir(tmp_path) == []
+    assert run(*args, '--threshold=0.5').exit_code == 0
+    before = {name: (tmp_path / 'figs' / name).read_bytes() for name in os.listdir(tmp_path / 'figs')}
+    assert sorted(before) == ['distances.png', 'pairs.png', 'r.json']
+    monkeypatch.setattr(mem, 'save_json', full_disk)
+    result = run(*args, '--threshold=0.9')
     assert result.exit_code == 1 and 'No space left on device' in result.output, result.output
-    assert os.listdir(tmp_path) == []
+    assert {name: (tmp_path / 'figs' / name).read_bytes() for name in os.listdir(tmp_path / 'figs')} == before
 
 #----------------------------------------------------------------------------
 # Bad input: one line naming the culprit, nothing written.
