@@ -28,7 +28,7 @@ from dnnlib.outputs import check_apart, check_distinct
 from dnnlib.util import EasyDict, UserError, report_user_errors
 from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
                                read_listing, split_record, write_datasets)
-from training.dataset import NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, read_image, read_npy
+from training.dataset import NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, load_metadata, read_image, read_npy
 
 #----------------------------------------------------------------------------
 # Random choices of a split. The clean images are the first M of a seeded
@@ -90,6 +90,26 @@ class SigmaType(click.ParamType):
 # only the name of every image's source file (sfbd.observations.split_record),
 # so that an experiment can put originals beside results (denoise.py --originals).
 
+# The two parts are renamed into place one after the other; a split killed
+# between the two renames (SIGKILL: nothing can clean up) leaves one part
+# alone, which a rerun names instead of only refusing to overwrite it.
+def check_not_half_published(clean_dest: str, noisy_dest: str) -> None:
+    for there, option, missing, other in ((clean_dest, '--clean', noisy_dest, '--noisy'),
+                                          (noisy_dest, '--noisy', clean_dest, '--clean')):
+        if os.path.exists(there) and not os.path.exists(missing):
+            try:
+                files = DatasetFiles(there)
+                try:
+                    record = load_metadata(files).get('split')
+                finally:
+                    files.close()
+            except UserError:
+                continue
+            if isinstance(record, dict) and record.get('part') == option[2:]:
+                raise UserError(f'{option}={there}: is one part of a split whose other part, {other}={missing}, was '
+                                'never written (the split was stopped between its last two steps); delete it and '
+                                'split again')
+
 MAX_SIGMA = 1e30  # Observations are stored as float32 (largest 3.4e38): their noise must fit.
 
 def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | tuple[float, float], seed: int = 0,
@@ -108,6 +128,7 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
     elif not 0 < sigma <= MAX_SIGMA:
         raise UserError(f'split: --sigma must be positive and at most {MAX_SIGMA:g}, got {sigma}')
     check_apart([(clean_dest, '--clean'), (noisy_dest, '--noisy')], [(source, '--source')])
+    check_not_half_published(clean_dest, noisy_dest)
     dataset = ImageFolderDataset(source)
     if dataset.is_float:
         raise UserError(f'--source={source}: holds .npy arrays; split needs a dataset of 8-bit images')

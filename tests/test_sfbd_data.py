@@ -210,6 +210,12 @@ def test_split_never_overwrites(tmp_path, source):
         split_dataset(str(tmp_path / 'src'), str(tmp_path / 'c'), str(tmp_path / 'n'), 0.5, clean_count=3, verbose=False)
     assert not os.path.exists(tmp_path / 'c')
     assert [f for f in os.listdir(tmp_path) if f.startswith('.')] == []
+    # A split stopped between its two renames left one part alone: the rerun says so.
+    os.rmdir(tmp_path / 'n')
+    clean, noisy, _ = _split(tmp_path, clean_count=3, zip_noisy=True)
+    os.remove(noisy)
+    with pytest.raises(UserError, match=r'--clean=.*: is one part of a split whose other part, --noisy=.*, was never written'):
+        split_dataset(str(tmp_path / 'src'), clean, noisy, 0.5, clean_count=3, verbose=False)
 
 #----------------------------------------------------------------------------
 # Merge: images one after another, renamed uniquely, labels (and sigma) kept.
