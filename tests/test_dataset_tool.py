@@ -157,6 +157,23 @@ def test_convert_zip_keeps_dataset_json_labels(tmp_path):
     ds = ImageFolderDataset(str(tmp_path / 'out'), use_labels=True)
     assert ds.image_shape == [1, 8, 8] and np.array_equal(ds[2][1], np.float32([2, 0.5]))
 
+# A zip made of a folder (`zip -r photos.zip photos/`) keeps its labels: the one folder that holds
+# everything is the top, with its dataset.json or its class folders.
+@pytest.mark.parametrize('layout', ['dataset.json', 'class folders'])
+def test_convert_a_zip_of_one_folder_keeps_its_labels(tmp_path, layout):
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(tmp_path / 'src.zip', 'w') as zf:
+        for i, name in enumerate(['cat/a.png', 'dog/b.png', 'dog/c.png']):
+            buf = io.BytesIO()
+            PIL.Image.fromarray(rng.integers(0, 256, size=[8, 8, 3], dtype=np.uint8)).save(buf, format='png')
+            zf.writestr(f'photos/{name if layout == "class folders" else f"{i}.png"}', buf.getvalue())
+        if layout == 'dataset.json':
+            zf.writestr('photos/dataset.json', json.dumps({'labels': [[f'{i}.png', 2 - i] for i in range(3)]}))
+    assert run('convert', f'--source={tmp_path / "src.zip"}', f'--dest={tmp_path / "out"}').exit_code == 0
+    ds = ImageFolderDataset(str(tmp_path / 'out'), use_labels=True)
+    expected = [2, 1, 0] if layout == 'dataset.json' else [0, 1, 1]
+    assert [int(ds[i][1].argmax()) for i in range(3)] == expected
+
 def test_convert_center_crop_wide_skips_small_images(tmp_path):
     save_image(str(tmp_path / 'src' / 'a.png'), np.full([40, 64, 3], 200, np.uint8))
     save_image(str(tmp_path / 'src' / 'b.png'), np.full([8, 8, 3], 100, np.uint8))

@@ -9,7 +9,7 @@ import gzip
 import os
 import pickle
 import tarfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import PIL.Image
@@ -124,7 +124,13 @@ def open_mnist(images_gz: str, *, max_images: int | None) -> ImageSource:
 # Labels come from dataset.json; without that file, from the names of the
 # top-level folders when there are several (one class per folder), unless
 # they are all numbers: EDM's layout (00000/, 00001/) and generate.py
-# --subdirs (000000/, 001000/) number chunks of images, not classes.
+# --subdirs (000000/, 001000/) number chunks of images, not classes. When
+# everything lies in one folder (`zip -r photos.zip photos/` makes that),
+# that folder is the top: its dataset.json or class folders count.
+
+def _single_top_folder(names: Sequence[str]) -> str:
+    tops = {name.split('/')[0] if '/' in name else None for name in names}
+    return f'{tops.pop()}/' if len(tops) == 1 and None not in tops else ''
 
 def open_image_files(source: str, *, max_images: int | None) -> ImageSource:
     files = DatasetFiles(source)
@@ -135,19 +141,22 @@ def open_image_files(source: str, *, max_images: int | None) -> ImageSource:
     if not fnames:
         raise UserError(f'{source}: no image files found')
 
-    metadata = load_metadata(files)
-    if METADATA_FNAME in files.names:
+    top = _single_top_folder(files.names)
+    relative = [name[len(top):] for name in fnames]  # The names below the top, as labels name them.
+    metadata_name = top + METADATA_FNAME
+    metadata = load_metadata(files, metadata_name)
+    if metadata_name in files.names:
         entries, labels = metadata.get('labels'), {}
         if entries:  # Every image needs a valid label, as training reads them; none are dropped silently.
-            parse_labels(entries, fnames, files.where(METADATA_FNAME))
-            labels = dict(zip(fnames, labels_in_order(entries, fnames, files.where(METADATA_FNAME))))
+            parse_labels(entries, relative, files.where(metadata_name))
+            labels = dict(zip(fnames, labels_in_order(entries, relative, files.where(metadata_name))))
     else:
-        folders = sorted({name.split('/')[0] for name in fnames if '/' in name})
+        folders = sorted({name.split('/')[0] for name in relative if '/' in name})
         class_of = {folder: idx for idx, folder in enumerate(folders)}
         numbered = all(folder.isdigit() for folder in folders)  # EDM's and generate.py's chunks of 1000, not classes.
-        labels = {name: class_of[name.split('/')[0]] for name in fnames if '/' in name} \
+        labels = {name: class_of[rel.split('/')[0]] for name, rel in zip(fnames, relative) if '/' in rel} \
             if len(folders) > 1 and not numbered else {}
-        loose = next((name for name in fnames if '/' not in name), None)
+        loose = next((name for name, rel in zip(fnames, relative) if '/' not in rel), None)
         if labels and loose is not None:  # Its class is unknown: the folders' labels would be dropped for all.
             raise UserError(f'{files.where(loose)}: an image beside the class folders ({", ".join(folders[:3])}'
                             f'{", ..." if len(folders) > 3 else ""}); move it into one, or give a dataset.json')

@@ -285,13 +285,13 @@ def _is_level(value: Any) -> bool:
     level = _finite(value)
     return level is not None and level >= 0
 
-def load_metadata(files: DatasetFiles) -> dict:
-    """The checked contents of `dataset.json`, or {} when the dataset has none."""
-    if METADATA_FNAME not in files.names:
+def load_metadata(files: DatasetFiles, name: str = METADATA_FNAME) -> dict:
+    """The checked contents of `dataset.json` (or of the member `name`), or {} when there is none."""
+    if name not in files.names:
         return {}
-    where = files.where(METADATA_FNAME)
+    where = files.where(name)
     try:
-        metadata = json.loads(files.read(METADATA_FNAME))
+        metadata = json.loads(files.read(name))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise UserError(f'{where}: not valid JSON ({e})') from None
     if not isinstance(metadata, dict):
