@@ -483,6 +483,16 @@ def test_a_rerun_with_resume_elsewhere_continues_its_own_progress(reference_run,
     assert result.exit_code == 0, result.output
     assert f'Resuming from the newest training state in the run directory, "{own}" (0.064 kimg), which is further ' \
            f'than --resume={given} (0.032 kimg)' in result.output
+    # States of a run that did not begin from that --resume, however far, do not replace it.
+    unrelated = tmp_path / 'unrelated'
+    shutil.copytree(second, unrelated)
+    state = load_state(unrelated / own.name)
+    assert state['resumed_from'] == str(given.resolve())
+    state['resumed_from'] = None
+    torch.save(state, unrelated / own.name)
+    result = invoke_train(['--outdir', unrelated, *args[2:], '-n'])
+    assert result.exit_code == 0, result.output
+    assert f'Resuming from "{given}".' in result.output
     result = run_train(args)
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):

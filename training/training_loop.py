@@ -58,6 +58,16 @@ def state_nimg(path: str) -> int | None:
     except Exception:  # Truncated or foreign files: reported when a run loads them.
         return None
 
+# Where a run began, as its training states record it (read without loading
+# the tensors): `resumed_from`, the state outside the run directory that it was
+# first resumed from (--resume), None for a run that began afresh.
+def state_origin(path: str) -> str | None:
+    try:
+        state = misc.load_plain(path, map_location='cpu', mmap=True)
+    except Exception:  # Truncated or foreign files: reported when a run loads them.
+        return None
+    return state.get('resumed_from') if isinstance(state, dict) else None
+
 # How a --transfer source is recorded in training states: URLs as given,
 # local files by absolute path.
 def transfer_source_id(source: str | None) -> str | None:
@@ -475,6 +485,7 @@ class _Progress:
     cur_nimg:    int = 0                    # Images trained on.
     cur_tick:    int = 0                    # The next tick.
     transfer_id: str | None = None          # The --transfer source of the run (transfer_source_id).
+    resumed_from: str | None = None         # The state elsewhere that the run began from (--resume), absolute.
     rng:         dict[str, Any] | None = None # This process's random generators to restore; None = as seeded.
 
 def _resume(resume_state_dump: str | None, *, resume_from_run_dir: bool, resume_pkl: str | None, net: torch.nn.Module,
@@ -492,6 +503,7 @@ def _resume(resume_state_dump: str | None, *, resume_from_run_dir: bool, resume_
                             f'{os.path.basename(resume_state_dump)}; use a new --outdir for a new transfer')
         progress.cur_nimg = resume.restore_edm_state(resume_state_dump, net, ema, optimizer)
         progress.transfer_id = None
+        progress.resumed_from = None if resume_from_run_dir else os.path.abspath(resume_state_dump)
         dist.print0(f'Continuing EDM\'s run at {progress.cur_nimg // 1000} kimg, the EMA from its snapshot; data order and '
                     'random generators start afresh.')
     if resume_state_dump is not None and not from_edm:
@@ -502,6 +514,7 @@ def _resume(resume_state_dump: str | None, *, resume_from_run_dir: bool, resume_
             raise UserError(f'--transfer={resume_pkl}: the run directory holds {os.path.basename(resume_state_dump)} '
                             f'of a run that started from {origin}; use a new --outdir for a new transfer')
         progress.transfer_id = state.get('transfer')
+        progress.resumed_from = state.get('resumed_from') if resume_from_run_dir else os.path.abspath(resume_state_dump)
         _check_same_data(state.get('data'), data_fingerprint, resume_state_dump, allow_data_change)
         if (extra is not None) != ('online' in state):
             raise UserError(f'{resume_state_dump}: ' + ('a run without --noisy; Online SFBD needs a new run (--transfer)'
@@ -658,6 +671,7 @@ def training_loop(
                        ema=ema, optimizer=optimizer, extra=extra, dataset_obj=dataset_obj, sampler=dataset_sampler,
                        data_fingerprint=data_fingerprint, allow_data_change=allow_data_change)
     cur_nimg, cur_tick, transfer_id = progress.cur_nimg, progress.cur_tick, progress.transfer_id
+    resumed_from = progress.resumed_from
 
     # Gradient averaging between processes. On the fast path the network
     # (not its weight average) computes at the fast path's precision.
@@ -694,7 +708,7 @@ def training_loop(
             return
         state = dict(
             format=STATE_FORMAT, cur_nimg=cur_nimg, cur_tick=cur_tick + 1,  # The tick that comes next.
-            batch_size=batch_size, world_size=world_size, seed=seed, transfer=transfer_id,
+            batch_size=batch_size, world_size=world_size, seed=seed, transfer=transfer_id, resumed_from=resumed_from,
             net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
             sampler=dataset_sampler.state_dict(), rng=rng_states, data=data_fingerprint,
             schedule=dict(lr=optimizer_kwargs['lr'], lr_rampup_kimg=lr_rampup_kimg,  # Restored by a resume (training/resume.py).
