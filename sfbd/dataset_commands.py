@@ -164,12 +164,15 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
                 noisy_sources.append([name, fnames[idx]])
                 noisy_sigmas[name] = level
         source_path = os.path.abspath(source)
-        noise = 'secret' if noise_seed is None else 'seeded'
+        # One id for both parts, new for every split: with secret noise, two splits of one seed share
+        # their names, sizes and labels, and only this tells a re-made set from the one before
+        # (denoise.py and training identify a set by its dataset.json and listing).
+        split_id, noise = secrets.token_hex(16), 'secret' if noise_seed is None else 'seeded'
         commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels,
-                                              split=split_record(source_path, seed, 'clean', clean_sources, noise)),
+                                              split=split_record(source_path, seed, 'clean', clean_sources, noise, split_id)),
                                          dict(sigma=noisy_sigmas if isinstance(sigma, tuple) else sigma,
                                               labels=None if labels is None else noisy_labels,
-                                              split=split_record(source_path, seed, 'noisy', noisy_sources, noise))])
+                                              split=split_record(source_path, seed, 'noisy', noisy_sources, noise, split_id))])
     dataset.close()
     return dict(clean=len(clean_labels), noisy=len(noisy_labels))
 

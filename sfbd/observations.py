@@ -215,8 +215,9 @@ def read_listing(path: str) -> tuple[list[str], dict]:
         files.close()
 
 # What a set is, cheaply: its dataset.json (noise levels, labels, the split's
-# seed and sources) and the name and size of every file, not their pixels. A
-# set made again at the same path from another seed or source differs.
+# seed, sources and id) and the name and size of every file, not their pixels.
+# A set that `split` made again at the same path differs (a new id), whatever
+# its seed.
 def listing_digest(path: str) -> str:
     files = DatasetFiles(path)
     try:
@@ -244,11 +245,12 @@ def raw_labels(path: str, fnames: list[str], metadata: dict) -> list[Any] | None
 # which part this is, for every file of the part the name of the source image
 # it came from, as [name, source name] pairs like EDM's labels, and whether the
 # noise is secret or came from --noise-seed (the noise seed itself is never
-# written). Names only: nothing of the source images is in the part. Readers
-# that do not know the key ignore it.
+# written), and a random id shared by the two parts of one split. Names only:
+# nothing of the source images is in the part. Readers that do not know the
+# key ignore it.
 
-def split_record(source: str, seed: int, part: str, names: list[list[str]], noise: str) -> dict:
-    return dict(source=source, seed=seed, part=part, source_names=names, noise=noise)
+def split_record(source: str, seed: int, part: str, names: list[list[str]], noise: str, split_id: str) -> dict:
+    return dict(source=source, seed=seed, part=part, source_names=names, noise=noise, id=split_id)
 
 #----------------------------------------------------------------------------
 # Reading an observation set: a dataset of .npy arrays whose dataset.json

@@ -197,6 +197,17 @@ def test_a_set_remade_at_the_same_path_is_refused(inputs, tmp_path):
     make_observation_set(str(data), random_observations(8, seed=2), sigma=SIGMA, labels=[i % 3 for i in range(8)])
     result = run('--network', inputs['net'], '--data', data, '--outdir', tmp_path / 'o', '--shard=1/2', '--steps=2')
     assert result.exit_code == 1 and 'other options (data_digest differ' in result.output, result.output
+    # The same split made again (secret noise: same names, sizes, labels and seed, other pixels).
+    from sfbd.dataset_commands import split_dataset
+    make_image_dataset(str(tmp_path / 'src'), 6)
+    for attempt in range(2):
+        shutil.rmtree(tmp_path / 'split', ignore_errors=True)
+        split_dataset(str(tmp_path / 'src'), str(tmp_path / 'split' / 'c'), str(tmp_path / 'split' / 'n'), SIGMA,
+                      seed=1, clean_count=2, verbose=False)
+        result = run('--network', inputs['net'], '--data', tmp_path / 'split' / 'n', '--outdir', tmp_path / 'o2',
+                     f'--shard={attempt}/2', '--steps=2')
+        assert result.exit_code == attempt, result.output
+    assert 'other options (data_digest differ' in result.output
 
 def test_torchrun_processes_split_the_work(inputs, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1')
