@@ -543,6 +543,8 @@ NUMBERS = [
     (train.main, ['--data=x', '--lr=nan'], '--lr'),
     (train.main, ['--data=x', '--duration=inf'], '--duration'),
     (train.main, ['--data=x', '--dropout=nan'], '--dropout'),
+    (train.main, ['--data=x', '--noisy=y', '--online-rampup=nan'], '--online-rampup'),
+    (train.main, ['--data=x', '--noisy=y', '--online-rampup=inf'], '--online-rampup'),
     (dataset_tool.cli, ['split', '--source=x', '--clean=a', '--noisy=b', '--sigma=inf', '--clean-count=1'], '--sigma'),
     (dataset_tool.cli, ['split', '--source=x', '--clean=a', '--noisy=b', '--sigma=1', '--clean-fraction=nan'], '--clean-fraction'),
     (rounds.main, ['--clean=x', '--noisy=y', '--rounds=1', '--pretrain-duration=1', '--round-duration=nan'], '--round-duration'),

@@ -2,6 +2,8 @@
 extend or refuse."""
 
 import os
+import subprocess
+import sys
 import re
 
 import pytest
@@ -119,6 +121,13 @@ def test_denoise_args_are_checked_against_the_observations_first(data, tmp_path,
     with pytest.raises(UserError, match=re.escape(message)):
         rounds.run_rounds(str(tmp_path / 'x'), str(data / 'clean'), str(data / 'noisy'), 1, DURATION, DURATION,
                           train_args=TRAIN_ARGS, denoise_args=denoise_args)
+    assert not os.path.exists(tmp_path / 'x')
+
+# --noisy in the train.py options: the rounds' own option, also without --online.
+def test_noisy_in_the_train_args_is_named_as_the_rounds_option(data, tmp_path):
+    with pytest.raises(UserError, match=r"--train-args: --noisy is an option of sfbd.rounds itself"):
+        rounds.run_rounds(str(tmp_path / 'x'), str(data / 'clean'), str(data / 'noisy'), 1, DURATION, DURATION,
+                          train_args=[*TRAIN_ARGS, f'--noisy={data / "noisy"}'])
     assert not os.path.exists(tmp_path / 'x')
 
 def test_online_args_are_checked_with_the_online_duration_first(data, tmp_path):
@@ -288,3 +297,14 @@ def test_a_stop_signal_reaches_the_script_and_the_rounds_wait(tmp_path, sig, sta
     assert received.read_text() == sig + '\n'  # Once, though the script is not in the rounds' process group.
     assert parent.returncode == status, output
     assert 'rerun the same command to continue' in output
+
+# A step that fails with its own one-line error (on the terminal) is not followed by a second error line.
+def test_a_failing_step_gives_one_error_line(tmp_path):
+    code = ('import sys; sys.path.insert(0, "."); from tools import rounds; '
+            'rounds.run_script("train.py", ["--outdir=x", "--data=/no/such/data", "-n"])')
+    result = subprocess.run([sys.executable, '-c', code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith('Error:')]
+    assert len(errors) == 1 and '/no/such/data' in errors[0], result.stdout + result.stderr
+    assert 'sfbd.rounds stops: train.py ended with exit status 1.' in result.stderr

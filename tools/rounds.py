@@ -118,8 +118,11 @@ def run_script(script: str, args: Sequence[str], nproc: int = 1, log: IO[str] | 
         print(f'Stopped by {name} ({script} ended with status {status}); rerun the same command to continue.', flush=True)
         preempted = hasattr(signal, 'SIGUSR1') and received[0] == signal.SIGUSR1
         raise SystemExit(PREEMPTED_EXIT_CODE if preempted else 128 + received[0])
+    if status != 0 and log is None:  # Its own error is the line above: say how the rounds end, as no second error.
+        print(f'sfbd.rounds stops: {script} ended with exit status {status}.', file=sys.stderr, flush=True)
+        raise SystemExit(1)
     if status != 0:
-        raise UserError(f'{script} failed with exit status {status}' + (f' (its output is in {log.name})' if log is not None else ''))
+        raise UserError(f'{script} failed with exit status {status} (its output is in {log.name})')
 
 #----------------------------------------------------------------------------
 # The record: the options of the run and one entry per finished step. A rerun
@@ -156,6 +159,9 @@ TRAIN_OPTIONS_SET_HERE = ('outdir', 'nosubdir', 'data', 'noisy', 'duration', 'tr
 
 def _check_train_args(option: str, args: Sequence[str], nproc: int) -> None:
     from tools.train_options import parse_train_args  # Here, so that the rounds' --help need not import torch.
+    if any(arg == '--noisy' or arg.startswith('--noisy=') for arg in args):  # Not the generic message: the rounds set it only with --online.
+        raise UserError(f'{option}: --noisy is an option of sfbd.rounds itself (the observations; with --online it '
+                        'trains Online SFBD on them); leave it out here')
     params = parse_train_args(args, option, TRAIN_OPTIONS_SET_HERE)
     if params['batch'] % nproc != 0:
         raise UserError(f'{option}: --batch={params["batch"]} does not divide evenly between --nproc={nproc} processes')

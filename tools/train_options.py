@@ -72,7 +72,7 @@ def train_options(func: Callable) -> Callable:
         click.option('--refresh-every', help='Optimizer steps between refreshes of the denoised buffer  [default: 20]', metavar='INT', type=click.IntRange(min=1)),
         click.option('--refresh-batch', help='Observations denoised again per refresh  [default: set by --refresh-passes]', metavar='INT', type=click.IntRange(min=1)),
         click.option('--refresh-passes', help='Refresh passes over the observations in the whole run; sets --refresh-batch  [default: 2]', metavar='FLOAT', type=FiniteFloat(min=0, min_open=True)),
-        click.option('--online-rampup', help='Loss weight of denoised images ramps 0 -> 1 over this  [default: one refresh pass]', metavar='KIMG', type=click.FloatRange(min=0)),
+        click.option('--online-rampup', help='Loss weight of denoised images ramps 0 -> 1 over this  [default: one refresh pass]', metavar='KIMG', type=FiniteFloat(min=0)),
         click.option('--mode',          help='Backward sampler of the refreshes  [default: ode]',                      type=click.Choice(MODES)),
         click.option('--steps',         help='Steps of the denoising grid, as denoise.py --steps  [default: 18]', metavar='INT', type=click.IntRange(min=1)),
         click.option('--refresh-net',   help='Network that denoises: the weight average or the raw network  [default: ema]', type=click.Choice(REFRESH_NETS)),
