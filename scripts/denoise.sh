@@ -37,8 +37,9 @@
 #   RECORD_TAG    optional: a JSON object merged into that line (e.g. {"round": 2}).
 #   NGPUS         optional: GPUs to use (default as scripts/train.sh counts them); more than one runs
 #                 `torchrun --standalone --nproc_per_node=NGPUS denoise.py`.
-#   SFBD_REQUEUE  1 (default): on the warning signal (or SIGTERM) stop denoise.py and requeue this
-#                 task; a rerun skips the images already written. 0: exit 75 instead.
+#   SFBD_REQUEUE  1 (default): on the warning signal stop denoise.py and requeue this task; a rerun
+#                 skips the images already written. 0: exit 75 instead. SIGTERM (scancel) stops
+#                 denoise.py and exits 75 without requeueing.
 #   SFBD_ROOT     optional: the repository (default: this script's parent folder, or under sbatch
 #                 the submitted file's, else SLURM_SUBMIT_DIR, else the current folder).
 #   PYTHON        optional: Python interpreter (default `python`, else `python3`).

@@ -51,6 +51,7 @@
 #   RECORD_TAG     optional. A JSON object merged into that line (e.g. {"round": 2}).
 #   SFBD_REQUEUE   1 (default): when train.py stops on the warning signal with exit code 75 (state
 #                  saved), an sbatch job requeues itself with `scontrol requeue`. 0: just exit 75.
+#                  SIGTERM (scancel) saves and exits 75 without requeueing.
 #   SFBD_ROOT      optional. The repository (holding train.py). Default: this script's parent folder;
 #                  under sbatch (which runs a copy of this file) the parent of the submitted file as
 #                  `scontrol show job` reports it, else SLURM_SUBMIT_DIR, else the current folder.
@@ -194,6 +195,7 @@ if ((NNODES > 1)); then
     # training step, helper processes included (which may then die noisily).
     _sfbd_forward_step() {
         SFBD_SIGNALLED=1
+        SFBD_LAST_SIGNAL="$1"
         _SFBD_TRAPPED=1
         sfbd_log "got a signal: sending SIG$1 to the training launcher on every node"
         # shellcheck disable=SC2016 # expanded on each node

@@ -379,3 +379,22 @@ def test_preempted_training_requeues_and_resumes(slurm_env, data, tmp_path):
             assert 'sending SIGUSR1 to the training launcher on every node' in text
             assert 'could not reach every launcher' not in text
             assert len(re.findall(r'rendezvous 127\.0\.0\.1:\d+ id ' + job, text)) == 4  # 2 nodes x 2 starts.
+
+# A plain `scancel` (SIGTERM) means stop: train.py saves its state, and the job is not requeued;
+# rerunning it resumes from the state.
+def test_scancel_saves_and_stops_the_job(slurm_env, data, tmp_path):
+    env = dict(slurm_env, CLEAN_DATA=data['clean'], OUTDIR=str(tmp_path / 'run'))
+    out = tmp_path / 'job.out'
+    job = _run(['sbatch', '--parsable', f'--output={out}', str(SCRIPTS / 'train.sh'), *TINY_NET, '--duration=0.001',
+                '--seed=0'], env=env).stdout.strip().split(';')[0]
+    try:
+        wait_for_text(out, r'^tick 0 ', timeout=180)
+        _run(['scancel', '--signal=TERM', '--batch', job], env=slurm_env)
+        info = wait_for_job(job, slurm_env, timeout=300)
+    finally:
+        subprocess.run(['scancel', job], env=slurm_env, timeout=30)
+    text = out.read_text(errors='replace')
+    assert info.get('Restarts') == '0', f'{info}\n{text[-4000:]}'
+    assert 'Stop requested: saving a snapshot and a training state' in text
+    assert 'stopped by SIGTERM' in text and 'not requeueing' in text and 'requeueing job' not in text
+    assert list((tmp_path / 'run').glob('training-state-*.pt'))
