@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -444,10 +445,27 @@ def test_a_second_train_py_in_a_nosubdir_run_is_refused(data, tmp_path, monkeypa
     assert invoke_train(args + ['-n']).exit_code == 0
     monkeypatch.setenv('SLURM_JOB_ID', '77')
     monkeypatch.setenv('SLURM_RESTART_COUNT', '1')
-    holds(host='elsewhere', pid=1, slurm_job='77', slurm_restart=0)  # The job's run before its requeue.
-    assert invoke_train(args + ['-n']).exit_code == 0
     holds(host='elsewhere', pid=1, slurm_job='78', slurm_restart=0)  # Another job, renewed just now.
     assert invoke_train(args + ['-n']).exit_code == 1
+    # The job's run before its requeue: waited for until it has gone unrenewed a while, then set aside;
+    # one renewed all along (its node lost to SLURM, still writing) is not.
+    monkeypatch.setattr(train_setup, 'REQUEUE_SECONDS', 1.0)
+    holds(host='elsewhere', pid=1, slurm_job='77', slurm_restart=0)
+    result = invoke_train(args + ['-n'])
+    assert result.exit_code == 0 and 'Waiting up to 1 s for the claim of this job' in result.output, result.output
+    monkeypatch.setattr(train_setup, 'STALE_SECONDS', 3.0)
+    holds(host='elsewhere', pid=1, slurm_job='77', slurm_restart=0)
+    stop = threading.Event()
+    def renew():
+        while not stop.wait(0.2):
+            os.utime(claim)
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    try:
+        assert invoke_train(args + ['-n']).exit_code == 1
+    finally:
+        stop.set()
+        renewer.join()
     gone = subprocess.Popen(['true'])
     gone.wait()
     holds(host=socket.gethostname(), pid=gone.pid)

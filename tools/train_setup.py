@@ -10,6 +10,7 @@ What train.py and the tools that parse its options share. Not the click table
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import socket
@@ -90,19 +91,23 @@ def next_run_dir(outdir: str, desc: str) -> str:
 # same run (with --nosubdir, a second train.py in the directory is refused);
 # a claim whose process is gone is set aside. Gone means: on this host, no
 # such process; on another host, a claim not renewed for STALE_SECONDS (its
-# holder touches it every HEARTBEAT_SECONDS), or one of an earlier run of this
-# very SLURM job (requeued: SLURM runs one instance of a job at a time). Only
-# rank 0 decides; the other processes take its decision.
+# holder touches it every HEARTBEAT_SECONDS). A claim of an earlier run of
+# this very SLURM job (requeued after a hard kill) is waited for until it has
+# not been renewed for REQUEUE_SECONDS: SLURM runs one instance of a job at a
+# time, but a run on a node it lost may still write for a while. Only rank 0
+# decides; the other processes take its decision.
 
 CLAIM_FNAME = '.train-claim.json'
 HEARTBEAT_SECONDS = 60
 STALE_SECONDS = 600
+REQUEUE_SECONDS = 150
 RUN_ID = re.compile(r'^(\d+)-')
 
 def _claim_owner() -> dict:
     owner: dict[str, Any] = dict(host=socket.gethostname(), pid=os.getpid())
     if os.environ.get('SLURM_JOB_ID'):
-        owner.update(slurm_job=os.environ['SLURM_JOB_ID'], slurm_restart=int(os.environ.get('SLURM_RESTART_COUNT') or 0))
+        restart = os.environ.get('SLURM_RESTART_COUNT', '')
+        owner.update(slurm_job=os.environ['SLURM_JOB_ID'], slurm_restart=int(restart) if restart.isdigit() else 0)
     return owner
 
 class RunClaim:
@@ -126,7 +131,10 @@ class RunClaim:
                 holder = read_record(path)
             except UserError:
                 holder = {}  # Unreadable: written by a run that died while writing it.
-            if holder is not None and self._alive(holder, path):
+            if holder is not None and self._earlier_run_of_this_job(holder):
+                if not self._wait_until_unrenewed(path, REQUEUE_SECONDS, limit=STALE_SECONDS):
+                    return holder  # Renewed all along: that run still trains.
+            elif holder is not None and self._alive(holder, path):
                 return holder
             with contextlib.suppress(FileNotFoundError):  # Gone: set it aside (one process only can).
                 aside = f'{path}.{uuid.uuid4().hex}.stale'
@@ -134,19 +142,33 @@ class RunClaim:
                 os.remove(aside)
         raise UserError(f'{path}: keeps changing; is another train.py starting in {run_dir}?')
 
-    def _alive(self, holder: dict, path: str) -> bool:
+    def _earlier_run_of_this_job(self, holder: dict) -> bool:
         owner, mine = holder.get(OWNER_KEY), self.owner
+        return isinstance(owner, dict) and mine.get('slurm_job') is not None and owner.get('slurm_job') == mine['slurm_job'] \
+            and isinstance(owner.get('slurm_restart'), int) and owner['slurm_restart'] < mine['slurm_restart']
+
+    def _alive(self, holder: dict, path: str) -> bool:
+        owner = holder.get(OWNER_KEY)
         if not isinstance(owner, dict):
             return False
-        if mine.get('slurm_job') is not None and owner.get('slurm_job') == mine['slurm_job'] \
-                and isinstance(owner.get('slurm_restart'), int) and owner['slurm_restart'] < mine['slurm_restart']:
-            return False
-        if owner.get('host') != mine['host']:
-            try:
-                return time.time() - os.path.getmtime(path) < STALE_SECONDS
-            except OSError:
-                return False
+        if owner.get('host') != self.owner['host']:
+            return _seconds_unrenewed(path) < STALE_SECONDS
         return may_be_running(holder)
+
+    @staticmethod
+    def _wait_until_unrenewed(path: str, seconds: float, limit: float) -> bool:
+        # True once the claim at `path` has gone `seconds` without renewal; False if it is renewed
+        # for longer than `limit`.
+        deadline, announced = time.monotonic() + limit, False
+        while (age := _seconds_unrenewed(path)) < seconds:
+            if time.monotonic() + seconds - age > deadline:
+                return False
+            if not announced:
+                dist.print0(f'Waiting up to {seconds - age:.0f} s for the claim of this job\'s run before its '
+                            f'requeue to lapse ({path})...')
+                announced = True
+            time.sleep(min(seconds - age, HEARTBEAT_SECONDS) + 0.1)
+        return True
 
     def _heartbeat(self, path: str) -> None:
         while not self._stop_heartbeat.wait(HEARTBEAT_SECONDS):
@@ -161,6 +183,12 @@ class RunClaim:
             if (read_record(self.path) or {}).get(OWNER_KEY) == self.owner:
                 os.remove(self.path)
         self.path = None
+
+def _seconds_unrenewed(path: str) -> float:
+    try:
+        return time.time() - os.path.getmtime(path)
+    except OSError:
+        return math.inf
 
 def holder_message(run_dir: str, holder: dict) -> str:
     owner = holder.get(OWNER_KEY, {})
