@@ -408,13 +408,9 @@ def calc_plan(*, image_path: str | None, network: str | None, ref_path: str, num
     outputs.check()
     images_record = None
     if outdir is not None:
-        # A pickle's content too, as generate.py records it: images of another network at the same
-        # path are not mixed in. (A run directory's snapshots are never replaced.)
         images_record = dict(network=network if is_url(network) else os.path.abspath(network), snapshots=snapshots,
                              seeds=format_int_list([s for ss in seed_sets for s in ss]),
                              sampler={k: v for k, v in sampler_kwargs.items() if v is not None})
-        if not is_rundir:
-            images_record['network_sha256'] = file_sha256(network)
     return CalcPlan(is_rundir, seed_sets, pkls, num or DEFAULT_NUM_IMAGES, seed or 0, outputs, images_record)
 
 #----------------------------------------------------------------------------
@@ -517,6 +513,11 @@ def calc_fid(*, image_path: str | None, network: str | None, ref_path: str, num:
             raise UserError(f'--network={missing[0]}: no such file')
     det = load_fid_detector(device_obj, detector, detector_sha256, fast)
     scoring = Scoring(ref_path, mu_ref, sigma_ref, detector, det, device_obj)
+    if plan.images_record is not None and not plan.is_rundir:
+        # A pickle's content too, as generate.py records it: images of another network at the same
+        # path are not mixed into --outdir. (A run directory's snapshots are never replaced.)
+        with rank0_first():
+            plan = plan._replace(images_record=dict(plan.images_record, network_sha256=file_sha256(network)))
 
     results: list[dict] = []
     if image_path is not None:
