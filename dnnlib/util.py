@@ -335,11 +335,20 @@ def check_distinct_spans(spans: list[tuple[int, int]]) -> None:
 # (`class_name='training.networks.EDMPrecond'`); EDM's names.
 
 def get_obj_by_name(name: str) -> Any:
-    module_name, _, attr = name.rpartition('.')
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f'cannot find "{name}"') from None
+    """The object named `module.path.obj` (or `module.Class.attr`: the longest importable module wins)."""
+    parts = name.split('.')
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module('.'.join(parts[:split]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[split:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            break
+        return obj
+    raise ValueError(f'cannot find "{name}"')
 
 def call_func_by_name(*args: Any, func_name: str, **kwargs: Any) -> Any:
     return get_obj_by_name(func_name)(*args, **kwargs)

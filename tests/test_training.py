@@ -483,6 +483,15 @@ def test_a_claim_is_renewed_until_released(tmp_path, monkeypatch):
     os.utime(path, (0, 0))
     time.sleep(0.5)
     assert os.path.getmtime(path) > time.time() - 5
+    # Set aside and replaced by another process (which found it stale): no longer renewed here, nor removed.
+    path.write_text(json.dumps(dict(claimed_by=dict(host='elsewhere', pid=1))))
+    os.utime(path, (0, 0))
+    time.sleep(0.5)
+    assert os.path.getmtime(path) == 0
+    claim.release()
+    assert path.exists()
+    path.unlink()
+    assert claim.take(str(tmp_path)) is None
     claim.release()
     assert not path.exists()
 

@@ -46,7 +46,7 @@ from tools.rounds import ONLINE_RECORD_FNAME, RECORD_FNAME, load_record
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 from torch_utils.persistence import load_network
-from training.dataset import ImageFolderDataset
+from training.dataset import DatasetFiles, ImageFolderDataset
 from metrics.fid import FeatureStats, calculate_fid_from_inception_stats, load_ref_stats, snapshot_kimg
 
 SCORES_FNAME = 'scores.json'
@@ -67,9 +67,9 @@ def dataset_fingerprint(path: str) -> str:
     if os.path.isfile(path):
         stat = os.stat(path)
         return f'{stat.st_size}-{stat.st_mtime_ns}'
-    entries = sorted((os.path.relpath(os.path.join(root, name), path), os.stat(os.path.join(root, name)).st_size,
-                      os.stat(os.path.join(root, name)).st_mtime_ns)
-                     for root, _dirs, names in os.walk(path) for name in names)
+    files = DatasetFiles(path)  # The files a dataset reader sees: links followed, hidden files left out.
+    stats = [(name, os.stat(os.path.join(path, name))) for name in files.names]
+    entries = sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats)
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 def arrays_sha256(*arrays: np.ndarray) -> str:

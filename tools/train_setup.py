@@ -170,10 +170,16 @@ class RunClaim:
             time.sleep(min(seconds - age, HEARTBEAT_SECONDS) + 0.1)
         return True
 
+    # Renews the claim while it is this process's: one that another process set
+    # aside and replaced (it found this one stale) is left alone.
     def _heartbeat(self, path: str) -> None:
         while not self._stop_heartbeat.wait(HEARTBEAT_SECONDS):
-            with contextlib.suppress(OSError):
+            try:
+                if (read_record(path) or {}).get(OWNER_KEY) != self.owner:
+                    return
                 os.utime(path)
+            except (OSError, UserError):
+                pass
 
     def release(self) -> None:
         self._stop_heartbeat.set()
