@@ -106,9 +106,9 @@ def check_not_half_published(clean_dest: str, noisy_dest: str) -> None:
             except UserError:
                 continue
             if isinstance(record, dict) and record.get('part') == option[2:]:
-                raise UserError(f'{option}={there}: is one part of a split whose other part, {other}={missing}, was '
-                                'never written (the split was stopped between its last two steps); delete it and '
-                                'split again')
+                raise UserError(f'{option}={there}: is the {option[2:]} part of an earlier split, and {other}={missing} '
+                                'does not exist (a split stopped between its last two steps leaves one part alone); '
+                                'delete it and split again')
 
 MAX_SIGMA = 1e30  # Observations are stored as float32 (largest 3.4e38): their noise must fit.
 

@@ -411,7 +411,8 @@ def test_links_to_folders_are_followed_once(tmp_path):
 @pytest.mark.parametrize('member, message', [
     ('../../escaped.png', 'points outside the archive'), ('/etc/a.png', 'points outside the archive'),
     ('C:/a.png', 'points outside the archive'), ('cat\\a.png', 'points outside the archive'),
-    ('00000/a.png', 'is in the zip more than once')])
+    ('00000/a.png', 'is in the zip more than once'), ('./00000/a.png', 'is in the zip more than once'),
+    ('00000//a.png', 'is in the zip more than once')])
 def test_zip_members_must_stay_inside_and_be_unique(tmp_path, member, message):
     save_png(str(tmp_path / 'a.png'), np.zeros([8, 8, 3], np.uint8))
     with zipfile.ZipFile(tmp_path / 'd.zip', 'w') as zf, warnings.catch_warnings():

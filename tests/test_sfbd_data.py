@@ -214,7 +214,7 @@ def test_split_never_overwrites(tmp_path, source):
     os.rmdir(tmp_path / 'n')
     clean, noisy, _ = _split(tmp_path, clean_count=3, zip_noisy=True)
     os.remove(noisy)
-    with pytest.raises(UserError, match=r'--clean=.*: is one part of a split whose other part, --noisy=.*, was never written'):
+    with pytest.raises(UserError, match=r'--clean=.*: is the clean part of an earlier split, and --noisy=.* does not exist'):
         split_dataset(str(tmp_path / 'src'), clean, noisy, 0.5, clean_count=3, verbose=False)
 
 #----------------------------------------------------------------------------

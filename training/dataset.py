@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import posixpath
 import zipfile
 from typing import IO, Any, Sequence
 
@@ -93,9 +94,10 @@ def _check_member_names(path: str, names: list[str]) -> None:
                             f'backslash or ".."); a dataset zip holds relative paths only')
     seen = set()
     for name in names:
-        if name in seen:
+        key = posixpath.normpath(name)  # `./a.png` and `a//b.png` name `a.png` and `a/b.png` again.
+        if key in seen:
             raise UserError(f'{path}: the member {name!r} is in the zip more than once')
-        seen.add(name)
+        seen.add(key)
 
 class DatasetFiles:
     def __init__(self, path: str):
