@@ -510,16 +510,24 @@ def test_a_rerun_with_resume_elsewhere_continues_its_own_progress(reference_run,
     assert result.exit_code == 0, result.output
     assert f'Resuming from the newest training state in the run directory, "{own}" (0.064 kimg), which is further ' \
            f'than --resume={given} (0.032 kimg)' in result.output
-    # States of a run that did not begin from that --resume, however far, do not replace it.
-    unrelated = tmp_path / 'unrelated'
-    shutil.copytree(second, unrelated)
-    state = load_state(unrelated / own.name)
+    # Further states of a run that began elsewhere are refused (two runs would share the directory);
+    # states written before they recorded their origin count as this command's.
+    state = load_state(own)
     assert state['resumed_from'] == str(given.resolve())
-    state['resumed_from'] = None
-    torch.save(state, unrelated / own.name)
-    result = invoke_train(['--outdir', unrelated, *args[2:], '-n'])
-    assert result.exit_code == 0, result.output
-    assert f'Resuming from "{given}".' in result.output
+    for name, origin in (('unrelated', None), ('legacy', 'absent')):
+        folder = tmp_path / name
+        shutil.copytree(second, folder)
+        changed = dict(state, resumed_from=origin)
+        if origin == 'absent':
+            del changed['resumed_from']
+        torch.save(changed, folder / own.name)
+        result = invoke_train(['--outdir', folder, *args[2:], '-n'])
+        if name == 'unrelated':
+            assert result.exit_code == 1
+            (line,) = error_lines(result)
+            assert f'holds {own.name} of a run that began afresh; give a state inside it' in line
+        else:
+            assert result.exit_code == 0 and 'Resuming from the newest training state in the run directory' in result.output
     result = run_train(args)
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):

@@ -304,14 +304,22 @@ def resume_point(opts: dnnlib.EasyDict, c: dnnlib.EasyDict, claim: RunClaim) -> 
             raise UserError(f'--resume: {opts.resume}: no such file or directory')
         resume_note = f'Resuming from "{c.resume_state_dump}".'
         # Rerunning a --nosubdir command that resumed from a state elsewhere (a job script
-        # requeued after preemption) continues from its own newest state, which records that it
-        # descends from that very state, once that is further.
+        # requeued after preemption) continues from its own newest state once that is further:
+        # a state that records descending from that very state, or one written before states
+        # recorded where their run began. A further state of another run is refused: resuming
+        # from --resume there would put two runs' snapshots in one directory.
         if continue_dir is not None and path_relation(opts.resume, continue_dir) not in ('is', 'is inside'):
             own = training_loop.find_latest_state(continue_dir)
             own_nimg = training_loop.state_nimg(own) if own is not None else None
             given_nimg = training_loop.state_nimg(c.resume_state_dump)
-            descends = own is not None and training_loop.state_origin(own) == os.path.abspath(c.resume_state_dump)
-            if descends and own_nimg is not None and given_nimg is not None and own_nimg > given_nimg:
+            further = own_nimg is not None and given_nimg is not None and own_nimg > given_nimg
+            recorded, origin = training_loop.state_origin(own) if own is not None else (False, None)
+            if further and recorded and origin != os.path.abspath(c.resume_state_dump):
+                began = f'from {origin}' if origin else 'afresh'
+                raise UserError(f'--resume={opts.resume}: the run directory {continue_dir} holds {os.path.basename(own)} '
+                                f'of a run that began {began}; give a state inside it to continue that run, or '
+                                'use another --outdir')
+            if further:
                 c.resume_state_dump, c.resume_from_run_dir = own, True
                 resume_note = (f'Resuming from the newest training state in the run directory, "{own}" '
                                f'({own_nimg / 1000:g} kimg), which is further than --resume={opts.resume} '

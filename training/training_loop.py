@@ -60,13 +60,16 @@ def state_nimg(path: str) -> int | None:
 
 # Where a run began, as its training states record it (read without loading
 # the tensors): `resumed_from`, the state outside the run directory that it was
-# first resumed from (--resume), None for a run that began afresh.
-def state_origin(path: str) -> str | None:
+# first resumed from (--resume), None for a run that began afresh. Returns
+# (recorded, origin); states written before the key existed record nothing.
+def state_origin(path: str) -> tuple[bool, str | None]:
     try:
         state = misc.load_plain(path, map_location='cpu', mmap=True)
     except Exception:  # Truncated or foreign files: reported when a run loads them.
-        return None
-    return state.get('resumed_from') if isinstance(state, dict) else None
+        return False, None
+    if not isinstance(state, dict) or 'resumed_from' not in state:
+        return False, None
+    return True, state['resumed_from']
 
 # How a --transfer source is recorded in training states: URLs as given,
 # local files by absolute path.
