@@ -340,7 +340,7 @@ def get_obj_by_name(name: str) -> Any:
     for split in range(len(parts) - 1, 0, -1):
         try:
             obj = importlib.import_module('.'.join(parts[:split]))
-        except ImportError:
+        except (ImportError, ValueError, TypeError):  # Not a module; an empty or relative name.
             continue
         try:
             for attr in parts[split:]:

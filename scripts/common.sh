@@ -200,6 +200,7 @@ sfbd_run_forwarding() {
     local mode="$1"
     shift
     SFBD_SIGNALLED=0
+    SFBD_WARNED=0
     _SFBD_MODE="$mode"
     if [[ "$mode" == torchrun ]]; then
         (trap '' USR1 && exec "$@") &
@@ -238,7 +239,7 @@ sfbd_run_forwarding() {
 _sfbd_forward() {
     local sig="$1" targets
     SFBD_SIGNALLED=1
-    SFBD_LAST_SIGNAL="$1"
+    if [[ "$1" == USR1 ]]; then SFBD_WARNED=1; fi
     _SFBD_TRAPPED=1
     if [[ "$_SFBD_MODE" == torchrun ]]; then
         targets="$(sfbd_children "$_SFBD_CHILD" | tr '\n' ' ')"
@@ -261,13 +262,14 @@ _sfbd_forward() {
 
 # sfbd_requeue_or_exit RC : after a preempted run (RC 75) inside an sbatch job, ask SLURM to requeue
 # this job (same job id, same environment, same OUTDIR, so the next start resumes); then exit RC.
-# Only the warning signal (USR1, before the time limit) requeues: SIGTERM comes from `scancel`, whose
-# user wants the job to stop, or from a preemption, which SLURM requeues itself where it is set to.
+# Only a job that got the warning signal (USR1, before the time limit) requeues itself: a stop by
+# SIGTERM alone comes from `scancel`, whose user wants the job to stop, or from a preemption, which
+# SLURM requeues itself where it is set to.
 sfbd_requeue_or_exit() {
     local rc="$1"
     local job
-    if ((rc == SFBD_EX_PREEMPTED)) && [[ "${SFBD_LAST_SIGNAL:-}" == TERM ]]; then
-        sfbd_log "state saved; stopped by SIGTERM (scancel, or a preemption that SLURM requeues itself): not requeueing; resubmit to resume"
+    if ((rc == SFBD_EX_PREEMPTED)) && [[ "${SFBD_WARNED:-0}" != 1 ]]; then
+        sfbd_log "state saved; stopped without the warning signal (scancel, or a preemption that SLURM requeues itself): not requeueing; resubmit to resume"
     elif ((rc == SFBD_EX_PREEMPTED)) && [[ -n "${SLURM_JOB_ID:-}" && "${ENVIRONMENT:-}" == BATCH ]]; then
         # An array task is named ARRAYID_TASK: its SLURM_JOB_ID may equal the array's own id, and
         # `scontrol requeue ARRAYID` would requeue every task of the array.

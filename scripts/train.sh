@@ -195,7 +195,7 @@ if ((NNODES > 1)); then
     # training step, helper processes included (which may then die noisily).
     _sfbd_forward_step() {
         SFBD_SIGNALLED=1
-        SFBD_LAST_SIGNAL="$1"
+        if [[ "$1" == USR1 ]]; then SFBD_WARNED=1; fi
         _SFBD_TRAPPED=1
         sfbd_log "got a signal: sending SIG$1 to the training launcher on every node"
         # shellcheck disable=SC2016 # expanded on each node
@@ -207,6 +207,7 @@ if ((NNODES > 1)); then
         fi
     }
     SFBD_SIGNALLED=0
+    SFBD_WARNED=0
     _SFBD_TRAIN_ROLE=node srun "${srun_args[@]}" bash "$SFBD_ROOT/scripts/train.sh" "${args[@]}" &
     child=$!
     trap '_sfbd_forward_step USR1' USR1

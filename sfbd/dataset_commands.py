@@ -14,7 +14,9 @@ neither overwrites an existing dataset. The observation format is described in d
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import secrets
 from typing import Any
@@ -164,10 +166,15 @@ def split_dataset(source: str, clean_dest: str, noisy_dest: str, sigma: float | 
                 noisy_sources.append([name, fnames[idx]])
                 noisy_sigmas[name] = level
         source_path = os.path.abspath(source)
-        # One id for both parts, new for every split: with secret noise, two splits of one seed share
-        # their names, sizes and labels, and only this tells a re-made set from the one before
-        # (denoise.py and training identify a set by its dataset.json and listing).
-        split_id, noise = secrets.token_hex(16), 'secret' if noise_seed is None else 'seeded'
+        # One id for both parts. With secret noise it is new for every split: two splits of one seed
+        # share their names, sizes and labels, and only this tells a re-made set from the one before
+        # (denoise.py and training identify a set by its dataset.json and listing). Seeded noise gives
+        # the same pixels for the same settings, and so the same id.
+        if noise_seed is None:
+            split_id, noise = secrets.token_hex(16), 'secret'
+        else:
+            settings = json.dumps([source_path, seed, noise_seed, sigma, num_clean, num_images])
+            split_id, noise = hashlib.sha256(settings.encode()).hexdigest()[:32], 'seeded'
         commit_together([clean, noisy], [dict(labels=None if labels is None else clean_labels,
                                               split=split_record(source_path, seed, 'clean', clean_sources, noise, split_id)),
                                          dict(sigma=noisy_sigmas if isinstance(sigma, tuple) else sigma,

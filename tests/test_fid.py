@@ -493,6 +493,9 @@ def test_network_end_to_end(files, rundir, tmp_path):
     run(*args)
     shutil.copy(os.path.join(root, 'network-snapshot-000010.pkl'), copy)
     assert_one_line_error(run(*args, ok=False), 'network_sha256')
+    missing = tmp_path / 'missing.pkl'  # Named as the option it is, with --outdir too.
+    assert_one_line_error(run(*[a.replace(str(copy), str(missing)) for a in args], ok=False),
+                          f'--network={missing}: no such file')
 
 # --fast on the CPU changes no arithmetic (inference mode, the same network):
 # the same scores for images and for a network's samples.

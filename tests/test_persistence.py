@@ -355,8 +355,9 @@ def test_edm_helpers_of_dnnlib_util(tmp_path):
     assert type(net).__name__ == 'EDMPrecond'
     assert dnnlib.util.call_func_by_name(3, func_name='math.sqrt') == math.sqrt(3)
     assert dnnlib.util.get_obj_by_name('training.networks.EDMPrecond.round_sigma') is networks.EDMPrecond.round_sigma
-    with pytest.raises(ValueError, match='cannot find "training.networks.Nothing"'):
-        dnnlib.util.get_obj_by_name('training.networks.Nothing')
+    for name in ('training.networks.Nothing', '..x', 'x'):
+        with pytest.raises(ValueError, match=f'cannot find "{re.escape(name)}"'):
+            dnnlib.util.get_obj_by_name(name)
     assert [dnnlib.util.format_time(s) for s in (5, 187, 7509, 101_520)] == ['5s', '3m 07s', '2h 05m 09s', '1d 04h 12m']
 
 #----------------------------------------------------------------------------

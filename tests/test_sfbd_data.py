@@ -88,6 +88,7 @@ def test_split_is_fixed_by_the_seed(tmp_path, source):
     a, b = ObservationSet(a_noisy), ObservationSet(b_noisy)
     assert np.array_equal(a.load(list(range(170)))[0].numpy(), b.load(list(range(170)))[0].numpy())
     assert read_json(os.path.join(a_noisy, 'dataset.json'))['split']['noise'] == 'seeded'
+    assert a.split['id'] == b.split['id']  # The same pixels: the same set.
 
 # The release's defect in another form: noise that follows from what the set records (the seed, the
 # source names) can be regenerated and subtracted. Without --noise-seed the noise comes from secret
@@ -103,6 +104,7 @@ def test_published_observations_do_not_give_back_their_originals(tmp_path, sourc
     assert not np.allclose(ya, yb)
     metadata = read_json(os.path.join(a_noisy, 'dataset.json'))
     assert metadata['split']['noise'] == 'secret' and 'noise_seed' not in json.dumps(metadata)
+    assert a.split['id'] != b.split['id']  # Other pixels: another set, though names, sizes and labels agree.
     source_index = int(metadata['split']['source_names'][0][1].split('img')[1].split('.')[0])
     original = source[source_index].astype(np.float64) / 127.5 - 1
     def undo(y, key):

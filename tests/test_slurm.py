@@ -396,5 +396,5 @@ def test_scancel_saves_and_stops_the_job(slurm_env, data, tmp_path):
     text = out.read_text(errors='replace')
     assert info.get('Restarts') == '0', f'{info}\n{text[-4000:]}'
     assert 'Stop requested: saving a snapshot and a training state' in text
-    assert 'stopped by SIGTERM' in text and 'not requeueing' in text and 'requeueing job' not in text
+    assert 'stopped without the warning signal' in text and 'not requeueing' in text and 'requeueing job' not in text
     assert list((tmp_path / 'run').glob('training-state-*.pt'))

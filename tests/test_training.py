@@ -468,6 +468,11 @@ def test_a_second_train_py_in_a_nosubdir_run_is_refused(data, tmp_path, monkeypa
         renewer.join()
     gone = subprocess.Popen(['true'])
     gone.wait()
+    holds(host=socket.gethostname(), pid=gone.pid, slurm_job='77', slurm_restart=0)  # Known gone: no wait.
+    result = invoke_train(args + ['-n'])
+    assert result.exit_code == 0 and 'Waiting' not in result.output, result.output
+    gone = subprocess.Popen(['true'])
+    gone.wait()
     holds(host=socket.gethostname(), pid=gone.pid)
     result = invoke_train(args)
     assert result.exit_code == 0, result.output

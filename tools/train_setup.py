@@ -131,7 +131,9 @@ class RunClaim:
                 holder = read_record(path)
             except UserError:
                 holder = {}  # Unreadable: written by a run that died while writing it.
-            if holder is not None and self._earlier_run_of_this_job(holder):
+            gone_here = holder is not None and holder.get(OWNER_KEY, {}).get('host') == self.owner['host'] \
+                and not may_be_running(holder)  # On this host, a process is known to be gone.
+            if holder is not None and self._earlier_run_of_this_job(holder) and not gone_here:
                 if not self._wait_until_unrenewed(path, REQUEUE_SECONDS, limit=STALE_SECONDS):
                     return holder  # Renewed all along: that run still trains.
             elif holder is not None and self._alive(holder, path):
