@@ -969,3 +969,17 @@ def test_two_processes_on_the_fast_path_with_a_union(data, tmp_path):
     assert 'replicas differ' not in result.stderr
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# The weight average's step is EDM's to the bit, ema <- net.lerp(ema, beta), on both paths.
+
+def test_the_weight_average_is_edms_to_the_bit():
+    from torch_utils.fast import fast_settings
+    from training.training_loop import update_ema
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 3))
+    for fast in (None, fast_settings('cpu')):
+        ema = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 3))
+        expected = [p_net.detach().lerp(p_ema.detach(), 0.9993) for p_ema, p_net in zip(ema.parameters(), net.parameters())]
+        update_ema(ema, net, 0.9993, fast)
+        assert all(torch.equal(p, e) for p, e in zip(ema.parameters(), expected))

@@ -371,13 +371,18 @@ def training_step(
     halflife_nimg = ema_halflife_kimg * 1000
     if ema_rampup_ratio is not None:
         halflife_nimg = min(halflife_nimg, ema_rampup_ratio * cur_nimg)
-    decay = 0.5 ** (batch_size / max(halflife_nimg, 1e-8))
+    update_ema(ema, net, 0.5 ** (batch_size / max(halflife_nimg, 1e-8)), fast)
+
+# The weight average's step with decay beta: ema <- net.lerp(ema, beta), as EDM
+# computes it, to the bit; the fast path in foreach kernels (the same numbers).
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float, fast: FastSettings | None = None) -> None:
     with torch.no_grad():
-        if fast is None:
-            for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-                p_ema.lerp_(p_net, 1 - decay)
+        ema_params, net_params = list(ema.parameters()), [p.detach() for p in net.parameters()]
+        if fast is None or not hasattr(torch, '_foreach_copy_'):
+            for p_ema, p_net in zip(ema_params, net_params):
+                p_ema.copy_(p_net.lerp(p_ema, beta))
         else:
-            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+            torch._foreach_copy_(ema_params, torch._foreach_lerp(net_params, ema_params, beta))
 
 # The loss of a batch as training_step() wants it. Where the fast path
 # compiles, it compiles the network (its forward and backward, 99% of the
