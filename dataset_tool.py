@@ -76,8 +76,8 @@ def convert(source: str, dest: str, max_images: int | None, transform: str | Non
                                         or else from the top-level folder names
                                         (with several, every image must be in one;
                                         numbered folders such as 00000/ are not classes)
-    --source dataset.zip                likewise inside a zip (where everything lies in
-                                        one folder, as zip -r makes it, that folder)
+    --source dataset.zip                likewise inside a zip; in either, where everything
+                                        lies in one folder (as zip -r makes it), that folder
     --source cifar-10-python.tar.gz     CIFAR-10 training set with labels
     --source train-images-idx3-ubyte.gz MNIST training set with labels, padded to 32x32
 

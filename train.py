@@ -72,8 +72,9 @@ def main(**kwargs: Any) -> None:
     of another value is refused.
     \b
     --transfer copies every tensor of the pickle that has the same name and shape
-    (as EDM does, e.g. all but the label embedding of a network with another
-    number of classes) and lists those left at their initial values. It restarts
+    (EDM copies by name and stops at a tensor of another shape; here, e.g., all
+    but the label embedding of a network with another number of classes) and
+    lists those left at their initial values. It restarts
     the kimg count, the learning-rate warm-up and the optimizer, and has no EMA
     ramp-up unless --ema-rampup is given.
     """

@@ -194,7 +194,8 @@ sfbd_children() {
 #                  default action would kill it and orphan the workers) and the signals go to its
 #                  worker processes instead. torchrun reports a failed worker as exit code 1, so a
 #                  non-zero exit after a forwarded signal is turned back into 75 ("state saved").
-# Sets SFBD_RC to CMD's exit code (75 after a signal-triggered save) and SFBD_SIGNALLED to 0/1.
+# Sets SFBD_RC to CMD's exit code (75 after a signal-triggered save), SFBD_SIGNALLED to 0/1, and
+# SFBD_WARNED to 1 once the warning signal (USR1) came, which sfbd_requeue_or_exit requeues on.
 # SLURM delivers `--signal=B:USR1@T` to the batch shell only, hence the forwarding.
 sfbd_run_forwarding() {
     local mode="$1"

@@ -182,9 +182,10 @@ def _stop_signals_held() -> Iterator[None]:
 
 #----------------------------------------------------------------------------
 # Starting weights from a network pickle (--transfer): EDM's and ours, read as
-# data. As in EDM, every tensor the pickle has under the same name and shape is
-# copied; the others (e.g. the label embedding of a network with another label
-# dimension) keep their initial values and are listed. Only a network of
+# data. Every tensor the pickle has under the same name and shape is copied
+# (EDM copies by name, and stops at a tensor of another shape); the others
+# (e.g. the label embedding of a network with another label dimension) keep
+# their initial values and are listed. Only a network of
 # another resolution or channel count is refused. Weights of another
 # preconditioning (VP, VE, iDDPM into EDM) are copied as in EDM, but they were
 # trained for other input and output scalings, so the log says so.
