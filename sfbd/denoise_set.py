@@ -291,6 +291,9 @@ def check_levels(net: Any, levels: float | np.ndarray, kwargs: dict, sigma: floa
     if kwargs.get('sigma_min') is not None and not kwargs['sigma_min'] < lowest:
         raise UserError(f'--sigma_min={kwargs["sigma_min"]:g} is not below the noise level of the observations '
                         f'({lowest:g}); the backward sampling runs from there down to --sigma_min')
+    if lowest < float(net.sigma_min):  # Allowed, as in the release, but the network never trained there.
+        dist.print0(f'Note: noise level {lowest:g} is below the lowest the network knows ({float(net.sigma_min):g}); '
+                    'it denoises outside the range it was trained on.')
 
 # What can be checked of a denoising run before its network exists (sfbd.rounds
 # checks a round's --denoise-args so, before the pretraining): the options

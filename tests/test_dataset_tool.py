@@ -174,6 +174,13 @@ def test_convert_a_zip_of_one_folder_keeps_its_labels(tmp_path, layout):
     expected = [2, 1, 0] if layout == 'dataset.json' else [0, 1, 1]
     assert [int(ds[i][1].argmax()) for i in range(3)] == expected
 
+# "labels": [] names no label for any image: refused as training refuses it, not dropped to null.
+def test_convert_refuses_an_empty_label_list(tmp_path):
+    save_image(str(tmp_path / 'src' / 'a.png'), np.zeros([8, 8, 3], np.uint8))
+    (tmp_path / 'src' / 'dataset.json').write_text('{"labels": []}')
+    assert_fails(run('convert', f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out"}'), 'no label for a.png')
+    assert not (tmp_path / 'out').exists()
+
 def test_convert_center_crop_wide_skips_small_images(tmp_path):
     save_image(str(tmp_path / 'src' / 'a.png'), np.full([40, 64, 3], 200, np.uint8))
     save_image(str(tmp_path / 'src' / 'b.png'), np.full([8, 8, 3], 100, np.uint8))

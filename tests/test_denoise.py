@@ -292,6 +292,20 @@ def test_bad_input_is_one_clear_error(inputs, tmp_path, kind, extra, message):
     assert not read_png_dataset(str(tmp_path / 'out')) if os.path.isdir(tmp_path / 'out') else True
     assert not any(name.endswith('.png') for name in os.listdir(tmp_path.parent))  # Nothing escaped.
 
+# Observations below the network's lowest noise level (a VE network's 0.02, say) are denoised, as the
+# release does, and the log says that the network never trained there.
+def test_levels_below_the_network_are_noted(inputs, tmp_path):
+    from torch_utils.persistence import save_network_pickle
+    from training.networks import EDMPrecond
+    net = EDMPrecond(img_resolution=8, img_channels=3, sigma_min=0.2, model_type='SongUNet', model_channels=16,
+                     channel_mult=[1, 1], num_blocks=1, attn_resolutions=[]).eval()
+    save_network_pickle(str(tmp_path / 'net.pkl'), dict(ema=net))
+    make_observation_set(str(tmp_path / 'obs'), random_observations(2, sigma=0.1), sigma=0.1)
+    out = run_ok('--network', tmp_path / 'net.pkl', '--data', tmp_path / 'obs', '--outdir', tmp_path / 'o', '--steps=4')
+    assert 'Note: noise level 0.1 is below the lowest the network knows (0.2)' in out
+    assert 'Note:' not in run_ok('--network', inputs['net'], '--data', inputs['obs'], '--outdir', tmp_path / 'o2',
+                                 '--steps=2')
+
 def test_a_forced_sigma_is_used(inputs, tmp_path):
     run_ok('--network', inputs['net'], '--data', inputs['obs'], '--outdir', tmp_path / 'f', '--sigma=0.4', '--force-sigma')
     assert read_json(str(tmp_path / 'f' / 'denoise_options.json'))['sigma'] == 0.4

@@ -147,7 +147,7 @@ def open_image_files(source: str, *, max_images: int | None) -> ImageSource:
     metadata = load_metadata(files, metadata_name)
     if metadata_name in files.names:
         entries, labels = metadata.get('labels'), {}
-        if entries:  # Every image needs a valid label, as training reads them; none are dropped silently.
+        if entries is not None:  # Every image needs a valid label, as training reads them; none dropped silently.
             parse_labels(entries, relative, files.where(metadata_name))
             labels = dict(zip(fnames, labels_in_order(entries, relative, files.where(metadata_name))))
     else:
