@@ -64,9 +64,6 @@ def make_cache_dir_path(*paths: str) -> str:
     root = os.environ.get('DNNLIB_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache', 'dnnlib')
     return os.path.join(root, *paths)
 
-def cache_dir(subdir: str = 'downloads') -> str:
-    return make_cache_dir_path(subdir)
-
 def is_url(obj: Any) -> bool:
     if not isinstance(obj, str) or '://' not in obj:
         return False
@@ -78,7 +75,7 @@ def is_url(obj: Any) -> bool:
 
 def cached_path_for_url(url: str, cache_root: str | None = None) -> str:
     """The cached download of `url` if there is one (EDM's or ours), else where a download goes."""
-    root = cache_root or cache_dir()
+    root = cache_root or make_cache_dir_path('downloads')
     digest = hashlib.md5(url.encode('utf-8')).hexdigest()
     found = sorted(glob.glob(os.path.join(glob.escape(root), f'{digest}_*')))
     found = [path for path in found if os.path.isfile(path)]

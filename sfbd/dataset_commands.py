@@ -30,7 +30,7 @@ from dnnlib.outputs import check_apart, check_distinct
 from dnnlib.util import EasyDict, UserError, report_user_errors
 from sfbd.observations import (add_noise, commit_together, dataset_fname, encode_npy, encode_png, raw_labels,
                                read_listing, split_record, write_datasets)
-from training.dataset import NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, load_metadata, read_image, read_npy
+from training.dataset import NPY_EXT, DatasetFiles, ImageFolderDataset, file_ext, read_image, read_npy
 
 #----------------------------------------------------------------------------
 # Random choices of a split. The clean images are the first M of a seeded
@@ -100,11 +100,7 @@ def check_not_half_published(clean_dest: str, noisy_dest: str) -> None:
                                           (noisy_dest, '--noisy', clean_dest, '--clean')):
         if os.path.exists(there) and not os.path.exists(missing):
             try:
-                files = DatasetFiles(there)
-                try:
-                    record = load_metadata(files).get('split')
-                finally:
-                    files.close()
+                record = read_listing(there)[1].get('split')
             except UserError:
                 continue
             if isinstance(record, dict) and record.get('part') == option[2:]:

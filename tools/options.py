@@ -40,8 +40,6 @@ def sampler_options(func: Callable) -> Callable:
     return func
 
 #----------------------------------------------------------------------------
-
-#----------------------------------------------------------------------------
 # fid.py calc and memorization.py take images already made (--images) or make
 # them (--network); the sampler options apply only to the latter, so one given
 # with --images would be silently ignored.
@@ -50,3 +48,5 @@ def refuse_sampler_options_with_images(image_path: str | None, sampler_kwargs: d
     ignored = given_options(list(sampler_kwargs)) if image_path is not None else []
     if ignored:
         raise UserError(f'{ignored[0]} needs --network; the sampler options do not apply to --images')
+
+#----------------------------------------------------------------------------

@@ -131,9 +131,7 @@ class RunClaim:
                 holder = read_record(path)
             except UserError:
                 holder = {}  # Unreadable: written by a run that died while writing it.
-            gone_here = holder is not None and holder.get(OWNER_KEY, {}).get('host') == self.owner['host'] \
-                and not may_be_running(holder)  # On this host, a process is known to be gone.
-            if holder is not None and self._earlier_run_of_this_job(holder) and not gone_here:
+            if holder is not None and self._earlier_run_of_this_job(holder) and not self._gone_here(holder):
                 if not self._wait_until_unrenewed(path, REQUEUE_SECONDS, limit=STALE_SECONDS):
                     return holder  # Renewed all along: that run still trains.
             elif holder is not None and self._alive(holder, path):
@@ -145,13 +143,16 @@ class RunClaim:
         raise UserError(f'{path}: keeps changing; is another train.py starting in {run_dir}?')
 
     def _earlier_run_of_this_job(self, holder: dict) -> bool:
-        owner, mine = holder.get(OWNER_KEY), self.owner
-        return isinstance(owner, dict) and mine.get('slurm_job') is not None and owner.get('slurm_job') == mine['slurm_job'] \
+        owner, mine = _owner_of(holder), self.owner
+        return mine.get('slurm_job') is not None and owner.get('slurm_job') == mine['slurm_job'] \
             and isinstance(owner.get('slurm_restart'), int) and owner['slurm_restart'] < mine['slurm_restart']
 
+    def _gone_here(self, holder: dict) -> bool:  # On this host, its process is known to be gone.
+        return _owner_of(holder).get('host') == self.owner['host'] and not may_be_running(holder)
+
     def _alive(self, holder: dict, path: str) -> bool:
-        owner = holder.get(OWNER_KEY)
-        if not isinstance(owner, dict):
+        owner = _owner_of(holder)
+        if not owner:
             return False
         if owner.get('host') != self.owner['host']:
             return _seconds_unrenewed(path) < STALE_SECONDS
@@ -192,6 +193,11 @@ class RunClaim:
                 os.remove(self.path)
         self.path = None
 
+# The owner recorded in a claim ({} when the record has none, or a damaged one).
+def _owner_of(holder: dict) -> dict:
+    owner = holder.get(OWNER_KEY)
+    return owner if isinstance(owner, dict) else {}
+
 def _seconds_unrenewed(path: str) -> float:
     try:
         return time.time() - os.path.getmtime(path)
@@ -199,7 +205,7 @@ def _seconds_unrenewed(path: str) -> float:
         return math.inf
 
 def holder_message(run_dir: str, holder: dict) -> str:
-    owner = holder.get(OWNER_KEY, {})
+    owner = _owner_of(holder)
     return (f'process {owner.get("pid")} on {owner.get("host")} is training in {run_dir}; stop it, or wait for it to '
             f'end (a claim of another host counts until it has not been renewed for {STALE_SECONDS} s)')
 

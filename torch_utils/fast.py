@@ -168,7 +168,7 @@ def set_pool_resample(net: torch.nn.Module, enabled: bool) -> None:
 # directory ($DNNLIB_CACHE_DIR, else ~/.cache/dnnlib), shared by the nodes; a
 # TORCHINDUCTOR_CACHE_DIR of the user's own wins.
 def default_compile_cache() -> str:
-    return os.environ.get('TORCHINDUCTOR_CACHE_DIR') or dnnlib.util.cache_dir('torch-compile')
+    return os.environ.get('TORCHINDUCTOR_CACHE_DIR') or dnnlib.util.make_cache_dir_path('torch-compile')
 
 def use_compile_cache(settings: FastSettings) -> str | None:
     """Point inductor at the settings' cache directory; call before the first compile. Returns the

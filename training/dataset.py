@@ -190,8 +190,15 @@ def _target_mode(mode: str, where: str) -> str:
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _PNG_COLOR_CHANNELS = {0: 1, 2: 3, 3: 3} # PNG color type => channels after decoding (palette => RGB).
 
-def _check_png_depth(head: bytes, where: str) -> None:
-    if len(head) >= 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b'IHDR' and head[24] == 16:
+# A PNG's IHDR chunk, right after the signature, from the first 26 bytes of a
+# file: (width, height, bit depth, colour type), or None for another format.
+def _png_header(head: bytes) -> tuple[int, int, int, int] | None:
+    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
+        return None
+    return int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big'), head[24], head[25]
+
+def _check_png_depth(header: tuple[int, int, int, int] | None, where: str) -> None:
+    if header is not None and header[2] == 16:
         raise UserError(f'{where}: a 16-bit PNG; {FORMAT_HINT}')
 
 def _pil_message(e: Exception) -> str:
@@ -206,9 +213,11 @@ def probe_image(f: IO[bytes], where: str) -> tuple[int, int, int]:
         head = f.read(26)  # Of a small zip member, this reads it all and checks its CRC.
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f'{where}: not a readable image ({e})') from None
-    _check_png_depth(head, where)
-    if len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b'IHDR' and head[24] == 8 and head[25] in _PNG_COLOR_CHANNELS:
-        return _PNG_COLOR_CHANNELS[head[25]], int.from_bytes(head[20:24], 'big'), int.from_bytes(head[16:20], 'big')
+    header = _png_header(head)
+    _check_png_depth(header, where)
+    if header is not None and header[2] == 8 and header[3] in _PNG_COLOR_CHANNELS:
+        width, height, _depth, color = header
+        return _PNG_COLOR_CHANNELS[color], height, width
     f.seek(0)
     try:
         with PIL.Image.open(f) as img:
@@ -221,8 +230,9 @@ def read_image(f: IO[bytes], where: str, use_pyspng: bool = False) -> np.ndarray
     """Decode an image file to a [H, W, C] uint8 array."""
     try:
         data = f.read()
-        _check_png_depth(data[:26], where)
-        if use_pyspng and pyspng is not None and data[:8] == _PNG_SIGNATURE:
+        header = _png_header(data[:26])
+        _check_png_depth(header, where)
+        if use_pyspng and pyspng is not None and header is not None:
             image = pyspng.load(data)
             if image.ndim == 3 and image.shape[2] in (2, 4):
                 raise UserError(f'{where}: the image has an alpha channel; {FORMAT_HINT}')
