@@ -18,7 +18,7 @@ import json
 import os
 import time
 import zipfile
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -40,18 +40,6 @@ from training.sampler import check_finite, check_sampler_options, generate_image
 SNAPSHOT_PATTERN = 'network-snapshot-*.pkl'
 DEFAULT_NUM_IMAGES = 50000  # fid.py calc's --num.
 OPTIONS_FNAME = 'fid_options.json'  # Record of a calc --outdir: which network, seeds and sampler made the images.
-
-#----------------------------------------------------------------------------
-# Let rank 0 do something first (a download, say) while the other ranks wait,
-# then let them follow and find the file in the cache.
-
-@contextlib.contextmanager
-def rank0_first() -> Iterator[None]:
-    if dist.get_rank() != 0:
-        dist.barrier()
-    yield
-    if dist.get_rank() == 0:
-        dist.barrier()
 
 #----------------------------------------------------------------------------
 # Running first and second moments of features: sum of features, sum of
@@ -235,8 +223,8 @@ def calculate_inception_stats(image_path: str, num_expected: int | None = None, 
     """Statistics of `num_expected` images of a dataset (all when None), the subset chosen by `seed`."""
     device = dist.default_device() if device is None else torch.device(device)
     if detector is None:
-        with rank0_first():
-            detector = load_detector(device=device, verbose=(dist.get_rank() == 0))
+        detector = dist.rank0_first(lambda: load_detector(device=device, verbose=(dist.get_rank() == 0)), device,
+                                    'the detector')
     dataset = open_image_dataset(image_path)
     num = len(dataset) if num_expected is None else num_expected
     check_image_count(image_path, len(dataset), num, 1)
@@ -343,8 +331,9 @@ def init_device(device_name: str | None) -> torch.device:
 def load_fid_detector(device: torch.device, detector: str, detector_sha256: str | None, fast: bool = False) -> Detector:
     dist.print0(f'Reading detector "{detector}"...')
     settings = fast_lib.fast_settings(device) if fast else None
-    with rank0_first():
-        return load_detector(detector, detector_sha256, device=device, verbose=(dist.get_rank() == 0), fast=settings)
+    return dist.rank0_first(lambda: load_detector(detector, detector_sha256, device=device,
+                                                  verbose=(dist.get_rank() == 0), fast=settings),
+                            device, f'the detector {detector}')
 
 def setup_detector(device_name: str | None, detector: str, detector_sha256: str | None,
                    fast: bool = False) -> tuple[torch.device, Detector]:
@@ -465,8 +454,7 @@ def score_images(scoring: Scoring, dataset: Any, image_path: str, *, num: int, r
 def score_network(scoring: Scoring, pkl: str, seed_sets: list[list[int]], *, num: int, outdir: str | None,
                   each: bool, max_batch_size: int, sampler_kwargs: dict) -> dict:
     dist.print0(f'Reading network "{pkl}"...')
-    with rank0_first():
-        net = load_network(pkl).to(scoring.device)
+    net = dist.rank0_first(lambda: load_network(pkl), scoring.device, f'the network {pkl}').to(scoring.device)
     if scoring.det.fast is not None:
         net = fast_lib.prepare_sampling_network(net, scoring.det.fast)
     if net.img_channels not in (1, 3):
@@ -505,8 +493,8 @@ def calc_fid(*, image_path: str | None, network: str | None, ref_path: str, num:
         check_image_count(image_path, len(dataset), plan.num, repeats)  # Before any download.
     device_obj = init_device(device)
     dist.print0(f'Reading reference statistics "{ref_path}"...')
-    with rank0_first():
-        mu_ref, sigma_ref = load_ref_stats(ref_path)
+    mu_ref, sigma_ref = dist.rank0_first(lambda: load_ref_stats(ref_path), device_obj,
+                                         f'the reference statistics {ref_path}')
     if network is not None:
         missing = [pkl for pkl in plan.pkls if not is_url(pkl) and not os.path.isfile(pkl)]
         if missing:
@@ -516,8 +504,8 @@ def calc_fid(*, image_path: str | None, network: str | None, ref_path: str, num:
     if plan.images_record is not None and not plan.is_rundir:
         # A pickle's content too, as generate.py records it: images of another network at the same
         # path are not mixed into --outdir. (A run directory's snapshots are never replaced.)
-        with rank0_first():
-            plan = plan._replace(images_record=dict(plan.images_record, network_sha256=file_sha256(network)))
+        digest = dist.rank0_first(lambda: file_sha256(network), device_obj, f'the network {network}')
+        plan = plan._replace(images_record=dict(plan.images_record, network_sha256=digest))
 
     results: list[dict] = []
     if image_path is not None:

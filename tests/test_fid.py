@@ -574,11 +574,11 @@ def test_run_directory_table(files, rundir, tmp_path):
 # Several processes (torchrun, gloo on the CPU): each rank takes its share of
 # images or seeds, and the statistics summed across ranks match one process.
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '--',
            os.path.join(os.path.dirname(fid.__file__), 'fid.py'), *[str(a) for a in args]]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (proc.returncode == 0) == ok, proc.stdout + proc.stderr
     return proc
 
 def test_torchrun_ref(files, tmp_path):
@@ -602,7 +602,15 @@ def test_torchrun_network(files, rundir, tmp_path):
     # moves the last digits on some CPUs (1.5e-8 relative on an Intel Xeon).
     assert record['world_size'] == 2 and record['fid'] == pytest.approx(expected, rel=1e-6)
 
-#----------------------------------------------------------------------------
+# An input that rank 0 reads first and finds bad ends every rank with one line:
+# the other ranks do not wait at a barrier and die there with a traceback.
+# (torchrun's agent then reports the failed child with a traceback of its own.)
+def test_torchrun_bad_ref_is_one_line_on_every_rank(files, tmp_path):
+    bad = tmp_path / 'bad.npz'
+    bad.write_text('<html>not statistics</html>')
+    proc = torchrun('calc', f'--images={files["a"]}', f'--ref={bad}', '--num=4', *common(files), ok=False)
+    assert f'Error: {bad}: not an .npz file' in proc.stderr
+    assert '[rank1]' not in proc.stderr and '[rank0]' not in proc.stderr, proc.stderr
 
 #----------------------------------------------------------------------------
 # Downloads of --ref: a file that is not statistics (an error page) is not

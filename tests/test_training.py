@@ -876,6 +876,13 @@ def test_fast_path_resumes_exactly(fast, data, tmp_path, monkeypatch):
     ema = persistence.load_network(run_files.newest(str(tmp_path / 'ref'), run_files.SNAPSHOT_PREFIX))
     assert not ema.use_bf16 and all(torch.isfinite(p).all() for p in ema.parameters())
 
+# A library caller that turns snapshots and states off (None) still gets both when it asks the run to stop.
+def test_a_stop_request_saves_even_with_saving_turned_off(data, tmp_path):
+    run = tmp_path / 'run'
+    assert short_run(data, run, False, 0.096, stop_at_poll=2, snapshot_ticks=None, state_dump_ticks=None) == 'preempted'
+    assert load_state(training_loop_latest(run))['cur_nimg'] == 32
+    assert run_files.newest(str(run), run_files.SNAPSHOT_PREFIX) is not None
+
 def test_fast_path_on_the_cpu_computes_the_faithful_losses(data, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, 'get_num_threads', torch.get_num_threads)
     torch.set_num_threads(1)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as torch_dist
 
 from dnnlib.util import UserError
+
+T = TypeVar('T')
 
 #----------------------------------------------------------------------------
 # Joining the process group.
@@ -90,5 +93,31 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if torch_dist.is_initialized():
         torch_dist.broadcast(tensor, src=src)
     return tensor
+
+#----------------------------------------------------------------------------
+# Collectives that let a failure on one rank end every rank with one line.
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when any rank says True (collective; `device` holds the tensor, as the
+    backend needs)."""
+    if not torch_dist.is_initialized() or get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    return all_reduce_sum(t).item() > 0
+
+def rank0_first(load: Callable[[], T], device: torch.device, what: str) -> T:
+    """`load()` on rank 0 first (a download fills the cache once), then on the others. When it fails
+    on rank 0, the others stop with a UserError instead of waiting at a barrier that never comes."""
+    if get_rank() == 0:
+        try:
+            result = load()
+        except BaseException:
+            any_rank(False, device)
+            raise
+        any_rank(True, device)
+        return result
+    if not any_rank(False, device):
+        raise UserError(f'rank 0 failed to load {what}; see its message')
+    return load()
 
 #----------------------------------------------------------------------------

@@ -113,28 +113,6 @@ def _gather(obj: Any) -> list[Any]:
     torch.distributed.all_gather_object(out, obj)
     return out
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    # True on every rank when any rank says True (collective).
-    if not torch.distributed.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    return dist.all_reduce_sum(t).item() > 0
-
-def _rank0_first(load: Callable[[], Any], device: torch.device) -> Any:
-    # Rank 0 loads first (downloads fill the cache once); the others follow only
-    # when it succeeded, so that a failure cannot leave them waiting.
-    if dist.get_rank() == 0:
-        try:
-            result = load()
-        except BaseException:
-            _any_rank(False, device)
-            raise
-        _any_rank(True, device)
-        return result
-    if not _any_rank(False, device):
-        raise UserError('rank 0 failed to load the network pickle; see its message')
-    return load()
-
 # Data-loading workers leave preemption signals to the training process, which
 # finishes its step, saves and then stops them: a signal sent to the whole
 # process group (a Ctrl-C in the terminal too) must not kill them mid-step.
@@ -191,7 +169,8 @@ def _stop_signals_held() -> Iterator[None]:
 # trained for other input and output scalings, so the log says so.
 
 def _load_transfer(source: str, net: torch.nn.Module, device: torch.device) -> None:
-    src = _rank0_first(lambda: persistence.load_network_pickle(source, keys=['ema'])['ema'], device)
+    src = dist.rank0_first(lambda: persistence.load_network_pickle(source, keys=['ema'])['ema'], device,
+                           'the network pickle')
     have = (getattr(src, 'img_resolution', None), getattr(src, 'img_channels', None))
     want = (net.img_resolution, net.img_channels)
     if None in have:
@@ -605,7 +584,7 @@ def end_tick(stats: training_stats.Collector, extra: ExtraData | None, device: t
 #----------------------------------------------------------------------------
 
 def training_loop(
-    run_dir:            str | None = '.',   # Output directory; only rank 0 writes to it.
+    run_dir:            str = '.',          # Output directory; only rank 0 writes to it.
     dataset_kwargs:     dict | None = None, # Dataset class and options (class_name, path, ...).
     data_loader_kwargs: dict | None = None, # Options of torch.utils.data.DataLoader.
     network_kwargs:     dict | None = None, # Network class and options (class_name, model_type, ...).
@@ -790,7 +769,7 @@ def training_loop(
             done = cur_nimg >= total_kimg * 1000
             tick_due = cur_tick == 0 or cur_nimg >= tick_start_nimg + kimg_per_tick * 1000
             poll = stop_requested is not None and not done and (tick_due or num_steps % poll_interval == 0)
-            preempted = poll and _any_rank(stop_requested(), device)
+            preempted = poll and dist.any_rank(stop_requested(), device)
             if not (done or preempted or tick_due):
                 continue
 
@@ -803,14 +782,16 @@ def training_loop(
                 dist.print0('Stop requested: saving a snapshot and a training state...')
 
             # Network snapshot and training state.
-            if snapshot_ticks is not None and (done or preempted or cur_tick % snapshot_ticks == 0):
+            # A stop request saves both even where the ticks turn them off (None): nothing is lost.
+            if preempted or (snapshot_ticks is not None and (done or cur_tick % snapshot_ticks == 0)):
                 save_snapshot()
-            if state_dump_ticks is not None and (done or preempted or (cur_tick != 0 and cur_tick % state_dump_ticks == 0)):
+            if preempted or (state_dump_ticks is not None and (done or (cur_tick != 0 and cur_tick % state_dump_ticks == 0))):
                 save_state()
 
             # One line of stats.jsonl per tick.
             if rank == 0:
                 if stats_jsonl is None:
+                    os.makedirs(run_dir, exist_ok=True)
                     stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
                 stats_jsonl.write(json.dumps(dict(tick_stats, timestamp=time.time())) + '\n')
                 stats_jsonl.flush()
