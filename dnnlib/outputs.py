@@ -207,6 +207,13 @@ _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _PNG_END = b'\x00\x00\x00\x00IEND\xaeB`\x82'  # The IEND chunk: length 0, type, CRC.
 _PNG_COLOR_TYPE = {1: 0, 3: 2}  # Channels => IHDR colour type of an 8-bit PNG (grayscale, RGB).
 
+def png_header(head: bytes) -> tuple[int, int, int, int] | None:
+    """A PNG's IHDR chunk, which follows the signature, read from a file's first 26 bytes:
+    (width, height, bit depth, colour type); None for a file of another format."""
+    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
+        return None
+    return int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big'), head[24], head[25]
+
 def is_complete_png(path: str, shape: Sequence[int] | None = None) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -214,13 +221,12 @@ def is_complete_png(path: str, shape: Sequence[int] | None = None) -> bool:
         return False
     try:
         size = os.fstat(fd).st_size
-        head = os.read(fd, 26)  # Signature, then the IHDR chunk: length, type, width, height, depth, colour type.
-        if size < 26 + len(_PNG_END) or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
+        header = png_header(os.read(fd, 26))
+        if size < 26 + len(_PNG_END) or header is None:
             return False
         if shape is not None:
             c, h, w = shape
-            if (int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')) != (w, h) or \
-                    head[24] != 8 or head[25] != _PNG_COLOR_TYPE.get(c):
+            if header != (w, h, 8, _PNG_COLOR_TYPE.get(c)):
                 return False
         os.lseek(fd, size - len(_PNG_END), os.SEEK_SET)
         return os.read(fd, len(_PNG_END)) == _PNG_END

@@ -40,8 +40,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from training.sampler import (ABLATION_KEYS, StackedRandomGenerator, edm_sigma_steps, select_sampler, step_level,
-                              truncate_sigma_steps)
+from training.sampler import (ABLATION_KEYS, StackedRandomGenerator, edm_sigma_steps, heun_nfe, select_sampler,
+                              step_level, truncate_sigma_steps)
 
 MODES = ('ode', 'sde')
 
@@ -60,7 +60,7 @@ def denoising_sigmas(net: torch.nn.Module, sigma: float | torch.Tensor, num_step
 
 def backward_nfe(num_steps: int, mode: str) -> int:
     """Network evaluations of a backward pass over `num_steps` steps (of the cut grid)."""
-    return 2 * num_steps - 1 if mode == 'ode' else num_steps
+    return heun_nfe(num_steps) if mode == 'ode' else num_steps
 
 #----------------------------------------------------------------------------
 # Per-image noise levels: which images of a batch can be denoised together.

@@ -271,17 +271,17 @@ def test_ema_that_is_not_a_sampling_network(tmp_path):
 
 def test_missing_tensor(tmp_path):
     path = save_with_kwargs(tmp_path, tiny_net(), label_dim=10)
-    with pytest.raises(UserError, match=r'missing tensor "model\.map_label\.weight"'):
+    with pytest.raises(UserError, match=r'EDMPrecond lacks tensor "model\.map_label\.weight"'):
         persistence.load_network_pickle(path)
 
 def test_unexpected_tensor(tmp_path):
     path = save_with_kwargs(tmp_path, tiny_net(label_dim=10), label_dim=0)
-    with pytest.raises(UserError, match='unexpected tensor "model.map_label'):
+    with pytest.raises(UserError, match='EDMPrecond has the unexpected tensor "model.map_label'):
         persistence.load_network_pickle(path)
 
 def test_mismatched_tensor(tmp_path):
     path = save_with_kwargs(tmp_path, tiny_net(), model_channels=32)
-    with pytest.raises(UserError, match=r'tensor "model\..*" has shape'):
+    with pytest.raises(UserError, match=r'EDMPrecond has another shape of "model\.map_layer0\.weight" \(\(64, 16\), expected \(128, 32\)\)'):
         persistence.load_network_pickle(path)
 
 def test_truncated_file(tmp_path, fixtures_dir):

@@ -73,7 +73,7 @@ from training.augment import AUGMENT_DIM, AUGMENTATIONS, AugmentPipe
 from metrics.fid import FeatureStats, append_json, calculate_fid_from_inception_stats
 from training.generation import generate_to_dir
 from training.loss import EDMLoss
-from training.networks import EDMPrecond
+from training.networks import EDMPrecond, compute_dtype
 from training.sampler import generate_images
 
 STAGES = ('train', 'denoise', 'generate', 'fid')   # The default list.
@@ -255,9 +255,8 @@ def _network(config: str, device: torch.device, use_fp16: bool = False, seed: in
     return net.to(device)
 
 def _compute_dtype(net: torch.nn.Module, device: torch.device) -> str:
-    if net.use_fp16 and device.type == 'cuda':
-        return 'float16'
-    return 'bfloat16' if net.use_bf16 else 'float32'
+    # The name of the dtype the network computes in, for the records.
+    return str(compute_dtype(net, device)).removeprefix('torch.')
 
 #----------------------------------------------------------------------------
 # train: the objects of training_loop() for one process, built the way it

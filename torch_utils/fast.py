@@ -116,9 +116,6 @@ def fast_settings(device: torch.device | str, **overrides: Any) -> FastSettings:
                                 cudnn_benchmark_limit=None, compile_cache=default_compile_cache())
     return dataclasses.replace(settings, **overrides)
 
-def torch_dtype(name: str | None) -> torch.dtype:
-    return {None: torch.float32, 'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[name]
-
 #----------------------------------------------------------------------------
 # Numerics switches. The faithful training loop turns TF32 off; the fast path
 # allows it where the settings say so.

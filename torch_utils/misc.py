@@ -155,6 +155,20 @@ def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Mo
         tensor.copy_(source[name])
     return left
 
+def tensor_mismatch(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """Why `tensors` cannot replace a module's `expected` state dict one for one: the first tensor
+    missing, extra or of another shape, as a phrase ('lacks tensor "x" (and 2 more)'); None when
+    every name and shape fits."""
+    missing = [k for k in expected if k not in tensors]
+    extra = [k for k in tensors if k not in expected]
+    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    for names, what in ((missing, 'lacks tensor'), (extra, 'has the unexpected tensor'), (wrong, 'has another shape of')):
+        if names:
+            more = f' (and {len(names) - 1} more)' if len(names) > 1 else ''
+            shapes = f' ({tuple(tensors[names[0]].shape)}, expected {tuple(expected[names[0]].shape)})' if names is wrong else ''
+            return f'{what} "{names[0]}"{shapes}{more}'
+    return None
+
 #----------------------------------------------------------------------------
 # Gradient synchronisation only on the last accumulation round.
 

@@ -244,18 +244,9 @@ def build_object(record: PersistentRecord, source_name: str = 'network pickle') 
     if isinstance(obj, torch.nn.Module):
         recorded = record_tensors(record)
         expected = obj.state_dict()
-        missing = [k for k in expected if k not in recorded]
-        extra = [k for k in recorded if k not in expected]
-        if missing:
-            raise UserError(f'{source_name}: {record.class_name} is missing tensor "{missing[0]}"'
-                            + (f' and {len(missing) - 1} more' if len(missing) > 1 else ''))
-        if extra:
-            raise UserError(f'{source_name}: {record.class_name} has unexpected tensor "{extra[0]}"'
-                            + (f' and {len(extra) - 1} more' if len(extra) > 1 else ''))
-        for key, value in expected.items():
-            if tuple(recorded[key].shape) != tuple(value.shape):
-                raise UserError(f'{source_name}: tensor "{key}" has shape {tuple(recorded[key].shape)}, '
-                                f'expected {tuple(value.shape)}')
+        problem = misc.tensor_mismatch(recorded, expected)
+        if problem is not None:
+            raise UserError(f'{source_name}: {record.class_name} {problem}')
         with torch.no_grad():
             obj.load_state_dict({k: v.to(expected[k].dtype) for k, v in recorded.items()}, strict=True)
         obj.train(bool(record.state.get('training', False)))

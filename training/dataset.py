@@ -30,6 +30,7 @@ import PIL.Image
 import torch
 
 import dnnlib
+from dnnlib.outputs import png_header
 from dnnlib.util import UserError, construct_class_by_name
 
 try:
@@ -187,15 +188,7 @@ def _target_mode(mode: str, where: str) -> str:
         raise UserError(f'{where}: unsupported pixel format {mode!r}; {FORMAT_HINT}')
     return target
 
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _PNG_COLOR_CHANNELS = {0: 1, 2: 3, 3: 3} # PNG color type => channels after decoding (palette => RGB).
-
-# A PNG's IHDR chunk, right after the signature, from the first 26 bytes of a
-# file: (width, height, bit depth, colour type), or None for another format.
-def _png_header(head: bytes) -> tuple[int, int, int, int] | None:
-    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
-        return None
-    return int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big'), head[24], head[25]
 
 def _check_png_depth(header: tuple[int, int, int, int] | None, where: str) -> None:
     if header is not None and header[2] == 16:
@@ -213,7 +206,7 @@ def probe_image(f: IO[bytes], where: str) -> tuple[int, int, int]:
         head = f.read(26)  # Of a small zip member, this reads it all and checks its CRC.
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f'{where}: not a readable image ({e})') from None
-    header = _png_header(head)
+    header = png_header(head)
     _check_png_depth(header, where)
     if header is not None and header[2] == 8 and header[3] in _PNG_COLOR_CHANNELS:
         width, height, _depth, color = header
@@ -230,12 +223,14 @@ def read_image(f: IO[bytes], where: str, use_pyspng: bool = False) -> np.ndarray
     """Decode an image file to a [H, W, C] uint8 array."""
     try:
         data = f.read()
-        header = _png_header(data[:26])
+        header = png_header(data[:26])
         _check_png_depth(header, where)
         if use_pyspng and pyspng is not None and header is not None:
             image = pyspng.load(data)
             if image.ndim == 3 and image.shape[2] in (2, 4):
-                raise UserError(f'{where}: the image has an alpha channel; {FORMAT_HINT}')
+                if header[3] in (4, 6):  # Grayscale or RGB with alpha.
+                    raise UserError(f'{where}: the image has an alpha channel; {FORMAT_HINT}')
+                image = image[:, :, :-1]  # Alpha from a tRNS chunk: the colours, as PIL reads the file.
         else:
             with PIL.Image.open(io.BytesIO(data)) as img:
                 target = _target_mode(img.mode, where)

@@ -635,11 +635,12 @@ def _check_precision(use_fp16: bool, use_bf16: bool) -> None:
     if use_fp16 and use_bf16:
         raise ValueError('use_fp16 and use_bf16 are mutually exclusive')
 
-def _compute_dtype(net: torch.nn.Module, x: torch.Tensor, force_fp32: bool) -> torch.dtype:
-    # EDM's rule: float16 only on CUDA. bfloat16 (an extension) runs on any device.
+def compute_dtype(net: torch.nn.Module, device: torch.device, force_fp32: bool = False) -> torch.dtype:
+    """The dtype a preconditioner runs its backbone in on `device`. EDM's rule: float16 only on CUDA;
+    bfloat16 (an extension) runs on any device."""
     if force_fp32:
         return torch.float32
-    if net.use_fp16 and x.device.type == 'cuda':
+    if net.use_fp16 and device.type == 'cuda':
         return torch.float16
     if getattr(net, 'use_bf16', False):
         return torch.bfloat16
@@ -706,7 +707,7 @@ class VPPrecond(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
                 force_fp32: bool = False, **model_kwargs: Any) -> torch.Tensor:
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
-        dtype = _compute_dtype(self, x, force_fp32)
+        dtype = compute_dtype(self, x.device, force_fp32)
         c_out = -sigma
         c_in = 1 / (sigma.square() + 1).sqrt()
         c_noise = self.sigma_inv(sigma) * (self.M - 1)
@@ -758,7 +759,7 @@ class VEPrecond(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
                 force_fp32: bool = False, **model_kwargs: Any) -> torch.Tensor:
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
-        dtype = _compute_dtype(self, x, force_fp32)
+        dtype = compute_dtype(self, x.device, force_fp32)
         c_noise = torch.log(0.5 * sigma)
         F_x = _evaluate_backbone(self.model, x, c_noise, labels, dtype, model_kwargs)  # c_in = 1
         return x + sigma * F_x  # c_skip = 1, c_out = sigma
@@ -816,7 +817,7 @@ class iDDPMPrecond(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
                 force_fp32: bool = False, **model_kwargs: Any) -> torch.Tensor:
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
-        dtype = _compute_dtype(self, x, force_fp32)
+        dtype = compute_dtype(self, x.device, force_fp32)
         c_out = -sigma
         c_in = 1 / (sigma.square() + 1).sqrt()
         step = self.round_sigma(sigma, return_index=True)
@@ -876,7 +877,7 @@ class EDMPrecond(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
                 force_fp32: bool = False, **model_kwargs: Any) -> torch.Tensor:
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
-        dtype = _compute_dtype(self, x, force_fp32)
+        dtype = compute_dtype(self, x.device, force_fp32)
         sd2 = self.sigma_data ** 2
         total_var = sigma ** 2 + sd2
         c_skip = sd2 / total_var

@@ -206,13 +206,9 @@ def rerun_differences(recorded: dict, current: dict, seed_given: bool, also_free
 
 def _copy_exactly(tensors: dict[str, torch.Tensor], module: torch.nn.Module, source: str) -> None:
     expected = module.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    extra = [k for k in tensors if k not in expected]
-    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
-    for names, what in ((missing, 'lacks'), (extra, 'has the extra tensor'), (wrong, 'has another shape of')):
-        if names:
-            more = f' (and {len(names) - 1} more)' if len(names) > 1 else ''
-            raise UserError(f'{source}: does not fit the network of these options: it {what} "{names[0]}"{more}')
+    problem = misc.tensor_mismatch(tensors, expected)
+    if problem is not None:
+        raise UserError(f'{source}: does not fit the network of these options: it {problem}')
     with torch.no_grad():
         module.load_state_dict({k: tensors[k] for k in expected}, strict=True)
 
