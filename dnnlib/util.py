@@ -236,9 +236,13 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             where = f'{e.filename}: ' if e.filename is not None else ''
             raise click.ClickException(one_line(f'{where}{e.strerror}')) from None
         except Terminated:
-            click.echo('Stopped by SIGTERM; nothing half-written is left.', err=True)
+            # torchrun ends every process this way once one has failed (that one's message is above).
+            why = ' (torchrun stops every process when one fails)' if 'TORCHELASTIC_RUN_ID' in os.environ else ''
+            click.echo(f'Stopped by SIGTERM{why}; nothing half-written is left.', err=True)
             raise SystemExit(143) from None
         except (RuntimeError, MemoryError) as e:
+            if peer_failure(e):
+                raise click.ClickException(PEER_FAILURE_MESSAGE) from None
             message = out_of_memory_message(e)
             if message is None:
                 raise
@@ -251,6 +255,18 @@ def report_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 message += '; a smaller --batch needs less'
             raise click.ClickException(message) from None
     return wrapper
+
+# A collective of several processes that fails because another process of the
+# run has ended: that process reports its own error, and this one says no more
+# than that. gloo says that the connection closed; NCCL that the communicator
+# was aborted or that a remote process exited.
+PEER_FAILURE_MESSAGE = 'another process of this run failed (its error is in its own output); this one stops too'
+_PEER_FAILURE_TEXTS = ('Connection closed by peer', 'Connection reset by peer', 'NCCL communicator was aborted',
+                       'remote process exited', 'ncclRemoteError')
+
+def peer_failure(e: BaseException) -> bool:
+    several = int(os.environ.get('WORLD_SIZE', '1') or 1) > 1
+    return several and isinstance(e, RuntimeError) and any(text in str(e) for text in _PEER_FAILURE_TEXTS)
 
 # Running out of memory, on a GPU (torch.OutOfMemoryError) or on the host
 # (torch's CPU allocator, or Python's MemoryError), as one line that says how

@@ -372,6 +372,8 @@ def memorization_command(*, image_path: str | None, network_pkl: str | None, see
                          train_paths: Sequence[str], features: str, threshold: float, outdir: str | None,
                          json_path: str | None, max_batch_size: int, device: str | None, detector: str | None,
                          detector_sha256: str | None, sampler_kwargs: dict) -> tuple[list[EasyDict], list[str]]:
+    if dist.get_world_size() > 1:
+        raise UserError('memorization.py runs in one process; run it without torchrun')
     if (image_path is None) == (network_pkl is None):
         raise UserError('give exactly one of --images and --network')
     if image_path is not None and seeds is not None:

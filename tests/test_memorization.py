@@ -231,4 +231,11 @@ def test_bad_input_is_one_clear_error(sets, tmp_path, make, args, message):
     assert not os.path.exists(tmp_path / 'x.json') and not os.path.exists(tmp_path / 'figs')
     assert not os.path.exists(os.path.join(sets['refs'], 'x.json'))
 
+# Under torchrun every process would do the whole job and write the same files: refused.
+def test_several_processes_are_refused(sets, tmp_path, monkeypatch):
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    result = run('--images', sets['samples'], '--train', sets['refs'], '--json', tmp_path / 'x.json')
+    assert result.exit_code == 1 and 'run it without torchrun' in result.output, result.output
+    assert not os.path.exists(tmp_path / 'x.json')
+
 #----------------------------------------------------------------------------

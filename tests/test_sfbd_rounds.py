@@ -257,8 +257,6 @@ def test_online_and_rounds_options_do_not_mix(args, message, data, tmp_path):
     assert not os.path.exists(tmp_path / 'x')
 
 #----------------------------------------------------------------------------
-
-#----------------------------------------------------------------------------
 # A stop signal sent to the rounds (only to them, as `timeout` or SLURM sends
 # it) reaches the running script once; the rounds wait for it to save and
 # exit with its status 75, or with 128 + the signal's number if it did not
@@ -266,7 +264,7 @@ def test_online_and_rounds_options_do_not_mix(args, message, data, tmp_path):
 
 CHILD = '''
 import os, signal, sys, time
-out = sys.argv[1]
+out = sys.argv[1] + os.environ.get('RANK', '')  # One file per process under torchrun.
 def stop(signum, _frame):
     with open(out, 'a') as f:
         f.write(signal.Signals(signum).name + '\\n')
@@ -297,6 +295,27 @@ def test_a_stop_signal_reaches_the_script_and_the_rounds_wait(tmp_path, sig, sta
     assert received.read_text() == sig + '\n'  # Once, though the script is not in the rounds' process group.
     assert parent.returncode == status, output
     assert 'rerun the same command to continue' in output
+
+# Under torchrun (--nproc=2) the workers themselves get the signal, Ctrl-C as SIGTERM: the launcher
+# ignores SIGUSR1, which would otherwise kill it and leave the workers running on their own.
+@pytest.mark.parametrize('sig, got', [('SIGUSR1', 'SIGUSR1'), ('SIGINT', 'SIGTERM')])
+def test_a_stop_signal_reaches_every_torchrun_worker(tmp_path, sig, got):
+    import signal
+    import time
+    child = tmp_path / 'child.py'
+    child.write_text(CHILD.replace("sys.exit(75 if signum != signal.SIGTERM else 0)", "sys.exit(75)"))
+    received = tmp_path / 'received'
+    parent = subprocess.Popen([sys.executable, '-c', 'import sys; from tools.rounds import run_script; '
+                               'run_script(sys.argv[1], [sys.argv[2]], nproc=2)', str(child), str(received)],
+                              cwd=rounds.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS='1'))
+    deadline = time.time() + 120
+    while not all(os.path.exists(f'{received}{rank}.ready') for rank in '01') and time.time() < deadline:
+        time.sleep(0.05)
+    parent.send_signal(getattr(signal, sig))
+    output, _ = parent.communicate(timeout=120)
+    assert [(tmp_path / f'received{rank}').read_text() for rank in '01'] == [got + '\n'] * 2, output
+    assert parent.returncode == 75, output
 
 # A step that fails with its own one-line error (on the terminal) is not followed by a second error line.
 def test_a_failing_step_gives_one_error_line(tmp_path):

@@ -25,6 +25,7 @@ import torch
 from click.testing import CliRunner, Result
 
 import train
+from dnnlib.util import PEER_FAILURE_MESSAGE
 from tools import train_setup
 from test_fast import fused_adam_on_cpu
 from torch_utils import misc, persistence, training_stats
@@ -583,6 +584,21 @@ def test_sigkill_at_a_random_point_and_rerun_continues_exactly(reference_run, da
     reference = load_state(reference_run / 'training-state-000001.pt')
     for key in ('net', 'ema', 'optimizer_state', 'sampler', 'rng'):
         assert_same(resumed[key], reference[key], f'{key} (killed {delay:.1f} s into training)')
+
+# A damaged image that only rank 1 reads (seed 1) fails rank 1 with its one line; rank 0, whose collective then
+# fails, says that another process failed, on the terminal and in log.txt, instead of gloo's traceback.
+def test_a_failure_in_another_process_is_one_line_in_log_txt(data, tmp_path):
+    bad = tmp_path / 'bad.zip'
+    with zipfile.ZipFile(data / 'ds8.zip') as src, zipfile.ZipFile(bad, 'w') as z:
+        for name in src.namelist():
+            z.writestr(name, src.read(name)[:40] if name.endswith('img00000005.png') else src.read(name))
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+    result = run_train(['--outdir', tmp_path / 'runs', '--data', bad, '--duration=0.002', *TINY], launcher=launcher)
+    assert result.returncode != 0
+    assert 'img00000005.png: cannot decode the image' in result.stderr, result.stderr[-3000:]
+    assert '[rank0]' not in result.stderr and '[rank1]' not in result.stderr, result.stderr[-3000:]
+    log = next((tmp_path / 'runs').iterdir()) / 'log.txt'
+    assert log.read_text().splitlines()[-1] == 'Error: ' + PEER_FAILURE_MESSAGE
 
 def training_loop_latest(run_dir: Path) -> Path:
     from training.training_loop import find_latest_state

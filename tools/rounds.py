@@ -83,15 +83,34 @@ def script_command(script: str, args: Sequence[str], nproc: int = 1) -> list[str
 # state and exits 75. The script has a session of its own, so that a
 # terminal's Ctrl-C reaches it only through this process (a second Ctrl-C,
 # passed on too, aborts train.py as it would alone).
+#
+# Several processes (torchrun) are told as scripts/common.sh tells them: the
+# launcher starts with SIGUSR1 ignored (its default action would kill it and
+# leave the workers training unsupervised), and every signal goes to the
+# workers themselves, Ctrl-C as SIGTERM. The launcher then reports the workers'
+# status 75 as its own failure (1), which counts as saved.
 STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGUSR1', None)) if sig is not None)
 
+def _launcher_workers(launcher: subprocess.Popen) -> list[Any]:
+    import psutil
+    try:
+        return psutil.Process(launcher.pid).children()
+    except psutil.Error:
+        return []
+
 @contextlib.contextmanager
-def passing_stop_signals(child: subprocess.Popen) -> Iterator[list[int]]:
+def passing_stop_signals(child: subprocess.Popen, launcher: bool = False) -> Iterator[list[int]]:
     received: list[int] = []
     def pass_on(signum: int, _frame: Any) -> None:
         received.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signum)
+        workers = _launcher_workers(child) if launcher else []
+        if not workers:  # One process, or no worker yet (still in the rendezvous: nothing to save).
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum if not launcher else signal.SIGTERM)
+            return
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
     in_main_thread = threading.current_thread() is threading.main_thread()  # Where handlers can be set.
     previous = {sig: signal.signal(sig, pass_on) for sig in STOP_SIGNALS} if in_main_thread else {}
     try:
@@ -100,16 +119,33 @@ def passing_stop_signals(child: subprocess.Popen) -> Iterator[list[int]]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
+@contextlib.contextmanager
+def _usr1_ignored_in_children(ignore: bool) -> Iterator[None]:
+    # A disposition of SIG_IGN is inherited across exec; a handler is not.
+    usr1 = getattr(signal, 'SIGUSR1', None)
+    if not ignore or usr1 is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(usr1, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(usr1, previous)
+
 def run_script(script: str, args: Sequence[str], nproc: int = 1, log: IO[str] | None = None) -> None:
     """Run a script of the repository; its output goes to `log` if given, else to the terminal. A stop
     signal goes on to the script; the rounds then stop with status 75 once it has ended (128 + the
     signal's number for Ctrl-C and SIGTERM when the script did not save), to be rerun."""
     command = script_command(script, args, nproc)
     print('$ ' + shlex.join(command), file=log or sys.stdout, flush=True)
-    with subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log is not None else None,
-                          start_new_session=True) as child:
-        with passing_stop_signals(child) as received:
+    with _usr1_ignored_in_children(nproc > 1):
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log is not None else None,
+                                 start_new_session=True)
+    with child:
+        with passing_stop_signals(child, launcher=nproc > 1) as received:
             status = child.wait()
+    if received and nproc > 1 and status != 0:
+        status = PREEMPTED_EXIT_CODE  # The launcher's 1 for workers that saved and stopped.
     if status == PREEMPTED_EXIT_CODE:
         print(f'{script} was preempted; rerun the same command to continue.', flush=True)
         raise SystemExit(PREEMPTED_EXIT_CODE)

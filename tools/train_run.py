@@ -24,7 +24,8 @@ import torch
 
 import dnnlib
 from dnnlib.outputs import check_apart, check_distinct, check_output_dir, create_exclusive, path_relation
-from dnnlib.util import UserError, atomic_write, construct_class_by_name, is_environment_error, report_user_errors
+from dnnlib.util import (PEER_FAILURE_MESSAGE, UserError, atomic_write, construct_class_by_name, is_environment_error,
+                         peer_failure, report_user_errors)
 from torch_utils import distributed as dist
 from training import resume, training_loop
 from training.augment import AUGMENT_DIM, AUGMENTATIONS
@@ -151,7 +152,12 @@ def train_command(opts: dict, explicit: set[str]) -> str | None:
     except BaseException as e:
         # Errors go to log.txt too (when it exists); the terminal gets them from click or Python.
         if tee is not None and not isinstance(e, SystemExit):
-            tee.write_log_only(f'Error: {e}\n' if isinstance(e, UserError) else traceback.format_exc())
+            if isinstance(e, UserError):
+                tee.write_log_only(f'Error: {e}\n')
+            elif peer_failure(e):
+                tee.write_log_only(f'Error: {PEER_FAILURE_MESSAGE}\n')
+            else:
+                tee.write_log_only(traceback.format_exc())
         raise
     finally:
         claim.release()
@@ -352,8 +358,6 @@ def run_description(opts: dnnlib.EasyDict, dataset_name: str) -> str:
 # is not writing into an input), into a directory that is new, empty or
 # train.py's own.
 def check_outputs(opts: dnnlib.EasyDict, run_dir: str) -> None:
-    if dist.get_rank() != 0:
-        return
     inputs = [(path, '--data') for path in opts.data] + [(path, '--noisy') for path in opts.noisy]
     inputs.append((opts.transfer, '--transfer'))
     if opts.resume is not None and path_relation(opts.resume, run_dir) not in ('is', 'is inside'):
@@ -501,7 +505,7 @@ def run_training(opts: dnnlib.EasyDict, tee: LogTee | None, explicit: set[str] =
         c.run_dir = continue_dir
     else:
         c.run_dir = next_run_dir(opts.outdir, desc) if dist.get_rank() == 0 else None
-    check_outputs(opts, c.run_dir)
+    dist.rank0_only(lambda: check_outputs(opts, c.run_dir), device, 'to accept --outdir')
     check_network_options(c.network_kwargs, data.resolution, data.channels, data.label_dim,
                           f'--arch={opts.arch} --cbase={c.network_kwargs.model_channels} '
                           f'--cres={",".join(map(str, c.network_kwargs.channel_mult))}')

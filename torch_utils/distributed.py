@@ -108,16 +108,22 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def rank0_first(load: Callable[[], T], device: torch.device, what: str) -> T:
     """`load()` on rank 0 first (a download fills the cache once), then on the others. When it fails
     on rank 0, the others stop with a UserError instead of waiting at a barrier that never comes."""
+    result = rank0_only(load, device, f'to load {what}')
+    return result if get_rank() == 0 else load()
+
+def rank0_only(func: Callable[[], T], device: torch.device, what: str) -> T | None:
+    """`func()` on rank 0 alone (checks of what only rank 0 writes); its result there, None on the
+    others. When it fails, the others stop too, with one line pointing to rank 0's message."""
     if get_rank() == 0:
         try:
-            result = load()
+            result = func()
         except BaseException:
             any_rank(False, device)
             raise
         any_rank(True, device)
         return result
     if not any_rank(False, device):
-        raise UserError(f'rank 0 failed to load {what}; see its message')
-    return load()
+        raise UserError(f'rank 0 failed {what}; see its message')
+    return None
 
 #----------------------------------------------------------------------------
