@@ -381,11 +381,10 @@ def default_refresh_batch(num_observations: int, refresh_every: int, total_steps
 # quarter of the device memory free at start, else in host memory.
 
 def buffer_storage(device: torch.device, nbytes: int) -> torch.device:
-    if device.type == 'cuda':
-        free, _total = torch.cuda.mem_get_info(device)
-        if nbytes <= free // 4:
-            return device
-    return torch.device('cpu') if device.type == 'cuda' else device
+    if device.type != 'cuda':
+        return device
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if nbytes <= free // 4 else torch.device('cpu')
 
 #----------------------------------------------------------------------------
 # The training loop's side of Online SFBD: extra data of the training loop
@@ -522,27 +521,32 @@ class OnlineSFBD(ExtraData):
         self._tick_refreshed += self._run(self._network(net, ema), 'refresh')
         self._tick_refresh_sec += time.time() - start
 
-    def end_tick(self, tick_sec: float, cur_nimg: int) -> list[str]:
-        """Report the tick's refresh statistics; returns the fields for the tick line."""
+    def end_tick(self, stats: training_stats.Collector, tick_sec: float, cur_nimg: int) -> list[str]:
+        """Report the tick's refresh statistics to `stats`; returns the fields for the tick line."""
         share = self._tick_refresh_sec / tick_sec if tick_sec > 0 else 0.0
-        training_stats.report0('Timing/refresh_sec', self._tick_refresh_sec)
-        training_stats.report0('Timing/refresh_share', share)
-        training_stats.report('Online/refreshed', torch.ones(self._tick_refreshed))
-        training_stats.report0('Online/passes', self.buffer.position / len(self.buffer))
+        stats.report0('Timing/refresh_sec', self._tick_refresh_sec)
+        stats.report0('Timing/refresh_share', share)
+        stats.report('Online/refreshed', torch.ones(self._tick_refreshed))
+        stats.report0('Online/passes', self.buffer.position / len(self.buffer))
         weight = ramp_weight(cur_nimg - self.start_nimg, self.rampup_nimg)
-        training_stats.report0('Online/loss_weight', weight)
+        stats.report0('Online/loss_weight', weight)
         self._tick_refresh_sec, self._tick_refreshed = 0.0, 0
         return [f'refresh {f"{100 * share:.1f}%":<6s}', f'wbuf {weight:<5.3f}']
 
     def progress(self, cur_nimg: int) -> dict[str, float]:
         """How far the online run has come: refresh passes over the observations (the fill not
         counted), and the current loss weight of buffer images."""
-        return dict(refresh_passes=self.buffer.position / len(self.buffer) - 1,
+        return dict(refresh_passes=self.refresh_passes_made,
                     loss_weight=ramp_weight(cur_nimg - self.start_nimg, self.rampup_nimg))
+
+    @property
+    def refresh_passes_made(self) -> float:
+        """Passes over the observations since the fill (the first pass, by the clean-only network)."""
+        return self.buffer.position / len(self.buffer) - 1
 
     def summary(self) -> str:
         """The line that states the refresh passes made, against those planned."""
-        made = self.buffer.position / len(self.buffer) - 1
+        made = self.refresh_passes_made
         planned = f' of the {self.plan["refresh_passes"]:.2f} planned' if self.plan is not None else ''
         return (f'Online SFBD: {made:.2f} refresh passes{planned} over the {len(self.buffer)} observations, '
                 f'the fill not counted ({self.buffer.position} observations denoised in all).')

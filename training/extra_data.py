@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from dnnlib.util import construct_class_by_name
+from torch_utils import training_stats
 
 #----------------------------------------------------------------------------
 # What a source needs at setup: its own options (plain data of the run's
@@ -69,8 +70,9 @@ class ExtraData(abc.ABC):
         """After every optimizer step (and the EMA update)."""
 
     @abc.abstractmethod
-    def end_tick(self, tick_sec: float, cur_nimg: int) -> list[str]:
-        """At the end of a tick: report statistics; returns the fields of the tick line."""
+    def end_tick(self, stats: training_stats.Collector, tick_sec: float, cur_nimg: int) -> list[str]:
+        """At the end of a tick: report statistics to `stats` (before it is updated); returns the
+        fields of the tick line."""
 
     @abc.abstractmethod
     def final_lines(self, cur_nimg: int) -> list[str]:

@@ -556,9 +556,9 @@ def end_tick(stats: training_stats.Collector, extra: ExtraData | None, device: t
     stats.report0('Resources/peak_gpu_mem_reserved_gb', torch.cuda.max_memory_reserved(device) / 2**30 if on_cuda else 0)
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    extra_fields = extra.end_tick(tick_sec, cur_nimg) if extra is not None else []
+    extra_fields = extra.end_tick(stats, tick_sec, cur_nimg) if extra is not None else []
     stats.update()
-    training_stats.default_collector.update()
+    training_stats.default_collector.update()  # What code written for EDM reported through the module's functions.
     tick_stats = dict(training_stats.default_collector.as_dict(), **stats.as_dict())
 
     # Tick line: EDM's fields, the loss, non-finite counts and the time left.
