@@ -87,6 +87,9 @@ class ImageSet:
         self.path = path
         self.names, _metadata = read_listing(path)
         self.dataset = ImageFolderDataset(path)
+        if self.dataset.sigma_text:
+            raise UserError(f'{option}={path}: is an observation set (noisy images, sigma {self.dataset.sigma_text} in '
+                            'dataset.json); the memorisation check compares clean images (e.g. the split\'s source)')
         if self.dataset.is_float:
             raise UserError(f'{option}={path}: holds .npy arrays; the memorisation check compares 8-bit images')
 
@@ -211,10 +214,10 @@ def open_references(reference_paths: Sequence[str]) -> list[ImageSet]:
 
 # Pixel distances need samples and references of one shape.
 def check_shapes(references: Sequence[ImageSet | MemoryImageSet], sample_shape: Sequence[int],
-                 space: PixelFeatures | Detector) -> None:
+                 space: PixelFeatures | Detector, samples: str = 'the samples') -> None:
     for reference in references:
         if isinstance(space, PixelFeatures) and list(reference.image_shape) != list(sample_shape):
-            raise UserError(f'--train={reference.path}: images are {reference.image_shape} (C, H, W), the samples '
+            raise UserError(f'--train={reference.path}: images are {reference.image_shape} (C, H, W), {samples} '
                             f'{list(sample_shape)}; pixel features need one shape (--features=inception does not)')
 
 def check_memorization(samples: ImageSet | MemoryImageSet, references: Sequence[ImageSet | MemoryImageSet],

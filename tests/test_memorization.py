@@ -202,7 +202,7 @@ def test_a_failed_write_leaves_no_outputs(sets, tmp_path, monkeypatch):
     (None, ['--images', '{samples}', '--steps=3', '--train', '{refs}'], '--steps needs --network'),
     ('one', ['--images', '{samples}', '--train', '{bad}'], 'at least 2'),
     ('big', ['--images', '{samples}', '--train', '{bad}'], 'pixel features need one shape'),
-    ('npy', ['--images', '{samples}', '--train', '{bad}'], '.npy arrays'),
+    ('npy', ['--images', '{samples}', '--train', '{bad}'], 'is an observation set (noisy images, sigma 0.5'),
     (None, ['--images', '{samples}', '--train', '{root}/missing'], 'no such directory'),
     (None, ['--images', '{samples}', '--train', '{refs}', '--threshold=2'], 'threshold'),
     (None, ['--images', '{samples}', '--train', '{refs}', '--threshold=1/0'], 'fraction'),

@@ -112,7 +112,7 @@ def test_loss_of_the_whole_run_and_the_sample_grid(run_dir):
     (['--rounds', '{rounds}', '--train', '{root}/clean', '--outdir', '{root}/clean/figures'], 'is inside the input --train'),
     (['--rounds', '{rounds}', '--outdir', '{root}/clean'], 'holds a dataset'),
     # Checked before round 0 is sampled: sets of another image size, observations, a set twice.
-    (['--rounds', '{rounds}', '--train', '{big}'], 'images are [3, 16, 16] (C, H, W), but round-000-pretrain/network-snapshot-000030.pkl makes [3, 8, 8]'),
+    (['--rounds', '{rounds}', '--train', '{big}'], 'images are [3, 16, 16] (C, H, W), the samples of round-000-pretrain/network-snapshot-000030.pkl [3, 8, 8]'),
     (['--rounds', '{rounds}', '--train', '{noisy}'], 'is an observation set'),
     (['--rounds', '{rounds}', '--train', '{root}/clean', '--train', '{root}/clean/'], 'are the same set; give each set once'),
 ])

@@ -46,7 +46,7 @@ from tools.rounds import ONLINE_RECORD_FNAME, RECORD_FNAME, load_record
 from torch_utils import distributed as dist
 from torch_utils.detector import DEFAULT_DETECTOR
 from torch_utils.persistence import load_network
-from training.dataset import DatasetFiles, ImageFolderDataset
+from training.dataset import DatasetFiles
 from metrics.fid import FeatureStats, calculate_fid_from_inception_stats, load_ref_stats, snapshot_kimg
 
 SCORES_FNAME = 'scores.json'
@@ -133,7 +133,7 @@ def grid_image(images: np.ndarray, min_width: int = 512) -> np.ndarray:
     return grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
 
 class Scorer:
-    def __init__(self, settings: dict, ref_stats: tuple[np.ndarray, np.ndarray] | None, train: Sequence[str],
+    def __init__(self, settings: dict, ref_stats: tuple[np.ndarray, np.ndarray] | None, train: Sequence[mem.ImageSet],
                  device: torch.device, detector: str, detector_sha256: str | None, max_batch_size: int, verbose: bool):
         self.settings, self.ref_stats, self.train, self.device = settings, ref_stats, list(train), device
         self.detector, self.detector_sha256 = detector, detector_sha256
@@ -151,9 +151,8 @@ class Scorer:
         # [(image set, features)] of the --train sets in the memorisation feature space.
         if self._references is None:
             space = self.space(self.settings['memorization']['features'])
-            sets = mem.open_references(self.train)
             self._references = [(s, mem.image_features(s, space, self.max_batch_size, self.verbose,
-                                                       desc=f'Features of {s.path}')) for s in sets]
+                                                       desc=f'Features of {s.path}')) for s in self.train]
         return self._references
 
     def check_fid_features(self, image_shape: list[int]) -> None:
@@ -431,29 +430,19 @@ def write_report(rounds_dir: str, outdir: str | None = None, ref: str | None = N
     # Every input is checked before any sampling or output: the --train sets (clean 8-bit images,
     # of the samples' shape for pixel features), the --ref statistics (of the FID's features),
     # against the image shape of every finished snapshot.
-    for path in train:
-        dataset = ImageFolderDataset(path)
-        sigma_text = dataset.sigma_text
-        dataset.close()
-        if sigma_text:
-            raise UserError(f'--train={path}: is an observation set (noisy images, sigma {sigma_text} in dataset.json); '
-                            'the memorisation check compares with clean images (e.g. the split\'s source)')
     references = mem.open_references(train)
     ref_stats = None if ref is None else load_ref_stats(ref)
     shapes = snapshot_shapes(rounds_dir, record, samples)
     if features == 'pixel':
-        for reference in references:
-            for snapshot, shape in shapes.items():
-                if reference.image_shape != shape:
-                    raise UserError(f'--train={reference.path}: images are {reference.image_shape} (C, H, W), but '
-                                    f'{snapshot} makes {shape}; pixel features need one shape (--features=inception does not)')
+        for snapshot, shape in shapes.items():
+            mem.check_shapes(references, shape, mem.PixelFeatures(), samples=f'the samples of {snapshot}')
     # The detector, when used, enters the settings by content.
     inception = None
     if (ref is not None and fid_features == 'inception') or (train and features == 'inception'):
         inception = mem.load_feature_space('inception', device, detector, detector_sha256, verbose)
     settings = score_settings(num, sampler_kwargs, ref, ref_stats, fid_features, train, features, threshold,
                               None if inception is None else inception.sha256)
-    scorer = Scorer(settings, ref_stats, train, device, detector, detector_sha256, max_batch_size, verbose)
+    scorer = Scorer(settings, ref_stats, references, device, detector, detector_sha256, max_batch_size, verbose)
     if inception is not None:
         scorer.spaces['inception'] = inception
     for shape in shapes.values():
