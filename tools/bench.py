@@ -217,6 +217,7 @@ class Runner:
     numerics:   dict[str, bool]
     extra:      dict[str, Any] = dataclasses.field(default_factory=dict)
     finish:     Callable[[], dict[str, Any]] | None = None  # After the blocks: extra fields of the stage's records.
+    close:      Callable[[], None] | None = None            # At the end of the stage: stop what the runner started.
     warmup_s:   float = 0
     images:     int = 0
     seconds:    float = 0
@@ -295,7 +296,7 @@ def train_runner(config: str, path: str, device: torch.device, batch: int, data_
         seen[0] += batch
         return batch
     return Runner('train', path, batch, _compute_dtype(net, device), run, numerics_for('train', fast),
-                  extra=dict(augment=augment))
+                  extra=dict(augment=augment), close=lambda: training_loop.stop_data_loader(batches))
 
 def train_flops(config: str, device: torch.device) -> float:
     """FLOPs per image of a training step: the loss's forward and backward pass."""
@@ -794,6 +795,9 @@ def run_benchmark(
                     fast_record.update(png_difference(runners[0].extra['outdir'], runners[1].extra['outdir']) or {})
             if on_records is not None:
                 on_records(records[-len(runners):])
+            for runner in runners:
+                if runner.close is not None:
+                    runner.close()
             del runners
     return records
 

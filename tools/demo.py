@@ -214,6 +214,7 @@ def run_demo(outdir: str, device: str | None = None, seed: int = 0, long_baselin
                          denoising_evaluations=cost and cost['denoising_evaluations']))
     obs = ObservationSet(noisy)
     observations = obs.load(list(range(len(obs))))[0].numpy().reshape(len(obs), -1).astype(np.float64)
+    obs.close()
     scale = dict(clean_images=frechet_distance(pixel_features(read_pngs(clean)), truth),
                  observations=frechet_distance(observations, truth),
                  fresh_true_images=frechet_distance(pixel_features(draw_blobs(cfg.num_samples, cfg.resolution,

@@ -417,8 +417,9 @@ def write_report(rounds_dir: str, outdir: str | None = None, ref: str | None = N
     if record is None:
         raise UserError(f'--rounds={rounds_dir}: no {RECORD_FNAME}; give the --outdir of sfbd.rounds')
     outdir = outdir or os.path.join(rounds_dir, 'report')
-    if fid_features not in mem.FEATURES or features not in mem.FEATURES:
-        raise UserError(f'features must be one of {"|".join(mem.FEATURES)}')
+    for value, option in ((fid_features, '--fid-features'), (features, '--features')):
+        if value not in mem.FEATURES:
+            raise UserError(f'{option}={value}: expected one of {"|".join(mem.FEATURES)}')
     for path in train:
         if not os.path.exists(path):
             raise UserError(f'--train={path}: no such dataset')

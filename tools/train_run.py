@@ -29,6 +29,7 @@ from dnnlib.util import (PEER_FAILURE_MESSAGE, UserError, atomic_write, construc
 from torch_utils import distributed as dist
 from training import resume, training_loop
 from training.augment import AUGMENT_DIM, AUGMENTATIONS
+from training.dataset import is_dataset_file
 from tools.train_options import parse_train_command
 from tools.train_setup import (ARCHITECTURES, PRECONDITIONINGS, RUN_MARKERS, RunClaim, check_network_options,
                                check_resume, from_rank0, holder_message, next_run_dir, online_options, plan_online, refresh_defaulted,
@@ -370,7 +371,6 @@ def check_outputs(opts: dnnlib.EasyDict, run_dir: str) -> None:
 # The folder of run directories must not be a dataset without a dataset.json:
 # image or .npy files at its top, or EDM's numbered folders of them (00000/).
 def check_not_images(outdir: str, option: str) -> None:
-    from training.dataset import is_dataset_file
     if not os.path.isdir(outdir):
         return
     found = sorted(name for name in os.listdir(outdir) if not name.startswith('.') and (
