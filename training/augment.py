@@ -115,33 +115,33 @@ AUGMENT_DIM = 9
 @persistence.persistent_class
 class AugmentPipe:
     def __init__(self,
-        p                   = 1,        # Overall probability scale, multiplies each multiplier below.
+        p:                  float = 1,      # Overall probability scale, multiplies each multiplier below.
         # Pixel blitting.
-        xflip               = 0,        # Horizontal flip.
-        yflip               = 0,        # Vertical flip.
-        rotate_int          = 0,        # Rotation by a multiple of 90 degrees.
-        translate_int       = 0,        # Shift by whole pixels, with mirrored borders.
-        translate_int_max   = 0.125,    # Largest whole-pixel shift, as a fraction of the image size.
+        xflip:              float = 0,      # Horizontal flip.
+        yflip:              float = 0,      # Vertical flip.
+        rotate_int:         float = 0,      # Rotation by a multiple of 90 degrees.
+        translate_int:      float = 0,      # Shift by whole pixels, with mirrored borders.
+        translate_int_max:  float = 0.125,  # Largest whole-pixel shift, as a fraction of the image size.
         # Geometric warps.
-        scale               = 0,        # Isotropic scaling.
-        rotate_frac         = 0,        # Rotation by an arbitrary angle.
-        aniso               = 0,        # Anisotropic scaling.
-        translate_frac      = 0,        # Shift by fractions of a pixel.
-        scale_std           = 0.2,      # Standard deviation of log2 of the isotropic scale.
-        rotate_frac_max     = 1,        # Largest rotation, as a fraction of half a turn either way.
-        aniso_std           = 0.2,      # Standard deviation of log2 of the anisotropic scale.
-        aniso_rotate_prob   = 0.5,      # Chance that the anisotropic scaling uses rotated axes.
-        translate_frac_std  = 0.125,    # Standard deviation of the fractional shift, as a fraction of the image size.
+        scale:              float = 0,      # Isotropic scaling.
+        rotate_frac:        float = 0,      # Rotation by an arbitrary angle.
+        aniso:              float = 0,      # Anisotropic scaling.
+        translate_frac:     float = 0,      # Shift by fractions of a pixel.
+        scale_std:          float = 0.2,    # Standard deviation of log2 of the isotropic scale.
+        rotate_frac_max:    float = 1,      # Largest rotation, as a fraction of half a turn either way.
+        aniso_std:          float = 0.2,    # Standard deviation of log2 of the anisotropic scale.
+        aniso_rotate_prob:  float = 0.5,    # Chance that the anisotropic scaling uses rotated axes.
+        translate_frac_std: float = 0.125,  # Standard deviation of the fractional shift, as a fraction of the image size.
         # Colour changes.
-        brightness          = 0,        # Brightness offset.
-        contrast            = 0,        # Contrast scaling.
-        lumaflip            = 0,        # Inversion of luma, keeping hue.
-        hue                 = 0,        # Rotation of hue about the luma axis.
-        saturation          = 0,        # Saturation scaling.
-        brightness_std      = 0.2,      # Standard deviation of the brightness offset.
-        contrast_std        = 0.5,      # Standard deviation of log2 of the contrast scale.
-        hue_max             = 1,        # Largest hue rotation, as a fraction of half a turn either way.
-        saturation_std      = 1,        # Standard deviation of log2 of the saturation scale.
+        brightness:         float = 0,      # Brightness offset.
+        contrast:           float = 0,      # Contrast scaling.
+        lumaflip:           float = 0,      # Inversion of luma, keeping hue.
+        hue:                float = 0,      # Rotation of hue about the luma axis.
+        saturation:         float = 0,      # Saturation scaling.
+        brightness_std:     float = 0.2,    # Standard deviation of the brightness offset.
+        contrast_std:       float = 0.5,    # Standard deviation of log2 of the contrast scale.
+        hue_max:            float = 1,      # Largest hue rotation, as a fraction of half a turn either way.
+        saturation_std:     float = 1,      # Standard deviation of log2 of the saturation scale.
     ):
         super().__init__()
         self.p = float(p)

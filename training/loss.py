@@ -9,6 +9,8 @@ loss equals EDM's.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from torch_utils import persistence
@@ -30,15 +32,16 @@ def _denoising_loss(net, images: torch.Tensor, labels, augment_pipe, sigma: torc
 @persistence.persistent_class
 class VPLoss:
     def __init__(self,
-        beta_d      = 19.9,     # Linear growth of beta(t) over t in [0, 1].
-        beta_min    = 0.1,      # beta(0).
-        epsilon_t   = 1e-5,     # Smallest t drawn.
+        beta_d:    float = 19.9,  # Linear growth of beta(t) over t in [0, 1].
+        beta_min:  float = 0.1,   # beta(0).
+        epsilon_t: float = 1e-5,  # Smallest t drawn.
     ):
         self.beta_d = beta_d
         self.beta_min = beta_min
         self.epsilon_t = epsilon_t
 
-    def __call__(self, net, images: torch.Tensor, labels=None, augment_pipe=None) -> torch.Tensor:
+    def __call__(self, net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
+                 augment_pipe: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         u = torch.rand([images.shape[0], 1, 1, 1], device=images.device)
         sigma = self.sigma(1 + u * (self.epsilon_t - 1))
         return _denoising_loss(net, images, labels, augment_pipe, sigma, weight=1 / sigma ** 2)
@@ -55,13 +58,14 @@ class VPLoss:
 @persistence.persistent_class
 class VELoss:
     def __init__(self,
-        sigma_min   = 0.02,     # Smallest noise level drawn.
-        sigma_max   = 100,      # Largest noise level drawn.
+        sigma_min: float = 0.02,  # Smallest noise level drawn.
+        sigma_max: float = 100,   # Largest noise level drawn.
     ):
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
 
-    def __call__(self, net, images: torch.Tensor, labels=None, augment_pipe=None) -> torch.Tensor:
+    def __call__(self, net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
+                 augment_pipe: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         u = torch.rand([images.shape[0], 1, 1, 1], device=images.device)
         sigma = self.sigma_min * ((self.sigma_max / self.sigma_min) ** u)
         return _denoising_loss(net, images, labels, augment_pipe, sigma, weight=1 / sigma ** 2)
@@ -73,15 +77,16 @@ class VELoss:
 @persistence.persistent_class
 class EDMLoss:
     def __init__(self,
-        P_mean      = -1.2,     # Mean of ln(sigma).
-        P_std       = 1.2,      # Standard deviation of ln(sigma).
-        sigma_data  = 0.5,      # Standard deviation of the data.
+        P_mean:     float = -1.2,  # Mean of ln(sigma).
+        P_std:      float = 1.2,   # Standard deviation of ln(sigma).
+        sigma_data: float = 0.5,   # Standard deviation of the data.
     ):
         self.P_mean = P_mean
         self.P_std = P_std
         self.sigma_data = sigma_data
 
-    def __call__(self, net, images: torch.Tensor, labels=None, augment_pipe=None) -> torch.Tensor:
+    def __call__(self, net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
+                 augment_pipe: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         z = torch.randn([images.shape[0], 1, 1, 1], device=images.device)
         sigma = (z * self.P_std + self.P_mean).exp()
         weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2

@@ -10,7 +10,7 @@ Class names, constructor keywords, defaults and state-dict layout follow EDM's
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +42,12 @@ def weight_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> t
 @persistence.persistent_class
 class Linear(torch.nn.Module):
     def __init__(self,
-        in_features,                        # Size of each input vector.
-        out_features,                       # Size of each output vector.
-        bias            = True,             # Add a learned offset?
-        init_mode       = 'kaiming_normal', # Initialisation rule, see weight_init().
-        init_weight     = 1,                # Gain applied to the initial weight.
-        init_bias       = 0,                # Gain applied to the initial bias.
+        in_features:  int,                     # Size of each input vector.
+        out_features: int,                     # Size of each output vector.
+        bias:         bool = True,             # Add a learned offset?
+        init_mode:    str = 'kaiming_normal',  # Initialisation rule, see weight_init().
+        init_weight:  float = 1,               # Gain applied to the initial weight.
+        init_bias:    float = 0,               # Gain applied to the initial bias.
     ):
         super().__init__()
         self.in_features = in_features
@@ -76,17 +76,17 @@ class Conv2d(torch.nn.Module):
     pool_resample = False  # Set on live networks by the fast path (torch_utils/fast.py); not a constructor option.
 
     def __init__(self,
-        in_channels,                        # Channels of the input.
-        out_channels,                       # Channels of the output.
-        kernel,                             # Square kernel size; 0 = no convolution.
-        bias            = True,             # Add a learned per-channel offset?
-        up              = False,            # Upsample by 2 (before the convolution)?
-        down            = False,            # Downsample by 2?
-        resample_filter = (1,1),            # 1-D taps of the resampling filter.
-        fused_resample  = False,            # Merge resampling and convolution?
-        init_mode       = 'kaiming_normal', # Initialisation rule, see weight_init().
-        init_weight     = 1,                # Gain applied to the initial weight.
-        init_bias       = 0,                # Gain applied to the initial bias.
+        in_channels:     int,                     # Channels of the input.
+        out_channels:    int,                     # Channels of the output.
+        kernel:          int,                     # Square kernel size; 0 = no convolution.
+        bias:            bool = True,             # Add a learned per-channel offset?
+        up:              bool = False,            # Upsample by 2 (before the convolution)?
+        down:            bool = False,            # Downsample by 2?
+        resample_filter: Sequence[int] = (1,1),   # 1-D taps of the resampling filter.
+        fused_resample:  bool = False,            # Merge resampling and convolution?
+        init_mode:       str = 'kaiming_normal',  # Initialisation rule, see weight_init().
+        init_weight:     float = 1,               # Gain applied to the initial weight.
+        init_bias:       float = 0,               # Gain applied to the initial bias.
     ):
         if up and down:
             raise ValueError('Conv2d: up and down cannot both be set')
@@ -149,10 +149,10 @@ class Conv2d(torch.nn.Module):
 @persistence.persistent_class
 class GroupNorm(torch.nn.Module):
     def __init__(self,
-        num_channels,                       # Channels to normalise.
-        num_groups              = 32,       # Preferred number of groups.
-        min_channels_per_group  = 4,        # Lower bound on channels per group.
-        eps                     = 1e-5,     # Added to the variance for stability.
+        num_channels:           int,           # Channels to normalise.
+        num_groups:             int = 32,      # Preferred number of groups.
+        min_channels_per_group: int = 4,       # Lower bound on channels per group.
+        eps:                    float = 1e-5,  # Added to the variance for stability.
     ):
         super().__init__()
         max_groups = num_channels // min_channels_per_group
@@ -203,23 +203,23 @@ class AttentionOp(torch.autograd.Function):
 @persistence.persistent_class
 class UNetBlock(torch.nn.Module):
     def __init__(self,
-        in_channels,                        # Channels of the input.
-        out_channels,                       # Channels of the output.
-        emb_channels,                       # Size of the conditioning embedding.
-        up                  = False,        # Upsample by 2?
-        down                = False,        # Downsample by 2?
-        attention           = False,        # Append a self-attention layer?
-        num_heads           = None,         # Attention heads; None = out_channels // channels_per_head.
-        channels_per_head   = 64,           # Channels per head when num_heads is None.
-        dropout             = 0,            # Dropout probability before conv1.
-        skip_scale          = 1,            # Factor applied after each residual sum.
-        eps                 = 1e-5,         # GroupNorm epsilon.
-        resample_filter     = (1,1),        # 1-D taps for up/downsampling.
-        resample_proj       = False,        # Use a 1x1 conv on the shortcut when resampling?
-        adaptive_scale      = True,         # Embedding gives scale and shift (True) or shift only?
-        init                = None,         # Init keywords for most layers; None = {}.
-        init_zero           = None,         # Init keywords for the last layer of each branch; None = dict(init_weight=0).
-        init_attn           = None,         # Init keywords for the qkv layer; None = same as init.
+        in_channels:       int,                    # Channels of the input.
+        out_channels:      int,                    # Channels of the output.
+        emb_channels:      int,                    # Size of the conditioning embedding.
+        up:                bool = False,           # Upsample by 2?
+        down:              bool = False,           # Downsample by 2?
+        attention:         bool = False,           # Append a self-attention layer?
+        num_heads:         int | None = None,      # Attention heads; None = out_channels // channels_per_head.
+        channels_per_head: int = 64,               # Channels per head when num_heads is None.
+        dropout:           float = 0,              # Dropout probability before conv1.
+        skip_scale:        float = 1,              # Factor applied after each residual sum.
+        eps:               float = 1e-5,           # GroupNorm epsilon.
+        resample_filter:   Sequence[int] = (1,1),  # 1-D taps for up/downsampling.
+        resample_proj:     bool = False,           # Use a 1x1 conv on the shortcut when resampling?
+        adaptive_scale:    bool = True,            # Embedding gives scale and shift (True) or shift only?
+        init:              dict | None = None,     # Init keywords for most layers; None = {}.
+        init_zero:         dict | None = None,     # Init keywords for the last layer of each branch; None = dict(init_weight=0).
+        init_attn:         dict | None = None,     # Init keywords for the qkv layer; None = same as init.
     ):
         super().__init__()
         init = {} if init is None else dict(init)
@@ -293,9 +293,9 @@ class UNetBlock(torch.nn.Module):
 @persistence.persistent_class
 class PositionalEmbedding(torch.nn.Module):
     def __init__(self,
-        num_channels,                       # Output width (cos and sin halves).
-        max_positions   = 10000,            # Base of the geometric frequency ladder.
-        endpoint        = False,            # Make the last frequency exactly 1/max_positions?
+        num_channels:  int,           # Output width (cos and sin halves).
+        max_positions: int = 10000,   # Base of the geometric frequency ladder.
+        endpoint:      bool = False,  # Make the last frequency exactly 1/max_positions?
     ):
         super().__init__()
         self.num_channels = num_channels
@@ -316,8 +316,8 @@ class PositionalEmbedding(torch.nn.Module):
 @persistence.persistent_class
 class FourierEmbedding(torch.nn.Module):
     def __init__(self,
-        num_channels,                       # Output width (cos and sin halves).
-        scale           = 16,               # Standard deviation of the frequencies.
+        num_channels: int,         # Output width (cos and sin halves).
+        scale:        float = 16,  # Standard deviation of the frequencies.
     ):
         super().__init__()
         self.register_buffer('freqs', scale * torch.randn(num_channels // 2))
@@ -350,25 +350,25 @@ def _drop_labels(labels: torch.Tensor, p: float, batch_size: int) -> torch.Tenso
 @persistence.persistent_class
 class SongUNet(torch.nn.Module):
     def __init__(self,
-        img_resolution,                     # Height = width of input and output.
-        in_channels,                        # Image channels in.
-        out_channels,                       # Image channels out.
-        label_dim           = 0,            # Class-label width; 0 = unconditional.
-        augment_dim         = 0,            # Augmentation-label width; 0 = none.
+        img_resolution:     int,                        # Height = width of input and output.
+        in_channels:        int,                        # Image channels in.
+        out_channels:       int,                        # Image channels out.
+        label_dim:          int = 0,                    # Class-label width; 0 = unconditional.
+        augment_dim:        int = 0,                    # Augmentation-label width; 0 = none.
 
-        model_channels      = 128,          # Channel count of the first level.
-        channel_mult        = (1,2,2,2),    # Channel multiplier per resolution level.
-        channel_mult_emb    = 4,            # Embedding width = model_channels * this.
-        num_blocks          = 4,            # Residual blocks per level.
-        attn_resolutions    = (16,),        # Resolutions whose blocks get self-attention.
-        dropout             = 0.10,         # Dropout inside the residual blocks.
-        label_dropout       = 0,            # Probability of zeroing a sample's label in training (for guidance).
+        model_channels:     int = 128,                  # Channel count of the first level.
+        channel_mult:       Sequence[int] = (1,2,2,2),  # Channel multiplier per resolution level.
+        channel_mult_emb:   int = 4,                    # Embedding width = model_channels * this.
+        num_blocks:         int = 4,                    # Residual blocks per level.
+        attn_resolutions:   Sequence[int] = (16,),      # Resolutions whose blocks get self-attention.
+        dropout:            float = 0.10,               # Dropout inside the residual blocks.
+        label_dropout:      float = 0,                  # Probability of zeroing a sample's label in training (for guidance).
 
-        embedding_type      = 'positional', # Noise embedding: 'positional' (DDPM++) or 'fourier' (NCSN++).
-        channel_mult_noise  = 1,            # Noise embedding width = model_channels * this (1 DDPM++, 2 NCSN++).
-        encoder_type        = 'standard',   # 'standard' (DDPM++), 'skip' or 'residual' (NCSN++).
-        decoder_type        = 'standard',   # 'standard' or 'skip'.
-        resample_filter     = (1,1),        # Resampling taps: (1,1) DDPM++, (1,3,3,1) NCSN++.
+        embedding_type:     str = 'positional',         # Noise embedding: 'positional' (DDPM++) or 'fourier' (NCSN++).
+        channel_mult_noise: int = 1,                    # Noise embedding width = model_channels * this (1 DDPM++, 2 NCSN++).
+        encoder_type:       str = 'standard',           # 'standard' (DDPM++), 'skip' or 'residual' (NCSN++).
+        decoder_type:       str = 'standard',           # 'standard' or 'skip'.
+        resample_filter:    Sequence[int] = (1,1),      # Resampling taps: (1,1) DDPM++, (1,3,3,1) NCSN++.
     ):
         if embedding_type not in ('positional', 'fourier'):
             raise ValueError(f"SongUNet: embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
@@ -456,10 +456,10 @@ class SongUNet(torch.nn.Module):
                 self.dec[f'{tag}_aux_conv'] = Conv2d(in_channels=ch, out_channels=out_channels, kernel=3, **init_zero)
 
     def forward(self,
-        x: torch.Tensor,                            # Input images [N, C, H, W].
-        noise_labels: torch.Tensor,                 # Noise conditioning c_noise [N].
-        class_labels: Optional[torch.Tensor],       # Class labels [N, label_dim] or None.
-        augment_labels: Optional[torch.Tensor] = None, # Augmentation labels [N, augment_dim] or None.
+        x:              torch.Tensor,               # Input images [N, C, H, W].
+        noise_labels:   torch.Tensor,               # Noise conditioning c_noise [N].
+        class_labels:   torch.Tensor | None,        # Class labels [N, label_dim] or None.
+        augment_labels: torch.Tensor | None = None, # Augmentation labels [N, augment_dim] or None.
     ) -> torch.Tensor:
         # Mapping: the embedding modules give [cos, sin]; this backbone wants [sin, cos].
         cos_half, sin_half = self.map_noise(noise_labels).chunk(2, dim=1)
@@ -517,19 +517,19 @@ class SongUNet(torch.nn.Module):
 @persistence.persistent_class
 class DhariwalUNet(torch.nn.Module):
     def __init__(self,
-        img_resolution,                     # Height = width of input and output.
-        in_channels,                        # Image channels in.
-        out_channels,                       # Image channels out.
-        label_dim           = 0,            # Class-label width; 0 = unconditional.
-        augment_dim         = 0,            # Augmentation-label width; 0 = none.
+        img_resolution:   int,                        # Height = width of input and output.
+        in_channels:      int,                        # Image channels in.
+        out_channels:     int,                        # Image channels out.
+        label_dim:        int = 0,                    # Class-label width; 0 = unconditional.
+        augment_dim:      int = 0,                    # Augmentation-label width; 0 = none.
 
-        model_channels      = 192,          # Channel count of the base level.
-        channel_mult        = (1,2,3,4),    # Channel multiplier per resolution level.
-        channel_mult_emb    = 4,            # Embedding width = model_channels * this.
-        num_blocks          = 3,            # Residual blocks per level.
-        attn_resolutions    = (32,16,8),    # Resolutions whose blocks get self-attention.
-        dropout             = 0.10,         # Dropout inside the residual blocks.
-        label_dropout       = 0,            # Probability of zeroing a sample's label in training (for guidance).
+        model_channels:   int = 192,                  # Channel count of the base level.
+        channel_mult:     Sequence[int] = (1,2,3,4),  # Channel multiplier per resolution level.
+        channel_mult_emb: int = 4,                    # Embedding width = model_channels * this.
+        num_blocks:       int = 3,                    # Residual blocks per level.
+        attn_resolutions: Sequence[int] = (32,16,8),  # Resolutions whose blocks get self-attention.
+        dropout:          float = 0.10,               # Dropout inside the residual blocks.
+        label_dropout:    float = 0,                  # Probability of zeroing a sample's label in training (for guidance).
     ):
         super().__init__()
         self.label_dropout = label_dropout
@@ -592,10 +592,10 @@ class DhariwalUNet(torch.nn.Module):
         self.out_conv = Conv2d(in_channels=ch, out_channels=out_channels, kernel=3, **init_zero)
 
     def forward(self,
-        x: torch.Tensor,                            # Input images [N, C, H, W].
-        noise_labels: torch.Tensor,                 # Noise conditioning c_noise [N].
-        class_labels: Optional[torch.Tensor],       # Class labels [N, label_dim] or None.
-        augment_labels: Optional[torch.Tensor] = None, # Augmentation labels [N, augment_dim] or None.
+        x:              torch.Tensor,               # Input images [N, C, H, W].
+        noise_labels:   torch.Tensor,               # Noise conditioning c_noise [N].
+        class_labels:   torch.Tensor | None,        # Class labels [N, label_dim] or None.
+        augment_labels: torch.Tensor | None = None, # Augmentation labels [N, augment_dim] or None.
     ) -> torch.Tensor:
         # Mapping: labels join after the first two layers, without rescaling.
         emb = self.map_noise(noise_labels)  # [cos, sin] order, unlike SongUNet
@@ -646,7 +646,7 @@ def compute_dtype(net: torch.nn.Module, device: torch.device, force_fp32: bool =
         return torch.bfloat16
     return torch.float32
 
-def _canonical_inputs(net: torch.nn.Module, x: torch.Tensor, sigma: Any, class_labels: Optional[torch.Tensor]):
+def _canonical_inputs(net: torch.nn.Module, x: torch.Tensor, sigma: Any, class_labels: torch.Tensor | None):
     # Returns x as float32, sigma as float32 [N,1,1,1] (or [1,1,1,1]), and the class
     # labels as float32 [N, label_dim]; a missing label becomes a zero vector.
     x = x.to(torch.float32)
@@ -660,7 +660,7 @@ def _canonical_inputs(net: torch.nn.Module, x: torch.Tensor, sigma: Any, class_l
     return x, sigma, labels
 
 def _evaluate_backbone(model: torch.nn.Module, x_in: torch.Tensor, c_noise: torch.Tensor,
-                       labels: Optional[torch.Tensor], dtype: torch.dtype, model_kwargs: dict) -> torch.Tensor:
+                       labels: torch.Tensor | None, dtype: torch.dtype, model_kwargs: dict) -> torch.Tensor:
     F_x = model(x_in.to(dtype), c_noise.flatten(), class_labels=labels, **model_kwargs)
     if F_x.dtype != dtype:
         raise RuntimeError(f'backbone returned {F_x.dtype}, expected {dtype}')
@@ -674,17 +674,17 @@ def _evaluate_backbone(model: torch.nn.Module, x_in: torch.Tensor, c_noise: torc
 @persistence.persistent_class
 class VPPrecond(torch.nn.Module):
     def __init__(self,
-        img_resolution,                     # Image height = width.
-        img_channels,                       # Image channels.
-        label_dim       = 0,                # Class-label width; 0 = unconditional.
-        use_fp16        = False,            # Run the backbone in float16 on CUDA?
-        beta_d          = 19.9,             # beta_max - beta_min of the linear beta(t) schedule.
-        beta_min        = 0.1,              # Initial slope of the noise schedule.
-        M               = 1000,             # Number of discrete DDPM timesteps.
-        epsilon_t       = 1e-5,             # Smallest t used in training.
-        model_type      = 'SongUNet',       # Backbone class name.
-        use_bf16        = False,            # Run the backbone in bfloat16 (any device)?
-        **model_kwargs,                     # Passed on to the backbone.
+        img_resolution: int,               # Image height = width.
+        img_channels:   int,               # Image channels.
+        label_dim:      int = 0,           # Class-label width; 0 = unconditional.
+        use_fp16:       bool = False,      # Run the backbone in float16 on CUDA?
+        beta_d:         float = 19.9,      # beta_max - beta_min of the linear beta(t) schedule.
+        beta_min:       float = 0.1,       # Initial slope of the noise schedule.
+        M:              int = 1000,        # Number of discrete DDPM timesteps.
+        epsilon_t:      float = 1e-5,      # Smallest t used in training.
+        model_type:     str = 'SongUNet',  # Backbone class name.
+        use_bf16:       bool = False,      # Run the backbone in bfloat16 (any device)?
+        **model_kwargs: Any,               # Passed on to the backbone.
     ):
         _check_precision(use_fp16, use_bf16)
         super().__init__()
@@ -704,7 +704,7 @@ class VPPrecond(torch.nn.Module):
         self.model = _build_backbone(model_type, img_resolution=img_resolution, in_channels=img_channels,
                                      out_channels=img_channels, label_dim=label_dim, **model_kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                 force_fp32: bool = False, **model_kwargs: Any) -> torch.Tensor:
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
         dtype = compute_dtype(self, x.device, force_fp32)
@@ -734,15 +734,15 @@ class VPPrecond(torch.nn.Module):
 @persistence.persistent_class
 class VEPrecond(torch.nn.Module):
     def __init__(self,
-        img_resolution,                     # Image height = width.
-        img_channels,                       # Image channels.
-        label_dim       = 0,                # Class-label width; 0 = unconditional.
-        use_fp16        = False,            # Run the backbone in float16 on CUDA?
-        sigma_min       = 0.02,             # Lowest noise level supported.
-        sigma_max       = 100,              # Highest noise level supported.
-        model_type      = 'SongUNet',       # Backbone class name.
-        use_bf16        = False,            # Run the backbone in bfloat16 (any device)?
-        **model_kwargs,                     # Passed on to the backbone.
+        img_resolution: int,               # Image height = width.
+        img_channels:   int,               # Image channels.
+        label_dim:      int = 0,           # Class-label width; 0 = unconditional.
+        use_fp16:       bool = False,      # Run the backbone in float16 on CUDA?
+        sigma_min:      float = 0.02,      # Lowest noise level supported.
+        sigma_max:      float = 100,       # Highest noise level supported.
+        model_type:     str = 'SongUNet',  # Backbone class name.
+        use_bf16:       bool = False,      # Run the backbone in bfloat16 (any device)?
+        **model_kwargs: Any,               # Passed on to the backbone.
     ):
         _check_precision(use_fp16, use_bf16)
         super().__init__()
@@ -756,7 +756,7 @@ class VEPrecond(torch.nn.Module):
         self.model = _build_backbone(model_type, img_resolution=img_resolution, in_channels=img_channels,
                                      out_channels=img_channels, label_dim=label_dim, **model_kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                 force_fp32: bool = False, **model_kwargs: Any) -> torch.Tensor:
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
         dtype = compute_dtype(self, x.device, force_fp32)
@@ -779,16 +779,16 @@ class VEPrecond(torch.nn.Module):
 @persistence.persistent_class
 class iDDPMPrecond(torch.nn.Module):
     def __init__(self,
-        img_resolution,                     # Image height = width.
-        img_channels,                       # Image channels.
-        label_dim       = 0,                # Class-label width; 0 = unconditional.
-        use_fp16        = False,            # Run the backbone in float16 on CUDA?
-        C_1             = 0.001,            # Clamp on the alpha_bar ratio (low-noise end).
-        C_2             = 0.008,            # Offset of the cosine schedule (high-noise end).
-        M               = 1000,             # Number of discrete DDPM timesteps.
-        model_type      = 'DhariwalUNet',   # Backbone class name.
-        use_bf16        = False,            # Run the backbone in bfloat16 (any device)?
-        **model_kwargs,                     # Passed on to the backbone.
+        img_resolution: int,                   # Image height = width.
+        img_channels:   int,                   # Image channels.
+        label_dim:      int = 0,               # Class-label width; 0 = unconditional.
+        use_fp16:       bool = False,          # Run the backbone in float16 on CUDA?
+        C_1:            float = 0.001,         # Clamp on the alpha_bar ratio (low-noise end).
+        C_2:            float = 0.008,         # Offset of the cosine schedule (high-noise end).
+        M:              int = 1000,            # Number of discrete DDPM timesteps.
+        model_type:     str = 'DhariwalUNet',  # Backbone class name.
+        use_bf16:       bool = False,          # Run the backbone in bfloat16 (any device)?
+        **model_kwargs: Any,                   # Passed on to the backbone.
     ):
         _check_precision(use_fp16, use_bf16)
         super().__init__()
@@ -814,7 +814,7 @@ class iDDPMPrecond(torch.nn.Module):
         self.sigma_min = float(levels[M - 1])
         self.sigma_max = float(levels[0])
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                 force_fp32: bool = False, **model_kwargs: Any) -> torch.Tensor:
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
         dtype = compute_dtype(self, x.device, force_fp32)
@@ -850,16 +850,16 @@ class iDDPMPrecond(torch.nn.Module):
 @persistence.persistent_class
 class EDMPrecond(torch.nn.Module):
     def __init__(self,
-        img_resolution,                     # Image height = width.
-        img_channels,                       # Image channels.
-        label_dim       = 0,                # Class-label width; 0 = unconditional.
-        use_fp16        = False,            # Run the backbone in float16 on CUDA?
-        sigma_min       = 0,                # Lowest noise level supported.
-        sigma_max       = float('inf'),     # Highest noise level supported.
-        sigma_data      = 0.5,              # Standard deviation of the data.
-        model_type      = 'DhariwalUNet',   # Backbone class name.
-        use_bf16        = False,            # Run the backbone in bfloat16 (any device)?
-        **model_kwargs,                     # Passed on to the backbone.
+        img_resolution: int,                   # Image height = width.
+        img_channels:   int,                   # Image channels.
+        label_dim:      int = 0,               # Class-label width; 0 = unconditional.
+        use_fp16:       bool = False,          # Run the backbone in float16 on CUDA?
+        sigma_min:      float = 0,             # Lowest noise level supported.
+        sigma_max:      float = float('inf'),  # Highest noise level supported.
+        sigma_data:     float = 0.5,           # Standard deviation of the data.
+        model_type:     str = 'DhariwalUNet',  # Backbone class name.
+        use_bf16:       bool = False,          # Run the backbone in bfloat16 (any device)?
+        **model_kwargs: Any,                   # Passed on to the backbone.
     ):
         _check_precision(use_fp16, use_bf16)
         super().__init__()
@@ -874,7 +874,7 @@ class EDMPrecond(torch.nn.Module):
         self.model = _build_backbone(model_type, img_resolution=img_resolution, in_channels=img_channels,
                                      out_channels=img_channels, label_dim=label_dim, **model_kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                 force_fp32: bool = False, **model_kwargs: Any) -> torch.Tensor:
         x, sigma, labels = _canonical_inputs(self, x, sigma, class_labels)
         dtype = compute_dtype(self, x.device, force_fp32)
