@@ -480,8 +480,9 @@ def _resume(resume_state_dump: str | None, *, resume_from_run_dir: bool, resume_
             ema: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: ExtraData | None, dataset_obj: Any,
             sampler: misc.InfiniteSampler, data_fingerprint: list[dict], allow_data_change: bool) -> _Progress:
     progress = _Progress(transfer_id=transfer_source_id(resume_pkl))
-    from_edm = resume_state_dump is not None and edm_state.is_edm_training_state(resume_state_dump)
-    if from_edm:
+    if resume_state_dump is None:
+        return progress
+    if edm_state.is_edm_training_state(resume_state_dump):
         # EDM's state (read as data): weights and optimizer; the EMA from its
         # snapshot; the progress from its name. It records neither the data order
         # nor the random generators, which start afresh as they do in EDM.
@@ -494,42 +495,42 @@ def _resume(resume_state_dump: str | None, *, resume_from_run_dir: bool, resume_
         progress.resumed_from = None if resume_from_run_dir else os.path.abspath(resume_state_dump)
         dist.print0(f'Continuing EDM\'s run at {progress.cur_nimg // 1000} kimg, the EMA from its snapshot; data order and '
                     'random generators start afresh.')
-    if resume_state_dump is not None and not from_edm:
-        dist.print0(f'Loading training state from "{resume_state_dump}"...')
-        state = _load_state(resume_state_dump)
-        if resume_from_run_dir and resume_pkl is not None and state.get('transfer') != progress.transfer_id:
-            origin = f'--transfer={state["transfer"]}' if state.get('transfer') else 'random weights'
-            raise UserError(f'--transfer={resume_pkl}: the run directory holds {os.path.basename(resume_state_dump)} '
-                            f'of a run that started from {origin}; use a new --outdir for a new transfer')
-        progress.transfer_id = state.get('transfer')
-        progress.resumed_from = state.get('resumed_from') if resume_from_run_dir else os.path.abspath(resume_state_dump)
-        _check_same_data(state.get('data'), data_fingerprint, resume_state_dump, allow_data_change)
-        if (extra is not None) != ('online' in state):
-            raise UserError(f'{resume_state_dump}: ' + ('a run without --noisy; Online SFBD needs a new run (--transfer)'
-                            if extra is not None else 'an Online SFBD run; give the same --noisy to continue it'))
-        if extra is not None:
-            extra.restore(state['online'], resume_state_dump)
-        try:
-            net.load_state_dict(state['net'])
-            ema.load_state_dict(state['ema'])
-            fast_lib.load_optimizer_state(optimizer, state['optimizer_state'])
-        except (RuntimeError, ValueError, KeyError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f'{resume_state_dump}: the training state does not fit the network of these options '
-                            f'({first_line})') from None
-        progress.cur_nimg, progress.cur_tick = int(state['cur_nimg']), int(state['cur_tick'])
-        if int(state['sampler']['size']) == len(dataset_obj):
-            sampler.load_state_dict(state['sampler'])
-        else:
-            dist.print0(f'The dataset has {len(dataset_obj)} items, the state was written for '
-                        f'{state["sampler"]["size"]}: the data order starts afresh.')
-        if len(state.get('rng') or []) == dist.get_world_size():
-            progress.rng = state['rng'][dist.get_rank()]
-        else:
-            dist.print0(f'The state was written by {len(state.get("rng") or [])} processes, not {dist.get_world_size()}: '
-                        'random generators are seeded afresh.')
-        del state
+        return progress
 
+    # This repository's state: everything it records.
+    dist.print0(f'Loading training state from "{resume_state_dump}"...')
+    state = _load_state(resume_state_dump)
+    if resume_from_run_dir and resume_pkl is not None and state.get('transfer') != progress.transfer_id:
+        origin = f'--transfer={state["transfer"]}' if state.get('transfer') else 'random weights'
+        raise UserError(f'--transfer={resume_pkl}: the run directory holds {os.path.basename(resume_state_dump)} '
+                        f'of a run that started from {origin}; use a new --outdir for a new transfer')
+    progress.transfer_id = state.get('transfer')
+    progress.resumed_from = state.get('resumed_from') if resume_from_run_dir else os.path.abspath(resume_state_dump)
+    _check_same_data(state.get('data'), data_fingerprint, resume_state_dump, allow_data_change)
+    if (extra is not None) != ('online' in state):
+        raise UserError(f'{resume_state_dump}: ' + ('a run without --noisy; Online SFBD needs a new run (--transfer)'
+                        if extra is not None else 'an Online SFBD run; give the same --noisy to continue it'))
+    if extra is not None:
+        extra.restore(state['online'], resume_state_dump)
+    try:
+        net.load_state_dict(state['net'])
+        ema.load_state_dict(state['ema'])
+        fast_lib.load_optimizer_state(optimizer, state['optimizer_state'])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f'{resume_state_dump}: the training state does not fit the network of these options '
+                        f'({first_line})') from None
+    progress.cur_nimg, progress.cur_tick = int(state['cur_nimg']), int(state['cur_tick'])
+    if int(state['sampler']['size']) == len(dataset_obj):
+        sampler.load_state_dict(state['sampler'])
+    else:
+        dist.print0(f'The dataset has {len(dataset_obj)} items, the state was written for '
+                    f'{state["sampler"]["size"]}: the data order starts afresh.')
+    if len(state.get('rng') or []) == dist.get_world_size():
+        progress.rng = state['rng'][dist.get_rank()]
+    else:
+        dist.print0(f'The state was written by {len(state.get("rng") or [])} processes, not {dist.get_world_size()}: '
+                    'random generators are seeded afresh.')
     return progress
 
 #----------------------------------------------------------------------------
