@@ -28,9 +28,12 @@
 #
 # Writes, as it goes: OUTDIR/check.log (every step's output), OUTDIR/check.jsonl (bench.py's records,
 # each stage as it ends), OUTDIR/summary.md (each step's outcome, then the tables, the profiles and
-# train.py's tick lines). OUTDIR defaults to $OUT when set (the device tool's folder), else ./gpu-check.
+# train.py's tick lines). OUTDIR defaults to $OUT when set (the device tool's folder), else ./gpu-check;
+# a relative OUTDIR is taken from the current folder.
+#
+# Ctrl-C or SIGTERM stops the running step (every process of it), skips the rest, writes the summary of
+# what ran, and exits 130 or 143.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 
 outdir="${OUT:-gpu-check}"
 levers=0; smoke=0; budget=540
@@ -39,7 +42,7 @@ for arg in "$@"; do
         --levers) levers=1 ;;
         --smoke) smoke=1 ;;
         --budget=*) budget="${arg#--budget=}" ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0 ;;
         -*) echo "gpu_check: unknown option $arg (see --help)" >&2; exit 2 ;;
         *) outdir="$arg" ;;
     esac
@@ -47,11 +50,41 @@ done
 if ! [[ "$budget" =~ ^[0-9]+$ ]] || [ "$budget" -lt 60 ]; then
     echo "gpu_check: --budget=$budget: a whole number of seconds, at least 60" >&2; exit 2
 fi
+# Paths given relative to the caller's folder stay so after the cd into the repository.
+case "$outdir" in /*) ;; *) outdir="$PWD/$outdir" ;; esac
+py="${PYTHON:-python3}"
+case "$py" in /* | "") ;; */*) py="$PWD/$py" ;; esac
+cd "$(dirname "$0")/.." || exit 1
 mkdir -p "$outdir" || exit 1
 log="$outdir/check.log"; records="$outdir/check.jsonl"; summary="$outdir/summary.md"
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
-py="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
+
+# A step runs as `timeout ... &`: timeout leads a process group of its own, out of reach of the
+# terminal's Ctrl-C, so the signal comes here and is passed on to that whole group; the script then
+# skips the remaining steps and writes the summary.
+stop_signal=""; step_pid=""; trapped=0
+on_signal() {
+    stop_signal="$1"; trapped=1
+    [ -n "$step_pid" ] && kill -TERM -- "-$step_pid" 2>/dev/null
+}
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+
+# in_group LIMIT COMMAND...: run COMMAND under `timeout -k 10 LIMIT` in the background and wait for it
+# (through any signal that arrives meanwhile); its exit status.
+in_group() {
+    local limit="$1" status; shift
+    timeout -k 10 "$limit" "$@" &
+    step_pid=$!
+    while :; do
+        trapped=0
+        wait "$step_pid"; status=$?
+        [ "$trapped" = 1 ] || break
+    done
+    step_pid=""
+    return "$status"
+}
 
 # Sizes: the check's, or the smoke run's (the tiny network, 8x8 images for train.py, a fraction of a second per path).
 if [ "$smoke" = 1 ]; then
@@ -72,16 +105,21 @@ limit_for() {
 # step NAME LIMIT COMMAND...: run within the limit, everything into the log, one outcome line in the summary.
 step() {
     local name="$1" limit="$2"; shift 2
+    if [ -n "$stop_signal" ]; then
+        echo "- $name: skipped, stopped by SIG$stop_signal" >>"$summary"
+        return 125
+    fi
     if [ "$limit" = 0 ]; then
         echo "- $name: skipped, $((deadline - SECONDS)) s of the budget left (${reserve} s kept for the summary)" >>"$summary"
         return 125
     fi
     local start=$SECONDS
     echo "=== $name ($(date '+%F %T'), limit ${limit}s): $*" >>"$log"
-    timeout -k 10 "$limit" "$@" >>"$log" 2>&1
+    in_group "$limit" "$@" >>"$log" 2>&1
     local status=$?
     local note="exit $status"
     { [ "$status" = 124 ] || [ "$status" = 137 ]; } && note="stopped at its ${limit}s limit"
+    [ -n "$stop_signal" ] && note="stopped by SIG$stop_signal"
     echo "- $name: $note, $((SECONDS - start)) s" >>"$summary"
     return "$status"
 }
@@ -121,10 +159,10 @@ else
     bench_step "bench: training, both paths, batch $batch, profile" 240 --what=train --compare --batch="$batch" --profile
 
     # 2. train.py --fast to its second tick, on a zip of random PNGs (the same kind of data as bench.py's).
-    timeout 60 "$py" -c "from tools.bench import write_image_zip; write_image_zip('$work/images.zip', $images, $resolution)" \
-        >>"$log" 2>&1
-    timeout 60 "$py" dataset_tool.py split --source="$work/images.zip" --clean="$work/clean.zip" --noisy="$work/noisy.zip" \
-        --clean-count=$((images / 2)) --sigma=0.59 --seed=0 >>"$log" 2>&1
+    [ -z "$stop_signal" ] && in_group 60 "$py" -c \
+        "from tools.bench import write_image_zip; write_image_zip('$work/images.zip', $images, $resolution)" >>"$log" 2>&1
+    [ -z "$stop_signal" ] && in_group 60 "$py" dataset_tool.py split --source="$work/images.zip" --clean="$work/clean.zip" \
+        --noisy="$work/noisy.zip" --clean-count=$((images / 2)) --sigma=0.59 --seed=0 >>"$log" 2>&1
     step "train.py --fast, batch $batch, to the second tick" "$(limit_for 180)" "$py" train.py --outdir="$work/run" \
         --nosubdir --data="$work/images.zip" --batch="$batch" "${train_size[@]}" --seed=0 --fast
 
@@ -152,3 +190,7 @@ train_log="$work/run/log.txt"; [ "$levers" = 1 ] && train_log=''
 "$py" -c 'import sys; from tools.gpu_check import check_summary; print(check_summary(*sys.argv[1:3], int(sys.argv[3])))' \
     "$records" "$train_log" "$batch" >>"$summary" 2>&1
 echo "gpu_check: wrote $summary, $records and $log"
+case "$stop_signal" in
+    INT) echo "gpu_check: stopped by SIGINT" >&2; exit 130 ;;
+    TERM) echo "gpu_check: stopped by SIGTERM" >&2; exit 143 ;;
+esac

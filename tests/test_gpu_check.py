@@ -5,10 +5,13 @@ library functions (tools/gpu_check.py) on their own."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tools import gpu_check
 
@@ -69,6 +72,42 @@ def test_the_budget_bounds_the_call(tmp_path):
     assert len(steps) == 4 and re.match(r'- lever: cuDNN times every algorithm: stopped at its 2\d+s limit', steps[0])
     assert all(': skipped, ' in line for line in steps[1:]), steps
     assert 'No records: no bench.py step finished.' in (out / 'summary.md').read_text()
+
+#----------------------------------------------------------------------------
+# Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM to the
+# script stops the running step, every process of it, skips the rest and
+# writes the summary; a relative OUTDIR is the caller's, not the repository's.
+
+@pytest.mark.parametrize('signal_name', ['SIGINT', 'SIGTERM'])
+def test_a_stop_signal_stops_the_step(tmp_path, signal_name):
+    slow_python = tmp_path / 'python'
+    slow_python.write_text(f'#!/bin/sh\ncase "$*" in *bench.py*) echo $$ >{tmp_path}/step.pid; exec sleep 50 ;;\n'
+                           f'  *"import sys, torch"*) echo "python and torch: not imported here"; exit 0 ;; esac\n'
+                           f'exec "{sys.executable}" "$@"\n')
+    slow_python.chmod(0o755)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHON': str(slow_python)}
+    env.pop('OUT', None)
+    proc = subprocess.Popen(['bash', str(SCRIPT), 'check', '--smoke', '--levers', '--budget=120'], env=env, cwd=tmp_path,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    pid_file = tmp_path / 'step.pid'
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    start = time.monotonic()
+    if signal_name == 'SIGINT':
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == (130 if signal_name == 'SIGINT' else 143) and time.monotonic() - start < 20, stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)  # The step's processes are gone, none orphaned.
+    steps = [line for line in (tmp_path / 'check' / 'summary.md').read_text().splitlines() if line.startswith('- ')]
+    assert len(steps) == 4 and steps[0].startswith(f'- lever: cuDNN times every algorithm: stopped by {signal_name}'), steps
+    assert all(line.endswith(f'skipped, stopped by {signal_name}') for line in steps[1:]), steps
+    assert not (ROOT / 'check').exists()
 
 #----------------------------------------------------------------------------
 # The summary's parts.
