@@ -9,7 +9,8 @@
 #                                   # new configuration if the settings changed
 #   scripts/local_slurm.sh stop     # stop the daemons this script started (by their pid files)
 #   scripts/local_slurm.sh status   # print daemons, nodes and queue; exit 0 if up, 3 if not
-#   scripts/local_slurm.sh env      # print `export SLURM_CONF=...` for the client commands
+#   scripts/local_slurm.sh env      # print `export SLURM_CONF=...` for the client commands (quoted
+#                                   # for `eval "$(scripts/local_slurm.sh env)"`)
 #
 # What `start` sets up, all under LOCAL_SLURM_DIR (a folder this script owns):
 #   etc/slurm.conf, etc/gres.conf   this host as controller and compute node (real CPU layout and memory
@@ -360,7 +361,7 @@ case "$ACTION" in
     start) do_start ;;
     stop) do_stop ;;
     status) do_status ;;
-    env) echo "export SLURM_CONF=$CONF" ;;
+    env) printf 'export SLURM_CONF=%q\n' "$CONF" ;;  # Quoted for eval: LOCAL_SLURM_DIR may hold spaces.
     -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2 ;;
     *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
 esac

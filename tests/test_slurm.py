@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def slurm_env():
     """An environment for sbatch & co. that reaches a working SLURM (two nodes if it is the local one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
     env.update(OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', PYTHON=sys.executable, SFBD_ROOT=str(REPO))
-    local_conf = _run(['bash', str(LOCAL_SLURM), 'env'], check=False).stdout.strip().removeprefix('export SLURM_CONF=')
+    local_conf = (shlex.split(_run(['bash', str(LOCAL_SLURM), 'env'], check=False).stdout) or [''])[-1].removeprefix('SLURM_CONF=')
     answers = _sinfo_answers(env)
     if answers and _cluster_name(env) != 'sfbdlocal':
         if os.environ.get('SFBD_TEST_USE_SLURM') != '1':
