@@ -191,9 +191,10 @@ sfbd_children() {
 #   MODE=kill      CMD keeps no state worth saving (denoise.py: every finished image is on disk): any
 #                  of the signals stops it with SIGTERM, and a non-zero exit after that becomes 75.
 #   MODE=torchrun  CMD is a torchrun launcher: the launcher is started with SIGUSR1 ignored (its
-#                  default action would kill it and orphan the workers) and the signals go to its
-#                  worker processes instead. torchrun reports a failed worker as exit code 1, so a
-#                  non-zero exit after a forwarded signal is turned back into 75 ("state saved").
+#                  default action would kill it and orphan the workers), in a session of its own (out
+#                  of reach of the terminal's Ctrl-C), and the signals go to its worker processes
+#                  instead. torchrun reports a failed worker as exit code 1, so a non-zero exit
+#                  after a forwarded signal is turned back into 75 ("state saved").
 # Sets SFBD_RC to CMD's exit code (75 after a signal-triggered save), SFBD_SIGNALLED to 0/1, and
 # SFBD_WARNED to 1 once the warning signal (USR1) came, which sfbd_requeue_or_exit requeues on.
 # SLURM delivers `--signal=B:USR1@T` to the batch shell only, hence the forwarding.
@@ -204,7 +205,13 @@ sfbd_run_forwarding() {
     SFBD_WARNED=0
     _SFBD_MODE="$mode"
     if [[ "$mode" == torchrun ]]; then
-        (trap '' USR1 && exec "$@") &
+        # In a session of its own (setsid), so that a Ctrl-C at the terminal reaches only this shell,
+        # which passes it on to the workers, and not the launcher, which would die noisily of it.
+        if command -v setsid >/dev/null 2>&1; then
+            (trap '' USR1 && exec setsid "$@") &
+        else
+            (trap '' USR1 && exec "$@") &
+        fi
     else
         "$@" &
     fi
