@@ -1,13 +1,34 @@
 # shellcheck shell=bash
 # common.sh -- helpers shared by scripts/train.sh, scripts/denoise.sh, scripts/denoise_submit.sh and
 # scripts/sfbd_rounds.sh. Sourced, not run. Defines only functions and the constant below; reads:
-#   PYTHON   Python interpreter for train.py/denoise.py (default: `python` if on PATH, else `python3`)
+#   PYTHON   Python interpreter for train.py/denoise.py (default: `python` if on PATH, else `python3`);
+#            sfbd_check_python makes a relative path absolute, so that it still names the same file
+#            after a `cd` and in the jobs
 
 # Exit code of train.py / denoise.py meaning "stopped on a signal, state saved, run me again".
 SFBD_EX_PREEMPTED=75
 
 sfbd_log() { echo "[$(date '+%F %T')] ${SFBD_LOG_NAME:-sfbd}: $*" >&2; }
 sfbd_die() { echo "${SFBD_LOG_NAME:-sfbd}: error: $*" >&2; exit 1; }
+
+# sfbd_usage FILE: print FILE's header comment (the script's documentation) and exit 0; for --help.
+sfbd_usage() {
+    sed -n '2,/^set -euo/{/^#SBATCH/d;p}' "$1" | sed '$d' | sed 's/^# \{0,1\}//' | sed '/./,$!d'
+    exit 0
+}
+
+# sfbd_flag NAME: the variable NAME, if set, is 0 or 1 (else exit 1).
+sfbd_flag() {
+    local value="${!1:-}"
+    [[ -z "$value" || "$value" =~ ^[01]$ ]] || sfbd_die "$1=$value: expected 0 or 1"
+}
+
+# sfbd_gpu_count NAME: the variable NAME, if set, is a number of GPUs: a whole number from 0 to 9999
+# without leading zeros (bash reads 08 as octal) (else exit 1).
+sfbd_gpu_count() {
+    local value="${!1:-}"
+    [[ -z "$value" || "$value" =~ ^(0|[1-9][0-9]{0,3})$ ]] || sfbd_die "$1=$value is not a number of GPUs (0 to 9999)"
+}
 
 # sfbd_positive_int NAME: the variable NAME, if set, is a whole number from 1 to 9999999 (else exit 1).
 sfbd_positive_int() {
@@ -22,10 +43,18 @@ sfbd_positive_seconds() {
         || sfbd_die "$1=$value is not a positive number of seconds"
 }
 
-# sfbd_check_record: RECORD, if set, names a file (not a folder), and RECORD_TAG, if set, is a JSON
+# sfbd_check_record: RECORD, if set, names a file (not a folder) whose folder exists or can be made
+# (the nearest existing folder above it is a writable folder), and RECORD_TAG, if set, is a JSON
 # object. Checked when a script starts, so that a bad value does not fail a job after its work.
 sfbd_check_record() {
-    [[ -n "${RECORD:-}" && -d "$RECORD" ]] && sfbd_die "RECORD=$RECORD is a directory; expected a JSON-lines file"
+    local dir
+    if [[ -n "${RECORD:-}" ]]; then
+        [[ -d "$RECORD" ]] && sfbd_die "RECORD=$RECORD is a directory; expected a JSON-lines file"
+        dir="$(dirname -- "$RECORD")"
+        while [[ ! -e "$dir" && ! -L "$dir" ]]; do dir="$(dirname -- "$dir")"; done
+        [[ -d "$dir" ]] || sfbd_die "RECORD=$RECORD: $dir is not a directory, so the record cannot be written there"
+        [[ -w "$dir" ]] || sfbd_die "RECORD=$RECORD: $dir is not writable"
+    fi
     [[ -z "${RECORD_TAG:-}" ]] && return 0
     RECORD_TAG="$RECORD_TAG" "$(sfbd_python)" -c '
 import json, os, sys
@@ -49,6 +78,17 @@ sfbd_check_args() {
     message="$(cd "$SFBD_ROOT" && "$(sfbd_python)" -m tools.job_args "$@" 2>&1)" || sfbd_die "$message"
 }
 
+# sfbd_check_python: PYTHON, if set, names an interpreter that exists (else exit 1); a relative path
+# (./venv/bin/python) is made absolute and exported, so that it names the same file after the `cd`
+# into the repository and in the jobs, which may start in another folder.
+sfbd_check_python() {
+    [[ -n "${PYTHON:-}" ]] || return 0
+    [[ "$PYTHON" == */* ]] && PYTHON="$(sfbd_abspath "$PYTHON")"
+    command -v -- "$PYTHON" >/dev/null 2>&1 || sfbd_die "PYTHON=$PYTHON: no such interpreter (not found, or not executable)"
+    export PYTHON
+}
+
+# sfbd_python -> the interpreter: PYTHON, else `python` if on PATH, else `python3`.
 sfbd_python() {
     if [[ -n "${PYTHON:-}" ]]; then
         echo "$PYTHON"
@@ -129,20 +169,32 @@ sfbd_resolve_network() {
 
 # sfbd_preset VAR KIND NAME : the options of preset NAME for KIND (train, denoise or online) into the array
 # named VAR, from the table in sfbd/presets.py (`python -m sfbd.presets` lists it); empty for none.
-# Fails naming PRESET for an unknown NAME.
+# Fails naming PRESET for an unknown NAME; any other failure (an interpreter without the packages, say)
+# is shown as Python's own last line.
 sfbd_preset() {
     local -n _preset_out="$1"
-    local text
+    local text errors rc=0
     _preset_out=()
     [[ -z "${3:-}" || "$3" == none ]] && return 0
-    text="$(cd "$SFBD_ROOT" && "$(sfbd_python)" -m sfbd.presets "$3" --for="$2" 2>/dev/null)" \
-        || sfbd_die "PRESET=$3: unknown preset (python -m sfbd.presets lists them)"
+    errors="$(mktemp)"
+    text="$(cd "$SFBD_ROOT" && "$(sfbd_python)" -m sfbd.presets "$3" --for="$2" 2>"$errors")" || rc=$?
+    if ((rc != 0)); then
+        if grep -q 'unknown preset' "$errors"; then
+            rm -f "$errors"
+            sfbd_die "PRESET=$3: unknown preset (python -m sfbd.presets lists them)"
+        fi
+        text="$(grep . "$errors" | tail -n 1)"
+        rm -f "$errors"
+        sfbd_die "PRESET=$3: $(sfbd_python) -m sfbd.presets failed (exit $rc): ${text:-no message}"
+    fi
+    rm -f "$errors"
     [[ -n "$text" ]] && mapfile -t _preset_out <<<"$text"
     return 0
 }
 
 # sfbd_words VAR STRING NAME : split STRING at whitespace into the array named VAR (no globbing), for the
-# *_ARGS variables that carry several options (NAME is the variable, for messages). Quotes and
+# *_ARGS variables that carry several options (NAME is the variable, for messages); spaces, tabs and
+# newlines all separate words, so a value written over several lines is used whole. Quotes and
 # backslashes are not interpreted, so a STRING holding any is refused rather than passed on half-split.
 sfbd_words() {
     local -n _out="$1"
@@ -150,17 +202,21 @@ sfbd_words() {
     if [[ "${2:-}" == *[\'\"\\]* ]]; then
         sfbd_die "${3:-options}=${2}: quotes and backslashes are not interpreted here (options are split at whitespace); give each option as one word, e.g. --desc=my-run"
     fi
-    [[ -n "${2:-}" ]] && read -r -a _out <<<"$2"
+    # `read -d ''` reads to the end of the input (not only its first line), and then returns 1.
+    [[ -n "${2:-}" ]] && { IFS=$' \t\n' read -r -d '' -a _out <<<"$2" || true; }
     return 0
 }
 
 # sfbd_count_gpus -> GPUs this process may use on this node: NGPUS if set, else SLURM_GPUS_ON_NODE,
-# else the entries of CUDA_VISIBLE_DEVICES, else the GPUs `nvidia-smi -L` lists, else 0.
+# else the entries of CUDA_VISIBLE_DEVICES, else the GPUs `nvidia-smi -L` lists, else 0. Fails naming
+# NGPUS or SLURM_GPUS_ON_NODE when the one used is not a number of GPUs.
 sfbd_count_gpus() {
     local v
     if [[ -n "${NGPUS:-}" ]]; then
+        sfbd_gpu_count NGPUS
         echo "$NGPUS"
     elif [[ -n "${SLURM_GPUS_ON_NODE:-}" ]]; then
+        sfbd_gpu_count SLURM_GPUS_ON_NODE
         echo "$SLURM_GPUS_ON_NODE"
     elif [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
         v="${CUDA_VISIBLE_DEVICES// /}"
@@ -305,7 +361,7 @@ sfbd_requeue_or_exit() {
 # the JSON object in RECORD_TAG if set. Written by Python, so any path is escaped properly.
 sfbd_append_record() {
     local file="$1"
-    mkdir -p "$(dirname "$file")"
+    mkdir -p -- "$(dirname -- "$file")"
     RECORD_TAG="${RECORD_TAG:-}" "$(sfbd_python)" - "$@" <<'PYEOF'
 import json, os, sys, time
 path, stage, *pairs = sys.argv[1:]
@@ -320,8 +376,143 @@ with open(path, 'a', encoding='utf-8') as f:
 PYEOF
 }
 
-# sfbd_sha256 PATH -> sha256 of a local file, empty for a URL.
+# sfbd_sha256 PATH -> sha256 of a local file, empty for a URL; fails if the file cannot be read.
+# (Read from stdin: sha256sum would take a name starting with - as an option, and escape odd names.)
 sfbd_sha256() {
+    local sum
     [[ "$1" == *://* ]] && return 0
-    sha256sum "$1" | cut -d ' ' -f 1
+    sum="$(sha256sum <"$1")" || return 1
+    echo "${sum%% *}"
+}
+
+#----------------------------------------------------------------------------------------------------
+# Submitting jobs (denoise_submit.sh, sfbd_rounds.sh).
+
+# sfbd_job_env [env arguments] COMMAND... : run COMMAND (sbatch) under `env`, without the SLURM_*
+# variables that sbatch would copy from the submitting shell (an salloc shell, or another job) into the
+# job and that SLURM does not overwrite in a job without GPUs or outside an array: train.sh would count
+# GPUs the job does not have, and requeue another job's array task.
+sfbd_job_env() {
+    env -u SLURM_GPUS_ON_NODE -u SLURM_ARRAY_JOB_ID -u SLURM_ARRAY_TASK_ID -u SLURM_RESTART_COUNT "$@"
+}
+
+# sfbd_check_sbatch_opts WHAT CHAIN WORD... : refuse (exit 1, naming WHAT) the options among WORD that
+# the script sets itself: --array (NUM_TASKS decides the array), and with CHAIN 1 also the dependency
+# (a chain of jobs). Any spelling sbatch takes: -a, -aN, --array, and abbreviations such
+# as --arr= and --dep= (getopt takes any unambiguous prefix; --de alone is ambiguous, sbatch refuses it).
+sfbd_check_sbatch_opts() {
+    local what="$1" chain="$2" word reason="NUM_TASKS decides the array"
+    shift 2
+    ((chain)) && reason="the chain sets arrays and dependencies itself"
+    for word in "$@"; do
+        case "$word" in
+            -a | -a?* | --ar | --ar[=r]*) sfbd_die "$what: $word: $reason" ;;
+            -d | -d?* | --dep | --dep[=e]*) ((chain)) && sfbd_die "$what: $word: $reason" ;;
+        esac
+    done
+    return 0
+}
+
+# sfbd_sbatch_refuses SCRIPT OPTION... : ask `sbatch --test-only` (which queues nothing) whether it
+# would take these options for SCRIPT; if it would not, print its message on one line and succeed.
+sfbd_sbatch_refuses() {
+    local script="$1" out
+    shift
+    out="$(sfbd_job_env sbatch --test-only "$@" "$script" 2>&1)" && return 1
+    out="$(grep -v '^Try "sbatch --help"' <<<"$out" | sed -E 's/^(sbatch: (error: )?|allocation failure: )//' | grep . | paste -sd ';' -)"
+    echo "${out//;/; }"
+}
+
+# sfbd_check_denoise_sbatch WHAT OPTION... : the sbatch options of the denoise array (named WHAT in the
+# message), and its array of NUM_TASKS tasks (MAX_PARALLEL at once), tested with sbatch --test-only
+# before anything is submitted; exit 1 with one line naming what sbatch refuses.
+sfbd_check_denoise_sbatch() {
+    local what="$1" array="0-$((NUM_TASKS - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}" message limit
+    shift
+    message="$(sfbd_sbatch_refuses "$SFBD_ROOT/scripts/denoise.sh" --array="$array" "$@")" || return 0
+    if ! sfbd_sbatch_refuses "$SFBD_ROOT/scripts/denoise.sh" "$@" >/dev/null; then
+        limit="$(scontrol show config 2>/dev/null | sed -nE 's/^MaxArraySize *= *([0-9]+).*/\1/p' || true)"
+        [[ -n "$limit" ]] && limit=" (this cluster's MaxArraySize is $limit: at most $limit tasks)"
+        sfbd_die "NUM_TASKS=$NUM_TASKS${MAX_PARALLEL:+ MAX_PARALLEL=$MAX_PARALLEL}: sbatch refuses --array=$array: $message$limit"
+    fi
+    sfbd_die "$what: sbatch refuses them: $message"
+}
+
+# sfbd_log_pattern DIR -> DIR for the start of an sbatch --output pattern: sbatch expands %x, %j, %u...
+# in the whole path, so a % of the folder's own name is doubled.
+sfbd_log_pattern() {
+    echo "${1//%/%%}"
+}
+
+# sfbd_job_state JOB -> the job's state (PENDING, RUNNING, COMPLETED, FAILED, ...) as SLURM has it;
+# accounting's (sacct) or GONE once slurmctld has forgotten the job (MinJobAge after its end). Fails if
+# SLURM did not answer (slurmctld busy or down): ask again later. A job still queued or running is found
+# by squeue too, should scontrol alone fail.
+sfbd_job_state() {
+    local out state
+    if out="$(scontrol -o show job "$1" 2>&1)"; then
+        state="$(sed -nE 's/.*JobState=([A-Z_]+).*/\1/p' <<<"$out" | head -n 1)"
+        [[ -n "$state" ]] && { echo "$state"; return 0; }
+    elif [[ "$out" == *"Invalid job id"* ]]; then
+        state="$(sacct -n -X -P -j "$1" -o State 2>/dev/null | head -n 1 || true)"
+        state="${state%% *}"  # "CANCELLED by 0"
+        echo "${state:-GONE}"
+        return 0
+    fi
+    state="$(squeue -h -j "$1" -o %T 2>/dev/null | head -n 1 || true)"
+    [[ -n "$state" ]] && { echo "$state"; return 0; }
+    return 1
+}
+
+# sfbd_wait_job JOB POLL DONE_CHECK... : wait, asking every POLL seconds, until JOB has ended; then
+# SFBD_JOB_STATE is its end state. Where SLURM no longer knows the job (GONE) or does not answer, the
+# command DONE_CHECK... decides: if it succeeds (the job's own output says it finished), the state is
+# COMPLETED. SLURM not answering 10 times in a row ends the wait with UNKNOWN.
+sfbd_wait_job() {
+    local job="$1" poll="$2" tries=0
+    shift 2
+    while :; do
+        if SFBD_JOB_STATE="$(sfbd_job_state "$job")"; then
+            tries=0
+            case "$SFBD_JOB_STATE" in
+                PENDING | RUNNING | CONFIGURING | COMPLETING | REQUEUED | REQUEUE_FED | REQUEUE_HOLD | RESIZING \
+                    | SUSPENDED | SIGNALING | STAGE_OUT | STOPPED | RESV_DEL_HOLD) ;;
+                GONE)
+                    if "$@"; then SFBD_JOB_STATE=COMPLETED; fi
+                    return 0
+                    ;;
+                *) return 0 ;;
+            esac
+        else
+            if "$@"; then
+                SFBD_JOB_STATE=COMPLETED
+                return 0
+            fi
+            if ((++tries >= 10)); then
+                SFBD_JOB_STATE=UNKNOWN
+                return 0
+            fi
+            sfbd_log "SLURM did not answer about job $job ($tries of 10 tries); asking again"
+        fi
+        sleep "$poll"
+    done
+}
+
+# sfbd_record_has_job FILE JOB STAGE : FILE (record.jsonl) holds a line of STAGE written by job JOB,
+# i.e. that job finished its work. Read as JSON (paths there are escaped), matched by the job id.
+sfbd_record_has_job() {
+    [[ -f "$1" ]] || return 1
+    "$(sfbd_python)" - "$@" <<'PYEOF'
+import json, sys
+path, job, stage = sys.argv[1:]
+found = False
+with open(path, encoding='utf-8', errors='replace') as f:
+    for line in f:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        found = found or (isinstance(entry, dict) and str(entry.get('job')) == job and entry.get('stage') == stage)
+sys.exit(0 if found else 1)
+PYEOF
 }

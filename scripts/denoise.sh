@@ -12,6 +12,7 @@
 # scripts/sfbd_rounds.sh; also runs by hand: `NETWORK=... NOISY_DATA=... OUTDIR=... bash scripts/denoise.sh`.
 #
 #   [sbatch --array=0-N-1] scripts/denoise.sh [denoise.py options]
+#   bash scripts/denoise.sh --help      # this text
 #
 # Environment variables:
 #   NETWORK       required. Network pickle or URL, or a training run directory meaning its newest
@@ -35,11 +36,11 @@
 #   RECORD        optional: a JSON-lines file; a successful FINALIZE appends one line saying which
 #                 snapshot (path and sha256) denoised which observation set into which OUTDIR.
 #   RECORD_TAG    optional: a JSON object merged into that line (e.g. {"round": 2}).
-#   NGPUS         optional: GPUs to use (default as scripts/train.sh counts them); more than one runs
+#   NGPUS         optional: GPUs to use, 0 to 9999 (default as scripts/train.sh counts them); more than one runs
 #                 `torchrun --standalone --nproc_per_node=NGPUS denoise.py`.
 #   SFBD_REQUEUE  1 (default): on the warning signal stop denoise.py and requeue this task; a rerun
 #                 skips the images already written. 0: exit 75 instead. SIGTERM (scancel) stops
-#                 denoise.py and exits 75 without requeueing.
+#                 denoise.py and exits 75 without requeueing. Anything else is refused at the start.
 #   SFBD_ROOT     optional: the repository (default: this script's parent folder, or under sbatch
 #                 the submitted file's, else SLURM_SUBMIT_DIR, else the current folder).
 #   PYTHON        optional: Python interpreter (default `python`, else `python3`).
@@ -48,16 +49,24 @@
 set -euo pipefail
 SFBD_LOG_NAME=denoise.sh
 
-_here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." 2>/dev/null && pwd || true)"
+# This script's folder's parent, through a link to the script too.
+_here="$(cd "$(dirname "$(readlink -f -- "${BASH_SOURCE[0]}")")/.." 2>/dev/null && pwd || true)"
 if [[ -n "${SFBD_ROOT:-}" ]]; then
     [[ -f "$SFBD_ROOT/denoise.py" ]] || { echo "denoise.sh: error: SFBD_ROOT=$SFBD_ROOT holds no denoise.py" >&2; exit 1; }
 else
-    # Under sbatch this file is a copy in SLURM's spool; the job record names the submitted file.
+    # Under sbatch this file is a copy in SLURM's spool; the job record names the submitted file:
+    # Command=PATH ARGS..., PATH up to the last .../scripts/denoise.sh (it may hold spaces), else (a
+    # link of another name) the first word.
     _submitted=""
     if [[ -n "${SLURM_JOB_ID:-}" ]] && command -v scontrol >/dev/null 2>&1; then
-        _submitted="$({ scontrol show job "$SLURM_JOB_ID" 2>/dev/null || true; } | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)"
+        _submitted="$({ scontrol show job "$SLURM_JOB_ID" 2>/dev/null || true; } | sed -n 's/^ *Command=//p' | head -n 1)"
+        if [[ "$_submitted" =~ ^(.*/scripts/denoise\.sh)( |$) ]]; then
+            _submitted="${BASH_REMATCH[1]}"
+        else
+            _submitted="${_submitted%% *}"
+        fi
         if [[ -n "$_submitted" ]]; then
-            _submitted="$(cd "$(dirname "$_submitted")/.." 2>/dev/null && pwd || true)"
+            _submitted="$(cd "$(dirname "$(readlink -f -- "$_submitted")")/.." 2>/dev/null && pwd || true)"
         fi
     fi
     for _d in "$_here" "$_submitted" "${SLURM_SUBMIT_DIR:-}" "$PWD"; do
@@ -74,6 +83,9 @@ fi
 export SFBD_ROOT
 # shellcheck source=scripts/common.sh
 source "$SFBD_ROOT/scripts/common.sh"
+[[ "${1:-}" == -h || "${1:-}" == --help ]] && sfbd_usage "${BASH_SOURCE[0]}"
+sfbd_check_python
+sfbd_flag SFBD_REQUEUE
 PY="$(sfbd_python)"
 
 [[ -n "${NETWORK:-}" ]] || sfbd_die "set NETWORK to a network snapshot or a training run directory"
@@ -84,6 +96,7 @@ NUM_TASKS="${NUM_TASKS:-1}"
 TASK_ID="${TASK_ID:-${SLURM_ARRAY_TASK_ID:-0}}"
 sfbd_positive_int NUM_TASKS
 sfbd_positive_int STEPS
+sfbd_gpu_count NGPUS
 sfbd_check_record
 [[ "${FINALIZE:-0}" =~ ^[01]$ ]] || sfbd_die "FINALIZE=$FINALIZE: 1 to finalize, 0 (or unset) to denoise"
 [[ "$TASK_ID" =~ ^[0-9]{1,7}$ ]] && ((10#$TASK_ID < NUM_TASKS)) \
@@ -103,8 +116,10 @@ if [[ "${FINALIZE:-0}" == 1 ]]; then
     sfbd_log "finalize $OUTDIR (network $network)"
     "$PY" "$SFBD_ROOT/denoise.py" "${args[@]}" --finalize
     if [[ -n "${RECORD:-}" ]]; then
+        # The record pins down the snapshot that made the set: no record without its sha256.
+        sha256="$(sfbd_sha256 "$network")" || sfbd_die "NETWORK: cannot read $network for its sha256 (RECORD=$RECORD)"
         sfbd_append_record "$RECORD" denoise network="$(sfbd_abspath "$network")" \
-            network_sha256="$(sfbd_sha256 "$network")" noisy_data="$(sfbd_abspath "$NOISY_DATA")" \
+            network_sha256="$sha256" noisy_data="$(sfbd_abspath "$NOISY_DATA")" \
             denoised="$(sfbd_abspath "$OUTDIR")"
     fi
     exit 0

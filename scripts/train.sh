@@ -11,8 +11,12 @@
 #
 #   sbatch [sbatch options] scripts/train.sh [train.py options]     # a SLURM batch job
 #   bash scripts/train.sh [train.py options]                        # here, or inside salloc/srun
+#   bash scripts/train.sh --help                                    # this text
 #
-# Configured by environment variables (sbatch passes the submitting shell's environment on):
+# Configured by environment variables (sbatch passes the submitting shell's environment on, SLURM_*
+# variables too: a job submitted from an salloc shell or from another job keeps SLURM_GPUS_ON_NODE, which
+# this script would count GPUs by, and SLURM_ARRAY_*, where SLURM sets none; submit from there with
+# `env -u SLURM_GPUS_ON_NODE -u SLURM_ARRAY_JOB_ID -u SLURM_ARRAY_TASK_ID sbatch ...`, or set NGPUS):
 #   CLEAN_DATA     required. The clean, copyright-free dataset (directory or zip); --data=CLEAN_DATA.
 #   DENOISED_DATA  optional. A denoised set added as a second --data (the SFBD update step trains on
 #                  clean + denoised; train.py reads both, nothing is merged or copied).
@@ -36,9 +40,10 @@
 #                              labels: --cond=0 --arch=ddpmpp --batch=512 --cres=2,2,2 --lr=1e-3
 #                              --dropout=0.13 --augment=0.12
 #                    none      only what you pass
-#   NGPUS          optional. GPUs per node to use. Default: SLURM_GPUS_ON_NODE, else the entries of
-#                  CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`, else 0. With 0 (no GPU) one CPU
-#                  process runs `python train.py` directly; with 1 too; with more, torchrun.
+#   NGPUS          optional. GPUs per node to use (0 to 9999). Default: SLURM_GPUS_ON_NODE, else the
+#                  entries of CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`, else 0. With 0 (no GPU) one CPU
+#                  process runs `python train.py` directly; with 1 too; with more, torchrun (in a
+#                  session of its own: a Ctrl-C reaches this script, which passes it on as SIGTERM).
 #   RDZV_HOST      optional, several nodes only: rendezvous host. Default: the first host of
 #                  `scontrol show hostnames $SLURM_JOB_NODELIST` (set it where node names do not
 #                  resolve to the network the nodes should use, e.g. an "-ib" name).
@@ -51,12 +56,14 @@
 #   RECORD_TAG     optional. A JSON object merged into that line (e.g. {"round": 2}).
 #   SFBD_REQUEUE   1 (default): when train.py stops on the warning signal with exit code 75 (state
 #                  saved), an sbatch job requeues itself with `scontrol requeue`. 0: just exit 75.
+#                  Anything else is refused when the script starts.
 #                  SIGTERM (scancel) saves and exits 75 without requeueing.
 #   SFBD_ROOT      optional. The repository (holding train.py). Default: this script's parent folder;
 #                  under sbatch (which runs a copy of this file) the parent of the submitted file as
 #                  `scontrol show job` reports it, else SLURM_SUBMIT_DIR, else the current folder.
 #   PYTHON         optional. Python interpreter (default `python`, else `python3`); torchrun is run as
-#                  `PYTHON -m torch.distributed.run`, so both come from the same environment.
+#                  `PYTHON -m torch.distributed.run`, so both come from the same environment. A relative
+#                  path is taken from the current folder.
 #
 # How it launches:
 #   * one node (or no SLURM): NGPUS <= 1: `python train.py ...`; NGPUS > 1:
@@ -78,16 +85,24 @@ set -euo pipefail
 SFBD_LOG_NAME=train.sh
 
 # --- locate the repository (sbatch runs a copy of this file from SLURM's spool folder) -------------
-_here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." 2>/dev/null && pwd || true)"
+# This script's folder's parent, through a link to the script too.
+_here="$(cd "$(dirname "$(readlink -f -- "${BASH_SOURCE[0]}")")/.." 2>/dev/null && pwd || true)"
 if [[ -n "${SFBD_ROOT:-}" ]]; then
     [[ -f "$SFBD_ROOT/train.py" ]] || { echo "train.sh: error: SFBD_ROOT=$SFBD_ROOT holds no train.py" >&2; exit 1; }
 else
-    # Under sbatch this file is a copy in SLURM's spool; the job record names the submitted file.
+    # Under sbatch this file is a copy in SLURM's spool; the job record names the submitted file:
+    # Command=PATH ARGS..., PATH up to the last .../scripts/train.sh (it may hold spaces), else (a
+    # link of another name) the first word.
     _submitted=""
     if [[ -n "${SLURM_JOB_ID:-}" ]] && command -v scontrol >/dev/null 2>&1; then
-        _submitted="$({ scontrol show job "$SLURM_JOB_ID" 2>/dev/null || true; } | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)"
+        _submitted="$({ scontrol show job "$SLURM_JOB_ID" 2>/dev/null || true; } | sed -n 's/^ *Command=//p' | head -n 1)"
+        if [[ "$_submitted" =~ ^(.*/scripts/train\.sh)( |$) ]]; then
+            _submitted="${BASH_REMATCH[1]}"
+        else
+            _submitted="${_submitted%% *}"
+        fi
         if [[ -n "$_submitted" ]]; then
-            _submitted="$(cd "$(dirname "$_submitted")/.." 2>/dev/null && pwd || true)"
+            _submitted="$(cd "$(dirname "$(readlink -f -- "$_submitted")")/.." 2>/dev/null && pwd || true)"
         fi
     fi
     for _d in "$_here" "$_submitted" "${SLURM_SUBMIT_DIR:-}" "$PWD"; do
@@ -104,6 +119,9 @@ fi
 export SFBD_ROOT
 # shellcheck source=scripts/common.sh
 source "$SFBD_ROOT/scripts/common.sh"
+[[ "${1:-}" == -h || "${1:-}" == --help ]] && sfbd_usage "${BASH_SOURCE[0]}"
+sfbd_check_python
+sfbd_flag SFBD_REQUEUE
 PY="$(sfbd_python)"
 
 # --- GPUs on this node ------------------------------------------------------------------------------
