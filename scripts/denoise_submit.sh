@@ -23,27 +23,45 @@
 #   DENOISE_ARGS    optional: more denoise.py options, whitespace-separated.
 #   RECORD          optional: JSON-lines file the finalize job appends its record to (see denoise.sh).
 #   RECORD_TAG      optional: JSON object merged into that record.
-#   LOG_DIR         optional: folder for the jobs' logs (default: sbatch's, the submit folder).
+#   LOG_DIR         optional: folder for the jobs' logs (default: sbatch's, the submit folder); made
+#                   absolute, as the jobs may start elsewhere (--chdir).
 #   JOB_NAME        optional: job name (default sfbd-denoise; the finalize job adds -finalize).
 #   WAIT_POLL       optional: seconds between queue checks with --wait (default 10).
 #   SFBD_ROOT       optional: the repository (default: this script's parent folder).
 #   PYTHON          optional: Python interpreter for the jobs (default `python`, else `python3`).
-# The jobs inherit this environment (sbatch's default --export=ALL); do not pass --export=NONE.
+#   NGPUS, SFBD_REQUEUE  optional: read by the tasks (scripts/denoise.sh); checked here first.
+# The jobs inherit this environment (sbatch's default --export=ALL); do not pass --export=NONE. The
+# SLURM_* variables that would leak from an salloc shell or another job (SLURM_GPUS_ON_NODE,
+# SLURM_ARRAY_*, SLURM_RESTART_COUNT) are left out.
 #
 # Options:
 #   --wait          wait until the array and the finalize job are over; exit 0 if the set is complete
 #                   (the finalize job succeeded), 1 if not (see the finalize job's log).
 #   --ids           print "ARRAY_ID FINALIZE_ID" instead of just ARRAY_ID.
+#   -h, --help      print this and exit.
 #   anything else   passed to sbatch for both jobs (e.g. --partition=gpu --gres=gpu:1 --time=2:00:00
-#                   --dependency=afterok:123 --output=logs/%x-%A_%a.out). The finalize job denoises
-#                   nothing; it gets the same options so that it runs where the tasks run.
+#                   --dependency=afterok:123 --output=logs/%x-%A_%a.out), but not --array (in any
+#                   spelling). The finalize job denoises nothing; it gets the same options so that it
+#                   runs where the tasks run.
+#
+# Before anything is made or submitted, every setting is checked, and `sbatch --test-only` is asked
+# whether it takes the options and the array; a refusal is one line naming the setting. Should the
+# finalize job still be refused, the array submitted just before is cancelled.
 #
 # Output: the array's job id on stdout (with --ids also the finalize job's); messages on stderr.
 set -euo pipefail
 SFBD_LOG_NAME=denoise_submit.sh
 
-SFBD_ROOT="${SFBD_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
-[[ -f "$SFBD_ROOT/denoise.py" ]] || { echo "denoise_submit.sh: error: SFBD_ROOT=$SFBD_ROOT holds no denoise.py" >&2; exit 1; }
+# --- locate the repository: this script's folder's parent (through a link to the script, too) -------
+if [[ -n "${SFBD_ROOT:-}" ]]; then
+    [[ -f "$SFBD_ROOT/denoise.py" ]] || { echo "denoise_submit.sh: error: SFBD_ROOT=$SFBD_ROOT holds no denoise.py" >&2; exit 1; }
+else
+    SFBD_ROOT="$(cd "$(dirname "$(readlink -f -- "${BASH_SOURCE[0]}")")/.." && pwd)"
+    [[ -f "$SFBD_ROOT/denoise.py" ]] || {
+        echo "denoise_submit.sh: error: the repository (denoise.py) was not found at $SFBD_ROOT, this script's folder's parent; set SFBD_ROOT" >&2
+        exit 1
+    }
+fi
 export SFBD_ROOT
 # shellcheck source=scripts/common.sh
 source "$SFBD_ROOT/scripts/common.sh"
@@ -53,12 +71,13 @@ print_ids=0
 sbatch_opts=()
 for arg in "$@"; do
     case "$arg" in
+        -h | --help) sfbd_usage "${BASH_SOURCE[0]}" ;;
         --wait) wait_for_it=1 ;;
         --ids) print_ids=1 ;;
-        --array | --array=* | -a | -a?*) sfbd_die "do not pass --array: NUM_TASKS decides the array" ;;
         *) sbatch_opts+=("$arg") ;;
     esac
 done
+sfbd_check_sbatch_opts "the sbatch options" 0 "${sbatch_opts[@]}"
 
 command -v sbatch >/dev/null || sfbd_die "sbatch not found: run this on a SLURM login node (or scripts/local_slurm.sh start)"
 [[ -n "${NETWORK:-}" ]] || sfbd_die "set NETWORK to a network snapshot or a training run directory"
@@ -73,6 +92,9 @@ NUM_TASKS="${NUM_TASKS:-1}"
 sfbd_positive_int NUM_TASKS
 sfbd_positive_int STEPS
 sfbd_positive_int MAX_PARALLEL
+sfbd_gpu_count NGPUS
+sfbd_flag SFBD_REQUEUE
+sfbd_check_python
 sfbd_check_record
 sfbd_positive_seconds WAIT_POLL
 sfbd_words _checked "${DENOISE_ARGS:-}" DENOISE_ARGS  # Before any task is submitted.
@@ -85,31 +107,55 @@ if [[ -n "${MAX_PARALLEL:-}" ]]; then
     array+="%$MAX_PARALLEL"
 fi
 name="${JOB_NAME:-sfbd-denoise}"
-array_log=()
-final_log=(--output="slurm-%x-%j.out")
-if [[ -n "${LOG_DIR:-}" ]]; then
-    mkdir -p "$LOG_DIR"
-    array_log=(--output="$LOG_DIR/%x-%A_%a.out")
-    final_log=(--output="$LOG_DIR/%x-%j.out")
-fi
 
 # Absolute paths: the jobs may start in another folder (--chdir) or after this one moved.
 NETWORK="$(sfbd_abspath "$NETWORK")"
 NOISY_DATA="$(sfbd_abspath "$NOISY_DATA")"
 OUTDIR="$(sfbd_abspath "$OUTDIR")"
 [[ -n "${RECORD:-}" ]] && RECORD="$(sfbd_abspath "$RECORD")"
-mkdir -p "$OUTDIR"
+[[ -n "${LOG_DIR:-}" ]] && LOG_DIR="$(sfbd_abspath "$LOG_DIR")"
+array_log=()
+final_log=(--output="slurm-%x-%j.out")
+if [[ -n "${LOG_DIR:-}" ]]; then
+    array_log=(--output="$(sfbd_log_pattern "$LOG_DIR")/%x-%A_%a.out")
+    final_log=(--output="$(sfbd_log_pattern "$LOG_DIR")/%x-%j.out")
+fi
+
+# sbatch's own verdict on the options and the array, before anything is made or submitted.
+sfbd_check_denoise_sbatch "the sbatch options given to denoise_submit.sh" "${sbatch_opts[@]}"
+
+[[ -n "${LOG_DIR:-}" ]] && mkdir -p -- "$LOG_DIR"
+mkdir -p -- "$OUTDIR"
 export NETWORK NOISY_DATA OUTDIR NUM_TASKS STEPS DENOISE_ARGS RECORD RECORD_TAG PYTHON
 
-array_id="$(env -u FINALIZE -u TASK_ID sbatch --parsable --job-name="$name" --array="$array" \
-    "${array_log[@]}" --kill-on-invalid-dep=yes "${sbatch_opts[@]}" "$SFBD_ROOT/scripts/denoise.sh")"
-array_id="${array_id%%;*}"
-[[ "$array_id" =~ ^[0-9]+$ ]] || sfbd_die "sbatch gave no job id for the array: '$array_id'"
-final_id="$(FINALIZE=1 sbatch --parsable --job-name="$name-finalize" "${final_log[@]}" \
+# Should the finalize job be refused after all, the array would denoise with no one to finish the
+# set: it is cancelled again.
+array_id=""
+# shellcheck disable=SC2317 # run by the EXIT trap
+cancel_array() {
+    local rc=$?
+    if ((rc != 0)) && [[ -n "$array_id" ]]; then
+        scancel "$array_id" 2>/dev/null || true
+        sfbd_log "cancelled the array $array_id, submitted before the failure"
+    fi
+}
+trap cancel_array EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+submitted_at="$(date +%s)"
+submitted="$(sfbd_job_env -u FINALIZE -u TASK_ID sbatch --parsable --job-name="$name" --array="$array" \
+    "${array_log[@]}" --kill-on-invalid-dep=yes "${sbatch_opts[@]}" "$SFBD_ROOT/scripts/denoise.sh")" \
+    || sfbd_die "sbatch refused the array (its message is above)"
+submitted="${submitted%%;*}"
+[[ "$submitted" =~ ^[0-9]+$ ]] || sfbd_die "sbatch gave no job id for the array: '$submitted'"
+array_id="$submitted"
+final_id="$(FINALIZE=1 sfbd_job_env -u TASK_ID sbatch --parsable --job-name="$name-finalize" "${final_log[@]}" \
     --kill-on-invalid-dep=yes "${sbatch_opts[@]}" --dependency="afterany:$array_id" \
-    "$SFBD_ROOT/scripts/denoise.sh")"
+    "$SFBD_ROOT/scripts/denoise.sh")" || sfbd_die "sbatch refused the finalize job (its message is above)"
 final_id="${final_id%%;*}"
 [[ "$final_id" =~ ^[0-9]+$ ]] || sfbd_die "sbatch gave no job id for the finalize job: '$final_id'"
+trap - EXIT INT TERM
 sfbd_log "submitted array $array_id ($NUM_TASKS task(s): $NOISY_DATA -> $OUTDIR) and finalize job $final_id"
 if ((print_ids)); then
     echo "$array_id $final_id"
@@ -120,29 +166,26 @@ fi
 ((wait_for_it)) || exit 0
 
 # --wait: the finalize job runs after every task, so its end is the end. Its state says whether the
-# set is complete; once SLURM forgets the job (MinJobAge), dataset.json says it.
-poll="${WAIT_POLL:-10}"
-while :; do
-    if info="$(scontrol -o show job "$final_id" 2>/dev/null)"; then
-        state="$(sed -nE 's/.*JobState=([A-Z_]+).*/\1/p' <<<"$info")"
-        case "$state" in
-            PENDING | RUNNING | CONFIGURING | COMPLETING | REQUEUED | RESIZING | SUSPENDED | "") ;;
-            COMPLETED)
-                sfbd_log "complete: every image of $NOISY_DATA is in $OUTDIR"
-                exit 0
-                ;;
-            *)
-                sfbd_log "finalize job $final_id ended $state: the set is incomplete; see its log, then submit again"
-                exit 1
-                ;;
-        esac
-    else
-        if [[ -f "$OUTDIR/dataset.json" ]]; then
-            sfbd_log "complete: every image of $NOISY_DATA is in $OUTDIR"
-            exit 0
-        fi
-        sfbd_log "finalize job $final_id is gone and $OUTDIR has no dataset.json: incomplete; submit again"
-        exit 1
-    fi
-    sleep "$poll"
-done
+# set is complete. Where SLURM has forgotten the job (MinJobAge) or does not answer, a dataset.json
+# written since this submission says it (the task or finalize job that completes the set writes it).
+# shellcheck disable=SC2317 # run by sfbd_wait_job
+set_completed_since_submission() {
+    [[ -f "$OUTDIR/dataset.json" ]] && (($(stat -c %Y -- "$OUTDIR/dataset.json") >= submitted_at - 1))
+}
+sfbd_wait_job "$final_id" "${WAIT_POLL:-10}" set_completed_since_submission
+case "$SFBD_JOB_STATE" in
+    COMPLETED)
+        sfbd_log "complete: every image of $NOISY_DATA is in $OUTDIR"
+        exit 0
+        ;;
+    GONE)
+        sfbd_log "finalize job $final_id is gone from SLURM's records, and $OUTDIR has no dataset.json written since this submission: the set is incomplete; see the jobs' logs"
+        ;;
+    UNKNOWN)
+        sfbd_log "SLURM did not answer about the finalize job $final_id; the jobs may still run (squeue -j $array_id,$final_id): do not submit again before they are over"
+        ;;
+    *)
+        sfbd_log "finalize job $final_id ended $SFBD_JOB_STATE: the set is incomplete; see its log, then submit again"
+        ;;
+esac
+exit 1

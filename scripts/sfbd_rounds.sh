@@ -59,10 +59,20 @@
 #   WAIT_POLL            optional: seconds between queue checks with --wait (default 30).
 #   SFBD_ROOT            optional: the repository (default: this script's parent folder).
 #   PYTHON               optional: Python interpreter for the jobs (default `python`, else `python3`).
-# Training jobs also read NGPUS, RDZV_PORT, SRUN_ARGS (see scripts/train.sh).
+# Training jobs also read NGPUS, RDZV_PORT, SRUN_ARGS (see scripts/train.sh), and every job SFBD_REQUEUE;
+# NGPUS and SFBD_REQUEUE are checked here first.
 #
-# Options: --wait: wait for the last job, exit 0 if it completed, 1 if a stage failed. Anything else
-# goes to sbatch for every job. Jobs inherit this environment (sbatch --export=ALL).
+# Options: --wait: wait for the last job, exit 0 if it completed, 1 if a stage failed. -h, --help: print
+# this and exit. Anything else goes to sbatch for every job, but not --array or --dependency (in any
+# spelling; nor in TRAIN_SBATCH_ARGS or DENOISE_SBATCH_ARGS): the chain sets those itself. Jobs inherit
+# this environment (sbatch --export=ALL), less the SLURM_* variables that would leak from an salloc
+# shell or another job (SLURM_GPUS_ON_NODE, SLURM_ARRAY_*, SLURM_RESTART_COUNT).
+#
+# Before anything is made or submitted, every setting is checked, and `sbatch --test-only` is asked
+# whether it takes the training jobs' options and the denoise arrays' (with their --array); a refusal
+# is one line naming the setting. Should a submission still fail halfway, the jobs submitted before it
+# are cancelled again, and jobs.tsv keeps the earlier chain's list: it is replaced only once every job
+# of the chain is submitted.
 #
 # Submitting again with the same variables continues: finished stages find their work done (training
 # resumes from its state or has nothing left to do; denoising skips written images) and end quickly.
@@ -70,8 +80,16 @@
 set -euo pipefail
 SFBD_LOG_NAME=sfbd_rounds.sh
 
-SFBD_ROOT="${SFBD_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
-[[ -f "$SFBD_ROOT/train.py" ]] || { echo "sfbd_rounds.sh: error: SFBD_ROOT=$SFBD_ROOT holds no train.py" >&2; exit 1; }
+# --- locate the repository: this script's folder's parent (through a link to the script, too) -------
+if [[ -n "${SFBD_ROOT:-}" ]]; then
+    [[ -f "$SFBD_ROOT/train.py" ]] || { echo "sfbd_rounds.sh: error: SFBD_ROOT=$SFBD_ROOT holds no train.py" >&2; exit 1; }
+else
+    SFBD_ROOT="$(cd "$(dirname "$(readlink -f -- "${BASH_SOURCE[0]}")")/.." && pwd)"
+    [[ -f "$SFBD_ROOT/train.py" ]] || {
+        echo "sfbd_rounds.sh: error: the repository (train.py) was not found at $SFBD_ROOT, this script's folder's parent; set SFBD_ROOT" >&2
+        exit 1
+    }
+fi
 export SFBD_ROOT
 # shellcheck source=scripts/common.sh
 source "$SFBD_ROOT/scripts/common.sh"
@@ -80,15 +98,18 @@ wait_for_it=0
 common_opts=()
 for arg in "$@"; do
     case "$arg" in
+        -h | --help) sfbd_usage "${BASH_SOURCE[0]}" ;;
         --wait) wait_for_it=1 ;;
-        --array | --array=* | --dependency* | -d) sfbd_die "$arg: the chain sets arrays and dependencies itself" ;;
         *) common_opts+=("$arg") ;;
     esac
 done
-sfbd_words extra "${TRAIN_SBATCH_ARGS:-}" TRAIN_SBATCH_ARGS
-train_opts=("${common_opts[@]}" "${extra[@]}")
-sfbd_words extra "${DENOISE_SBATCH_ARGS:-}" DENOISE_SBATCH_ARGS
-denoise_opts=("${common_opts[@]}" "${extra[@]}")
+sfbd_check_sbatch_opts "the sbatch options given to sfbd_rounds.sh" 1 "${common_opts[@]}"
+sfbd_words train_sbatch "${TRAIN_SBATCH_ARGS:-}" TRAIN_SBATCH_ARGS
+sfbd_check_sbatch_opts TRAIN_SBATCH_ARGS 1 "${train_sbatch[@]}"
+train_opts=("${common_opts[@]}" "${train_sbatch[@]}")
+sfbd_words denoise_sbatch "${DENOISE_SBATCH_ARGS:-}" DENOISE_SBATCH_ARGS
+sfbd_check_sbatch_opts DENOISE_SBATCH_ARGS 1 "${denoise_sbatch[@]}"
+denoise_opts=("${common_opts[@]}" "${denoise_sbatch[@]}")
 # The options passed on to the jobs, checked (below) before any job is submitted.
 sfbd_words pretrain_args "${PRETRAIN_ARGS:-}" PRETRAIN_ARGS
 sfbd_words update_args "${UPDATE_ARGS:-}" UPDATE_ARGS
@@ -114,6 +135,9 @@ for var in ROUNDS NUM_TASKS MAX_PARALLEL STEPS; do
     sfbd_positive_int "$var"
 done
 sfbd_positive_seconds WAIT_POLL
+sfbd_gpu_count NGPUS
+sfbd_flag SFBD_REQUEUE
+sfbd_check_python
 sfbd_preset _preset train "${PRESET:-none}"  # Checks the name.
 sfbd_check_args train PRETRAIN_ARGS "${pretrain_args[@]}" -- train UPDATE_ARGS "${update_args[@]}" \
     -- train ONLINE_ARGS "${online_args[@]}" -- denoise DENOISE_ARGS "${denoise_args[@]}"
@@ -143,22 +167,62 @@ prefix="${JOB_PREFIX:-sfbd}"
 record="$WORKDIR/record.jsonl"
 jobs_file="$WORKDIR/jobs.tsv"
 logs="$WORKDIR/logs"
-mkdir -p "$WORKDIR" "$logs"
 
-# One chain at a time per WORKDIR: two would train into the same run directories.
-if [[ -f "$jobs_file" ]]; then
-    alive=()
+# One chain at a time per WORKDIR: two would train into the same run directories. The list of a
+# submission that was killed before it finished (.jobs.tsv.*) counts too.
+alive=()
+shopt -s nullglob
+for listing in "$jobs_file" "$WORKDIR"/.jobs.tsv.*; do
+    [[ -f "$listing" ]] || continue
     while IFS=$'\t' read -r _stage job _dir; do
         [[ "$job" =~ ^[0-9]+$ ]] || continue
         if [[ -n "$(squeue -h -j "$job" -o %i 2>/dev/null || true)" ]]; then
             alive+=("$job")
         fi
-    done <"$jobs_file"
-    ((${#alive[@]} == 0)) || sfbd_die "jobs ${alive[*]} of an earlier submission into $WORKDIR are still queued or running; wait or scancel them"
-fi
-printf 'stage\tjob\tdirectory\n' >"$jobs_file"
+    done <"$listing"
+done
+shopt -u nullglob
+((${#alive[@]} == 0)) || sfbd_die "jobs ${alive[*]} of an earlier submission into $WORKDIR are still queued or running; wait or scancel them"
 
-# Variables that would leak from this shell into a job that must not see them.
+# sbatch's own verdict on the options of the training jobs and of the denoise arrays, before anything
+# is made or submitted (sbatch --test-only queues nothing).
+if message="$(sfbd_sbatch_refuses "$SFBD_ROOT/scripts/train.sh" "${train_opts[@]}")"; then
+    if ((${#train_sbatch[@]} == 0)) || common="$(sfbd_sbatch_refuses "$SFBD_ROOT/scripts/train.sh" "${common_opts[@]}")"; then
+        sfbd_die "the sbatch options given to sfbd_rounds.sh (${common_opts[*]}): sbatch refuses them: ${common:-$message}"
+    fi
+    sfbd_die "TRAIN_SBATCH_ARGS: sbatch refuses them: $message"
+fi
+if [[ "${ONLINE:-0}" != 1 ]]; then
+    NUM_TASKS="${NUM_TASKS:-1}" sfbd_check_denoise_sbatch \
+        "$( ((${#denoise_sbatch[@]})) && echo DENOISE_SBATCH_ARGS || echo "the sbatch options given to sfbd_rounds.sh")" \
+        "${denoise_opts[@]}"
+fi
+
+mkdir -p -- "$WORKDIR" "$logs"
+rm -f -- "$WORKDIR"/.jobs.tsv.*  # Lists of killed submissions whose jobs are all over (see above).
+# The jobs of this submission are listed here as they are submitted, and the list becomes jobs.tsv once
+# all are. Should a submission fail halfway, the jobs submitted before it are cancelled again.
+new_jobs_file="$(mktemp "$WORKDIR/.jobs.tsv.XXXXXX")"
+printf 'stage\tjob\tdirectory\n' >"$new_jobs_file"
+# shellcheck disable=SC2317 # run by the EXIT trap
+take_back_submission() {
+    local rc=$? ids
+    if ((rc != 0)) && [[ -n "$new_jobs_file" ]]; then
+        ids="$(tail -n +2 "$new_jobs_file" | cut -f 2 | paste -sd ' ' -)"
+        if [[ -n "$ids" ]]; then
+            # shellcheck disable=SC2086 # job ids
+            scancel $ids 2>/dev/null || true
+            sfbd_log "cancelled jobs $ids, submitted before the failure; $jobs_file is unchanged"
+        fi
+        rm -f -- "$new_jobs_file"
+    fi
+}
+trap take_back_submission EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Variables that would leak from this shell into a job that must not see them (and the SLURM_* ones
+# that sfbd_job_env leaves out).
 clear_env=(-u CLEAN_DATA -u DENOISED_DATA -u NOISY_DATA -u TRANSFER -u OUTDIR -u NETWORK -u FINALIZE -u TASK_ID -u RECORD
            -u RECORD_TAG)
 
@@ -171,12 +235,13 @@ submit_train() {  # submit_train NAME OUTDIR DEPENDENCY_JOB TRANSFER DENOISED AR
     [[ -n "$noisy" ]] && vars+=(NOISY_DATA="$noisy")
     local dep_opt=()
     [[ -n "$dep" ]] && dep_opt=(--dependency="afterok:$dep")
-    id="$(env "${clear_env[@]}" "${vars[@]}" \
-        sbatch --parsable --job-name="$name" --output="$logs/%x-%j.out" --kill-on-invalid-dep=yes \
-        "${train_opts[@]}" "${dep_opt[@]}" "$SFBD_ROOT/scripts/train.sh" "${train_args[@]}")"
+    id="$(sfbd_job_env "${clear_env[@]}" "${vars[@]}" \
+        sbatch --parsable --job-name="$name" --output="$(sfbd_log_pattern "$logs")/%x-%j.out" --kill-on-invalid-dep=yes \
+        "${train_opts[@]}" "${dep_opt[@]}" "$SFBD_ROOT/scripts/train.sh" "${train_args[@]}")" \
+        || sfbd_die "sbatch refused the job $name (its message is above)"
     id="${id%%;*}"
     [[ "$id" =~ ^[0-9]+$ ]] || sfbd_die "sbatch gave no job id for $name: '$id'"
-    printf '%s\t%s\t%s\n' "$name" "$id" "$outdir" >>"$jobs_file"
+    printf '%s\t%s\t%s\n' "$name" "$id" "$outdir" >>"$new_jobs_file"
     echo "$id"
 }
 
@@ -214,8 +279,8 @@ for ((k = 1; k <= ROUNDS; k++)); do
         JOB_NAME="$prefix-r$k-denoise" \
         bash "$SFBD_ROOT/scripts/denoise_submit.sh" --ids "${denoise_opts[@]}" "${dep_opt[@]}")"
     read -r array_job final_job <<<"$ids"
-    printf '%s\t%s\t%s\n' "$prefix-r$k-denoise" "$array_job" "$round_dir/denoised" >>"$jobs_file"
-    printf '%s\t%s\t%s\n' "$prefix-r$k-denoise-finalize" "$final_job" "$round_dir/denoised" >>"$jobs_file"
+    printf '%s\t%s\t%s\n' "$prefix-r$k-denoise" "$array_job" "$round_dir/denoised" >>"$new_jobs_file"
+    printf '%s\t%s\t%s\n' "$prefix-r$k-denoise-finalize" "$final_job" "$round_dir/denoised" >>"$new_jobs_file"
     update_job="$(submit_train "$prefix-r$k-update" "$round_dir/train" "$final_job" "$prev_net" \
         "$round_dir/denoised" "${UPDATE_ARGS:-}" "$tag")"
     sfbd_log "round $k: denoise array $array_job (network $prev_net), finalize $final_job, update $update_job -> $round_dir/train"
@@ -223,33 +288,24 @@ for ((k = 1; k <= ROUNDS; k++)); do
     prev_net="$round_dir/train"
 done
 
+mv -f -- "$new_jobs_file" "$jobs_file"
+new_jobs_file=""
+trap - EXIT INT TERM
 sfbd_log "submitted; jobs in $jobs_file, logs in $logs, records in $record"
 sfbd_log "final network: newest network-snapshot-*.pkl in $prev_net once job $prev_job completes"
 echo "$prev_job"
 
 ((wait_for_it)) || exit 0
-poll="${WAIT_POLL:-30}"
-while :; do
-    if info="$(scontrol -o show job "$prev_job" 2>/dev/null)"; then
-        state="$(sed -nE 's/.*JobState=([A-Z_]+).*/\1/p' <<<"$info")"
-        case "$state" in
-            PENDING | RUNNING | CONFIGURING | COMPLETING | REQUEUED | RESIZING | SUSPENDED | "") ;;
-            COMPLETED)
-                sfbd_log "done: $(sfbd_newest_snapshot "$prev_net" || echo "no snapshot in $prev_net?")"
-                exit 0
-                ;;
-            *)
-                sfbd_log "the last job $prev_job ended $state: a stage failed; see $logs and $jobs_file"
-                exit 1
-                ;;
-        esac
-    else
-        if snap="$(sfbd_newest_snapshot "$prev_net")" && grep -q "\"outdir\": \"$prev_net\"" "$record" 2>/dev/null; then
-            sfbd_log "done: $snap"
-            exit 0
-        fi
-        sfbd_log "the last job $prev_job is gone without a record of its end; see $logs"
-        exit 1
-    fi
-    sleep "$poll"
-done
+# Where SLURM has forgotten the last job (MinJobAge) or does not answer, its line in record.jsonl (a
+# training job writes it when it has finished) says that it completed.
+sfbd_wait_job "$prev_job" "${WAIT_POLL:-30}" sfbd_record_has_job "$record" "$prev_job" train
+case "$SFBD_JOB_STATE" in
+    COMPLETED)
+        sfbd_log "done: $(sfbd_newest_snapshot "$prev_net" || echo "no snapshot in $prev_net?")"
+        exit 0
+        ;;
+    GONE) sfbd_log "the last job $prev_job is gone from SLURM's records without a record of its end in $record; see $logs" ;;
+    UNKNOWN) sfbd_log "SLURM did not answer about the last job $prev_job; the chain may still run (squeue): see $jobs_file" ;;
+    *) sfbd_log "the last job $prev_job ended $SFBD_JOB_STATE: a stage failed; see $logs and $jobs_file" ;;
+esac
+exit 1
