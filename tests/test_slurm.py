@@ -240,7 +240,7 @@ def test_denoise_array_equals_single_run(slurm_env, data, tmp_path):
 
     # 3 tasks over 10 observations: shards of 3, 3 and 4 images.
     array_out = tmp_path / 'array'
-    logs = tmp_path / 'logs'
+    logs = tmp_path / 'logs 50%u'  # sbatch expands %u in a log path; the script doubles the folder's own %.
     env = dict(slurm_env, NETWORK=data['network'], NOISY_DATA=data['noisy'], OUTDIR=str(array_out), NUM_TASKS='3',
                STEPS=steps, DENOISE_ARGS='--batch=1', WAIT_POLL='1', LOG_DIR=str(logs), RECORD=str(tmp_path / 'record.jsonl'))
     result = _run(['bash', str(SCRIPTS / 'denoise_submit.sh'), '--wait'], env=env, timeout=300, check=False)
@@ -255,6 +255,7 @@ def test_denoise_array_equals_single_run(slurm_env, data, tmp_path):
     record = [json.loads(line) for line in (tmp_path / 'record.jsonl').read_text().splitlines()]
     assert len(record) == 1 and record[0]['stage'] == 'denoise'
     assert record[0]['network'] == data['network'] and record[0]['denoised'] == str(array_out)
+    assert len(list(logs.glob('sfbd-denoise-*_*.out'))) == 3 and len(list(logs.glob('sfbd-denoise-finalize-*.out'))) == 1
 
     # Lose two images; submitting again (now 4 tasks) writes those two and leaves the others alone.
     lost = sorted(got)[4:6]
@@ -275,7 +276,7 @@ def test_denoise_array_equals_single_run(slurm_env, data, tmp_path):
     assert sum(denoised_counts) == 10 + len(lost)
 
 def test_rounds_chain(slurm_env, data, tmp_path):
-    workdir = tmp_path / 'sfbd'
+    workdir = tmp_path / 'sfbd 100%x'  # A % in the log folder's path (sbatch would expand %x).
     env = dict(slurm_env, CLEAN_DATA=data['clean'], NOISY_DATA=data['noisy'], WORKDIR=str(workdir), ROUNDS='2',
                NUM_TASKS='2', STEPS='4', WAIT_POLL='1',
                PRETRAIN_ARGS=' '.join(TINY_NET + ['--duration=0.00004', '--seed=0']),
@@ -290,6 +291,7 @@ def test_rounds_chain(slurm_env, data, tmp_path):
     assert [j[0] for j in jobs] == ['sfbd-pretrain', 'sfbd-r1-denoise', 'sfbd-r1-denoise-finalize', 'sfbd-r1-update',
                                     'sfbd-r2-denoise', 'sfbd-r2-denoise-finalize', 'sfbd-r2-update']
     assert result.stdout.strip() == jobs[-1][1]
+    assert len(list((workdir / 'logs').glob('*.out'))) == 9  # 7 jobs, the arrays of 2 tasks each.
 
     # Snapshots: each stage's network comes from the stage before.
     pretrain = workdir / 'pretrain'
