@@ -29,7 +29,7 @@ from tools.options import refuse_sampler_options_with_images, sampler_options
 @click.option('--seeds',                   help='Seeds of the generated images (with --network)  [default: 0-9999]', metavar='LIST', type=IntList(distinct=True))
 @click.option('--train', 'train_paths',    help='Reference set: a dataset of 8-bit images (repeat for several)', metavar='ZIP|DIR', type=str, multiple=True, required=True)
 @click.option('--features',                help='Feature space of the distances', type=click.Choice(mem.FEATURES), default='pixel', show_default=True)
-@click.option('--threshold',               help='A copy: nearest < threshold x second-nearest distance  [default: 1/3]', metavar='FLOAT', type=mem.ThresholdType(), default='1/3')
+@click.option('--threshold',               help='A copy: nearest < threshold x second-nearest distance; a fraction in (0, 1], e.g. 0.3 or 1/3  [default: 1/3]', metavar='FLOAT', type=mem.ThresholdType(), default='1/3')
 @click.option('--outdir',                  help='Write pairs.png (closest pairs) and distances.png (histograms) here', metavar='DIR', type=str)
 @click.option('--json', 'json_path',       help='Write every image\'s nearest reference, distances and verdict here', metavar='FILE', type=str)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size for generating and for features', metavar='INT', type=click.IntRange(min=1), default=256, show_default=True)

@@ -27,7 +27,7 @@ from torch_utils.detector import DEFAULT_DETECTOR
 @click.option('--fid-features',            help='Features of the FID: Inception, or pixels for tiny images', type=click.Choice(mem.FEATURES), default='inception', show_default=True)
 @click.option('--train', 'train_paths',    help='Reference set for the memorisation check (repeat for several)', metavar='ZIP|DIR', type=str, multiple=True)
 @click.option('--features',                help='Features of the memorisation check', type=click.Choice(mem.FEATURES), default='pixel', show_default=True)
-@click.option('--threshold',               help='A copy: nearest < threshold x second-nearest distance  [default: 1/3]', metavar='FLOAT', type=mem.ThresholdType(), default='1/3')
+@click.option('--threshold',               help='A copy: nearest < threshold x second-nearest distance; a fraction in (0, 1], e.g. 0.3 or 1/3  [default: 1/3]', metavar='FLOAT', type=mem.ThresholdType(), default='1/3')
 @click.option('--num',                     help='Samples per snapshot, seeds 0 to num-1 (FID\'s protocol: 50000)', metavar='INT', type=click.IntRange(min=2), default=DEFAULT_NUM, show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=256, show_default=True)
 @click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str)
@@ -48,7 +48,7 @@ def main(rounds_dir: str, outdir: str | None, ref: str | None, fid_features: str
         --train=datasets/clean.zip --train=datasets/cifar10-32x32.zip
     \b
     # The demo's run (8x8 images: distances on pixels)
-    python -m sfbd.report --rounds=demo-out/sfbd --ref=demo-out/data/heldout-pixels.npz \\
+    python -m sfbd.report --rounds=demo-out/sfbd --outdir=demo-out/report --ref=demo-out/data/heldout-pixels.npz \\
         --fid-features=pixel --train=demo-out/data/clean --train=demo-out/data/source --num=1000 --steps=12
     """
     write_report(rounds_dir, outdir, ref, fid_features, train_paths, features, threshold, num, max_batch_size,
