@@ -422,22 +422,26 @@ def watchdog(limit: float, dump_path: str) -> Iterator[None]:
     """Raise Stalled in the calling (main) thread if the block runs longer than `limit` seconds, after
     writing the stack of every thread to `dump_path`: a compile that never ends, or a device that
     hangs, becomes one line and a file to read instead of a silent wait."""
-    fired, stop = threading.Event(), threading.Event()
+    fired, stop, caught = threading.Event(), threading.Event(), threading.Event()
     def wait() -> None:
         if stop.wait(limit):
             return
         with open(dump_path, 'w', encoding='utf-8') as f:
             faulthandler.dump_traceback(file=f, all_threads=True)
         fired.set()
-        if hasattr(signal, 'pthread_kill'):  # A signal also ends a blocking call such as a sleep.
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-        else:
-            _thread.interrupt_main()
+        while not caught.is_set():  # Again every few seconds, should one signal go unseen.
+            if hasattr(signal, 'pthread_kill'):  # A signal also ends a blocking call such as a sleep.
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            else:
+                _thread.interrupt_main()
+            if stop.wait(3):
+                return
     thread = threading.Thread(target=wait, daemon=True)
     thread.start()
     try:
         yield
     except KeyboardInterrupt:
+        caught.set()
         if fired.is_set():
             raise Stalled() from None
         raise
