@@ -223,8 +223,7 @@ def calculate_inception_stats(image_path: str, num_expected: int | None = None, 
     """Statistics of `num_expected` images of a dataset (all when None), the subset chosen by `seed`."""
     device = dist.default_device() if device is None else torch.device(device)
     if detector is None:
-        detector = dist.rank0_first(lambda: load_detector(device=device, verbose=(dist.get_rank() == 0)), device,
-                                    'the detector')
+        detector = dist.rank0_first(lambda: load_detector(device=device, verbose=(dist.get_rank() == 0)), 'the detector')
     dataset = open_image_dataset(image_path)
     num = len(dataset) if num_expected is None else num_expected
     check_image_count(image_path, len(dataset), num, 1)
@@ -333,7 +332,7 @@ def load_fid_detector(device: torch.device, detector: str, detector_sha256: str 
     settings = fast_lib.fast_settings(device) if fast else None
     return dist.rank0_first(lambda: load_detector(detector, detector_sha256, device=device,
                                                   verbose=(dist.get_rank() == 0), fast=settings),
-                            device, f'the detector {detector}')
+                            f'the detector {detector}')
 
 def setup_detector(device_name: str | None, detector: str, detector_sha256: str | None,
                    fast: bool = False) -> tuple[torch.device, Detector]:
@@ -454,7 +453,7 @@ def score_images(scoring: Scoring, dataset: Any, image_path: str, *, num: int, r
 def score_network(scoring: Scoring, pkl: str, seed_sets: list[list[int]], *, num: int, outdir: str | None,
                   each: bool, max_batch_size: int, sampler_kwargs: dict) -> dict:
     dist.print0(f'Reading network "{pkl}"...')
-    net = dist.rank0_first(lambda: load_network(pkl), scoring.device, f'the network {pkl}').to(scoring.device)
+    net = dist.rank0_first(lambda: load_network(pkl), f'the network {pkl}').to(scoring.device)
     if scoring.det.fast is not None:
         net = fast_lib.prepare_sampling_network(net, scoring.det.fast)
     if net.img_channels not in (1, 3):
@@ -493,8 +492,7 @@ def calc_fid(*, image_path: str | None, network: str | None, ref_path: str, num:
         check_image_count(image_path, len(dataset), plan.num, repeats)  # Before any download.
     device_obj = init_device(device)
     dist.print0(f'Reading reference statistics "{ref_path}"...')
-    mu_ref, sigma_ref = dist.rank0_first(lambda: load_ref_stats(ref_path), device_obj,
-                                         f'the reference statistics {ref_path}')
+    mu_ref, sigma_ref = dist.rank0_first(lambda: load_ref_stats(ref_path), f'the reference statistics {ref_path}')
     if network is not None:
         missing = [pkl for pkl in plan.pkls if not is_url(pkl) and not os.path.isfile(pkl)]
         if missing:
@@ -504,7 +502,7 @@ def calc_fid(*, image_path: str | None, network: str | None, ref_path: str, num:
     if plan.images_record is not None and not plan.is_rundir:
         # A pickle's content too, as generate.py records it: images of another network at the same
         # path are not mixed into --outdir. (A run directory's snapshots are never replaced.)
-        digest = dist.rank0_first(lambda: file_sha256(network), device_obj, f'the network {network}')
+        digest = dist.rank0_first(lambda: file_sha256(network), f'the network {network}')
         plan = plan._replace(images_record=dict(plan.images_record, network_sha256=digest))
 
     results: list[dict] = []

@@ -264,7 +264,7 @@ sfbd_run_forwarding() {
         # In a session of its own (setsid), so that a Ctrl-C at the terminal reaches only this shell,
         # which passes it on to the workers, and not the launcher, which would die noisily of it.
         if command -v setsid >/dev/null 2>&1; then
-            (trap '' USR1 && exec setsid "$@") &
+            (trap '' USR1 && exec setsid -w "$@") &
         else
             (trap '' USR1 && exec "$@") &
         fi

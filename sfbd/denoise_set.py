@@ -253,7 +253,7 @@ def denoise_command(network_pkl: str, data: str, outdir: str, *, sigma: float | 
     settings = fast_lib.fast_settings(device) if fast else None
     if not finalize:
         dist.print0(f'Loading network from "{network_pkl}"...')
-        net = dist.rank0_first(lambda: load_network(network_pkl), device, f'the network {network_pkl}').to(device)
+        net = dist.rank0_first(lambda: load_network(network_pkl), f'the network {network_pkl}').to(device)
         check_network(net, obs, network_pkl, data)
         check_levels(net, levels, kwargs, sigma, data)
         max_batch_size = fast_lib.sampling_batch_size(net, device, settings, max_batch_size, DEFAULT_BATCH)

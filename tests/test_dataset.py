@@ -487,14 +487,3 @@ def test_pyspng_decodes_only_pngs(tmp_path, monkeypatch):
     PIL.Image.new('RGBA', (8, 8)).save(tmp_path / 'd' / 'c.png')
     with open(tmp_path / 'd' / 'c.png', 'rb') as f, pytest.raises(UserError, match='c.png: the image has an alpha channel'):
         dataset_module.read_image(f, str(tmp_path / 'd' / 'c.png'), use_pyspng=True)
-    # A palette PNG with a transparent entry (tRNS) has no alpha channel: pyspng's RGBA for it reads as PIL's RGB.
-    palette = PIL.Image.fromarray(image).quantize(colors=16)
-    palette.info['transparency'] = 0
-    palette.save(tmp_path / 'd' / 'c.png', transparency=0)
-    def decoded(use_pyspng):
-        with open(tmp_path / 'd' / 'c.png', 'rb') as f:
-            return dataset_module.read_image(f, 'c.png', use_pyspng=use_pyspng)
-    with PIL.Image.open(tmp_path / 'd' / 'c.png') as img:
-        assert np.asarray(img.convert('RGBA')).shape[2] == 4  # What pyspng decodes (the fake uses PIL's RGBA).
-    FakePyspng.load = staticmethod(lambda data: np.asarray(PIL.Image.open(io.BytesIO(data)).convert('RGBA')))
-    assert np.array_equal(decoded(True), decoded(False)) and decoded(False).shape == (8, 8, 3)

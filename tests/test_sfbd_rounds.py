@@ -296,13 +296,15 @@ def test_a_stop_signal_reaches_the_script_and_the_rounds_wait(tmp_path, sig, sta
     assert parent.returncode == status, output
     assert 'rerun the same command to continue' in output
 
-# Under torchrun (--nproc=2) the workers themselves get the signal, Ctrl-C as SIGTERM: the launcher
-# ignores SIGUSR1, which would otherwise kill it and leave the workers running on their own.
-@pytest.mark.parametrize('sig, got', [('SIGUSR1', 'SIGUSR1'), ('SIGINT', 'SIGTERM')])
-def test_a_stop_signal_reaches_every_torchrun_worker(tmp_path, sig, got):
+# Under torchrun (--nproc=2) the workers themselves get the signal: the launcher ignores SIGUSR1, which
+# would otherwise kill it and leave the workers running on their own. train.py's workers get it as sent
+# (Ctrl-C as SIGTERM), another script's SIGTERM (denoise.py has no SIGUSR1 handler).
+@pytest.mark.parametrize('script, sig, got', [('train.py', 'SIGUSR1', 'SIGUSR1'), ('train.py', 'SIGINT', 'SIGTERM'),
+                                              ('denoise.py', 'SIGUSR1', 'SIGTERM')])
+def test_a_stop_signal_reaches_every_torchrun_worker(tmp_path, script, sig, got):
     import signal
     import time
-    child = tmp_path / 'child.py'
+    child = tmp_path / script  # A stand-in under the script's name.
     child.write_text(CHILD.replace("sys.exit(75 if signum != signal.SIGTERM else 0)", "sys.exit(75)"))
     received = tmp_path / 'received'
     parent = subprocess.Popen([sys.executable, '-c', 'import sys; from tools.rounds import run_script; '

@@ -423,6 +423,9 @@ def watchdog(limit: float, dump_path: str) -> Iterator[None]:
     writing the stack of every thread to `dump_path`: a compile that never ends, or a device that
     hangs, becomes one line and a file to read instead of a silent wait."""
     fired, stop, caught = threading.Event(), threading.Event(), threading.Event()
+    def interrupted(_signum: int, _frame: Any) -> None:
+        caught.set()  # No second signal once Python has seen one.
+        raise KeyboardInterrupt
     def wait() -> None:
         if stop.wait(limit):
             return
@@ -436,6 +439,8 @@ def watchdog(limit: float, dump_path: str) -> Iterator[None]:
                 _thread.interrupt_main()
             if stop.wait(3):
                 return
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupted) if in_main_thread else None
     thread = threading.Thread(target=wait, daemon=True)
     thread.start()
     try:
@@ -448,6 +453,8 @@ def watchdog(limit: float, dump_path: str) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 # torch.compile's own count of compiled graphs and graph breaks so far.
 def compile_counts() -> tuple[int, int]:

@@ -87,8 +87,11 @@ def script_command(script: str, args: Sequence[str], nproc: int = 1) -> list[str
 # Several processes (torchrun) are told as scripts/common.sh tells them: the
 # launcher starts with SIGUSR1 ignored (its default action would kill it and
 # leave the workers training unsupervised), and every signal goes to the
-# workers themselves, Ctrl-C as SIGTERM. The launcher then reports the workers'
-# status 75 as its own failure (1), which counts as saved.
+# workers themselves: train.py's get it as sent (Ctrl-C as SIGTERM, so a
+# second Ctrl-C is one more stop request), other scripts' SIGTERM (denoise.py
+# has no SIGUSR1 handler, and every image it finished is on disk). The
+# launcher then reports the workers' status as its own failure (1), which
+# counts as stopped for a rerun (75).
 STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGUSR1', None)) if sig is not None)
 
 def _launcher_workers(launcher: subprocess.Popen) -> list[Any]:
@@ -99,7 +102,10 @@ def _launcher_workers(launcher: subprocess.Popen) -> list[Any]:
         return []
 
 @contextlib.contextmanager
-def passing_stop_signals(child: subprocess.Popen, launcher: bool = False) -> Iterator[list[int]]:
+def passing_stop_signals(child: subprocess.Popen, launcher: bool = False,
+                         as_sent: bool = True) -> Iterator[list[int]]:
+    """Pass a stop signal on to `child` (a torchrun `launcher`: to its workers; SIGTERM unless
+    `as_sent`); yields the list of the signals received."""
     received: list[int] = []
     def pass_on(signum: int, _frame: Any) -> None:
         received.append(signum)
@@ -110,7 +116,7 @@ def passing_stop_signals(child: subprocess.Popen, launcher: bool = False) -> Ite
             return
         for worker in workers:
             with contextlib.suppress(Exception):
-                worker.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+                worker.send_signal(signum if as_sent and signum != signal.SIGINT else signal.SIGTERM)
     in_main_thread = threading.current_thread() is threading.main_thread()  # Where handlers can be set.
     previous = {sig: signal.signal(sig, pass_on) for sig in STOP_SIGNALS} if in_main_thread else {}
     try:
@@ -120,8 +126,9 @@ def passing_stop_signals(child: subprocess.Popen, launcher: bool = False) -> Ite
             signal.signal(sig, handler)
 
 @contextlib.contextmanager
-def _usr1_ignored_in_children(ignore: bool) -> Iterator[None]:
-    # A disposition of SIG_IGN is inherited across exec; a handler is not.
+def _usr1_ignored(ignore: bool) -> Iterator[None]:
+    # Children started meanwhile inherit the SIG_IGN (a handler is not inherited across exec);
+    # this process ignores SIGUSR1 too until passing_stop_signals takes it over.
     usr1 = getattr(signal, 'SIGUSR1', None)
     if not ignore or usr1 is None or threading.current_thread() is not threading.main_thread():
         yield
@@ -138,11 +145,11 @@ def run_script(script: str, args: Sequence[str], nproc: int = 1, log: IO[str] | 
     signal's number for Ctrl-C and SIGTERM when the script did not save), to be rerun."""
     command = script_command(script, args, nproc)
     print('$ ' + shlex.join(command), file=log or sys.stdout, flush=True)
-    with _usr1_ignored_in_children(nproc > 1):
+    with _usr1_ignored(nproc > 1):
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log is not None else None,
                                  start_new_session=True)
-    with child:
-        with passing_stop_signals(child, launcher=nproc > 1) as received:
+        with child, passing_stop_signals(child, launcher=nproc > 1,
+                                         as_sent=os.path.basename(script) == 'train.py') as received:
             status = child.wait()
     if received and nproc > 1 and status != 0:
         status = PREEMPTED_EXIT_CODE  # The launcher's 1 for workers that saved and stopped.

@@ -505,7 +505,7 @@ def run_training(opts: dnnlib.EasyDict, tee: LogTee | None, explicit: set[str] =
         c.run_dir = continue_dir
     else:
         c.run_dir = next_run_dir(opts.outdir, desc) if dist.get_rank() == 0 else None
-    dist.rank0_only(lambda: check_outputs(opts, c.run_dir), device, 'to accept --outdir')
+    dist.rank0_only(lambda: check_outputs(opts, c.run_dir), 'to accept --outdir')
     check_network_options(c.network_kwargs, data.resolution, data.channels, data.label_dim,
                           f'--arch={opts.arch} --cbase={c.network_kwargs.model_channels} '
                           f'--cres={",".join(map(str, c.network_kwargs.channel_mult))}')

@@ -97,32 +97,35 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
 #----------------------------------------------------------------------------
 # Collectives that let a failure on one rank end every rank with one line.
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when any rank says True (collective; `device` holds the tensor, as the
-    backend needs)."""
+def any_rank(flag: bool) -> bool:
+    """True on every rank when any rank says True (collective). The tensor lives where the backend
+    wants it: on this process's CUDA device for NCCL, else on the CPU."""
     if not torch_dist.is_initialized() or get_world_size() == 1:
         return flag
+    nccl = torch_dist.get_backend() == 'nccl'
+    device = torch.device('cuda', torch.cuda.current_device()) if nccl else torch.device('cpu')
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     return all_reduce_sum(t).item() > 0
 
-def rank0_first(load: Callable[[], T], device: torch.device, what: str) -> T:
+def rank0_first(load: Callable[[], T], what: str) -> T:
     """`load()` on rank 0 first (a download fills the cache once), then on the others. When it fails
     on rank 0, the others stop with a UserError instead of waiting at a barrier that never comes."""
-    result = rank0_only(load, device, f'to load {what}')
+    result = rank0_only(load, f'to load {what}')
     return result if get_rank() == 0 else load()
 
-def rank0_only(func: Callable[[], T], device: torch.device, what: str) -> T | None:
+def rank0_only(func: Callable[[], T], what: str) -> T | None:
     """`func()` on rank 0 alone (checks of what only rank 0 writes); its result there, None on the
-    others. When it fails, the others stop too, with one line pointing to rank 0's message."""
+    others. When it fails, the others stop too, with one line pointing to rank 0's message. Without a
+    process group (a library call under torchrun that did not join one) there is nothing to wait for."""
     if get_rank() == 0:
         try:
             result = func()
         except BaseException:
-            any_rank(False, device)
+            any_rank(False)
             raise
-        any_rank(True, device)
+        any_rank(True)
         return result
-    if not any_rank(False, device):
+    if torch_dist.is_initialized() and not any_rank(False):
         raise UserError(f'rank 0 failed {what}; see its message')
     return None
 

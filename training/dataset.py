@@ -228,9 +228,7 @@ def read_image(f: IO[bytes], where: str, use_pyspng: bool = False) -> np.ndarray
         if use_pyspng and pyspng is not None and header is not None:
             image = pyspng.load(data)
             if image.ndim == 3 and image.shape[2] in (2, 4):
-                if header[3] in (4, 6):  # Grayscale or RGB with alpha.
-                    raise UserError(f'{where}: the image has an alpha channel; {FORMAT_HINT}')
-                image = image[:, :, :-1]  # Alpha from a tRNS chunk: the colours, as PIL reads the file.
+                raise UserError(f'{where}: the image has an alpha channel; {FORMAT_HINT}')
         else:
             with PIL.Image.open(io.BytesIO(data)) as img:
                 target = _target_mode(img.mode, where)

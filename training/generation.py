@@ -109,7 +109,7 @@ def generate_command(network_pkl: str, outdir: str, seeds: Sequence[int], *, sub
     dist.init(device)
 
     dist.print0(f'Loading network from "{network_pkl}"...')
-    net = dist.rank0_first(lambda: load_network(network_pkl), device, f'the network {network_pkl}').to(device)
+    net = dist.rank0_first(lambda: load_network(network_pkl), f'the network {network_pkl}').to(device)
     if class_idx is not None:
         if not net.label_dim:
             raise UserError(f'--class={class_idx} was given, but the network is unconditional')

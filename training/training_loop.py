@@ -169,8 +169,7 @@ def _stop_signals_held() -> Iterator[None]:
 # trained for other input and output scalings, so the log says so.
 
 def _load_transfer(source: str, net: torch.nn.Module, device: torch.device) -> None:
-    src = dist.rank0_first(lambda: persistence.load_network_pickle(source, keys=['ema'])['ema'], device,
-                           'the network pickle')
+    src = dist.rank0_first(lambda: persistence.load_network_pickle(source, keys=['ema'])['ema'], 'the network pickle')
     have = (getattr(src, 'img_resolution', None), getattr(src, 'img_channels', None))
     want = (net.img_resolution, net.img_channels)
     if None in have:
@@ -585,7 +584,7 @@ def end_tick(stats: training_stats.Collector, extra: ExtraData | None, device: t
 #----------------------------------------------------------------------------
 
 def training_loop(
-    run_dir:            str = '.',          # Output directory; only rank 0 writes to it.
+    run_dir:            str | None = '.',   # Output directory; only rank 0 writes to it (None on the others).
     dataset_kwargs:     dict | None = None, # Dataset class and options (class_name, path, ...).
     data_loader_kwargs: dict | None = None, # Options of torch.utils.data.DataLoader.
     network_kwargs:     dict | None = None, # Network class and options (class_name, model_type, ...).
@@ -770,7 +769,7 @@ def training_loop(
             done = cur_nimg >= total_kimg * 1000
             tick_due = cur_tick == 0 or cur_nimg >= tick_start_nimg + kimg_per_tick * 1000
             poll = stop_requested is not None and not done and (tick_due or num_steps % poll_interval == 0)
-            preempted = poll and dist.any_rank(stop_requested(), device)
+            preempted = poll and dist.any_rank(stop_requested())
             if not (done or preempted or tick_due):
                 continue
 
@@ -788,6 +787,9 @@ def training_loop(
                 save_snapshot()
             if preempted or (state_dump_ticks is not None and (done or (cur_tick != 0 and cur_tick % state_dump_ticks == 0))):
                 save_state()
+            if preempted:
+                # Every process waits for rank 0's files: torchrun stops the others as soon as one exits 75.
+                dist.barrier()
 
             # One line of stats.jsonl per tick.
             if rank == 0:
